@@ -1,0 +1,55 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "Backstage",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "Backstage", targets: ["Backstage"]),
+        .library(name: "BackstageSQLite", targets: ["BackstageSQLite"]),
+        .library(name: "BackstagePostgres", targets: ["BackstagePostgres"]),
+        .library(name: "BackstageTesting", targets: ["BackstageTesting"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.7.3"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-async-algorithms", from: "1.1.4"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+    ],
+    targets: [
+        .target(
+            name: "Backstage",
+            dependencies: [
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "AsyncAlgorithms", package: "swift-async-algorithms"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]
+        ),
+        .target(
+            name: "BackstageSQLite",
+            dependencies: ["Backstage", .product(name: "GRDB", package: "GRDB.swift")]
+        ),
+        .target(
+            name: "BackstagePostgres",
+            dependencies: ["Backstage", .product(name: "PostgresNIO", package: "postgres-nio")]
+        ),
+        .target(name: "BackstageTesting", dependencies: ["Backstage"]),
+        .testTarget(name: "BackstageTests", dependencies: ["Backstage", "BackstageTesting"]),
+        .testTarget(
+            name: "BackstageSQLiteTests",
+            dependencies: ["Backstage", "BackstageSQLite", "BackstageTesting"]
+        ),
+        .testTarget(
+            name: "BackstagePostgresTests",
+            dependencies: ["Backstage", "BackstagePostgres", "BackstageTesting"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

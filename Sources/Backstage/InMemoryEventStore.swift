@@ -1,0 +1,176 @@
+import Foundation
+import Synchronization
+
+/// An event store that keeps everything in memory: for tests, prototypes and benchmarks of the
+/// framework itself. It has the same semantics as the durable stores.
+public final class InMemoryEventStore: EventStore {
+    private struct StoredCommand {
+        var fingerprint: String
+        var result: AppendResult
+    }
+    private struct State {
+        var events: [RecordedEvent] = []
+        var streams: [String: [Int]] = [:]
+        var commands: [UUID: StoredCommand] = [:]
+        var snapshots: [String: Snapshot] = [:]
+        var eventIDs: Set<UUID> = []
+    }
+    private let state = Mutex(State())
+    private let notifier = AppendNotifier()
+    /// The limits this store enforces.
+    public let limits: StoreLimits
+
+    /// Creates an empty store.
+    public init(limits: StoreLimits = StoreLimits()) {
+        self.limits = limits
+    }
+
+    public func append(
+        _ events: [EventData], to stream: String, expected: ExpectedVersion, commandID: UUID?
+    ) async throws -> AppendResult {
+        try limits.validate(append: events, to: stream)
+        let fingerprint = commandID == nil ? "" : appendFingerprint(events)
+        let result = try state.withLock { s throws(EventStoreError) -> AppendResult in
+            if let commandID, let stored = s.commands[commandID] {
+                guard stored.fingerprint == fingerprint else {
+                    throw .idempotencyConflict(commandID: commandID, stream: stored.result.stream)
+                }
+                var original = stored.result
+                original.isDuplicate = true
+                return original
+            }
+            let indices = s.streams[stream] ?? []
+            let actual = Int64(indices.count)
+            guard expected.accepts(actual) else {
+                throw .wrongExpectedVersion(stream: stream, expected: expected, actual: actual)
+            }
+            for e in events where s.eventIDs.contains(e.id) {
+                throw .invalidInput("event id \(e.id) is already stored")
+            }
+            let now = Date()
+            var version = actual
+            let firstPosition = Int64(s.events.count + 1)
+            var appended = indices
+            for e in events {
+                version += 1
+                appended.append(s.events.count)
+                s.eventIDs.insert(e.id)
+                s.events.append(
+                    RecordedEvent(
+                        position: Int64(s.events.count + 1), stream: stream, streamVersion: version,
+                        id: e.id, type: e.type, schemaVersion: e.schemaVersion, data: e.data,
+                        metadata: e.metadata, recordedAt: now))
+            }
+            s.streams[stream] = appended
+            let result = AppendResult(
+                stream: stream, firstVersion: actual + 1, lastVersion: version,
+                firstPosition: firstPosition, lastPosition: Int64(s.events.count))
+            if let commandID { s.commands[commandID] = StoredCommand(fingerprint: fingerprint, result: result) }
+            return result
+        }
+        if !result.isDuplicate { notifier.notify() }
+        return result
+    }
+
+    public func readStream(
+        _ stream: String, from version: Int64, direction: ReadDirection, limit: Int
+    ) async throws -> [RecordedEvent] {
+        try limits.validate(stream: stream)
+        try limits.validate(pageSize: limit)
+        return state.withLock { s in
+            guard let indices = s.streams[stream], !indices.isEmpty else { return [] }
+            switch direction {
+            case .forward:
+                let start = max(version, 1)
+                guard start <= Int64(indices.count) else { return [] }
+                let end = min(Int64(indices.count), start + Int64(limit) - 1)
+                return (start...end).map { s.events[indices[Int($0 - 1)]] }
+            case .backward:
+                let start = min(version, Int64(indices.count))
+                guard start >= 1 else { return [] }
+                let end = max(1, start - Int64(limit) + 1)
+                return stride(from: start, through: end, by: -1).map { s.events[indices[Int($0 - 1)]] }
+            }
+        }
+    }
+
+    public func readAll(after position: LogPosition, limit: Int, filter: EventFilter) async throws
+        -> [RecordedEvent]
+    {
+        try limits.validate(pageSize: limit)
+        return state.withLock { s in
+            var page: [RecordedEvent] = []
+            var index = Int(max(position.position, 0))
+            while index < s.events.count, page.count < limit {
+                let e = s.events[index]
+                if filter.matches(type: e.type, stream: e.stream) { page.append(e) }
+                index += 1
+            }
+            return page
+        }
+    }
+
+    public func streamVersion(_ stream: String) async throws -> Int64 {
+        try limits.validate(stream: stream)
+        return state.withLock { Int64($0.streams[stream]?.count ?? 0) }
+    }
+
+    public func headPosition() async throws -> LogPosition {
+        state.withLock { LogPosition(position: Int64($0.events.count)) }
+    }
+
+    public func appendResult(forCommand commandID: UUID) async throws -> AppendResult? {
+        state.withLock { s in
+            guard var result = s.commands[commandID]?.result else { return nil }
+            result.isDuplicate = true
+            return result
+        }
+    }
+
+    public func saveSnapshot(_ snapshot: Snapshot) async throws {
+        try limits.validate(stream: snapshot.stream)
+        state.withLock { s in
+            if let old = s.snapshots[snapshot.stream], old.schemaVersion == snapshot.schemaVersion,
+                old.version > snapshot.version
+            {
+                return
+            }
+            s.snapshots[snapshot.stream] = snapshot
+        }
+    }
+
+    public func loadSnapshot(_ stream: String, schemaVersion: Int) async throws -> Snapshot? {
+        state.withLock { s in
+            guard let snap = s.snapshots[stream], snap.schemaVersion == schemaVersion else { return nil }
+            return snap
+        }
+    }
+
+    public func appendNotifications() -> AsyncStream<Void> { notifier.stream() }
+}
+
+/// Fans a "new events" hint out to every listener. Each listener's stream keeps at most one
+/// pending hint, so a slow listener never makes memory grow.
+public final class AppendNotifier: Sendable {
+    private let continuations = Mutex<[UUID: AsyncStream<Void>.Continuation]>([:])
+
+    /// Creates a notifier with no listeners.
+    public init() {}
+
+    /// A new listener's stream of hints; it ends when the listener stops iterating.
+    public func stream() -> AsyncStream<Void> {
+        let (stream, continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        let id = UUID()
+        continuation.onTermination = { [weak self] _ in
+            _ = self?.continuations.withLock { $0.removeValue(forKey: id) }
+        }
+        continuations.withLock { $0[id] = continuation }
+        return stream
+    }
+
+    /// Wakes every listener.
+    public func notify() {
+        let all = continuations.withLock { Array($0.values) }
+        for c in all { c.yield() }
+    }
+}

@@ -1,0 +1,176 @@
+import Foundation
+
+/// A fact that happened in the domain: immutable, stored forever.
+///
+/// An event is stored under a stable ``typeName`` (never the Swift type name, so types can be
+/// renamed freely) and a ``schemaVersion``; old shapes are turned into the current one by
+/// ``Upcaster``s on read.
+///
+/// ```swift
+/// struct TicketAdded: Event {
+///     static let typeName = "TicketAdded"
+///     var showID: String
+///     var ticketID: String
+/// }
+/// ```
+public protocol Event: Codable, Sendable {
+    /// The stable name stored with every event of this type.
+    static var typeName: String { get }
+    /// The version of this event's stored shape; bump it when the shape changes and add an
+    /// ``Upcaster`` for the previous version. Defaults to 1.
+    static var schemaVersion: Int { get }
+}
+
+extension Event {
+    /// Version 1 unless the type says otherwise.
+    public static var schemaVersion: Int { 1 }
+}
+
+/// The set of events one aggregate emits, usually an enum with one case per event type.
+///
+/// ```swift
+/// enum ShowEvent: EventFamily {
+///     case scheduled(ShowScheduled)
+///     case ticketAdded(TicketAdded)
+///
+///     static let members: [EventMember<ShowEvent>] = [
+///         .init(ShowScheduled.self, ShowEvent.scheduled),
+///         .init(TicketAdded.self, ShowEvent.ticketAdded),
+///     ]
+/// }
+/// ```
+///
+/// Stored events decode straight back into the family: no casting in user code.
+public protocol EventFamily: Sendable {
+    /// Every event type of the family with the case that wraps it.
+    static var members: [EventMember<Self>] { get }
+    /// Upcasters that turn older stored shapes into members of this family. Defaults to none.
+    static var upcasters: [Upcaster<Self>] { get }
+    /// The event this value carries. The default implementation reads the enum case's payload;
+    /// write a `switch` to avoid reflection on hot paths.
+    var event: any Event { get }
+}
+
+extension EventFamily {
+    /// No upcasters.
+    public static var upcasters: [Upcaster<Self>] { [] }
+
+    /// Reads the single associated value of the enum case.
+    public var event: any Event {
+        if let payload = Mirror(reflecting: self).children.first?.value as? any Event {
+            return payload
+        }
+        preconditionFailure(
+            "\(Self.self) must be an enum whose cases each carry one Event, or implement `event`")
+    }
+}
+
+/// One member of an ``EventFamily``: an event type and the case that wraps it.
+public struct EventMember<Family: EventFamily>: Sendable {
+    /// The stored type name.
+    public let typeName: String
+    /// The current schema version.
+    public let schemaVersion: Int
+    let decode: @Sendable (JSONDecoder, Data) throws -> Family
+
+    /// Declares that `type` belongs to the family, wrapped by `wrap` (usually the enum case).
+    public init<E: Event>(_ type: E.Type, _ wrap: @escaping @Sendable (E) -> Family) {
+        self.typeName = E.typeName
+        self.schemaVersion = E.schemaVersion
+        self.decode = { decoder, data in wrap(try decoder.decode(E.self, from: data)) }
+    }
+}
+
+/// Turns an old stored shape of an event into the family's current event, on read.
+///
+/// ```swift
+/// Upcaster(from: "TicketAdded", version: 1, as: TicketAddedV1.self) { old in
+///     .ticketAdded(TicketAdded(showID: old.show, ticketID: old.id, price: 0))
+/// }
+/// ```
+public struct Upcaster<Family: EventFamily>: Sendable {
+    /// The stored type name this upcaster reads.
+    public let typeName: String
+    /// The stored schema version this upcaster reads.
+    public let schemaVersion: Int
+    let decode: @Sendable (JSONDecoder, Data) throws -> Family
+
+    /// Reads events stored as `typeName` at `version` with the old shape `Old` and converts them.
+    public init<Old: Decodable & Sendable>(
+        from typeName: String, version: Int, as old: Old.Type,
+        convert: @escaping @Sendable (Old) throws -> Family
+    ) {
+        self.typeName = typeName
+        self.schemaVersion = version
+        self.decode = { decoder, data in try convert(decoder.decode(Old.self, from: data)) }
+    }
+}
+
+/// A request to change the state of one aggregate; it may be rejected.
+///
+/// The ``Target`` aggregate decides what happens; a ``Router`` maps the command to the identity
+/// of the aggregate instance and to the decision function.
+public protocol Command: Sendable {
+    /// The aggregate type that handles this command.
+    associatedtype Target: Aggregate
+    /// A stable name for logs and metrics. Defaults to the Swift type name.
+    static var commandName: String { get }
+}
+
+extension Command {
+    /// The Swift type name.
+    public static var commandName: String { String(describing: Self.self) }
+}
+
+/// A consistency boundary: its state is rebuilt from its own events, and it decides which events
+/// a command produces.
+///
+/// Both functions are pure: `apply` evolves the state with an event; the decision functions
+/// registered in the ``Router`` turn a command and the current state into events or a typed
+/// ``Rejection``.
+public protocol Aggregate: Sendable {
+    /// The events this aggregate emits and is rebuilt from.
+    associatedtype Event: EventFamily
+    /// The typed error returned when a command is rejected by a business rule.
+    associatedtype Rejection: Error = Never
+    /// The stream category: every instance is stored in the stream `"<category>-<id>"`.
+    /// It must be non-empty and contain no `-`.
+    static var category: String { get }
+    /// The version of the snapshot shape; snapshots of another version are ignored. Defaults to 1.
+    static var snapshotSchemaVersion: Int { get }
+    /// The state before any event.
+    init()
+    /// Evolves the state with one event.
+    mutating func apply(_ event: Event)
+}
+
+extension Aggregate {
+    /// Version 1 unless the aggregate says otherwise.
+    public static var snapshotSchemaVersion: Int { 1 }
+
+    /// The stream that stores the instance with identity `id`.
+    public static func streamID(_ id: String) -> String { "\(category)-\(id)" }
+}
+
+/// Metadata stored with every event: where it came from and why.
+public struct EventMetadata: Codable, Sendable, Hashable {
+    /// The command that produced the event.
+    public var commandID: UUID?
+    /// The message (command or event) that caused the event.
+    public var causationID: UUID?
+    /// The id shared by everything that follows from one original request.
+    public var correlationID: UUID?
+    /// Free-form fields (user id, tenant, request id, ...).
+    public var fields: [String: String]
+
+    /// Creates metadata.
+    public init(
+        commandID: UUID? = nil, causationID: UUID? = nil, correlationID: UUID? = nil,
+        fields: [String: String] = [:]
+    ) {
+        self.commandID = commandID
+        self.causationID = causationID
+        self.correlationID = correlationID
+        self.fields = fields
+    }
+}
