@@ -157,7 +157,21 @@ public final class SQLiteEventStore: EventStore {
     private struct WriteQueue {
         var pending: Deque<PendingAppend> = []
         var writing = false
+        var statistics = Statistics()
     }
+
+    /// Counters of the writer since the store was opened.
+    public struct Statistics: Sendable, Hashable {
+        /// Write transactions committed.
+        public var transactions = 0
+        /// Appends those transactions carried (successful or rejected).
+        public var appends = 0
+        /// Most appends carried by one transaction.
+        public var largestGroup = 0
+    }
+
+    /// Counters of the writer since the store was opened: how well group commit is grouping.
+    public var statistics: Statistics { queue.withLock { $0.statistics } }
 
     public func append(
         _ events: [EventData], to stream: String, expected: ExpectedVersion, commandID: UUID?
@@ -198,6 +212,11 @@ public final class SQLiteEventStore: EventStore {
                         for item in batch { item.outcome = Self.write(item, in: db) }
                         return .commit
                     }
+                }
+                queue.withLock { q in
+                    q.statistics.transactions += 1
+                    q.statistics.appends += batch.count
+                    q.statistics.largestGroup = max(q.statistics.largestGroup, batch.count)
                 }
                 var wrote = false
                 for item in batch {
