@@ -46,6 +46,12 @@ let package = Package(
             name: "BackstageSQLiteTests",
             dependencies: ["Backstage", "BackstageSQLite", "BackstageTesting"]
         ),
+        // A child process for the SQLite crash test; not part of any product.
+        .executableTarget(
+            name: "backstage-append-worker",
+            dependencies: ["Backstage", "BackstageSQLite"],
+            path: "Tests/Workers/AppendWorker"
+        ),
         .testTarget(
             name: "BackstagePostgresTests",
             dependencies: ["Backstage", "BackstagePostgres", "BackstageTesting"]
