@@ -39,9 +39,12 @@ final class AsyncLock: Sendable {
 
 class CacheEntry: @unchecked Sendable {
     let lock = AsyncLock()
-    // Guarded by the cache's mutex.
+    // Guarded by the cache's mutex: use count, recency, and the links of the recency list.
     var users = 0
     var lastUsed: ContinuousClock.Instant = .now
+    var key = ""
+    var older: CacheEntry?
+    var newer: CacheEntry?
 }
 
 /// A hydrated aggregate. Its fields are only touched while `lock` is held.
@@ -52,12 +55,33 @@ final class AggregateEntry<A: Aggregate>: CacheEntry, @unchecked Sendable {
     var lastSnapshotVersion: Int64 = 0
 }
 
-/// Hydrated aggregates, bounded by count and idle time. Entries in use are never evicted, so two
-/// commands for one aggregate in one process always share an entry and run one at a time.
+/// Hydrated aggregates, bounded by count and idle time, evicted least recently used first.
+/// Entries in use are never evicted, so two commands for one aggregate in one process always
+/// share an entry and run one at a time. Every operation is O(1): a recency list threads the entries.
 final class AggregateCache: Sendable {
     private struct State {
         var entries: [String: CacheEntry] = [:]
-        var lastSweep: ContinuousClock.Instant = .now
+        var oldest: CacheEntry?
+        var newest: CacheEntry?
+
+        mutating func unlink(_ e: CacheEntry) {
+            if let older = e.older { older.newer = e.newer } else { oldest = e.newer }
+            if let newer = e.newer { newer.older = e.older } else { newest = e.older }
+            e.older = nil
+            e.newer = nil
+        }
+
+        mutating func pushNewest(_ e: CacheEntry) {
+            e.older = newest
+            newest?.newer = e
+            newest = e
+            if oldest == nil { oldest = e }
+        }
+
+        mutating func remove(_ e: CacheEntry) {
+            unlink(e)
+            entries[e.key] = nil
+        }
     }
     private let state = Mutex(State())
     let capacity: Int
@@ -70,22 +94,24 @@ final class AggregateCache: Sendable {
 
     var count: Int { state.withLock { $0.entries.count } }
 
-    /// The entry of `stream`, marked in use; pair with ``release(_:)``.
+    /// The entry of `stream`, marked in use; pair with ``release(_:_:)``.
     func acquire<A: Aggregate>(_ stream: String, as type: A.Type) -> AggregateEntry<A> {
         let now = ContinuousClock.now
         return state.withLock { s in
             let entry: AggregateEntry<A>
             if let existing = s.entries[stream] as? AggregateEntry<A> {
                 entry = existing
+                s.unlink(entry)
             } else {
+                if let other = s.entries[stream] { s.remove(other) }
                 entry = AggregateEntry<A>()
+                entry.key = stream
                 s.entries[stream] = entry
             }
             entry.users += 1
             entry.lastUsed = now
-            if s.entries.count > capacity + capacity / 8 + 1 || now - s.lastSweep > idleTimeout / 4 {
-                sweep(&s, now: now)
-            }
+            s.pushNewest(entry)
+            evict(&s, now: now)
             return entry
         }
     }
@@ -94,22 +120,30 @@ final class AggregateCache: Sendable {
     func release(_ stream: String, _ entry: CacheEntry) {
         state.withLock { s in
             entry.users -= 1
-            if capacity == 0, entry.users == 0, s.entries[stream] === entry { s.entries[stream] = nil }
+            if entry.users == 0, s.entries[stream] === entry, capacity == 0 || s.entries.count > capacity {
+                s.remove(entry)
+            }
         }
     }
 
     /// Forgets `stream` (when it is not in use), so the next command reloads it.
     func invalidate(_ stream: String) {
         state.withLock { s in
-            if let e = s.entries[stream], e.users == 0 { s.entries[stream] = nil }
+            if let e = s.entries[stream], e.users == 0 { s.remove(e) }
         }
     }
 
-    private func sweep(_ s: inout State, now: ContinuousClock.Instant) {
-        s.lastSweep = now
-        s.entries = s.entries.filter { $0.value.users > 0 || now - $0.value.lastUsed < idleTimeout }
-        guard s.entries.count > capacity else { return }
-        let idle = s.entries.filter { $0.value.users == 0 }.sorted { $0.value.lastUsed < $1.value.lastUsed }
-        for (stream, _) in idle.prefix(s.entries.count - capacity) { s.entries[stream] = nil }
+    /// Drops the least recently used idle entries while over capacity or past the idle timeout.
+    /// Entries in use are skipped (there are at most as many as commands in flight).
+    private func evict(_ s: inout State, now: ContinuousClock.Instant) {
+        var candidate = s.oldest
+        while let e = candidate {
+            let over = s.entries.count > capacity
+            let expired = now - e.lastUsed >= idleTimeout
+            if !over && !expired { return }
+            candidate = e.newer
+            if e.users == 0 { s.remove(e) }
+            else if !over { return }
+        }
     }
 }

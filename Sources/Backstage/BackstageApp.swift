@@ -130,26 +130,28 @@ public final class BackstageApp: Sendable {
         let stream = C.Target.streamID(route.id(command))
         let commandID = options.commandID ?? UUIDv7.next()
         var context = CommandContext(
-            command: command, commandName: C.commandName, commandID: commandID, stream: stream,
+            command: command, commandName: route.name, commandID: commandID, stream: stream,
             correlationID: options.correlationID ?? commandID, causationID: options.causationID,
             fields: options.fields)
         do {
             try store.limits.validate(stream: stream)
             for m in middleware { try await m.beforeDispatch(&context) }
-            let result = try await withSpan("dispatch \(C.commandName)") { span in
-                span.attributes["backstage.stream"] = stream
-                span.attributes["backstage.command_id"] = "\(commandID)"
+            let result = try await withSpan(route.spanName) { span in
+                if span.isRecording {
+                    span.attributes["backstage.stream"] = stream
+                    span.attributes["backstage.command_id"] = "\(commandID)"
+                }
                 return try await execute(command, route: route, context: context, explicitID: options.commandID != nil)
             }
             let summary = DispatchSummary(
                 eventCount: result.isDuplicate ? 0 : result.recorded.count, version: result.version,
                 isDuplicate: result.isDuplicate, retries: result.retries)
             for m in middleware { await m.afterDispatch(context, result: summary) }
-            metrics.succeeded(command: C.commandName, events: summary.eventCount, retries: result.retries, since: start)
+            metrics.succeeded(command: route.name, events: summary.eventCount, retries: result.retries, since: start)
             return result
         } catch {
             for m in middleware { await m.afterFailure(context, error: error) }
-            metrics.failed(command: C.commandName, error: error)
+            metrics.failed(command: route.name, error: error)
             throw error
         }
     }
@@ -190,7 +192,7 @@ public final class BackstageApp: Sendable {
                     throw EventStoreError.wrongExpectedVersion(stream: s, expected: expected, actual: actual)
                 }
                 retries += 1
-                metrics.conflict(command: C.commandName)
+                metrics.conflict(command: route.name)
                 try await catchUp(entry, stream: stream, codec: route.aggregate.codec)
                 continue
             }

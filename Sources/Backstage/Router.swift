@@ -112,6 +112,10 @@ package final class AggregateType<A: Aggregate>: AnyAggregateType, @unchecked Se
 package class AnyRoute: @unchecked Sendable {}
 
 package final class Route<C: Command>: AnyRoute, @unchecked Sendable {
+    /// `C.commandName`, computed once.
+    package let name = C.commandName
+    /// The name of the dispatch span.
+    package let spanName = "dispatch \(C.commandName)"
     package let id: @Sendable (C) -> String
     package let decide: @Sendable (C.Target, C) throws(C.Target.Rejection) -> [C.Target.Event]
     package let aggregate: AggregateType<C.Target>

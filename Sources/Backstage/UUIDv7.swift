@@ -9,7 +9,8 @@ public enum UUIDv7 {
     private struct State {
         var lastMillis: UInt64 = 0
         var counter: UInt64 = 0
-        var rng = SystemRandomNumberGenerator()
+        // Seeded once from the system; ids need uniqueness, not secrecy, and a syscall per id is slow.
+        var rng = SplitMix64(seed: UInt64.random(in: .min ... .max))
     }
     private static let state = Mutex(State())
 
@@ -36,5 +37,18 @@ public enum UUIDv7 {
         b[8] = 0x80 | UInt8(truncatingIfNeeded: random >> 56) & 0x3F
         for i in 9..<16 { b[i] = UInt8(truncatingIfNeeded: random >> (8 * UInt64(15 - i))) }
         return UUID(uuid: (b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]))
+    }
+}
+
+/// A small, fast pseudo-random generator (SplitMix64).
+struct SplitMix64: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }
