@@ -189,6 +189,9 @@ public final class BackstageApp: Sendable {
                     data, to: stream, expected: .exact(entry.version), commandID: context.commandID)
             } catch EventStoreError.wrongExpectedVersion(let s, let expected, let actual) {
                 guard retries < configuration.maxConflictRetries else {
+                    // The cached state is behind the store: reload it on the next command, or
+                    // every later command for this aggregate would conflict again.
+                    entry.loaded = false
                     throw EventStoreError.wrongExpectedVersion(stream: s, expected: expected, actual: actual)
                 }
                 retries += 1

@@ -263,7 +263,8 @@ private func readAllEvents(
     var checkpoint = position
     while true {
         let batch = try await store.readAll(after: checkpoint, limit: limit, filter: filter)
-        try expect(batch.count <= limit, "readAll(limit: \(limit)) returned \(batch.count) events", fileID: fileID, line: line)
+        try expect(
+            batch.count <= limit, "readAll(limit: \(limit)) returned \(batch.count) events", fileID: fileID, line: line)
         for e in batch {
             try expect(
                 e.logPosition > checkpoint,
@@ -277,7 +278,9 @@ private func readAllEvents(
 }
 
 /// Every event of `stream`, read forward in pages.
-private func readWholeStream(_ store: any EventStore, _ stream: String, page: Int? = nil) async throws -> [RecordedEvent] {
+private func readWholeStream(_ store: any EventStore, _ stream: String, page: Int? = nil) async throws
+    -> [RecordedEvent]
+{
     let limit = page ?? pageSize(store)
     var result: [RecordedEvent] = []
     while true {
@@ -337,7 +340,8 @@ extension StoreConformance {
                     "AppendResult positions: first \(result.firstPosition) > last \(result.lastPosition)")
                 try expect(
                     LogPosition(transaction: result.transaction, position: result.firstPosition) > head0,
-                    "the first appended position \(result.firstPosition) is not after the head \(head0) before the append")
+                    "the first appended position \(result.firstPosition) is not after the head \(head0) before the append"
+                )
 
                 let read = try await store.readStream(stream, from: 1, direction: .forward, limit: 10)
                 try expectEqual(read.count, 3, "events read back from \(stream)")
@@ -349,11 +353,13 @@ extension StoreConformance {
                     try expectEqual(got.type, sent.type, "\(at) type")
                     try expectEqual(got.schemaVersion, sent.schemaVersion, "\(at) schemaVersion")
                     try expect(
-                        sameJSON(got.data, sent.data), "\(at) data: expected \(json(sent.data)), actual \(json(got.data))")
+                        sameJSON(got.data, sent.data),
+                        "\(at) data: expected \(json(sent.data)), actual \(json(got.data))")
                     try expectEqual(got.metadata, sent.metadata, "\(at) metadata")
                     try expectEqual(got.transaction, result.transaction, "\(at) transaction")
                     try expect(
-                        got.recordedAt >= before.addingTimeInterval(-5) && got.recordedAt <= after.addingTimeInterval(5),
+                        got.recordedAt >= before.addingTimeInterval(-5)
+                            && got.recordedAt <= after.addingTimeInterval(5),
                         "\(at) recordedAt \(got.recordedAt) is not within 5 s of the append (\(before)...\(after))")
                 }
                 try expectEqual(read.first?.position, result.firstPosition, "position of the first event")
@@ -373,7 +379,8 @@ extension StoreConformance {
                 try expectEqual(second.lastVersion, 4, "lastVersion of a second append")
                 try expect(
                     second.lastLogPosition > result.lastLogPosition,
-                    "a later append's position \(second.lastLogPosition) is not after the earlier \(result.lastLogPosition)")
+                    "a later append's position \(second.lastLogPosition) is not after the earlier \(result.lastLogPosition)"
+                )
             },
 
             ConformanceCheck("stream ids with unicode and punctuation") { store in
@@ -462,10 +469,12 @@ extension StoreConformance {
                 let r1 = try await store.append(fx.events(2), to: s, expected: .noStream, commandID: nil)
                 try expectEqual(r1.lastVersion, 2, "noStream on a new stream")
                 let baseline = try await Observed.of(store, streams: [s], since: .start)
-                try await expectConflict("noStream on a stream at version 2", stream: s, expected: .noStream, actual: 2) {
+                try await expectConflict("noStream on a stream at version 2", stream: s, expected: .noStream, actual: 2)
+                {
                     try await store.append([fx.event()], to: s, expected: .noStream, commandID: nil)
                 }
-                try expectEqual(try await Observed.of(store, streams: [s], since: .start), baseline, "store after the conflict")
+                try expectEqual(
+                    try await Observed.of(store, streams: [s], since: .start), baseline, "store after the conflict")
             },
 
             ConformanceCheck("expected version streamExists") { store in
@@ -475,7 +484,8 @@ extension StoreConformance {
                 try await expectConflict("streamExists on no stream", stream: s, expected: .streamExists, actual: 0) {
                     try await store.append([fx.event()], to: s, expected: .streamExists, commandID: nil)
                 }
-                try expectEqual(try await Observed.of(store, streams: [s], since: .start), baseline, "store after the conflict")
+                try expectEqual(
+                    try await Observed.of(store, streams: [s], since: .start), baseline, "store after the conflict")
                 _ = try await store.append([fx.event()], to: s, expected: .any, commandID: nil)
                 let r = try await store.append(fx.events(2), to: s, expected: .streamExists, commandID: nil)
                 try expectEqual([r.firstVersion, r.lastVersion], [2, 3], "streamExists on a stream at version 1")
@@ -491,11 +501,14 @@ extension StoreConformance {
                 try expectEqual(r0.lastVersion, 2, "exact(0) on no stream")
                 let baseline = try await Observed.of(store, streams: [s], since: .start)
                 for wrong: Int64 in [0, 1, 3, 100] {
-                    try await expectConflict("exact(\(wrong)) on version 2", stream: s, expected: .exact(wrong), actual: 2) {
+                    try await expectConflict(
+                        "exact(\(wrong)) on version 2", stream: s, expected: .exact(wrong), actual: 2
+                    ) {
                         try await store.append(fx.events(2), to: s, expected: .exact(wrong), commandID: nil)
                     }
                 }
-                try expectEqual(try await Observed.of(store, streams: [s], since: .start), baseline, "store after conflicts")
+                try expectEqual(
+                    try await Observed.of(store, streams: [s], since: .start), baseline, "store after conflicts")
                 let r = try await store.append([fx.event()], to: s, expected: .exact(2), commandID: nil)
                 try expectEqual([r.firstVersion, r.lastVersion], [3, 3], "exact(2) on version 2")
             },
@@ -520,19 +533,25 @@ extension StoreConformance {
                 try expectEqual(identity(same), identity(original), "result of a replay with the same event ids")
 
                 // A retried command encodes its events again, with fresh ids.
-                let fresh = events.map { EventData(type: $0.type, schemaVersion: $0.schemaVersion, data: $0.data, metadata: $0.metadata) }
+                let fresh = events.map {
+                    EventData(type: $0.type, schemaVersion: $0.schemaVersion, data: $0.data, metadata: $0.metadata)
+                }
                 let replay = try await store.append(fresh, to: s, expected: .exact(0), commandID: command)
                 try expectEqual(replay.isDuplicate, true, "isDuplicate of a replay with fresh event ids")
                 try expectEqual(identity(replay), identity(original), "result of a replay with fresh event ids")
-                try expectEqual(try await Observed.of(store, streams: [s], since: .start), baseline, "store after replays")
+                try expectEqual(
+                    try await Observed.of(store, streams: [s], since: .start), baseline, "store after replays")
 
                 let stored = try await store.appendResult(forCommand: command)
                 try expectEqual(stored.map(identity), identity(original), "appendResult(forCommand:)")
                 let unknown = try await store.appendResult(forCommand: UUIDv7.next())
-                try expect(unknown == nil, "appendResult(forCommand:) of an unknown id: expected nil, actual \(String(describing: unknown))")
+                try expect(
+                    unknown == nil,
+                    "appendResult(forCommand:) of an unknown id: expected nil, actual \(String(describing: unknown))")
 
                 // Later appends don't change what a replay returns.
-                _ = try await store.append([fx.event("Tested", 3)], to: s, expected: .exact(2), commandID: UUIDv7.next())
+                _ = try await store.append(
+                    [fx.event("Tested", 3)], to: s, expected: .exact(2), commandID: UUIDv7.next())
                 let late = try await store.append(events, to: s, expected: .exact(3), commandID: command)
                 try expectEqual(late.isDuplicate, true, "isDuplicate of a replay after another append")
                 try expectEqual(identity(late), identity(original), "result of a replay after another append")
@@ -563,7 +582,8 @@ extension StoreConformance {
                             #fileID, #line)
                     }
                 }
-                try expectEqual(try await Observed.of(store, streams: [s], since: .start), baseline, "store after conflicts")
+                try expectEqual(
+                    try await Observed.of(store, streams: [s], since: .start), baseline, "store after conflicts")
                 let stored = try await store.appendResult(forCommand: command)
                 try expectEqual(stored.map(identity), identity(original), "appendResult(forCommand:) after conflicts")
             },
@@ -579,7 +599,10 @@ extension StoreConformance {
                     try await store.append([], to: s, expected: .any, commandID: command)
                 }
                 let stored = try await store.appendResult(forCommand: command)
-                try expect(stored == nil, "appendResult(forCommand:) after rejected appends: expected nil, actual \(String(describing: stored))")
+                try expect(
+                    stored == nil,
+                    "appendResult(forCommand:) after rejected appends: expected nil, actual \(String(describing: stored))"
+                )
                 let r = try await store.append([fx.event()], to: s, expected: .noStream, commandID: command)
                 try expectEqual(r.isDuplicate, false, "isDuplicate of the first accepted append")
                 try expectEqual(r.lastVersion, 1, "version of the first accepted append")
@@ -630,7 +653,8 @@ extension StoreConformance {
                 try expectEqual(try await read(3, .backward, 5), [3, 2, 1], "backward from 3, limit 5")
                 try expectEqual(try await read(1, .backward, 5), [1], "backward from 1")
                 try expectEqual(try await read(Int64.max, .backward, 2), [10, 9], "backward from the end (Int64.max)")
-                try expectEqual(try await read(50, .backward, 100), Array((1...10).reversed()), "backward from beyond the end")
+                try expectEqual(
+                    try await read(50, .backward, 100), Array((1...10).reversed()), "backward from beyond the end")
 
                 var paged: [Int64] = []
                 var from: Int64 = 1
@@ -654,7 +678,9 @@ extension StoreConformance {
                 let unknown = fx.stream("pages", "unknown")
                 let forward = try await store.readStream(unknown, from: 1, direction: .forward, limit: 10)
                 let backward = try await store.readStream(unknown, from: Int64.max, direction: .backward, limit: 10)
-                try expect(forward.isEmpty && backward.isEmpty, "an unknown stream read: expected [], actual \(describe(forward + backward))")
+                try expect(
+                    forward.isEmpty && backward.isEmpty,
+                    "an unknown stream read: expected [], actual \(describe(forward + backward))")
             },
 
             ConformanceCheck("readAll in pages from any position") { store in
@@ -677,7 +703,8 @@ extension StoreConformance {
                 }
                 for k in [0, 5, written.count - 1] {
                     let suffix = try await store.readAll(after: all[k].logPosition, limit: 1000, filter: .all)
-                    try expectEqual(suffix.map(\.id), Array(written[(k + 1)...]), "readAll after the event at index \(k)")
+                    try expectEqual(
+                        suffix.map(\.id), Array(written[(k + 1)...]), "readAll after the event at index \(k)")
                 }
                 let page = try await store.readAll(after: head0, limit: 5, filter: .all)
                 try expectEqual(page.map(\.id), Array(written.prefix(5)), "readAll with limit 5")
@@ -713,7 +740,9 @@ extension StoreConformance {
                         while true {
                             let page = try await store.readAll(after: checkpoint, limit: size, filter: filter)
                             let remaining = expected.count - paged.count
-                            try expectEqual(page.count, min(size, remaining), "\(what), limit \(size): page size with \(remaining) matches left")
+                            try expectEqual(
+                                page.count, min(size, remaining),
+                                "\(what), limit \(size): page size with \(remaining) matches left")
                             guard let last = page.last else { break }
                             paged += page
                             checkpoint = last.logPosition
@@ -724,17 +753,21 @@ extension StoreConformance {
                 try await check(EventFilter(types: [fx.type(tA)]), "type \(tA)")
                 try await check(EventFilter(types: [fx.type(tA), fx.type(tC)]), "types \(tA), \(tC)")
                 try await check(EventFilter(categories: [fx.category("shows")]), "category shows")
-                try await check(EventFilter(categories: [fx.category("shows"), fx.category("tickets")]), "categories shows, tickets")
+                try await check(
+                    EventFilter(categories: [fx.category("shows"), fx.category("tickets")]), "categories shows, tickets"
+                )
                 try await check(EventFilter(categories: [fx.category("nodash")]), "category of a stream without dash")
                 try await check(EventFilter(categories: [fx.category("o_x")]), "category with an underscore")
                 try await check(
-                    EventFilter(types: [fx.type(tB)], categories: [fx.category("shows")]), "type \(tB) in category shows")
+                    EventFilter(types: [fx.type(tB)], categories: [fx.category("shows")]),
+                    "type \(tB) in category shows")
                 try await check(EventFilter(types: [fx.type("Missing")]), "a type nobody wrote")
                 try await check(EventFilter(categories: ["\(fx.tag)none"]), "a category nobody wrote")
                 let none = try await store.readAll(after: head0, limit: 100, filter: EventFilter(types: []))
                 try expect(none.isEmpty, "an empty set of types matches nothing; actual \(describe(none))")
                 let noCategory = try await store.readAll(after: head0, limit: 100, filter: EventFilter(categories: []))
-                try expect(noCategory.isEmpty, "an empty set of categories matches nothing; actual \(describe(noCategory))")
+                try expect(
+                    noCategory.isEmpty, "an empty set of categories matches nothing; actual \(describe(noCategory))")
                 for e in written where e.stream == fx.stream("shows", "2-x") {
                     try expectEqual(e.category, fx.category("shows"), "category of \(e.stream)")
                 }
@@ -750,9 +783,11 @@ extension StoreConformance {
                 let fx = Fixture()
                 let (s, t) = (fx.stream("snap", "s"), fx.stream("snap", "t"))
                 let none = try await store.loadSnapshot(s, schemaVersion: 1)
-                try expect(none == nil, "snapshot of a stream without one: expected nil, actual \(String(describing: none))")
+                try expect(
+                    none == nil, "snapshot of a stream without one: expected nil, actual \(String(describing: none))")
 
-                let first = Snapshot(stream: s, version: 3, schemaVersion: 1, data: Data(#"{"count":3,"name":"ü"}"#.utf8))
+                let first = Snapshot(
+                    stream: s, version: 3, schemaVersion: 1, data: Data(#"{"count":3,"name":"ü"}"#.utf8))
                 try await store.saveSnapshot(first)
                 func load(_ stream: String, _ schema: Int, _ what: String) async throws -> Snapshot? {
                     let snap = try await store.loadSnapshot(stream, schemaVersion: schema)
@@ -766,28 +801,40 @@ extension StoreConformance {
                 try expectEqual(loaded?.version, 3, "version of the saved snapshot")
                 try expect(
                     loaded.map { sameJSON($0.data, first.data) } ?? false,
-                    "data of the saved snapshot: expected \(json(first.data)), actual \(loaded.map { json($0.data) } ?? "nil")")
+                    "data of the saved snapshot: expected \(json(first.data)), actual \(loaded.map { json($0.data) } ?? "nil")"
+                )
                 let otherSchema = try await load(s, 2, "another schema version")
-                try expect(otherSchema == nil, "a snapshot of another schema version must be ignored; actual \(String(describing: otherSchema))")
+                try expect(
+                    otherSchema == nil,
+                    "a snapshot of another schema version must be ignored; actual \(String(describing: otherSchema))")
                 let otherStream = try await load(t, 1, "another stream")
-                try expect(otherStream == nil, "another stream has no snapshot; actual \(String(describing: otherStream))")
+                try expect(
+                    otherStream == nil, "another stream has no snapshot; actual \(String(describing: otherStream))")
 
-                try await store.saveSnapshot(Snapshot(stream: s, version: 8, schemaVersion: 1, data: Data(#"{"count":8}"#.utf8)))
+                try await store.saveSnapshot(
+                    Snapshot(stream: s, version: 8, schemaVersion: 1, data: Data(#"{"count":8}"#.utf8)))
                 let newer = try await load(s, 1, "the newer snapshot")
                 try expectEqual(newer?.version, 8, "version after saving a newer snapshot")
-                try expect(newer.map { sameJSON($0.data, Data(#"{"count":8}"#.utf8)) } ?? false, "data of the newer snapshot")
+                try expect(
+                    newer.map { sameJSON($0.data, Data(#"{"count":8}"#.utf8)) } ?? false, "data of the newer snapshot")
 
-                try await store.saveSnapshot(Snapshot(stream: s, version: 5, schemaVersion: 1, data: Data(#"{"count":5}"#.utf8)))
-                try expectEqual(try await load(s, 1, "after saving an older one")?.version, 8, "an older snapshot must not replace a newer one")
+                try await store.saveSnapshot(
+                    Snapshot(stream: s, version: 5, schemaVersion: 1, data: Data(#"{"count":5}"#.utf8)))
+                try expectEqual(
+                    try await load(s, 1, "after saving an older one")?.version, 8,
+                    "an older snapshot must not replace a newer one")
 
                 try await store.saveSnapshot(Snapshot(stream: t, version: 2, schemaVersion: 1, data: Data("{}".utf8)))
-                try expectEqual(try await load(s, 1, "s after saving t")?.version, 8, "snapshots of other streams are independent")
+                try expectEqual(
+                    try await load(s, 1, "s after saving t")?.version, 8, "snapshots of other streams are independent")
 
-                try await store.saveSnapshot(Snapshot(stream: s, version: 9, schemaVersion: 2, data: Data(#"{"v2":true}"#.utf8)))
+                try await store.saveSnapshot(
+                    Snapshot(stream: s, version: 9, schemaVersion: 2, data: Data(#"{"v2":true}"#.utf8)))
                 let v2 = try await load(s, 2, "a new schema version")
                 try expectEqual(v2?.version, 9, "version of a snapshot with a new schema version")
-                try expect(v2.map { sameJSON($0.data, Data(#"{"v2":true}"#.utf8)) } ?? false, "data of the new schema version")
-            },
+                try expect(
+                    v2.map { sameJSON($0.data, Data(#"{"v2":true}"#.utf8)) } ?? false, "data of the new schema version")
+            }
         ]
     }
 
@@ -795,7 +842,8 @@ extension StoreConformance {
 
     /// A check that an operation is rejected with `.invalidInput` and changes nothing.
     private static func rejects(
-        _ name: String, _ operation: @escaping @Sendable (any EventStore, Fixture, _ seeded: String) async throws -> Void
+        _ name: String,
+        _ operation: @escaping @Sendable (any EventStore, Fixture, _ seeded: String) async throws -> Void
     ) -> ConformanceCheck {
         ConformanceCheck("rejects \(name)") { store in
             let fx = Fixture()
@@ -872,7 +920,8 @@ extension StoreConformance {
                 _ = try await store.readStream(seeded, from: 1, direction: .backward, limit: -1)
             },
             rejects("readStream with a page size over the limit") { store, _, seeded in
-                _ = try await store.readStream(seeded, from: 1, direction: .forward, limit: store.limits.maxPageSize + 1)
+                _ = try await store.readStream(
+                    seeded, from: 1, direction: .forward, limit: store.limits.maxPageSize + 1)
             },
             rejects("readAll with page size 0") { store, _, _ in
                 _ = try await store.readAll(after: .start, limit: 0, filter: .all)
@@ -889,14 +938,19 @@ extension StoreConformance {
                     try await store.append([big], to: s, expected: .any, commandID: command)
                 }
                 let stored = try await store.appendResult(forCommand: command)
-                try expect(stored == nil, "appendResult(forCommand:) after a rejected append: expected nil, actual \(String(describing: stored))")
+                try expect(
+                    stored == nil,
+                    "appendResult(forCommand:) after a rejected append: expected nil, actual \(String(describing: stored))"
+                )
                 let r = try await store.append([fx.event()], to: s, expected: .noStream, commandID: command)
                 try expectEqual(r.isDuplicate, false, "isDuplicate of the first accepted append")
             },
             ConformanceCheck("accepts input exactly at the limits") { store in
                 let fx = Fixture()
                 let limits = store.limits
-                let longID = fx.stream("edge", "") + String(repeating: "x", count: max(0, limits.maxStreamIDBytes - fx.stream("edge", "").utf8.count))
+                let longID =
+                    fx.stream("edge", "")
+                    + String(repeating: "x", count: max(0, limits.maxStreamIDBytes - fx.stream("edge", "").utf8.count))
                 try expectEqual(longID.utf8.count, limits.maxStreamIDBytes, "length of the test stream id")
                 let r1 = try await store.append([fx.event()], to: longID, expected: .noStream, commandID: nil)
                 try expectEqual(r1.lastVersion, 1, "append to a stream id exactly at the limit")
@@ -908,20 +962,26 @@ extension StoreConformance {
                 let big = EventData(type: fx.type("Big"), data: payload(bytes: limits.maxPayloadBytes))
                 _ = try await store.append([big], to: s, expected: .noStream, commandID: nil)
                 let read = try await store.readStream(s, from: 1, direction: .forward, limit: 1)
-                try expect(read.first.map { sameJSON($0.data, big.data) } ?? false, "a payload exactly at the limit read back")
+                try expect(
+                    read.first.map { sameJSON($0.data, big.data) } ?? false, "a payload exactly at the limit read back")
 
                 let many = fx.events(limits.maxEventsPerAppend)
-                let r2 = try await store.append(many, to: fx.stream("edge", "many"), expected: .noStream, commandID: nil)
-                try expectEqual(r2.lastVersion, Int64(limits.maxEventsPerAppend), "an append of exactly the most events")
+                let r2 = try await store.append(
+                    many, to: fx.stream("edge", "many"), expected: .noStream, commandID: nil)
+                try expectEqual(
+                    r2.lastVersion, Int64(limits.maxEventsPerAppend), "an append of exactly the most events")
 
-                let type = fx.type("T") + String(repeating: "t", count: max(0, limits.maxTypeNameBytes - fx.type("T").utf8.count))
+                let type =
+                    fx.type("T")
+                    + String(repeating: "t", count: max(0, limits.maxTypeNameBytes - fx.type("T").utf8.count))
                 _ = try await store.append(
                     [EventData(type: type, data: Data("{}".utf8))], to: fx.stream("edge", "type"), expected: .noStream,
                     commandID: nil)
 
                 let page = try await store.readStream(
                     fx.stream("edge", "many"), from: 1, direction: .forward, limit: limits.maxPageSize)
-                try expectEqual(page.count, min(limits.maxPageSize, limits.maxEventsPerAppend), "a read with the largest page")
+                try expectEqual(
+                    page.count, min(limits.maxPageSize, limits.maxEventsPerAppend), "a read with the largest page")
                 _ = try await store.readAll(after: .start, limit: limits.maxPageSize, filter: .all)
             },
         ]
@@ -939,12 +999,16 @@ extension StoreConformance {
                 var winners: [UUID] = []
                 for round in 0..<rounds {
                     let v = Int64(round)
-                    let outcomes = try await withThrowingTaskGroup(of: (UUID, AppendResult?, EventStoreError?).self) { group in
+                    let outcomes = try await withThrowingTaskGroup(of: (UUID, AppendResult?, EventStoreError?).self) {
+                        group in
                         for i in 0..<contenders {
                             group.addTask {
                                 let e = fx.event("Tested", i)
                                 do {
-                                    return (e.id, try await store.append([e], to: s, expected: .exact(v), commandID: nil), nil)
+                                    return (
+                                        e.id, try await store.append([e], to: s, expected: .exact(v), commandID: nil),
+                                        nil
+                                    )
                                 } catch let error as EventStoreError {
                                     return (e.id, nil, error)
                                 }
@@ -953,7 +1017,8 @@ extension StoreConformance {
                         return try await group.reduce(into: []) { $0.append($1) }
                     }
                     let won = outcomes.filter { $0.1 != nil }
-                    try expectEqual(won.count, 1, "round \(round): appends accepted with exact(\(v)) out of \(contenders)")
+                    try expectEqual(
+                        won.count, 1, "round \(round): appends accepted with exact(\(v)) out of \(contenders)")
                     try expectEqual(won[0].1?.lastVersion, v + 1, "round \(round): the winner's version")
                     winners.append(won[0].0)
                     for (_, _, error) in outcomes where error != nil {
@@ -977,7 +1042,11 @@ extension StoreConformance {
                             var mine: [([UUID], AppendResult)] = []
                             for j in 0..<appendsPerTask {
                                 let events = fx.events(1 + (t + j) % 3, "Tested", from: t * 100 + j * 10)
-                                mine.append((events.map(\.id), try await store.append(events, to: s, expected: .any, commandID: nil)))
+                                mine.append(
+                                    (
+                                        events.map(\.id),
+                                        try await store.append(events, to: s, expected: .any, commandID: nil)
+                                    ))
                             }
                             return mine
                         }
@@ -989,9 +1058,11 @@ extension StoreConformance {
                 try expectEqual(versions(stored), Array(1...Int64(total)), "versions of the stream")
                 try expectEqual(Set(stored.map(\.id)).count, total, "distinct event ids stored")
                 for (ids, result) in results {
-                    try expectEqual(Int(result.lastVersion - result.firstVersion) + 1, ids.count, "versions of one append")
+                    try expectEqual(
+                        Int(result.lastVersion - result.firstVersion) + 1, ids.count, "versions of one append")
                     let slice = stored[Int(result.firstVersion - 1)..<Int(result.lastVersion)]
-                    try expectEqual(slice.map(\.id), ids, "events at versions \(result.firstVersion)...\(result.lastVersion)")
+                    try expectEqual(
+                        slice.map(\.id), ids, "events at versions \(result.firstVersion)...\(result.lastVersion)")
                     try expectEqual(slice.first?.position, result.firstPosition, "first position of one append")
                     try expectEqual(slice.last?.position, result.lastPosition, "last position of one append")
                 }
@@ -1009,8 +1080,10 @@ extension StoreConformance {
                             var ids: [UUID] = []
                             for j in 0..<appendsPerTask {
                                 let events = fx.events(j % 5 == 0 ? 2 : 1, "Tested", from: j * 10)
-                                let r = try await store.append(events, to: s, expected: .exact(Int64(ids.count)), commandID: nil)
-                                try expectEqual(r.lastVersion, Int64(ids.count + events.count), "\(s): version after append \(j)")
+                                let r = try await store.append(
+                                    events, to: s, expected: .exact(Int64(ids.count)), commandID: nil)
+                                try expectEqual(
+                                    r.lastVersion, Int64(ids.count + events.count), "\(s): version after append \(j)")
                                 ids += events.map(\.id)
                             }
                             return (s, ids)
@@ -1024,7 +1097,8 @@ extension StoreConformance {
                 try expect(
                     zip(log, log.dropFirst()).allSatisfy { $0.logPosition < $1.logPosition },
                     "global positions are not strictly increasing")
-                try expectEqual(Set(log.map(\.id)), Set(written.values.flatMap { $0 }), "the set of event ids in the log")
+                try expectEqual(
+                    Set(log.map(\.id)), Set(written.values.flatMap { $0 }), "the set of event ids in the log")
                 var perStream: [String: [RecordedEvent]] = [:]
                 for e in log { perStream[e.stream, default: []].append(e) }
                 for (s, ids) in written {
@@ -1046,9 +1120,12 @@ extension StoreConformance {
                         var checkpoint = head0
                         while true {
                             let finished = done.isSet
-                            let page = try await store.readAll(after: checkpoint, limit: pageSize(store, 50), filter: .all)
+                            let page = try await store.readAll(
+                                after: checkpoint, limit: pageSize(store, 50), filter: .all)
                             for e in page {
-                                try expect(e.logPosition > checkpoint, "tailing reader got \(e.logPosition) after checkpoint \(checkpoint)")
+                                try expect(
+                                    e.logPosition > checkpoint,
+                                    "tailing reader got \(e.logPosition) after checkpoint \(checkpoint)")
                                 checkpoint = e.logPosition
                             }
                             seen += page
@@ -1066,7 +1143,8 @@ extension StoreConformance {
                                     var ids: [UUID] = []
                                     for j in 0..<appendsPerWriter {
                                         let events = fx.events(1 + j % 2, "Tested", from: j)
-                                        _ = try await store.append(events, to: fx.stream("tail", "\(w)"), expected: .any, commandID: nil)
+                                        _ = try await store.append(
+                                            events, to: fx.stream("tail", "\(w)"), expected: .any, commandID: nil)
                                         ids += events.map(\.id)
                                     }
                                     return ids
@@ -1075,10 +1153,14 @@ extension StoreConformance {
                             return ([], try await inner.reduce(into: []) { $0 += $1 })
                         }
                     }
-                    return try await group.reduce(into: ([RecordedEvent](), [UUID]())) { $0.0 += $1.0; $0.1 += $1.1 }
+                    return try await group.reduce(into: ([RecordedEvent](), [UUID]())) {
+                        $0.0 += $1.0
+                        $0.1 += $1.1
+                    }
                 }
                 let ids = seen.map(\.id)
-                try expectEqual(ids.count, Set(ids).count, "events seen twice by the tailing reader: \(ids.count - Set(ids).count)")
+                try expectEqual(
+                    ids.count, Set(ids).count, "events seen twice by the tailing reader: \(ids.count - Set(ids).count)")
                 let missing = Set(written).subtracting(ids)
                 try expect(missing.isEmpty, "the tailing reader missed \(missing.count) of \(written.count) events")
                 try expectEqual(ids.count, written.count, "events seen by the tailing reader")

@@ -40,7 +40,8 @@ struct Mutant: Sendable, CustomStringConvertible {
 /// Forwards to an in-memory store, with one behaviour replaced.
 final class BrokenStore: EventStore {
     let inner = InMemoryEventStore()
-    let append: (@Sendable (InMemoryEventStore, [EventData], String, ExpectedVersion, UUID?) async throws -> AppendResult)?
+    let append:
+        (@Sendable (InMemoryEventStore, [EventData], String, ExpectedVersion, UUID?) async throws -> AppendResult)?
     let readStream: (@Sendable (InMemoryEventStore, String, Int64, ReadDirection, Int) async throws -> [RecordedEvent])?
     let readAll: (@Sendable (InMemoryEventStore, LogPosition, Int, EventFilter) async throws -> [RecordedEvent])?
     let saveSnapshot: (@Sendable (InMemoryEventStore, Snapshot) async throws -> Void)?
@@ -48,8 +49,12 @@ final class BrokenStore: EventStore {
     let loadSnapshot: (@Sendable (String, Int) -> Snapshot?)?
 
     init(
-        append: (@Sendable (InMemoryEventStore, [EventData], String, ExpectedVersion, UUID?) async throws -> AppendResult)? = nil,
-        readStream: (@Sendable (InMemoryEventStore, String, Int64, ReadDirection, Int) async throws -> [RecordedEvent])? = nil,
+        append: (
+            @Sendable (InMemoryEventStore, [EventData], String, ExpectedVersion, UUID?) async throws -> AppendResult
+        )? = nil,
+        readStream: (
+            @Sendable (InMemoryEventStore, String, Int64, ReadDirection, Int) async throws -> [RecordedEvent]
+        )? = nil,
         readAll: (@Sendable (InMemoryEventStore, LogPosition, Int, EventFilter) async throws -> [RecordedEvent])? = nil,
         saveSnapshot: (@Sendable (InMemoryEventStore, Snapshot) async throws -> Void)? = nil,
         appendResult: (@Sendable (UUID) -> AppendResult?)? = nil,
@@ -109,7 +114,9 @@ let mutants: [Mutant] = [
     },
     Mutant(description: "reports conflicts without the actual version", check: "expected version noStream") {
         BrokenStore(append: { s, e, stream, expected, id in
-            do { return try await s.append(e, to: stream, expected: expected, commandID: id) } catch EventStoreError
+            do {
+                return try await s.append(e, to: stream, expected: expected, commandID: id)
+            } catch EventStoreError
                 .wrongExpectedVersion(let st, let ex, _)
             {
                 throw EventStoreError.wrongExpectedVersion(stream: st, expected: ex, actual: -1)
@@ -118,10 +125,14 @@ let mutants: [Mutant] = [
     },
     Mutant(description: "forgets command ids", check: "idempotent append returns the original result") {
         BrokenStore(
-            append: { s, e, stream, expected, _ in try await s.append(e, to: stream, expected: expected, commandID: nil) },
+            append: { s, e, stream, expected, _ in try await s.append(e, to: stream, expected: expected, commandID: nil)
+            },
             appendResult: { _ in nil })
     },
-    Mutant(description: "checks the version, then appends in a second step", check: "concurrent exact appends: one winner per version") {
+    Mutant(
+        description: "checks the version, then appends in a second step",
+        check: "concurrent exact appends: one winner per version"
+    ) {
         BrokenStore(append: { s, e, stream, expected, id in
             let actual = try await s.streamVersion(stream)
             guard expected.accepts(actual) else {
@@ -174,10 +185,15 @@ let mutants: [Mutant] = [
             limit == 0 ? [] : try await s.readStream(stream, from: from, direction: direction, limit: limit)
         })
     },
-    Mutant(description: "accepts stream ids whose characters fit the byte limit", check: "rejects a stream id over the byte limit in multi-byte characters") {
+    Mutant(
+        description: "accepts stream ids whose characters fit the byte limit",
+        check: "rejects a stream id over the byte limit in multi-byte characters"
+    ) {
         BrokenStore(append: { s, e, stream, expected, id in
             // Shortens multi-byte ids that fit in characters, as if the limit counted characters.
-            let fitted = stream.count <= s.limits.maxStreamIDBytes ? String(stream.prefix(s.limits.maxStreamIDBytes / 2)) : stream
+            let fitted =
+                stream.count <= s.limits.maxStreamIDBytes
+                ? String(stream.prefix(s.limits.maxStreamIDBytes / 2)) : stream
             return try await s.append(e, to: fitted, expected: expected, commandID: id)
         })
     },
@@ -199,7 +215,9 @@ struct ConformanceMutationTests {
         let check = try #require(StoreConformance.checks.first { $0.name == "expected version exact" })
         let error = await #expect(throws: ConformanceFailure.self) {
             try await check.run {
-                BrokenStore(append: { s, e, stream, _, id in try await s.append(e, to: stream, expected: .any, commandID: id) })
+                BrokenStore(append: { s, e, stream, _, id in
+                    try await s.append(e, to: stream, expected: .any, commandID: id)
+                })
             }
         }
         let text = error.map { "\($0)" } ?? ""
