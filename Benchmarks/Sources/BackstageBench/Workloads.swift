@@ -1,0 +1,305 @@
+import Backstage
+import Foundation
+import Synchronization
+
+/// The sizes of the workloads (the issue's figures at scale 1).
+struct Sizes: Sendable {
+    var w1Aggregates = 20_000
+    var w1Callers = 64
+    var w2Commands = 10_000
+    var w2SnapshotEvery = 100
+    var w3Events = 100_000
+    var w3BatchSize = 100
+    var w3Callers = 16
+    var w4PageSize = 1_000
+    var w5CommandsPerWriter = 500
+    var w5Writers = 4
+    var dispatchCommands = 200_000
+    var dispatchAggregates = 1_000
+    var dispatchCallers = ProcessInfo.processInfo.activeProcessorCount * 8
+    var ceilingSingleRows = 2_000
+    var ceilingBatchTransactions = 100
+    var ceilingBatchRows = 1_000
+
+    init(scale: Double) {
+        func s(_ n: Int) -> Int { max(1, Int((Double(n) * scale).rounded())) }
+        w1Aggregates = s(w1Aggregates)
+        w2Commands = s(w2Commands)
+        w3Events = max(w3BatchSize, s(w3Events) / w3BatchSize * w3BatchSize)
+        w5CommandsPerWriter = s(w5CommandsPerWriter)
+        dispatchCommands = s(dispatchCommands)
+        ceilingSingleRows = s(ceilingSingleRows)
+        ceilingBatchTransactions = s(ceilingBatchTransactions)
+    }
+}
+
+/// Counts the outcomes of concurrent commands.
+final class Tally: Sendable {
+    let succeeded = Atomic<Int>(0)
+    let failed = Atomic<Int>(0)
+    let retries = Atomic<Int>(0)
+}
+
+/// The workloads, run against one store.
+struct Workloads {
+    let store: any EventStore
+    let storeName: String
+    let sizes: Sizes
+    let report: Report
+    /// Which ceiling a workload's ratio refers to; nil for stores without one (in memory).
+    let singleRowCeiling: String?
+    let batchCeiling: String?
+    let readCeiling: String?
+    /// True for the store where the issue sets absolute targets (SQLite).
+    let absoluteTargets: Bool
+
+    func app(_ configure: (inout BackstageApp.Configuration) -> Void = { _ in }) throws -> BackstageApp {
+        var configuration = BackstageApp.Configuration()
+        configure(&configuration)
+        return BackstageApp(store: store, router: try accountRouter(), configuration: configuration)
+    }
+
+    /// W1: `w1Aggregates` new aggregates receive one command each (load, decide, append one event).
+    func w1() async throws {
+        let n = sizes.w1Aggregates
+        let sequential = try app()
+        let d1 = try await timed {
+            for i in 0..<n { try await sequential.dispatch(Deposit(account: "w1s\(i)", amount: 10)) }
+        }
+        report.figure(
+            "W1 many aggregates, 1 caller", store: storeName, value: Double(n) / d1.seconds, unit: "commands/s",
+            ceiling: singleRowCeiling, target: singleRowCeiling == nil ? nil : .ratio(atLeast: 0.5),
+            note: "\(n) aggregates, one command each, in sequence")
+
+        let concurrent = try app()
+        let callers = sizes.w1Callers
+        let before = (store as? any StoreStatistics)?.writerStatistics
+        let d2 = try await timed {
+            try await concurrently(callers: callers, count: n) { i in
+                try await concurrent.dispatch(Deposit(account: "w1c\(i)", amount: 10))
+            }
+        }
+        var note = "\(n) aggregates, \(callers) concurrent callers"
+        if let before, let after = (store as? any StoreStatistics)?.writerStatistics {
+            let tx = after.transactions - before.transactions
+            let appends = after.appends - before.appends
+            note += String(
+                format: "; group commit: %d transactions, %.1f appends each on average, largest %d", tx,
+                Double(appends) / Double(max(tx, 1)), after.largestGroup)
+        }
+        var target: Target? = singleRowCeiling == nil ? nil : .aboveCeiling()
+        if absoluteTargets { target = .all([.aboveCeiling(), .value(atLeast: 50_000, "commands/s")]) }
+        report.figure(
+            "W1 many aggregates, \(callers) callers", store: storeName, value: Double(n) / d2.seconds,
+            unit: "commands/s", ceiling: singleRowCeiling, target: target, note: note)
+    }
+
+    /// W2: one aggregate receives `w2Commands` commands in sequence, without and with snapshots.
+    func w2() async throws {
+        let n = sizes.w2Commands
+        for snapshots in [false, true] {
+            let every = sizes.w2SnapshotEvery
+            let app = try app { if snapshots { $0.snapshotEvery = every } }
+            let account = snapshots ? "w2-snapshots" : "w2-plain"
+            let d = try await timed {
+                for i in 0..<n {
+                    if i % 4 == 3 {
+                        try await app.dispatch(Withdraw(account: account, amount: 5))
+                    } else {
+                        try await app.dispatch(Deposit(account: account, amount: 10))
+                    }
+                }
+            }
+            let version = try await store.streamVersion(Account.streamID(account))
+            report.figure(
+                snapshots ? "W2 long stream, cache + snapshots/\(every)" : "W2 long stream, cache, no snapshots",
+                store: storeName, value: Double(n) / d.seconds, unit: "commands/s", ceiling: singleRowCeiling,
+                target: singleRowCeiling == nil ? nil : .ratio(atLeast: 0.8),
+                note: "\(n) commands to one aggregate in sequence, stream version after: \(version)")
+        }
+    }
+
+    /// W3: appends of `w3BatchSize` events per call up to `w3Events` events, from one caller in
+    /// sequence, then again from `w3Callers` concurrent callers (where group commit applies).
+    func w3(payloads: [Data]) async throws {
+        let batches = sizes.w3Events / sizes.w3BatchSize
+        let size = sizes.w3BatchSize
+        let store = self.store
+        for callers in [1, sizes.w3Callers] {
+            let prefix = "batch\(callers)"
+            let before = (store as? any StoreStatistics)?.writerStatistics
+            let d = try await timed {
+                try await concurrently(callers: callers, count: batches) { b in
+                    let events = (0..<size).map { i in
+                        EventData(type: batchEventType, data: payloads[(b * size + i) % payloads.count])
+                    }
+                    _ = try await store.append(
+                        events, to: "\(prefix)-\(b)", expected: .noStream, commandID: UUIDv7.next())
+                }
+            }
+            var note = "\(batches) appends of \(size) events, each with a command id, \(callers) caller(s)"
+            if let before, let after = (store as? any StoreStatistics)?.writerStatistics {
+                let tx = after.transactions - before.transactions
+                note += String(
+                    format: "; %d transactions, %.0f events each on average", tx,
+                    Double(batches * size) / Double(max(tx, 1)))
+            }
+            report.figure(
+                "W3 batch append \(size)/append, \(callers) caller\(callers == 1 ? "" : "s")", store: storeName,
+                value: Double(batches * size) / d.seconds, unit: "events/s", ceiling: batchCeiling,
+                target: batchCeiling == nil ? nil : .ratio(atLeast: 0.6), note: note)
+        }
+    }
+
+    /// W4: catch-up of a count-per-type read model from position zero over the whole log.
+    ///
+    /// Until the projection engine exists this is a plain `readAll` paging loop: it measures
+    /// the store's read path, not a projection.
+    func w4() async throws {
+        let total = Int(try await store.headPosition().position)
+        let pageSize = sizes.w4PageSize
+        let resetOK = Memory.resetPeak()
+        let rssStart = Memory.rss
+        var rssHalf: Int?
+        var counts: [String: Int] = [:]
+        var processed = 0
+        let d = try await timed {
+            var after = LogPosition.start
+            while true {
+                let page = try await store.readAll(after: after, limit: pageSize, filter: .all)
+                guard let last = page.last else { break }
+                for event in page { counts[event.type, default: 0] += 1 }
+                processed += page.count
+                after = last.logPosition
+                if rssHalf == nil, processed >= total / 2 { rssHalf = Memory.rss }
+            }
+        }
+        let rssEnd = Memory.rss
+        let peak = Memory.peak
+        let growth = (rssHalf != nil && rssEnd != nil) ? rssEnd! - rssHalf! : nil
+        let countsText = counts.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ", ")
+        let rate = Double(processed) / d.seconds
+        report.figure(
+            "W4 catch-up (readAll paging loop)", store: storeName, value: rate, unit: "events/s",
+            ceiling: readCeiling,
+            target: absoluteTargets ? .value(atLeast: 150_000, "events/s") : nil,
+            note: "\(processed) events from position 0 in pages of \(pageSize) into a count per type "
+                + "(\(countsText)); NOT the projection engine yet")
+        report.figure(
+            "W4 peak memory (VmHWM during catch-up)", store: storeName, value: Double(peak ?? 0) / 1_048_576,
+            unit: "MiB",
+            note: "RSS at start \(Memory.mib(rssStart)), at half \(Memory.mib(rssHalf)), at end \(Memory.mib(rssEnd)); "
+                + "growth half->end \(Memory.mib(growth))" + (resetOK ? "" : "; VmHWM could not be reset: whole-process peak"))
+        report.figure(
+            "W4 RSS growth, half -> all events", store: storeName, value: Double(growth ?? 0) / 1_048_576, unit: "MiB",
+            note: "flat memory means this stays near 0 as the event count doubles")
+    }
+
+    /// W5: `w5Writers` writers (each its own BackstageApp, like separate processes) on distinct
+    /// aggregates, then on one aggregate.
+    func w5() async throws {
+        let writers = sizes.w5Writers
+        let perWriter = sizes.w5CommandsPerWriter
+        let apps = try (0..<writers).map { _ in try app() }
+
+        let d1 = try await timed {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for (w, app) in apps.enumerated() {
+                    group.addTask {
+                        for _ in 0..<perWriter { try await app.dispatch(Deposit(account: "w5-own-\(w)", amount: 1)) }
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+        report.figure(
+            "W5 \(writers) writers, distinct aggregates", store: storeName,
+            value: Double(writers * perWriter) / d1.seconds, unit: "commands/s", ceiling: singleRowCeiling,
+            note: "\(writers) apps x \(perWriter) commands, each app on its own aggregate")
+
+        let shared = "w5-shared"
+        let tally = Tally()
+        let contended = try (0..<writers).map { _ in try app() }
+        let d2 = await timed {
+            await withTaskGroup(of: Void.self) { group in
+                for app in contended {
+                    group.addTask {
+                        for _ in 0..<perWriter {
+                            do {
+                                let r = try await app.dispatch(Deposit(account: shared, amount: 1))
+                                tally.succeeded.add(1, ordering: .relaxed)
+                                tally.retries.add(r.retries, ordering: .relaxed)
+                            } catch EventStoreError.wrongExpectedVersion {
+                                tally.failed.add(1, ordering: .relaxed)
+                                tally.retries.add(app.configuration.maxConflictRetries, ordering: .relaxed)
+                            } catch {
+                                tally.failed.add(1, ordering: .relaxed)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let ok = tally.succeeded.load(ordering: .relaxed)
+        let failed = tally.failed.load(ordering: .relaxed)
+        let retried = tally.retries.load(ordering: .relaxed)
+        let version = try await store.streamVersion(Account.streamID(shared))
+        let consistent = version == Int64(ok)
+        report.figure(
+            "W5 \(writers) writers, one aggregate", store: storeName, value: Double(ok) / d2.seconds,
+            unit: "commands/s", ceiling: singleRowCeiling,
+            note: "\(writers) apps x \(perWriter) commands on one aggregate: \(ok) succeeded, \(failed) failed "
+                + "after retries, \(retried) conflicts retried; final event count \(version) "
+                + (consistent ? "== successful commands (OK)" : "!= successful commands \(ok) (INCONSISTENT)"))
+        report.figure(
+            "W5 conflicts (retried + surfaced)", store: storeName, value: Double(retried + failed), unit: "conflicts",
+            note: "check final count == successes: \(consistent ? "passed" : "FAILED")")
+        if !consistent { report.note("W5 on \(storeName): final event count \(version) != successes \(ok)") }
+    }
+
+    /// In-memory dispatch overhead: commands through the router, middleware and aggregate runtime,
+    /// from one caller (1 core) and from `dispatchCallers` concurrent callers (all cores).
+    static func dispatchOverhead(sizes: Sizes, report: Report) async throws {
+        let n = sizes.dispatchCommands
+        let aggregates = sizes.dispatchAggregates
+        for callers in [1, sizes.dispatchCallers] {
+            let app = BackstageApp(store: InMemoryEventStore(), router: try accountRouter())
+            // Warm up: hydrate every aggregate so the figure is the steady state.
+            for a in 0..<aggregates { try await app.dispatch(Deposit(account: "d\(a)", amount: 1)) }
+            let d = try await timed {
+                if callers == 1 {
+                    for i in 0..<n { try await app.dispatch(Deposit(account: "d\(i % aggregates)", amount: 1)) }
+                } else {
+                    // Caller c owns the aggregates a with a % callers == c: no waiting on another
+                    // caller's aggregate lock.
+                    let perCaller = n / callers
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        for c in 0..<callers {
+                            group.addTask {
+                                var a = c
+                                for _ in 0..<perCaller {
+                                    try await app.dispatch(Deposit(account: "d\(a)", amount: 1))
+                                    a += callers
+                                    if a >= aggregates { a = c }
+                                }
+                            }
+                        }
+                        try await group.waitForAll()
+                    }
+                }
+            }
+            let done = callers == 1 ? n : n / callers * callers
+            let cores = ProcessInfo.processInfo.activeProcessorCount
+            report.figure(
+                callers == 1 ? "dispatch overhead, 1 core (1 caller)" : "dispatch overhead, all \(cores) cores",
+                store: "memory", value: Double(done) / d.seconds, unit: "commands/s",
+                target: callers == 1 ? nil : .value(atLeast: 300_000, "commands/s"),
+                note: "\(done) commands over \(aggregates) cached aggregates, \(callers) caller(s)")
+        }
+    }
+}
+
+/// Stores that count their write transactions (group commit).
+protocol StoreStatistics {
+    var writerStatistics: (transactions: Int, appends: Int, largestGroup: Int) { get }
+}
