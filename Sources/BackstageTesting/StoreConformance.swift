@@ -58,7 +58,18 @@ public struct ConformanceCheck: Sendable, CustomStringConvertible {
     /// - Throws: ``ConformanceFailure`` naming the check; an error the store threw where none was
     ///   expected is reported as a failure too, with the error in the message.
     public func run(_ makeStore: StoreFactory) async throws {
-        let store = try await makeStore()
+        try await run(on: try await makeStore())
+    }
+
+    /// Runs the check against `store`, which the caller made (fresh and empty, ideally) and
+    /// closes afterwards: for stores that need async cleanup, such as a schema to drop.
+    ///
+    /// ```swift
+    /// try await withFreshStore { store in try await check.run(on: store) }
+    /// ```
+    ///
+    /// - Throws: ``ConformanceFailure`` naming the check, as ``run(_:)``.
+    public func run(on store: any EventStore) async throws {
         do {
             try await body(store)
         } catch var failure as ConformanceFailure {
@@ -1106,6 +1117,120 @@ extension StoreConformance {
                     try expectEqual(events.map(\.id), ids, "\(s): events in log order")
                     try expectEqual(versions(events), Array(1...Int64(ids.count)), "\(s): versions in log order")
                 }
+            },
+
+            ConformanceCheck("concurrent appends with the same command id store the events once") { store in
+                let fx = Fixture()
+                let s = fx.stream("sameid")
+                let command = UUIDv7.next()
+                let template = fx.events(3, "Tested", from: 1)
+                let results = try await withThrowingTaskGroup(of: AppendResult.self) { group in
+                    for _ in 0..<20 {
+                        group.addTask {
+                            // Each retry encodes the same events again, with fresh ids.
+                            let events = template.map {
+                                EventData(
+                                    type: $0.type, schemaVersion: $0.schemaVersion, data: $0.data, metadata: $0.metadata
+                                )
+                            }
+                            return try await store.append(events, to: s, expected: .any, commandID: command)
+                        }
+                    }
+                    return try await group.reduce(into: []) { $0.append($1) }
+                }
+                try expectEqual(results.filter { !$0.isDuplicate }.count, 1, "appends that wrote (not duplicates)")
+                let original = results.first { !$0.isDuplicate }!
+                for r in results { try expectEqual(identity(r), identity(original), "result of a concurrent replay") }
+                try expectEqual(try await store.streamVersion(s), 3, "version after 20 appends of one command")
+                try expectEqual(
+                    try await store.appendResult(forCommand: command).map(identity), identity(original),
+                    "appendResult(forCommand:)")
+            },
+
+            ConformanceCheck("concurrent appends: a bad append rejects only itself") { store in
+                let fx = Fixture()
+                let taken = fx.event("Tested", 0)
+                _ = try await store.append(
+                    [taken], to: fx.stream("mixed", "taken"), expected: .noStream, commandID: nil)
+                let reused = UUIDv7.next()
+                let reusedEvents = [fx.event("Tested", 1)]
+                _ = try await store.append(
+                    reusedEvents, to: fx.stream("mixed", "reused"), expected: .noStream, commandID: reused)
+                let head1 = try await store.headPosition()
+
+                enum Kind: Int, Sendable, CaseIterable { case good, wrongVersion, takenID, idConflict, replay }
+                struct Outcome: Sendable {
+                    var kind: Kind
+                    var stream: String
+                    var ids: [UUID]
+                    var result: AppendResult?
+                    var error: EventStoreError?
+                }
+                let outcomes = try await withThrowingTaskGroup(of: Outcome.self) { group in
+                    for i in 0..<50 {
+                        let kind = Kind.allCases[i % Kind.allCases.count]
+                        group.addTask {
+                            // Replays go to the original stream, which is at version 1 already.
+                            let stream = kind == .replay ? fx.stream("mixed", "reused") : fx.stream("mixed", "\(i)")
+                            let good = fx.events(2, "Tested", from: i * 10)
+                            let (events, expected, command): ([EventData], ExpectedVersion, UUID?) =
+                                switch kind {
+                                case .good: (good, .noStream, UUIDv7.next())
+                                case .wrongVersion: (good, .exact(7), nil)
+                                case .takenID:
+                                    (
+                                        [good[0], EventData(id: taken.id, type: taken.type, data: taken.data)],
+                                        .noStream, nil
+                                    )
+                                case .idConflict: (good, .noStream, reused)
+                                case .replay: (reusedEvents, .noStream, reused)
+                                }
+                            do {
+                                let r = try await store.append(
+                                    events, to: stream, expected: expected, commandID: command)
+                                return Outcome(kind: kind, stream: stream, ids: events.map(\.id), result: r)
+                            } catch let error as EventStoreError {
+                                return Outcome(kind: kind, stream: stream, ids: events.map(\.id), error: error)
+                            }
+                        }
+                    }
+                    return try await group.reduce(into: []) { $0.append($1) }
+                }
+                var stored: [UUID] = []
+                for o in outcomes {
+                    let what = "\(o.kind) append to \(o.stream)"
+                    switch o.kind {
+                    case .good:
+                        try expect(o.error == nil, "\(what): expected success, actual \(String(describing: o.error))")
+                        try expectEqual(o.result?.lastVersion, 2, "\(what): version")
+                        stored += o.ids
+                    case .wrongVersion:
+                        try expectEqual(
+                            o.error, .wrongExpectedVersion(stream: o.stream, expected: .exact(7), actual: 0), what)
+                    case .takenID:
+                        guard case .invalidInput? = o.error else {
+                            throw failure(
+                                "\(what): expected invalidInput, actual \(String(describing: o.error))", #fileID, #line)
+                        }
+                    case .idConflict:
+                        guard case .idempotencyConflict(let id, _)? = o.error, id == reused else {
+                            throw failure(
+                                "\(what): expected idempotencyConflict(commandID: \(reused)), actual result \(String(describing: o.result)), error \(String(describing: o.error))",
+                                #fileID, #line)
+                        }
+                    case .replay:
+                        try expectEqual(o.result?.isDuplicate, true, "\(what): isDuplicate")
+                        try expectEqual(o.result?.stream, fx.stream("mixed", "reused"), "\(what): the original stream")
+                    }
+                    if o.kind != .good {
+                        let unchanged: Int64 = o.kind == .replay ? 1 : 0
+                        try expectEqual(
+                            try await store.streamVersion(o.stream), unchanged, "\(what): version of the stream")
+                    }
+                }
+                let log = try await readAllEvents(store, after: head1)
+                try expectEqual(Set(log.map(\.id)), Set(stored), "events stored by the concurrent appends")
+                try expectEqual(log.count, stored.count, "events stored by the concurrent appends (count)")
             },
 
             ConformanceCheck("a reader tailing the log during writes misses nothing") { store in

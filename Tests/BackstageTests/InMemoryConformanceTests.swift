@@ -16,7 +16,7 @@ struct InMemoryConformanceTests {
         let limits = StoreLimits(
             maxPayloadBytes: 64, maxEventsPerAppend: 5, maxStreamIDBytes: 24, maxPageSize: 7, maxTypeNameBytes: 20)
         for check in StoreConformance.checks where check.name.hasPrefix("rejects") || check.name.hasPrefix("accepts") {
-            try await check.run { InMemoryEventStore(limits: limits) }
+            try await check.run(on: InMemoryEventStore(limits: limits))
         }
     }
 
@@ -140,6 +140,28 @@ let mutants: [Mutant] = [
             }
             try await Task.sleep(for: .milliseconds(5))  // the gap between check and write
             return try await s.append(e, to: stream, expected: .any, commandID: id)
+        })
+    },
+    Mutant(
+        description: "looks the command id up, then appends in a second step",
+        check: "concurrent appends with the same command id store the events once"
+    ) {
+        BrokenStore(append: { s, e, stream, expected, id in
+            if let id, let prior = try await s.appendResult(forCommand: id) { return prior }
+            try await Task.sleep(for: .milliseconds(5))  // the gap between lookup and write
+            return try await s.append(e, to: stream, expected: expected, commandID: nil)
+        })
+    },
+    Mutant(
+        description: "reports an already stored event id as a conflict",
+        check: "concurrent appends: a bad append rejects only itself"
+    ) {
+        BrokenStore(append: { s, e, stream, expected, id in
+            do { return try await s.append(e, to: stream, expected: expected, commandID: id) } catch EventStoreError
+                .invalidInput
+            {
+                throw EventStoreError.wrongExpectedVersion(stream: stream, expected: expected, actual: 0)
+            }
         })
     },
     Mutant(description: "reads backward as forward", check: "readStream forward and backward in pages") {
