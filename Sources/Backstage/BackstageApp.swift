@@ -207,12 +207,24 @@ public final class BackstageApp: Sendable {
             for event in decided { entry.state.apply(event) }
             entry.version = result.lastVersion
             let now = Date()
-            let recorded = zip(data, result.firstVersion...).enumerated().map { i, pair in
+            var recorded = zip(data, result.firstVersion...).enumerated().map { i, pair in
                 RecordedEvent(
                     position: result.firstPosition + Int64(i), transaction: result.transaction,
                     stream: stream, streamVersion: pair.1, id: pair.0.id, type: pair.0.type,
                     schemaVersion: pair.0.schemaVersion, data: pair.0.data, metadata: pair.0.metadata,
                     recordedAt: now)
+            }
+            if result.lastPosition - result.firstPosition + 1 != Int64(data.count) {
+                // The positions of one append can have gaps (PostgreSQL: concurrent transactions
+                // share the sequence), so read the stored events back instead of guessing.
+                if let stored = try? await store.readStream(
+                    stream, from: result.firstVersion, direction: .forward, limit: data.count),
+                    stored.map(\.id) == data.map(\.id)
+                {
+                    recorded = stored
+                } else {
+                    recorded[recorded.count - 1].position = result.lastPosition
+                }
             }
             await snapshotIfDue(entry, stream: stream)
             return Dispatched(

@@ -54,6 +54,18 @@ struct DispatchTests {
         #expect(try await app.load(Account.self, id: "a").state == result.state)
     }
 
+    @Test("recorded events carry the store's positions when an append's positions have gaps")
+    func positionsWithGaps() async throws {
+        let store = SpacedStore()
+        let app = try makeApp(store)
+        try await app.dispatch(OpenAccount(id: "a", owner: "Ana"))
+        let result = try await app.dispatch(Deposit(id: "a", amount: 1, times: 3))
+        let stored = try await store.readStream("account-a", from: 2, direction: .forward, limit: 10)
+        #expect(result.recorded.map(\.position) == stored.map(\.position))
+        #expect(result.recorded.map(\.id) == stored.map(\.id))
+        #expect(result.recorded.last?.logPosition == stored.last?.logPosition)
+    }
+
     @Test("a command that decides no events stores nothing")
     func noEvents() async throws {
         let store = InMemoryEventStore()

@@ -369,3 +369,49 @@ final class Journal: Sendable {
     func record(_ s: String) { entries.withLock { $0.append(s) } }
     var all: [String] { entries.withLock { $0 } }
 }
+
+/// Stores positions with gaps (every position doubled), as PostgreSQL does when concurrent
+/// transactions share its sequence: the positions of one append are not contiguous.
+final class SpacedStore: EventStore {
+    let inner = InMemoryEventStore()
+    var limits: StoreLimits { inner.limits }
+
+    private func spaced(_ e: RecordedEvent) -> RecordedEvent {
+        var e = e
+        e.position *= 2
+        return e
+    }
+    private func spaced(_ r: AppendResult) -> AppendResult {
+        var r = r
+        r.firstPosition *= 2
+        r.lastPosition *= 2
+        return r
+    }
+
+    func append(_ events: [EventData], to stream: String, expected: ExpectedVersion, commandID: UUID?) async throws
+        -> AppendResult
+    {
+        spaced(try await inner.append(events, to: stream, expected: expected, commandID: commandID))
+    }
+    func readStream(_ stream: String, from version: Int64, direction: ReadDirection, limit: Int) async throws
+        -> [RecordedEvent]
+    {
+        try await inner.readStream(stream, from: version, direction: direction, limit: limit).map(spaced)
+    }
+    func readAll(after position: LogPosition, limit: Int, filter: EventFilter) async throws -> [RecordedEvent] {
+        try await inner.readAll(after: LogPosition(position: position.position / 2), limit: limit, filter: filter)
+            .map(spaced)
+    }
+    func streamVersion(_ stream: String) async throws -> Int64 { try await inner.streamVersion(stream) }
+    func headPosition() async throws -> LogPosition {
+        LogPosition(position: try await inner.headPosition().position * 2)
+    }
+    func appendResult(forCommand commandID: UUID) async throws -> AppendResult? {
+        try await inner.appendResult(forCommand: commandID).map(spaced)
+    }
+    func saveSnapshot(_ snapshot: Snapshot) async throws { try await inner.saveSnapshot(snapshot) }
+    func loadSnapshot(_ stream: String, schemaVersion: Int) async throws -> Snapshot? {
+        try await inner.loadSnapshot(stream, schemaVersion: schemaVersion)
+    }
+    func appendNotifications() -> AsyncStream<Void> { inner.appendNotifications() }
+}
