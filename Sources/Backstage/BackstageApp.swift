@@ -14,6 +14,10 @@ public struct DispatchOptions: Sendable {
     public var causationID: UUID?
     /// Free-form fields stored in the metadata of every event the command produces.
     public var fields: [String: String]
+    /// Whether dispatch waits for read models after storing the events (see ``Consistency``).
+    public var consistency: Consistency = .eventual
+    /// How long a dispatch waits for ``consistency`` before throwing ``ConsistencyError``.
+    public var consistencyTimeout: Duration = .seconds(10)
 
     /// Creates options.
     public init(
@@ -97,6 +101,8 @@ public final class BackstageApp: Sendable {
     public let router: Router
     /// The runtime settings.
     public let configuration: Configuration
+    /// Where running projections publish their progress; `.strong` dispatches wait on it.
+    public let projections = ConsistencyRegistry()
     let middleware: [any Middleware]
     let cache: AggregateCache
     let metrics: DispatchMetrics
@@ -133,6 +139,7 @@ public final class BackstageApp: Sendable {
             command: command, commandName: route.name, commandID: commandID, stream: stream,
             correlationID: options.correlationID ?? commandID, causationID: options.causationID,
             fields: options.fields)
+        let dispatched: Dispatched<C.Target>
         do {
             try store.limits.validate(stream: stream)
             for m in middleware { try await m.beforeDispatch(&context) }
@@ -148,12 +155,15 @@ public final class BackstageApp: Sendable {
                 isDuplicate: result.isDuplicate, retries: result.retries)
             for m in middleware { await m.afterDispatch(context, result: summary) }
             metrics.succeeded(command: route.name, events: summary.eventCount, retries: result.retries, since: start)
-            return result
+            dispatched = result
         } catch {
             for m in middleware { await m.afterFailure(context, error: error) }
             metrics.failed(command: route.name, error: error)
             throw error
         }
+        // The events are stored; a consistency timeout says so.
+        try await awaitConsistency(options, recorded: dispatched.recorded)
+        return dispatched
     }
 
     private func execute<C: Command>(

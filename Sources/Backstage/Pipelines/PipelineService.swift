@@ -1,0 +1,371 @@
+import Foundation
+import Logging
+import ServiceLifecycle
+import Synchronization
+
+/// Runs event handlers and projections over an event store, as a swift-service-lifecycle
+/// `Service`.
+///
+/// Each handler and projection is a subscription with its own checkpoint: a source reads the log
+/// after the checkpoint in pages (filter pushed into the store), wakes on append notifications and
+/// polls as a fallback; events are partitioned by key (order kept inside a partition), handled by
+/// N workers in batches, acknowledged, and the checkpoint (the low watermark) is committed.
+/// Graceful shutdown stops reading, drains the batches handed to workers and commits checkpoints.
+///
+/// ```swift
+/// let pipelines = try PipelineService(app: app, handlers: [ReceiptSender()], projections: [tickets])
+/// let group = ServiceGroup(services: [pipelines], gracefulShutdownSignals: [.sigterm], logger: logger)
+/// try await group.run()
+/// ```
+public final class PipelineService: Service, Sendable {
+    private struct State {
+        var stopping = false
+        var live: [String: SubscriptionRunner] = [:]
+        var rebuilding: [String: SubscriptionRunner] = [:]
+        var superseded: Set<ObjectIdentifier> = []
+    }
+
+    /// The store the subscriptions read.
+    public let store: any EventStore
+    /// The handlers, by name.
+    public let handlers: [String: any EventHandler]
+    /// The projections, by name.
+    public let projections: [String: any Projection]
+    /// Where handlers keep their checkpoints.
+    public let checkpoints: any CheckpointStore
+    /// Where parked events go (for projections without a store of their own).
+    public let parkedEvents: any ParkedEventStore
+    /// Who leads each subscription.
+    public let leadership: any LeaderElection
+    /// Where projections publish their progress for strongly consistent dispatches.
+    public let consistency: ConsistencyRegistry
+    let logger: Logger
+    private let state = Mutex(State())
+    private let stopped = Signal(sticky: true)
+    private let progress = Signal()
+
+    /// Creates a service over `store`.
+    ///
+    /// - Throws: ``PipelineError`` for an invalid or duplicate name.
+    public init(
+        store: any EventStore, handlers: [any EventHandler] = [], projections: [any Projection] = [],
+        checkpoints: any CheckpointStore = InMemoryCheckpointStore(),
+        parkedEvents: any ParkedEventStore = InMemoryParkedEventStore(),
+        leadership: any LeaderElection = SingleProcessLeadership(), consistency: ConsistencyRegistry = ConsistencyRegistry(),
+        logger: Logger = Logger(label: "backstage.pipelines")
+    ) throws(PipelineError) {
+        var names = Set<String>()
+        var byName: [String: any EventHandler] = [:]
+        for h in handlers {
+            try validateSubscriptionName(h.name)
+            if h.name.contains("@") { throw .invalidName(h.name, reason: "'@' is reserved for projection versions") }
+            guard names.insert(h.name).inserted else { throw .duplicateSubscription(h.name) }
+            byName[h.name] = h
+        }
+        var projectionsByName: [String: any Projection] = [:]
+        for p in projections {
+            try validateSubscriptionName(p.name)
+            if p.name.contains("@") { throw .invalidName(p.name, reason: "'@' is reserved for projection versions") }
+            guard names.insert(p.name).inserted else { throw .duplicateSubscription(p.name) }
+            projectionsByName[p.name] = p
+        }
+        self.store = store
+        self.handlers = byName
+        self.projections = projectionsByName
+        self.checkpoints = checkpoints
+        self.parkedEvents = parkedEvents
+        self.leadership = leadership
+        self.consistency = consistency
+        self.logger = logger
+        for p in projections { consistency.register(p.name, strong: p.options.stronglyConsistent, position: nil) }
+    }
+
+    /// Creates a service over the app's store whose projections serve the app's strongly
+    /// consistent dispatches.
+    public convenience init(
+        app: BackstageApp, handlers: [any EventHandler] = [], projections: [any Projection] = [],
+        checkpoints: any CheckpointStore = InMemoryCheckpointStore(),
+        parkedEvents: any ParkedEventStore = InMemoryParkedEventStore(),
+        leadership: any LeaderElection = SingleProcessLeadership(), logger: Logger = Logger(label: "backstage.pipelines")
+    ) throws(PipelineError) {
+        try self.init(
+            store: app.store, handlers: handlers, projections: projections, checkpoints: checkpoints,
+            parkedEvents: parkedEvents, leadership: leadership, consistency: app.projections, logger: logger)
+    }
+
+    // MARK: Running
+
+    /// Runs every subscription until graceful shutdown (or ``stop()``), then drains and commits.
+    public func run() async throws {
+        await withGracefulShutdownHandler {
+            await withTaskCancellationHandler {
+                await withTaskGroup(of: Void.self) { group in
+                    for handler in handlers.values { group.addTask { await self.runHandler(handler) } }
+                    for projection in projections.values { group.addTask { await self.runProjection(projection) } }
+                    // A subscription stopped by a failure stays stopped; the service keeps running
+                    // (and serving its status) until shutdown.
+                    group.addTask { await self.stopped.wait() }
+                }
+            } onCancel: {
+                self.stop()
+            }
+        } onGracefulShutdown: {
+            self.stop()
+        }
+    }
+
+    /// Stops every subscription gracefully: stop reading, finish handed-out batches, commit.
+    public func stop() {
+        let runners = state.withLock { s in
+            s.stopping = true
+            return Array(s.live.values) + Array(s.rebuilding.values)
+        }
+        stopped.signal()
+        for r in runners { r.stop() }
+    }
+
+    private var isStopping: Bool { state.withLock { $0.stopping } }
+
+    private func runHandler(_ handler: any EventHandler) async {
+        while !isStopping {
+            let token: Int64
+            do {
+                token = try await leadership.acquire(handler.name)
+            } catch {
+                logger.error("could not acquire the lease of \(handler.name): \(error)")
+                await stopped.wait(timeout: handler.options.pollInterval)
+                continue
+            }
+            let runner = SubscriptionRunner(
+                subscription: handler.name, name: handler.name, consumer: .handler(handler),
+                settings: RunSettings(handler.options), filter: handler.filter, store: store, checkpoints: checkpoints,
+                parked: parkedEvents, leadership: leadership, token: token, untilCaughtUp: false, logger: logger,
+                onCommit: { [weak self] _ in self?.progress.signal() })
+            guard register(runner, live: handler.name) else { break }
+            await runner.run()
+            await leadership.release(handler.name, token: token)
+            if runner.failure == "leadership lost" { continue }
+            break
+        }
+    }
+
+    /// Registers a live runner unless the service is stopping; false when it is.
+    private func register(_ runner: SubscriptionRunner, live name: String) -> Bool {
+        let ok = state.withLock { s -> Bool in
+            guard !s.stopping else { return false }
+            s.live[name] = runner
+            return true
+        }
+        return ok
+    }
+
+    private func runProjection(_ projection: any Projection) async {
+        let settings = RunSettings(projection.options)
+        while !isStopping {
+            let version: Int
+            let token: Int64
+            let subscription: String
+            do {
+                version = try await projection.activeVersion()
+                subscription = projectionSubscription(projection.name, version: version)
+                token = try await leadership.acquire(subscription)
+            } catch {
+                logger.error("projection \(projection.name) could not start: \(error)")
+                await stopped.wait(timeout: settings.pollInterval)
+                continue
+            }
+            let registry = consistency
+            let name = projection.name
+            let runner = SubscriptionRunner(
+                subscription: subscription, name: name, consumer: .projection(projection, version: version),
+                settings: settings, filter: projection.filter, store: store, checkpoints: projection.checkpoints,
+                parked: projection.parkedEvents ?? parkedEvents, leadership: leadership, token: token,
+                untilCaughtUp: false, logger: logger,
+                onCommit: { [weak self] position in
+                    registry.update(name, position: position)
+                    self?.progress.signal()
+                })
+            guard register(runner, live: name) else { break }
+            await runner.run()
+            await leadership.release(subscription, token: token)
+            let superseded = state.withLock { $0.superseded.remove(ObjectIdentifier(runner)) != nil }
+            if superseded || runner.failure == "leadership lost" { continue }
+            break
+        }
+    }
+
+    // MARK: Observing
+
+    /// The status of every live subscription and running rebuild.
+    public func status() -> [SubscriptionStatus] {
+        let runners = state.withLock { Array($0.live.values) + Array($0.rebuilding.values) }
+        return runners.map(\.status).sorted { $0.subscription < $1.subscription }
+    }
+
+    /// The status of the live subscription of a handler or projection.
+    public func status(of name: String) -> SubscriptionStatus? {
+        state.withLock { $0.live[name] }?.status
+    }
+
+    /// Waits until the named handlers and projections (all when nil) have committed checkpoints at
+    /// or after `position` (the head of the log when nil).
+    /// - Throws: ``PipelineError/unknownSubscription(_:)``; `CancellationError` after `timeout`.
+    public func waitUntilProcessed(
+        _ position: LogPosition? = nil, subscriptions names: [String]? = nil, timeout: Duration = .seconds(30)
+    ) async throws {
+        let target: LogPosition
+        if let position { target = position } else { target = try await store.headPosition() }
+        let names = names ?? (Array(handlers.keys) + Array(projections.keys))
+        for name in names where handlers[name] == nil && projections[name] == nil {
+            throw PipelineError.unknownSubscription(name)
+        }
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let behind = names.filter { name in
+                guard let status = status(of: name) else { return true }
+                if case .failed(let reason) = status.state {
+                    _ = reason
+                    return true
+                }
+                return (status.checkpoint ?? .start) < target
+            }
+            if behind.isEmpty { return }
+            let remaining = deadline - ContinuousClock.now
+            if remaining <= .zero {
+                throw PipelineTimeout(position: target, subscriptions: behind.sorted(), timeout: timeout)
+            }
+            await progress.wait(timeout: min(remaining, .milliseconds(50)))
+        }
+    }
+
+    // MARK: Parked events
+
+    private func parkedStore(for subscription: String) throws(PipelineError) -> any ParkedEventStore {
+        if handlers[subscription] != nil { return parkedEvents }
+        if let (projection, _) = projection(forSubscription: subscription) {
+            return projection.parkedEvents ?? parkedEvents
+        }
+        throw .unknownSubscription(subscription)
+    }
+
+    private func projection(forSubscription subscription: String) -> (any Projection, Int)? {
+        guard let at = subscription.lastIndex(of: "@"),
+            subscription[subscription.index(after: at)...].hasPrefix("v"),
+            let version = Int(subscription[subscription.index(at, offsetBy: 2)...]),
+            let projection = projections[String(subscription[..<at])]
+        else { return nil }
+        return (projection, version)
+    }
+
+    /// Parked events of one subscription (all when nil), oldest first. Projections' subscriptions
+    /// are named `projection@vN`.
+    public func parkedEvents(subscription: String? = nil, limit: Int = 100) async throws -> [ParkedEvent] {
+        if let subscription { return try await parkedStore(for: subscription).parkedEvents(subscription: subscription, limit: limit) }
+        var stores: [any ParkedEventStore] = [parkedEvents]
+        for p in projections.values { if let own = p.parkedEvents { stores.append(own) } }
+        var all: [ParkedEvent] = []
+        var seen = Set<String>()
+        for s in stores {
+            for e in try await s.parkedEvents(subscription: nil, limit: limit)
+            where seen.insert("\(e.subscription)|\(e.event.logPosition)").inserted {
+                all.append(e)
+            }
+        }
+        return Array(all.sorted { $0.event.logPosition < $1.event.logPosition }.prefix(limit))
+    }
+
+    /// Handles a parked event again (one attempt). On success it is removed; on failure it stays
+    /// parked with the new error and attempt count, and the error is thrown.
+    public func replayParked(subscription: String, position: LogPosition) async throws {
+        let store = try parkedStore(for: subscription)
+        guard let parked = try await store.parkedEvent(subscription: subscription, position: position) else {
+            throw PipelineError.parkedEventNotFound(subscription: subscription, position: position)
+        }
+        do {
+            if let handler = handlers[subscription] {
+                try await handler.handle(parked.event)
+            } else if let (projection, version) = projection(forSubscription: subscription) {
+                try await projection.apply(
+                    [parked.event], version: version, commit: .replay(subscription: subscription, position: position))
+            }
+        } catch {
+            var again = parked
+            again.error = "\(error)"
+            again.attempts += 1
+            again.parkedAt = Date()
+            try await store.park(again)
+            logger.error("replay of the parked event at \(position) for \(subscription) failed again: \(error)")
+            throw error
+        }
+        try await store.remove(subscription: subscription, position: position)
+        logger.notice("replayed the parked event at \(position) for \(subscription)")
+    }
+
+    /// Removes a parked event without handling it.
+    public func discardParked(subscription: String, position: LogPosition) async throws {
+        let store = try parkedStore(for: subscription)
+        guard try await store.remove(subscription: subscription, position: position) != nil else {
+            throw PipelineError.parkedEventNotFound(subscription: subscription, position: position)
+        }
+        logger.notice("discarded the parked event at \(position) for \(subscription)")
+    }
+
+    // MARK: Rebuilds
+
+    /// Rebuilds a projection without downtime: fills a new version of its tables from the origin
+    /// while the current version keeps serving, switches readers when the new one has caught up,
+    /// drops the old version, and moves the live subscription to the new version. Returns the new
+    /// version. An interrupted rebuild resumes where it stopped.
+    @discardableResult
+    public func rebuild(projection name: String) async throws -> Int {
+        guard let projection = projections[name] else { throw PipelineError.unknownSubscription(name) }
+        let old = try await projection.activeVersion()
+        let new = old + 1
+        let subscription = projectionSubscription(name, version: new)
+        try await projection.prepare(version: new)
+        let token = try await leadership.acquire(subscription)
+        let runner = SubscriptionRunner(
+            subscription: subscription, name: name, consumer: .projection(projection, version: new),
+            settings: RunSettings(projection.options), filter: projection.filter, store: store,
+            checkpoints: projection.checkpoints, parked: projection.parkedEvents ?? parkedEvents,
+            leadership: leadership, token: token, untilCaughtUp: true, logger: logger, onCommit: { _ in })
+        state.withLock { $0.rebuilding[subscription] = runner }
+        defer { _ = state.withLock { $0.rebuilding.removeValue(forKey: subscription) } }
+        logger.notice("rebuilding projection \(name) into version \(new) while version \(old) serves")
+        await runner.run()
+        await leadership.release(subscription, token: token)
+        if let failure = runner.failure { throw PipelineError.subscriptionStopped(subscription, position: runner.status.checkpoint ?? .start, error: failure) }
+        if runner.isStopping, stoppedBeforeCaughtUp(runner) {
+            throw CancellationError()
+        }
+        try await projection.activate(version: new, replacing: old)
+        if let checkpoint = runner.status.checkpoint { consistency.update(name, position: checkpoint) }
+        let live = state.withLock { s -> SubscriptionRunner? in
+            guard let live = s.live[name] else { return nil }
+            s.superseded.insert(ObjectIdentifier(live))
+            return live
+        }
+        live?.stop()
+        logger.notice("projection \(name) now serves version \(new); version \(old) was dropped")
+        return new
+    }
+
+    private func stoppedBeforeCaughtUp(_ runner: SubscriptionRunner) -> Bool {
+        let s = runner.status
+        return (s.checkpoint ?? .start) < s.head
+    }
+}
+
+/// Subscriptions did not reach a position in time.
+public struct PipelineTimeout: Error, Sendable, Hashable, CustomStringConvertible {
+    /// The position waited for.
+    public var position: LogPosition
+    /// The subscriptions still behind it.
+    public var subscriptions: [String]
+    /// How long it waited.
+    public var timeout: Duration
+
+    public var description: String {
+        "subscriptions \(subscriptions.joined(separator: ", ")) had not processed position \(position) within \(timeout)"
+    }
+}

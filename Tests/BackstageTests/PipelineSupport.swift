@@ -1,0 +1,205 @@
+import Backstage
+import Foundation
+import Synchronization
+import Testing
+
+/// A value behind a lock, for test bookkeeping.
+final class PipeBox<T: Sendable>: Sendable {
+    private let m: Mutex<T>
+    init(_ value: T) { m = Mutex(value) }
+    func with<R: Sendable>(_ body: (inout T) throws -> R) rethrows -> R { try m.withLock { try body(&$0) } }
+    var value: T { m.withLock { $0 } }
+}
+
+/// Counts something and lets a test await a count without polling.
+final class PipeCounter: Sendable {
+    private struct State {
+        var count = 0
+        var waiters: [UUID: (Int, CheckedContinuation<Void, Never>)] = [:]
+    }
+    private let state = Mutex(State())
+
+    func add(_ n: Int = 1) {
+        let ready = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            s.count += n
+            let ids = s.waiters.filter { $0.value.0 <= s.count }.map(\.key)
+            return ids.compactMap { s.waiters.removeValue(forKey: $0)?.1 }
+        }
+        for c in ready { c.resume() }
+    }
+
+    var count: Int { state.withLock { $0.count } }
+
+    private func resume(_ id: UUID) {
+        state.withLock { $0.waiters.removeValue(forKey: id) }?.1.resume()
+    }
+
+    /// Returns once the count reached `target`; throws after `timeout`.
+    func wait(for target: Int, timeout: Duration = .seconds(30)) async throws {
+        let id = UUID()
+        let timer = Task {
+            try? await Task.sleep(for: timeout)
+            self.resume(id)
+        }
+        await withCheckedContinuation { c in
+            let now = state.withLock { s -> Bool in
+                if s.count >= target { return true }
+                s.waiters[id] = (target, c)
+                return false
+            }
+            if now { c.resume() }
+        }
+        timer.cancel()
+        if count < target { throw PipeTimeout(what: "count \(target) (at \(count))") }
+    }
+}
+
+struct PipeTimeout: Error, CustomStringConvertible {
+    var what: String
+    var description: String { "timed out waiting for \(what)" }
+}
+
+/// Appends `count` events of type "Tick" spread over `streams` streams (round robin), in appends
+/// of `perAppend` events to one stream.
+@discardableResult
+func appendTicks(
+    _ store: any EventStore, count: Int, streams: Int, perAppend: Int = 1, prefix: String = "tick"
+) async throws -> [AppendResult] {
+    var results: [AppendResult] = []
+    var n = 0
+    var round = 0
+    while n < count {
+        let stream = "\(prefix)-\(round % streams)"
+        let k = min(perAppend, count - n)
+        let events = (0..<k).map { i in EventData(type: "Tick", data: Data(#"{"n":\#(n + i)}"#.utf8)) }
+        results.append(try await store.append(events, to: stream, expected: .any, commandID: nil))
+        n += k
+        round += 1
+    }
+    return results
+}
+
+/// A checkpoint store that checks, at every commit, that every event at or before the new
+/// position was handled already, and that commits only move forward.
+final class AuditingCheckpointStore: CheckpointStore {
+    let inner = InMemoryCheckpointStore()
+    let handled: PipeBox<Set<Int64>>
+    let commits = PipeBox<[LogPosition]>([])
+    let violations = PipeBox<[String]>([])
+    let allPositions: PipeBox<[Int64]>
+
+    init(handled: PipeBox<Set<Int64>>, allPositions: [Int64]) {
+        self.handled = handled
+        self.allPositions = PipeBox(allPositions)
+    }
+
+    func checkpoint(_ subscription: String) async throws -> Checkpoint? { try await inner.checkpoint(subscription) }
+    func checkpoints() async throws -> [Checkpoint] { try await inner.checkpoints() }
+    func delete(_ subscription: String) async throws { try await inner.delete(subscription) }
+
+    func commit(_ subscription: String, expected: LogPosition?, new: LogPosition, token: Int64) async throws {
+        let done = handled.value
+        let missing = allPositions.value.filter { $0 <= new.position && !done.contains($0) }
+        if !missing.isEmpty {
+            violations.with { $0.append("commit \(new) while \(missing.prefix(5)) not handled") }
+        }
+        if let last = commits.value.last, new <= last {
+            violations.with { $0.append("commit \(new) after \(last)") }
+        }
+        commits.with { $0.append(new) }
+        try await inner.commit(subscription, expected: expected, new: new, token: token)
+    }
+}
+
+/// An event store wrapper counting the events `readAll` hands out.
+final class CountingStore: EventStore {
+    let inner: any EventStore
+    let read = PipeBox(0)
+    init(_ inner: any EventStore) { self.inner = inner }
+    var limits: StoreLimits { inner.limits }
+    func append(_ events: [EventData], to stream: String, expected: ExpectedVersion, commandID: UUID?) async throws
+        -> AppendResult
+    { try await inner.append(events, to: stream, expected: expected, commandID: commandID) }
+    func readStream(_ stream: String, from version: Int64, direction: ReadDirection, limit: Int) async throws
+        -> [RecordedEvent]
+    { try await inner.readStream(stream, from: version, direction: direction, limit: limit) }
+    func readAll(after position: LogPosition, limit: Int, filter: EventFilter) async throws -> [RecordedEvent] {
+        let page = try await inner.readAll(after: position, limit: limit, filter: filter)
+        read.with { $0 += page.count }
+        return page
+    }
+    func streamVersion(_ stream: String) async throws -> Int64 { try await inner.streamVersion(stream) }
+    func headPosition() async throws -> LogPosition { try await inner.headPosition() }
+    func appendResult(forCommand commandID: UUID) async throws -> AppendResult? {
+        try await inner.appendResult(forCommand: commandID)
+    }
+    func saveSnapshot(_ snapshot: Snapshot) async throws { try await inner.saveSnapshot(snapshot) }
+    func loadSnapshot(_ stream: String, schemaVersion: Int) async throws -> Snapshot? {
+        try await inner.loadSnapshot(stream, schemaVersion: schemaVersion)
+    }
+    func appendNotifications() -> AsyncStream<Void> { inner.appendNotifications() }
+}
+
+/// A handler defined by a closure.
+struct ClosureHandler: EventHandler {
+    let name: String
+    var filter: EventFilter = .all
+    var options: HandlerOptions = HandlerOptions()
+    let body: @Sendable ([RecordedEvent]) async throws -> Void
+
+    func handle(_ event: RecordedEvent) async throws { try await body([event]) }
+    func handle(batch: [RecordedEvent]) async throws { try await body(batch) }
+}
+
+/// Runs `service` in the background; `stop` ends it gracefully and waits for it.
+struct RunningService: Sendable {
+    let service: PipelineService
+    let task: Task<Void, any Error>
+
+    init(_ service: PipelineService) {
+        self.service = service
+        self.task = Task { try await service.run() }
+    }
+
+    func stop() async throws {
+        service.stop()
+        try await task.value
+    }
+}
+
+struct PipeFailure: Error, CustomStringConvertible {
+    var position: Int64
+    var description: String { "deliberate failure at \(position)" }
+}
+
+/// A tiny aggregate for dispatch tests.
+struct PipeBumped: Event {
+    static let typeName = "PipeBumped"
+    var by: Int
+}
+
+enum PipeTallyEvent: EventFamily {
+    case bumped(PipeBumped)
+    static let members: [EventMember<PipeTallyEvent>] = [.init(PipeBumped.self, PipeTallyEvent.bumped)]
+}
+
+struct PipeTally: Aggregate {
+    static let category = "pipetally"
+    var total = 0
+    init() {}
+    mutating func apply(_ event: PipeTallyEvent) {
+        switch event { case .bumped(let e): total += e.by }
+    }
+}
+
+struct PipeBump: Command {
+    typealias Target = PipeTally
+    var id: String
+    var by: Int
+}
+
+func pipeTallyApp(_ store: any EventStore) throws -> BackstageApp {
+    var router = Router()
+    try router.route(PipeBump.self, id: \.id) { _, c in [.bumped(PipeBumped(by: c.by))] }
+    return BackstageApp(store: store, router: router)
+}
