@@ -99,11 +99,11 @@ struct RuntimeTests {
     @Test("idle aggregates leave the cache")
     func cacheIdleTimeout() async throws {
         let store = RecordingStore()
-        let app = try makeApp(store) { $0.cacheIdleTimeout = .milliseconds(200) }
+        let app = try makeApp(store) { $0.cacheIdleTimeout = .milliseconds(500) }
         for i in 0..<5 { try await app.dispatch(Increment(id: "i\(i)")) }
         #expect(app.cachedAggregateCount == 5)
         // Idle time is the rule under test, so time has to pass.
-        try await Task.sleep(for: .milliseconds(400))
+        try await Task.sleep(for: .milliseconds(1_200))
         try await app.dispatch(Increment(id: "fresh"))
         #expect(app.cachedAggregateCount == 1)
         store.forget()
