@@ -1,0 +1,52 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+// The box-office example: a small event-sourced domain (shows, tickets, sales, refunds), a demo
+// that dispatches thousands of commands concurrently, and an HTTP API. It lives in its own
+// package so that users of Backstage never resolve the example's dependencies.
+let package = Package(
+    name: "BoxOffice",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "box-office", targets: ["box-office"])
+    ],
+    dependencies: [
+        .package(name: "Backstage", path: "../.."),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", exact: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        .target(
+            name: "BoxOffice",
+            dependencies: [
+                .product(name: "Backstage", package: "Backstage"),
+                .product(name: "BackstageSQLite", package: "Backstage"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "box-office",
+            dependencies: [
+                "BoxOffice",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
+            name: "BoxOfficeTests",
+            dependencies: [
+                "BoxOffice",
+                .product(name: "BackstageTesting", package: "Backstage"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

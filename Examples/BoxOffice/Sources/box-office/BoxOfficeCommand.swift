@@ -1,0 +1,87 @@
+import ArgumentParser
+import Backstage
+import BoxOffice
+import Foundation
+import Hummingbird
+import Logging
+
+/// `box-office`: the Backstage example application.
+@main
+struct BoxOfficeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "box-office",
+        abstract: "The Backstage box office: shows, tickets, sales and refunds, event-sourced.",
+        subcommands: [DemoCommand.self, ServeCommand.self])
+}
+
+/// Options shared by the subcommands.
+struct DatabaseOptions: ParsableArguments {
+    @Option(help: "The event store: an SQLite file path, sqlite:PATH, or memory.")
+    var database = "box-office.sqlite"
+
+    func location() throws -> DatabaseLocation {
+        do {
+            return try DatabaseLocation(parsing: database)
+        } catch {
+            throw ValidationError(error.description)
+        }
+    }
+}
+
+struct DemoCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "demo",
+        abstract: "Dispatch thousands of commands concurrently and show what the event log knows.",
+        discussion: "A second run on the same database continues the same shows from their stored history.")
+
+    @OptionGroup var options: DatabaseOptions
+
+    @Flag(help: "Delete the database first and start over.")
+    var fresh = false
+
+    @Option(help: "How many commands to dispatch.")
+    var commands = 10_000
+
+    @Option(help: "How many concurrent tasks dispatch them.")
+    var tasks = 64
+
+    func validate() throws {
+        guard commands > 0 else { throw ValidationError("--commands must be positive") }
+        guard tasks > 0 else { throw ValidationError("--tasks must be positive") }
+    }
+
+    func run() async throws {
+        let database = try await BoxOfficeDatabase.open(try options.location(), fresh: fresh)
+        let app = BackstageApp(store: database.store, router: try .boxOffice())
+        var demo = Demo()
+        demo.commands = commands
+        demo.tasks = tasks
+        print("Backstage box office on \(database.location)\n")
+        let report = try await demo.run(on: app)
+        print(report.text)
+        try await database.close()
+    }
+}
+
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve", abstract: "Serve the box office over HTTP.")
+
+    @OptionGroup var options: DatabaseOptions
+
+    @Option(help: "The address to listen on.")
+    var host = "127.0.0.1"
+
+    @Option(help: "The port to listen on.")
+    var port = 8080
+
+    func run() async throws {
+        let database = try await BoxOfficeDatabase.open(try options.location())
+        let logger = Logger(label: "box-office")
+        let app = BackstageApp(store: database.store, router: try .boxOffice())
+        let server = BoxOfficeAPI.application(app: app, host: host, port: port, logger: logger)
+        logger.info("serving the box office on \(database.location)")
+        try await server.runService()
+        try await database.close()
+    }
+}
