@@ -37,6 +37,9 @@ struct BackstageBench: AsyncParsableCommand {
     @Option(help: "Folder for the SQLite files (default: the system temporary folder); removed afterwards.")
     var directory: String?
 
+    @Option(help: "Comma-separated parts to run: dispatch, ceilings, w1, w2, w3, w4, w5 (default: all).")
+    var only = "dispatch,ceilings,w1,w2,w3,w4,w5"
+
     @Option(help: "SQLite durability of the store and its ceilings: full (default), normal, off.")
     var durability = "full"
 
@@ -47,6 +50,10 @@ struct BackstageBench: AsyncParsableCommand {
         }
         guard ["full", "normal", "off"].contains(durability) else {
             throw ValidationError("unknown durability '\(durability)': use full, normal or off")
+        }
+        let parts = Set(only.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() })
+        for part in parts where !["dispatch", "ceilings", "w1", "w2", "w3", "w4", "w5"].contains(part) {
+            throw ValidationError("unknown part '\(part)': use dispatch, ceilings, w1, w2, w3, w4, w5")
         }
         let sizes = Sizes(scale: scale)
         let report = Report(arguments: Array(CommandLine.arguments.dropFirst()))
@@ -64,14 +71,14 @@ struct BackstageBench: AsyncParsableCommand {
         report.setting("payloadBytes", "\(average)")
 
         if selected.contains("memory") {
-            try await Workloads.dispatchOverhead(sizes: sizes, report: report)
+            if parts.contains("dispatch") { try await Workloads.dispatchOverhead(sizes: sizes, report: report) }
             let w = Workloads(
                 store: InMemoryEventStore(), storeName: "memory", sizes: sizes, report: report,
                 singleRowCeiling: nil, batchCeiling: nil, readCeiling: nil, absoluteTargets: false)
-            try await runAll(w, payloads: payloads)
+            try await runWorkloads(w, parts: parts, payloads: payloads, beforeW4: {})
         }
         if selected.contains("sqlite") {
-            try await runSQLite(sizes: sizes, report: report, payloads: payloads)
+            try await runSQLite(sizes: sizes, parts: parts, report: report, payloads: payloads)
         }
         if selected.contains("postgres") {
             try await runPostgres(sizes: sizes, report: report, payloads: payloads)
@@ -84,15 +91,22 @@ struct BackstageBench: AsyncParsableCommand {
         print("\nJSON written to \(path)")
     }
 
-    func runAll(_ w: Workloads, payloads: [Data]) async throws {
-        try await w.w1()
-        try await w.w2()
-        try await w.w3(payloads: payloads)
-        try await w.w5()
-        try await w.w4()
+    /// Runs the selected workloads in the order W1, W2, W3, W5, W4 (the catch-up reads what the
+    /// others stored).
+    func runWorkloads(
+        _ w: Workloads, parts: Set<String>, payloads: [Data], beforeW4: () async throws -> Void
+    ) async throws {
+        if parts.contains("w1") { try await w.w1() }
+        if parts.contains("w2") { try await w.w2() }
+        if parts.contains("w3") { try await w.w3(payloads: payloads) }
+        if parts.contains("w5") { try await w.w5() }
+        if parts.contains("w4") {
+            try await beforeW4()
+            try await w.w4()
+        }
     }
 
-    func runSQLite(sizes: Sizes, report: Report, payloads: [Data]) async throws {
+    func runSQLite(sizes: Sizes, parts: Set<String>, report: Report, payloads: [Data]) async throws {
         let base = URL(fileURLWithPath: directory ?? FileManager.default.temporaryDirectory.path)
             .appendingPathComponent("backstage-bench-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: base, withIntermediateDirectories: true)
@@ -109,16 +123,19 @@ struct BackstageBench: AsyncParsableCommand {
             path: base.appendingPathComponent("ceiling.sqlite").path, synchronous: synchronous, payloads: payloads)
         let ceilingPragmas = try SQLiteCeiling.pragmas(ceiling.pool)
         report.setting("sqlite.ceiling", ceilingPragmas)
-        let single = try ceiling.singleRowTransactions(count: sizes.ceilingSingleRows)
-        report.ceiling(
-            "raw 1-row tx", store: "sqlite", value: single, unit: "rows/s",
-            note: "\(sizes.ceilingSingleRows) transactions of 1 INSERT through GRDB, \(ceilingPragmas)")
-        let batch = try ceiling.batchTransactions(
-            transactions: sizes.ceilingBatchTransactions, rows: sizes.ceilingBatchRows)
-        report.ceiling(
-            "raw 1000-row tx", store: "sqlite", value: batch, unit: "rows/s",
-            note: "\(sizes.ceilingBatchTransactions) transactions of \(sizes.ceilingBatchRows) INSERTs through GRDB")
-        try ceiling.pool.close()
+        func measureCeilings(_ when: String) throws {
+            guard parts.contains("ceilings") else { return }
+            let single = try ceiling.singleRowTransactions(count: sizes.ceilingSingleRows)
+            report.ceiling(
+                "raw 1-row tx", store: "sqlite", value: single, unit: "rows/s", label: "raw 1-row tx, \(when)",
+                note: "\(sizes.ceilingSingleRows) transactions of 1 INSERT through GRDB, \(ceilingPragmas)")
+            let batch = try ceiling.batchTransactions(
+                transactions: sizes.ceilingBatchTransactions, rows: sizes.ceilingBatchRows)
+            report.ceiling(
+                "raw 1000-row tx", store: "sqlite", value: batch, unit: "rows/s", label: "raw 1000-row tx, \(when)",
+                note: "\(sizes.ceilingBatchTransactions) transactions of \(sizes.ceilingBatchRows) INSERTs through GRDB")
+        }
+        try measureCeilings("before")
 
         var configuration = SQLiteEventStore.Configuration()
         configuration.durability = level
@@ -131,17 +148,20 @@ struct BackstageBench: AsyncParsableCommand {
         let w = Workloads(
             store: store, storeName: "sqlite", sizes: sizes, report: report, singleRowCeiling: "raw 1-row tx",
             batchCeiling: "raw 1000-row tx", readCeiling: "raw read, all columns", absoluteTargets: true)
-        try await w.w1()
-        try await w.w2()
-        try await w.w3(payloads: payloads)
-        try await w.w5()
-        // The read ceiling runs on the store's own file, over the rows W4 will read.
-        let read = try SQLiteCeiling.readAll(store.database, pageSize: sizes.w4PageSize)
-        report.ceiling(
-            "raw read, all columns", store: "sqlite", value: read.rate, unit: "rows/s",
-            note: "\(read.rows) rows of the store's file in pages of \(sizes.w4PageSize) through GRDB, every column read")
-        try await w.w4()
+        // The read ceiling runs on the store's own file, over the rows W4 reads, before and after W4.
+        func measureReadCeiling(_ when: String) throws {
+            guard parts.contains("ceilings") else { return }
+            let read = try SQLiteCeiling.readAll(store.database, pageSize: sizes.w4PageSize)
+            report.ceiling(
+                "raw read, all columns", store: "sqlite", value: read.rate, unit: "rows/s",
+                label: "raw read, all columns, \(when)",
+                note: "\(read.rows) rows of the store's file in pages of \(sizes.w4PageSize) through GRDB, every column read")
+        }
+        try await runWorkloads(w, parts: parts, payloads: payloads) { try measureReadCeiling("before") }
+        if parts.contains("w4") { try measureReadCeiling("after") }
         try store.close()
+        try measureCeilings("after")
+        try ceiling.pool.close()
     }
 
     func runPostgres(sizes: Sizes, report: Report, payloads: [Data]) async throws {

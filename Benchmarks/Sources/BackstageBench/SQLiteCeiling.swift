@@ -72,11 +72,12 @@ struct SQLiteCeiling {
 
     /// `count` transactions of one INSERT each, in sequence. Returns rows (= transactions) per second.
     func singleRowTransactions(count: Int) throws -> Double {
+        let tag = UUID().uuidString.prefix(8)
         let start = ContinuousClock.now
         for i in 0..<count {
             try pool.writeWithoutTransaction { db in
                 try db.inTransaction(.immediate) {
-                    try insert(db.cachedStatement(sql: Self.insertSQL), stream: "raw-single-\(i)", version: 1, index: i)
+                    try insert(db.cachedStatement(sql: Self.insertSQL), stream: "raw-single-\(tag)-\(i)", version: 1, index: i)
                     return .commit
                 }
             }
@@ -86,13 +87,14 @@ struct SQLiteCeiling {
 
     /// `transactions` transactions of `rows` INSERTs each, in sequence. Returns rows per second.
     func batchTransactions(transactions: Int, rows: Int) throws -> Double {
+        let tag = UUID().uuidString.prefix(8)
         let start = ContinuousClock.now
         for t in 0..<transactions {
             try pool.writeWithoutTransaction { db in
                 try db.inTransaction(.immediate) {
                     let statement = try db.cachedStatement(sql: Self.insertSQL)
                     for r in 0..<rows {
-                        try insert(statement, stream: "raw-batch-\(t)", version: r + 1, index: r)
+                        try insert(statement, stream: "raw-batch-\(tag)-\(t)", version: r + 1, index: r)
                     }
                     return .commit
                 }

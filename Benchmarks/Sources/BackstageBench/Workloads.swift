@@ -69,7 +69,7 @@ struct Workloads {
         report.figure(
             "W1 many aggregates, 1 caller", store: storeName, value: Double(n) / d1.seconds, unit: "commands/s",
             ceiling: singleRowCeiling, target: singleRowCeiling == nil ? nil : .ratio(atLeast: 0.5),
-            note: "\(n) aggregates, one command each, in sequence")
+            note: "\(n) aggregates, one command each, in sequence; \(d1.text)")
 
         let concurrent = try app()
         let callers = sizes.w1Callers
@@ -79,7 +79,7 @@ struct Workloads {
                 try await concurrent.dispatch(Deposit(account: "w1c\(i)", amount: 10))
             }
         }
-        var note = "\(n) aggregates, \(callers) concurrent callers"
+        var note = "\(n) aggregates, \(callers) concurrent callers; \(d2.text)"
         if let before, let after = (store as? any StoreStatistics)?.writerStatistics {
             let tx = after.transactions - before.transactions
             let appends = after.appends - before.appends
@@ -115,7 +115,7 @@ struct Workloads {
                 snapshots ? "W2 long stream, cache + snapshots/\(every)" : "W2 long stream, cache, no snapshots",
                 store: storeName, value: Double(n) / d.seconds, unit: "commands/s", ceiling: singleRowCeiling,
                 target: singleRowCeiling == nil ? nil : .ratio(atLeast: 0.8),
-                note: "\(n) commands to one aggregate in sequence, stream version after: \(version)")
+                note: "\(n) commands to one aggregate in sequence, stream version after: \(version); \(d.text)")
         }
     }
 
@@ -137,7 +137,7 @@ struct Workloads {
                         events, to: "\(prefix)-\(b)", expected: .noStream, commandID: UUIDv7.next())
                 }
             }
-            var note = "\(batches) appends of \(size) events, each with a command id, \(callers) caller(s)"
+            var note = "\(batches) appends of \(size) events, each with a command id, \(callers) caller(s); \(d.text)"
             if let before, let after = (store as? any StoreStatistics)?.writerStatistics {
                 let tx = after.transactions - before.transactions
                 note += String(
@@ -184,7 +184,7 @@ struct Workloads {
             ceiling: readCeiling,
             target: absoluteTargets ? .value(atLeast: 150_000, "events/s") : nil,
             note: "\(processed) events from position 0 in pages of \(pageSize) into a count per type "
-                + "(\(countsText)); NOT the projection engine yet")
+                + "(\(countsText)); NOT the projection engine yet; \(d.text)")
         report.figure(
             "W4 peak memory (VmHWM during catch-up)", store: storeName, value: Double(peak ?? 0) / 1_048_576,
             unit: "MiB",
@@ -215,7 +215,7 @@ struct Workloads {
         report.figure(
             "W5 \(writers) writers, distinct aggregates", store: storeName,
             value: Double(writers * perWriter) / d1.seconds, unit: "commands/s", ceiling: singleRowCeiling,
-            note: "\(writers) apps x \(perWriter) commands, each app on its own aggregate")
+            note: "\(writers) apps x \(perWriter) commands, each app on its own aggregate; \(d1.text)")
 
         let shared = "w5-shared"
         let tally = Tally()
@@ -249,7 +249,7 @@ struct Workloads {
             "W5 \(writers) writers, one aggregate", store: storeName, value: Double(ok) / d2.seconds,
             unit: "commands/s", ceiling: singleRowCeiling,
             note: "\(writers) apps x \(perWriter) commands on one aggregate: \(ok) succeeded, \(failed) failed "
-                + "after retries, \(retried) conflicts retried; final event count \(version) "
+                + "after retries, \(retried) conflicts retried; \(d2.text); final event count \(version) "
                 + (consistent ? "== successful commands (OK)" : "!= successful commands \(ok) (INCONSISTENT)"))
         report.figure(
             "W5 conflicts (retried + surfaced)", store: storeName, value: Double(retried + failed), unit: "conflicts",
@@ -266,6 +266,7 @@ struct Workloads {
             let app = BackstageApp(store: InMemoryEventStore(), router: try accountRouter())
             // Warm up: hydrate every aggregate so the figure is the steady state.
             for a in 0..<aggregates { try await app.dispatch(Deposit(account: "d\(a)", amount: 1)) }
+            let cores = ProcessInfo.processInfo.activeProcessorCount
             let d = try await timed {
                 if callers == 1 {
                     for i in 0..<n { try await app.dispatch(Deposit(account: "d\(i % aggregates)", amount: 1)) }
@@ -288,13 +289,16 @@ struct Workloads {
                     }
                 }
             }
+            let cpu = d.cpu
             let done = callers == 1 ? n : n / callers * callers
-            let cores = ProcessInfo.processInfo.activeProcessorCount
             report.figure(
                 callers == 1 ? "dispatch overhead, 1 core (1 caller)" : "dispatch overhead, all \(cores) cores",
                 store: "memory", value: Double(done) / d.seconds, unit: "commands/s",
                 target: callers == 1 ? nil : .value(atLeast: 300_000, "commands/s"),
-                note: "\(done) commands over \(aggregates) cached aggregates, \(callers) caller(s)")
+                note: "\(done) commands over \(aggregates) cached aggregates, \(callers) caller(s); "
+                    + String(
+                        format: "CPU %.1f us/command; the process used %.2f of %d cores (less = other processes took them)",
+                        cpu / Double(done) * 1e6, cpu / d.seconds, cores))
         }
     }
 }
