@@ -52,6 +52,12 @@ let package = Package(
             dependencies: ["Backstage", "BackstageSQLite"],
             path: "Tests/Workers/AppendWorker"
         ),
+        // A child process for the projection crash test; not part of any product.
+        .executableTarget(
+            name: "backstage-projection-worker",
+            dependencies: ["Backstage", "BackstageSQLite", .product(name: "GRDB", package: "GRDB.swift")],
+            path: "Tests/Workers/ProjectionWorker"
+        ),
         .testTarget(
             name: "BackstagePostgresTests",
             dependencies: ["Backstage", "BackstagePostgres", "BackstageTesting"]

@@ -1,0 +1,218 @@
+import Backstage
+import Foundation
+import GRDB
+
+/// The pipeline tables (checkpoints, parked events, projection versions), created on first use.
+enum PipelineSchema {
+    static func install(_ writer: any DatabaseWriter) throws {
+        try writer.write { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE IF NOT EXISTS backstage_checkpoints (
+                        subscription TEXT PRIMARY KEY,
+                        txn INTEGER NOT NULL,
+                        position INTEGER NOT NULL,
+                        token INTEGER NOT NULL,
+                        updated_at REAL NOT NULL
+                    ) WITHOUT ROWID;
+                    CREATE TABLE IF NOT EXISTS backstage_parked_events (
+                        subscription TEXT NOT NULL,
+                        txn INTEGER NOT NULL,
+                        position INTEGER NOT NULL,
+                        stream TEXT NOT NULL,
+                        version INTEGER NOT NULL,
+                        id BLOB NOT NULL,
+                        type TEXT NOT NULL,
+                        schema_version INTEGER NOT NULL,
+                        data BLOB NOT NULL,
+                        metadata BLOB NOT NULL,
+                        recorded_at REAL NOT NULL,
+                        error TEXT NOT NULL,
+                        attempts INTEGER NOT NULL,
+                        parked_at REAL NOT NULL,
+                        PRIMARY KEY (subscription, txn, position)
+                    ) WITHOUT ROWID;
+                    CREATE TABLE IF NOT EXISTS backstage_projections (
+                        name TEXT PRIMARY KEY,
+                        active_version INTEGER NOT NULL,
+                        updated_at REAL NOT NULL
+                    ) WITHOUT ROWID;
+                    """)
+        }
+    }
+}
+
+extension LogPosition {
+    /// The transaction id as SQLite stores it (a signed 64-bit integer with the same bits).
+    var storedTransaction: Int64 { Int64(bitPattern: transaction) }
+
+    init(storedTransaction: Int64, position: Int64) {
+        self.init(transaction: UInt64(bitPattern: storedTransaction), position: position)
+    }
+}
+
+/// Checkpoints in an SQLite database (the store's, or the one holding a projection's tables).
+///
+/// ``commit(_:expected:new:token:in:)`` runs the compare-and-set inside a caller's transaction,
+/// which is how projections commit their writes and their checkpoint together.
+public final class SQLiteCheckpointStore: CheckpointStore {
+    /// The database.
+    public let database: any DatabaseWriter
+
+    /// Uses `database`, creating the pipeline tables if needed.
+    public init(database: any DatabaseWriter) throws {
+        self.database = database
+        try PipelineSchema.install(database)
+    }
+
+    /// The checkpoint of `subscription`, read inside a caller's transaction.
+    public static func checkpoint(_ subscription: String, in db: Database) throws -> Checkpoint? {
+        guard
+            let row = try Row.fetchOne(
+                db.cachedStatement(
+                    sql: "SELECT txn, position, token, updated_at FROM backstage_checkpoints WHERE subscription = ?"),
+                arguments: [subscription])
+        else { return nil }
+        return Checkpoint(
+            subscription: subscription, position: LogPosition(storedTransaction: row[0], position: row[1]),
+            token: row[2], updatedAt: Date(timeIntervalSince1970: row[3]))
+    }
+
+    /// The compare-and-set, inside a caller's transaction.
+    /// - Throws: ``CheckpointError`` when the stored checkpoint is not `expected` or its token is newer.
+    public static func commit(
+        _ subscription: String, expected: LogPosition?, new: LogPosition, token: Int64, in db: Database
+    ) throws {
+        try checkCheckpointCommit(subscription, stored: checkpoint(subscription, in: db), expected: expected, token: token)
+        try db.cachedStatement(
+            sql: """
+                INSERT INTO backstage_checkpoints (subscription, txn, position, token, updated_at)
+                VALUES (?, ?, ?, ?, ?)
+                ON CONFLICT (subscription) DO UPDATE SET txn = excluded.txn, position = excluded.position,
+                    token = excluded.token, updated_at = excluded.updated_at
+                """
+        ).execute(arguments: [
+            subscription, new.storedTransaction, new.position, token, Date().timeIntervalSince1970,
+        ])
+    }
+
+    public func checkpoint(_ subscription: String) async throws -> Checkpoint? {
+        try await database.read { db in try Self.checkpoint(subscription, in: db) }
+    }
+
+    public func commit(_ subscription: String, expected: LogPosition?, new: LogPosition, token: Int64) async throws {
+        try await database.writeWithoutTransaction { db in
+            try db.inTransaction(.immediate) {
+                try Self.commit(subscription, expected: expected, new: new, token: token, in: db)
+                return .commit
+            }
+        }
+    }
+
+    public func checkpoints() async throws -> [Checkpoint] {
+        try await database.read { db in
+            try Row.fetchAll(
+                db, sql: "SELECT subscription, txn, position, token, updated_at FROM backstage_checkpoints ORDER BY subscription"
+            ).map { row in
+                Checkpoint(
+                    subscription: row[0], position: LogPosition(storedTransaction: row[1], position: row[2]),
+                    token: row[3], updatedAt: Date(timeIntervalSince1970: row[4]))
+            }
+        }
+    }
+
+    public func delete(_ subscription: String) async throws {
+        try await database.write { db in
+            try db.execute(sql: "DELETE FROM backstage_checkpoints WHERE subscription = ?", arguments: [subscription])
+        }
+    }
+}
+
+/// The parked-event (dead-letter) table in an SQLite database.
+public final class SQLiteParkedEventStore: ParkedEventStore {
+    /// The database.
+    public let database: any DatabaseWriter
+
+    /// Uses `database`, creating the pipeline tables if needed.
+    public init(database: any DatabaseWriter) throws {
+        self.database = database
+        try PipelineSchema.install(database)
+    }
+
+    private static let columns = """
+        subscription, txn, position, stream, version, id, type, schema_version, data, metadata, recorded_at,
+        error, attempts, parked_at
+        """
+
+    private static func parked(_ row: Row) throws -> ParkedEvent {
+        let metadata = try JSONDecoder().decode(EventMetadata.self, from: row[9] as Data)
+        let event = RecordedEvent(
+            position: row[2], transaction: UInt64(bitPattern: row[1] as Int64), stream: row[3], streamVersion: row[4],
+            id: row[5], type: row[6], schemaVersion: row[7], data: row[8], metadata: metadata,
+            recordedAt: Date(timeIntervalSince1970: row[10]))
+        return ParkedEvent(
+            subscription: row[0], event: event, error: row[11], attempts: row[12],
+            parkedAt: Date(timeIntervalSince1970: row[13]))
+    }
+
+    public func park(_ parked: ParkedEvent) async throws {
+        let e = parked.event
+        let metadata = try JSONEncoder().encode(e.metadata)
+        try await database.write { db in
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO backstage_parked_events (\(Self.columns)) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                arguments: [
+                    parked.subscription, e.logPosition.storedTransaction, e.position, e.stream, e.streamVersion, e.id,
+                    e.type, e.schemaVersion, e.data, metadata, e.recordedAt.timeIntervalSince1970, parked.error,
+                    parked.attempts, parked.parkedAt.timeIntervalSince1970,
+                ])
+        }
+    }
+
+    public func parkedEvents(subscription: String?, limit: Int) async throws -> [ParkedEvent] {
+        try await database.read { db in
+            if let subscription {
+                return try Row.fetchAll(
+                    db,
+                    sql: "SELECT \(Self.columns) FROM backstage_parked_events WHERE subscription = ? ORDER BY txn, position LIMIT ?",
+                    arguments: [subscription, max(limit, 0)]
+                ).map(Self.parked)
+            }
+            return try Row.fetchAll(
+                db, sql: "SELECT \(Self.columns) FROM backstage_parked_events ORDER BY txn, position, subscription LIMIT ?",
+                arguments: [max(limit, 0)]
+            ).map(Self.parked)
+        }
+    }
+
+    public func parkedEvent(subscription: String, position: LogPosition) async throws -> ParkedEvent? {
+        try await database.read { db in
+            try Row.fetchOne(
+                db,
+                sql: "SELECT \(Self.columns) FROM backstage_parked_events WHERE subscription = ? AND txn = ? AND position = ?",
+                arguments: [subscription, position.storedTransaction, position.position]
+            ).map(Self.parked)
+        }
+    }
+
+    /// Removes a parked event inside a caller's transaction; true when there was one.
+    public static func remove(subscription: String, position: LogPosition, in db: Database) throws -> Bool {
+        try db.execute(
+            sql: "DELETE FROM backstage_parked_events WHERE subscription = ? AND txn = ? AND position = ?",
+            arguments: [subscription, position.storedTransaction, position.position])
+        return db.changesCount > 0
+    }
+
+    public func remove(subscription: String, position: LogPosition) async throws -> ParkedEvent? {
+        try await database.write { db in
+            guard
+                let row = try Row.fetchOne(
+                    db,
+                    sql: "SELECT \(Self.columns) FROM backstage_parked_events WHERE subscription = ? AND txn = ? AND position = ?",
+                    arguments: [subscription, position.storedTransaction, position.position])
+            else { return nil }
+            _ = try Self.remove(subscription: subscription, position: position, in: db)
+            return try Self.parked(row)
+        }
+    }
+}

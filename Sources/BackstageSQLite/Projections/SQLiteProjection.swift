@@ -1,0 +1,207 @@
+import Backstage
+import Foundation
+import GRDB
+
+/// A read model kept in your own SQLite tables: you create the tables and write the rows with
+/// GRDB; Backstage runs the writes of each batch and the checkpoint compare-and-set in one
+/// transaction, so every event takes effect exactly once, even across crashes.
+///
+/// Tables are versioned: version N of a table `tickets` is `tickets_vN`, and a view `tickets`
+/// shows the active version to readers. A rebuild fills version N+1 while N keeps serving, then
+/// the view switches in one transaction. Always write through ``ProjectionTables/table(_:)``.
+///
+/// ```swift
+/// struct TicketsReadModel: SQLiteReadModel {
+///     let name = "tickets"
+///     let tables = ["tickets"]
+///     func createTables(in db: Database, tables: ProjectionTables) throws {
+///         try db.execute(sql: "CREATE TABLE \(try tables.table("tickets")) (id TEXT PRIMARY KEY, show TEXT)")
+///     }
+///     func apply(_ event: RecordedEvent, in db: Database, tables: ProjectionTables) throws {
+///         if let added = try event.decode(as: TicketAdded.self) {
+///             try db.execute(sql: "INSERT INTO \(try tables.table("tickets")) VALUES (?, ?)",
+///                            arguments: [added.ticketID, added.showID])
+///         }
+///     }
+/// }
+/// ```
+public protocol SQLiteReadModel: Sendable {
+    /// The projection's name (`[A-Za-z0-9_.-]`).
+    var name: String { get }
+    /// The base names of the tables it owns (`[A-Za-z_][A-Za-z0-9_]*`, at most 48 characters).
+    var tables: [String] { get }
+    /// Which events it reads; evaluated in the database. Defaults to every event.
+    var filter: EventFilter { get }
+    /// Creates the tables (and indexes) of one version, named by `tables`.
+    func createTables(in db: Database, tables: ProjectionTables) throws
+    /// Applies one event, inside the batch's transaction. Throw to roll the batch back.
+    func apply(_ event: RecordedEvent, in db: Database, tables: ProjectionTables) throws
+}
+
+extension SQLiteReadModel {
+    /// Every event.
+    public var filter: EventFilter { .all }
+}
+
+/// The table names of one version of a projection; only declared, checked names come out.
+public struct ProjectionTables: Sendable, Hashable {
+    /// The version.
+    public let version: Int
+    /// The declared base names.
+    public let baseNames: [String]
+
+    /// The names of `version` of the tables `baseNames`.
+    public init(version: Int, baseNames: [String]) {
+        self.version = version
+        self.baseNames = baseNames
+    }
+
+    /// The versioned name of the declared table `base` (`base_vN`).
+    /// - Throws: ``SQLiteProjectionError/undeclaredTable(_:)`` for a name the read model did not declare.
+    public func table(_ base: String) throws(SQLiteProjectionError) -> String {
+        guard baseNames.contains(base) else { throw .undeclaredTable(base) }
+        return "\(base)_v\(version)"
+    }
+}
+
+/// Errors of SQLite projections.
+public enum SQLiteProjectionError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// A table name is not a plain identifier.
+    case invalidTableName(String)
+    /// The read model wrote to a table it did not declare.
+    case undeclaredTable(String)
+    /// A name of the read model is taken by something that is not its view.
+    case nameTaken(String)
+    /// A replayed parked event was no longer parked (replayed or discarded meanwhile).
+    case notParked(subscription: String, position: LogPosition)
+
+    public var description: String {
+        switch self {
+        case .invalidTableName(let n):
+            "table name '\(n)' is not allowed: use 1 to 48 characters of [A-Za-z0-9_], not starting with a digit"
+        case .undeclaredTable(let n): "table '\(n)' is not declared in the read model's `tables`"
+        case .nameTaken(let n): "'\(n)' already exists and is not a projection view: rename the read model's table"
+        case .notParked(let s, let p): "the event at \(p) is no longer parked for \(s)"
+        }
+    }
+}
+
+func isPlainIdentifier(_ name: String) -> Bool {
+    guard let first = name.utf8.first, name.utf8.count <= 48 else { return false }
+    let isLetter = { (c: UInt8) in (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x5F }
+    return isLetter(first) && name.utf8.allSatisfy { isLetter($0) || ($0 >= 0x30 && $0 <= 0x39) }
+}
+
+/// Runs an ``SQLiteReadModel`` as a ``Projection``: checkpoints and parked events live in the
+/// same database as its tables.
+public final class SQLiteProjection<Model: SQLiteReadModel>: Projection {
+    /// The read model.
+    public let model: Model
+    /// The database holding the tables (the store's `database`, or another file).
+    public let database: any DatabaseWriter
+    /// Batching, failure policy, consistency.
+    public let options: ProjectionOptions
+    private let checkpointStore: SQLiteCheckpointStore
+    private let parkedStore: SQLiteParkedEventStore
+
+    /// Creates the projection over `database`, creating Backstage's pipeline tables if needed.
+    /// - Throws: ``SQLiteProjectionError/invalidTableName(_:)``, `PipelineError.invalidName`, or a database error.
+    public init(_ model: Model, database: any DatabaseWriter, options: ProjectionOptions = ProjectionOptions()) throws {
+        try validateSubscriptionName(model.name)
+        for table in model.tables where !isPlainIdentifier(table) { throw SQLiteProjectionError.invalidTableName(table) }
+        self.model = model
+        self.database = database
+        self.options = options
+        self.checkpointStore = try SQLiteCheckpointStore(database: database)
+        self.parkedStore = try SQLiteParkedEventStore(database: database)
+    }
+
+    /// The projection's name.
+    public var name: String { model.name }
+    /// Which events it reads.
+    public var filter: EventFilter { model.filter }
+    /// Its checkpoints, in its database.
+    public var checkpoints: any CheckpointStore { checkpointStore }
+    /// Its parked events, in its database.
+    public var parkedEvents: (any ParkedEventStore)? { parkedStore }
+
+    /// The table names of `version`.
+    public func tables(version: Int) -> ProjectionTables {
+        ProjectionTables(version: version, baseNames: model.tables)
+    }
+
+    /// The table names readers see now, read inside a caller's transaction (nil before the
+    /// projection first ran). Readers may also query the views named after the base names.
+    public func activeTables(_ db: Database) throws -> ProjectionTables? {
+        try Int.fetchOne(
+            db, sql: "SELECT active_version FROM backstage_projections WHERE name = ?", arguments: [model.name]
+        ).map { tables(version: $0) }
+    }
+
+    private func createIfMissing(_ version: Int, in db: Database) throws {
+        let names = tables(version: version)
+        let existing = try names.baseNames.filter { try db.tableExists(try names.table($0)) }
+        if existing.count < names.baseNames.count { try model.createTables(in: db, tables: names) }
+    }
+
+    private func pointViews(at version: Int, in db: Database) throws {
+        let names = tables(version: version)
+        for base in names.baseNames {
+            if try db.tableExists(base) { throw SQLiteProjectionError.nameTaken(base) }
+            try db.execute(sql: "DROP VIEW IF EXISTS \(base)")
+            try db.execute(sql: "CREATE VIEW \(base) AS SELECT * FROM \(try names.table(base))")
+        }
+    }
+
+    public func activeVersion() async throws -> Int {
+        try await database.write { db in
+            if let version = try self.activeTables(db)?.version { return version }
+            try self.createIfMissing(1, in: db)
+            try self.pointViews(at: 1, in: db)
+            try db.execute(
+                sql: "INSERT INTO backstage_projections (name, active_version, updated_at) VALUES (?, 1, ?)",
+                arguments: [self.model.name, Date().timeIntervalSince1970])
+            return 1
+        }
+    }
+
+    public func prepare(version: Int) async throws {
+        try await database.write { db in try self.createIfMissing(version, in: db) }
+    }
+
+    public func apply(_ events: [RecordedEvent], version: Int, commit: ProjectionCommit) async throws {
+        let names = tables(version: version)
+        try await database.writeWithoutTransaction { db in
+            try db.inTransaction(.immediate) {
+                for event in events { try self.model.apply(event, in: db, tables: names) }
+                switch commit {
+                case .checkpoint(let subscription, let expected, let new, let token):
+                    try SQLiteCheckpointStore.commit(subscription, expected: expected, new: new, token: token, in: db)
+                case .replay(let subscription, let position):
+                    guard try SQLiteParkedEventStore.remove(subscription: subscription, position: position, in: db) else {
+                        throw SQLiteProjectionError.notParked(subscription: subscription, position: position)
+                    }
+                }
+                return .commit
+            }
+        }
+    }
+
+    public func activate(version: Int, replacing old: Int) async throws {
+        try await database.write { db in
+            try self.createIfMissing(version, in: db)
+            try self.pointViews(at: version, in: db)
+            try db.execute(
+                sql: """
+                    INSERT INTO backstage_projections (name, active_version, updated_at) VALUES (?, ?, ?)
+                    ON CONFLICT (name) DO UPDATE SET active_version = excluded.active_version, updated_at = excluded.updated_at
+                    """, arguments: [self.model.name, version, Date().timeIntervalSince1970])
+            guard old != version else { return }
+            let oldNames = self.tables(version: old)
+            for base in oldNames.baseNames { try db.execute(sql: "DROP TABLE IF EXISTS \(try oldNames.table(base))") }
+            let oldSubscription = projectionSubscription(self.model.name, version: old)
+            try db.execute(sql: "DELETE FROM backstage_checkpoints WHERE subscription = ?", arguments: [oldSubscription])
+            try db.execute(sql: "DELETE FROM backstage_parked_events WHERE subscription = ?", arguments: [oldSubscription])
+        }
+    }
+}
