@@ -38,7 +38,10 @@ let package = Package(
         ),
         .target(
             name: "BackstagePostgres",
-            dependencies: ["Backstage", .product(name: "PostgresNIO", package: "postgres-nio")]
+            dependencies: [
+                "Backstage", .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .target(name: "BackstageTesting", dependencies: ["Backstage"]),
         .testTarget(name: "BackstageTests", dependencies: ["Backstage", "BackstageTesting"]),
@@ -57,6 +60,12 @@ let package = Package(
             name: "backstage-projection-worker",
             dependencies: ["Backstage", "BackstageSQLite", .product(name: "GRDB", package: "GRDB.swift")],
             path: "Tests/Workers/ProjectionWorker"
+        ),
+        // A child process for the PostgreSQL multi-process tests; not part of any product.
+        .executableTarget(
+            name: "backstage-postgres-worker",
+            dependencies: ["Backstage", "BackstagePostgres"],
+            path: "Tests/Workers/PostgresWorker"
         ),
         .testTarget(
             name: "BackstagePostgresTests",

@@ -1,0 +1,118 @@
+import Backstage
+import Logging
+import PostgresNIO
+import Synchronization
+
+/// The state of a store's LISTEN connection.
+public struct NotificationStatus: Sendable, Hashable {
+    /// Whether the listener is connected and listening now.
+    public var isListening: Bool
+    /// The server process id of the listening connection (for `pg_terminate_backend` in tests
+    /// and for operators), nil when not connected.
+    public var backendPID: Int32?
+    /// How many times the listener has connected and started listening.
+    public var connections: Int
+    /// Notifications received since the store opened.
+    public var notificationsReceived: Int
+}
+
+/// Holds one pooled connection in `LISTEN` for the store's channel and turns every notification
+/// into a wake-up hint. When the connection is lost it reconnects (with a doubling delay up to
+/// 2 seconds), listens again and sends one hint, since appends may have been missed meanwhile.
+final class NotificationListener: Sendable {
+    private struct State {
+        var task: Task<Void, Never>?
+        var stopped = false
+        var status = NotificationStatus(
+            isListening: false, backendPID: nil, connections: 0, notificationsReceived: 0)
+    }
+
+    private let client: PostgresClient
+    private let channel: String
+    private let notifier: AppendNotifier
+    private let applicationName: String
+    private let initialDelay: Duration
+    private let logger: Logger
+    private let queryLogger = Logger(label: "backstage.postgres.listener", factory: { _ in SwiftLogNoOpLogHandler() })
+    private let state = Mutex(State())
+
+    init(
+        client: PostgresClient, channel: String, notifier: AppendNotifier, applicationName: String,
+        initialDelay: Duration, logger: Logger
+    ) {
+        self.client = client
+        self.channel = channel
+        self.notifier = notifier
+        self.applicationName = applicationName
+        self.initialDelay = initialDelay
+        self.logger = logger
+    }
+
+    var status: NotificationStatus { state.withLock { $0.status } }
+
+    /// Starts listening, once.
+    func start() {
+        state.withLock { s in
+            guard s.task == nil, !s.stopped else { return }
+            s.task = Task { await self.run() }
+        }
+    }
+
+    /// Stops listening and waits for the connection to be returned.
+    func stop() async {
+        let task = state.withLock { s -> Task<Void, Never>? in
+            s.stopped = true
+            defer { s.task = nil }
+            return s.task
+        }
+        task?.cancel()
+        await task?.value
+    }
+
+    private func run() async {
+        var delay = initialDelay
+        while !Task.isCancelled {
+            let connectionsBefore = status.connections
+            do {
+                try await client.withConnection { conn in try await listen(on: conn) }
+            } catch {
+                if Task.isCancelled { break }
+                logger.warning(
+                    "notification listener lost its connection; reconnecting",
+                    metadata: ["channel": "\(channel)", "error": "\(error)", "retryIn": "\(delay)"])
+            }
+            state.withLock {
+                $0.status.isListening = false
+                $0.status.backendPID = nil
+            }
+            if Task.isCancelled { break }
+            // A connection that listened for a while starts the backoff again.
+            if status.connections > connectionsBefore { delay = initialDelay }
+            try? await Task.sleep(for: delay)
+            delay = min(delay * 2, .seconds(2))
+        }
+    }
+
+    private func listen(on conn: PostgresConnection) async throws {
+        let rows = try await conn.query(
+            "SELECT pg_backend_pid(), set_config('application_name', \(applicationName), false)",
+            logger: queryLogger)
+        var pid: Int32?
+        for try await (backendPID, _) in rows.decode((Int32, String).self) { pid = backendPID }
+        try await conn.listen(on: channel) { notifications in
+            state.withLock {
+                $0.status.isListening = true
+                $0.status.backendPID = pid
+                $0.status.connections += 1
+            }
+            // Appends may have happened while no one listened.
+            notifier.notify()
+            for try await _ in notifications {
+                state.withLock { $0.status.notificationsReceived += 1 }
+                notifier.notify()
+            }
+        }
+        // The sequence ended without an error: give the connection back in a clean state.
+        _ = try? await conn.query("RESET application_name", logger: queryLogger)
+    }
+}

@@ -1,0 +1,576 @@
+import Backstage
+import Foundation
+import Logging
+import PostgresNIO
+import Synchronization
+
+/// The event store for several application processes sharing one PostgreSQL database.
+///
+/// - **Parallel writers, global order without a global lock**: each append is one transaction
+///   that locks only its own stream (a transaction-scoped advisory lock taken before anything
+///   assigns the transaction an id, then the stream's row for the expected-version check), so
+///   one stream's appends get increasing transaction ids. Every event row stores its
+///   writing transaction's id (`xid8`). Readers of the global log only take rows whose
+///   transaction is older than the oldest transaction still running
+///   (`pg_snapshot_xmin(pg_current_snapshot())`), ordered by (transaction id, position); a
+///   ``LogPosition`` holds that pair. A transaction that commits late therefore holds readers
+///   back instead of being skipped; there is no timeout-based gap skipping.
+/// - **No group commit in the store**: appends run in parallel transactions, and PostgreSQL
+///   already flushes the WAL of commits that wait at the same moment together.
+/// - **Notifications**: every append sends `NOTIFY` in its transaction; ``appendNotifications()``
+///   listens on a dedicated connection that reconnects and listens again when it is lost.
+///   Notifications are hints: readers still poll.
+/// - **Immutable events**: a trigger rejects `UPDATE`, `DELETE` and `TRUNCATE` on the events table.
+/// - The schema (name configurable, checked against an allowlist) is created by migrations.
+///
+/// ```swift
+/// let store = try await PostgresEventStore(url: "postgres://app:secret@127.0.0.1:5432/app")
+/// defer { Task { await store.close() } }
+/// ```
+public final class PostgresEventStore: EventStore {
+    /// Settings of the store.
+    public struct Configuration: Sendable {
+        /// The schema holding the store's tables; checked against `^[a-z_][a-z0-9_]{0,62}$`.
+        public var schema: String = "backstage"
+        /// Limits that reject bad input before it reaches the database.
+        public var limits = StoreLimits()
+        /// Most connections of the pool the store creates (ignored when you pass a client).
+        public var maximumConnections = 20
+        /// Whether to run the schema migrations when the store opens.
+        public var migrate = true
+        /// First delay before the notification listener reconnects; it doubles up to 2 seconds.
+        public var listenerReconnectDelay: Duration = .milliseconds(50)
+        /// Where the store logs connection problems.
+        public var logger = Logger(label: "backstage.postgres")
+
+        /// The defaults.
+        public init() {}
+    }
+
+    /// The connection pool.
+    public let client: PostgresClient
+    /// The schema holding the store's tables.
+    public let schema: PostgresSchemaName
+    /// The limits this store enforces.
+    public let limits: StoreLimits
+    /// The channel the store's appends notify.
+    public let notificationChannel: String
+
+    let configuration: Configuration
+    let logger: Logger
+    let queryLogger: Logger
+    private let notifier = AppendNotifier()
+    private let runTask: Task<Void, Never>?
+    private let listener: NotificationListener
+
+    /// Opens the store at `url` (`postgres://user:password@host:port/database`), with a
+    /// connection pool of its own, and migrates its schema. Call ``close()`` when done.
+    public convenience init(url: String, configuration: Configuration = Configuration()) async throws {
+        let settings = try PostgresConnectionSettings(url: url)
+        try await self.init(settings: settings, configuration: configuration)
+    }
+
+    /// Opens the store with `settings`, with a connection pool of its own, and migrates its schema.
+    /// Call ``close()`` when done.
+    public convenience init(settings: PostgresConnectionSettings, configuration: Configuration = Configuration())
+        async throws
+    {
+        let client = PostgresClient(
+            configuration: settings.clientConfiguration(maximumConnections: configuration.maximumConnections))
+        let task = Task { await client.run() }
+        do {
+            try await self.init(client: client, runTask: task, configuration: configuration)
+        } catch {
+            task.cancel()
+            await task.value
+            throw error
+        }
+    }
+
+    /// Opens the store on `client`, a pool that the caller runs (`client.run()`, for example in a
+    /// `ServiceGroup`), and migrates its schema unless the configuration says otherwise.
+    public convenience init(client: PostgresClient, configuration: Configuration = Configuration()) async throws {
+        try await self.init(client: client, runTask: nil, configuration: configuration)
+    }
+
+    private init(client: PostgresClient, runTask: Task<Void, Never>?, configuration: Configuration) async throws {
+        let schema = try PostgresSchemaName(configuration.schema)
+        self.client = client
+        self.runTask = runTask
+        self.schema = schema
+        self.limits = configuration.limits
+        self.configuration = configuration
+        self.logger = configuration.logger
+        self.queryLogger = Logger(label: "backstage.postgres.query", factory: { _ in SwiftLogNoOpLogHandler() })
+        self.notificationChannel = String("backstage_\(schema.rawValue)".prefix(63))
+        self.listener = NotificationListener(
+            client: client, channel: notificationChannel, notifier: notifier,
+            applicationName: "backstage-listener:\(schema.rawValue)",
+            initialDelay: configuration.listenerReconnectDelay, logger: configuration.logger)
+        if configuration.migrate {
+            try await migrate()
+        }
+    }
+
+    /// Runs the schema migrations that have not run yet; returns their versions. Several
+    /// processes may call it at the same time.
+    @discardableResult
+    public func migrate() async throws -> [Int] {
+        do {
+            return try await client.withConnection { conn in
+                try await PostgresMigrations.migrate(schema, on: conn, logger: queryLogger)
+            }
+        } catch let error as PSQLError {
+            throw Self.translate(error)
+        }
+    }
+
+    /// Stops the notification listener and, when the store created the connection pool, the pool.
+    public func close() async {
+        await listener.stop()
+        if let runTask {
+            runTask.cancel()
+            await runTask.value
+        }
+    }
+
+    var s: String { schema.rawValue }
+    /// The first key of the per-stream advisory locks (the second is the stream's hash).
+    var streamLockClass: String { "backstage.stream.\(schema.rawValue)" }
+
+    // MARK: Appending
+
+    /// What the append transaction is doing, for tests that need to act inside it.
+    package enum AppendStage: Sendable {
+        /// The events are inserted but not committed; the transaction has this id.
+        case inserted(transaction: UInt64)
+    }
+
+    public func append(
+        _ events: [EventData], to stream: String, expected: ExpectedVersion, commandID: UUID?
+    ) async throws -> AppendResult {
+        try await append(events, to: stream, expected: expected, commandID: commandID, hook: nil)
+    }
+
+    /// Appends like ``append(_:to:expected:commandID:)``, calling `hook` inside the transaction
+    /// before it commits: a hook that throws rolls the append back, one that waits holds the
+    /// transaction open. For tests of the ordering guarantees.
+    package func append(
+        _ events: [EventData], to stream: String, expected: ExpectedVersion, commandID: UUID?,
+        hook: (@Sendable (AppendStage) async throws -> Void)?
+    ) async throws -> AppendResult {
+        try limits.validate(append: events, to: stream)
+        let rows = try events.map { try EncodedEvent($0) }
+        let fingerprint = commandID == nil ? "" : appendFingerprint(events)
+        var attempt = 0
+        while true {
+            attempt += 1
+            do {
+                let result = try await client.withConnection { conn in
+                    try await PostgresTransaction.run(on: conn, logger: queryLogger) { conn in
+                        try await self.appendInTransaction(
+                            rows, to: stream, expected: expected, commandID: commandID,
+                            fingerprint: fingerprint, hook: hook, on: conn)
+                    }
+                }
+                if !result.isDuplicate { notifier.notify() }
+                return result
+            } catch let error as PSQLError {
+                if error.sqlState == "23505" {
+                    switch error.constraintName {
+                    case "commands_pkey" where attempt < 3:
+                        // The same command id committed concurrently (on another stream): the
+                        // retry finds it and answers as a duplicate or a conflict.
+                        continue
+                    case "events_event_id_key":
+                        throw EventStoreError.invalidInput("an event id of this append is already stored")
+                    default: break
+                    }
+                }
+                throw Self.translate(error)
+            }
+        }
+    }
+
+    private func appendInTransaction(
+        _ rows: [EncodedEvent], to stream: String, expected: ExpectedVersion, commandID: UUID?,
+        fingerprint: String, hook: (@Sendable (AppendStage) async throws -> Void)?, on conn: PostgresConnection
+    ) async throws -> (AppendResult, commit: Bool) {
+        // 1. Lock the stream's row (creating it at version 0 if needed): appends to one stream
+        //    queue here; appends to other streams run in parallel.
+        let actual = try await lockStream(stream, on: conn)
+
+        // 2. Idempotency, checked under the stream lock so a concurrent retry of the same
+        //    command on the same stream sees the first one's commit.
+        if let commandID, var stored = try await storedCommand(commandID, on: conn) {
+            guard stored.fingerprint == fingerprint else {
+                throw EventStoreError.idempotencyConflict(commandID: commandID, stream: stored.result.stream)
+            }
+            stored.result.isDuplicate = true
+            return (stored.result, false)
+        }
+
+        // 3. Expected version.
+        guard expected.accepts(actual) else {
+            throw EventStoreError.wrongExpectedVersion(stream: stream, expected: expected, actual: actual)
+        }
+
+        // 4. Events, stream version, command and notification in one statement.
+        let category = streamCategory(stream)
+        let lastVersion = actual + Int64(rows.count)
+        var sql = PostgresQuery.StringInterpolation(literalCapacity: 1024, interpolationCount: rows.count * 11 + 10)
+        sql.appendLiteral("WITH ins AS (INSERT INTO ")
+        sql.appendInterpolation(unescaped: s)
+        sql.appendLiteral(
+            ".events (stream, stream_version, event_id, category, type, schema_version, data, command_id, causation_id, correlation_id, fields) VALUES "
+        )
+        for (index, row) in rows.enumerated() {
+            sql.appendLiteral(index == 0 ? "(" : ", (")
+            sql.appendInterpolation(stream)
+            sql.appendLiteral(", ")
+            sql.appendInterpolation(actual + Int64(index) + 1)
+            sql.appendLiteral(", ")
+            sql.appendInterpolation(row.id)
+            sql.appendLiteral(", ")
+            sql.appendInterpolation(category)
+            sql.appendLiteral(", ")
+            sql.appendInterpolation(row.type)
+            sql.appendLiteral(", ")
+            sql.appendInterpolation(row.schemaVersion)
+            sql.appendLiteral(", ")
+            try sql.appendInterpolation(row.data)
+            sql.appendLiteral(", ")
+            sql.appendInterpolation(row.commandID)
+            sql.appendLiteral("::uuid, ")
+            sql.appendInterpolation(row.causationID)
+            sql.appendLiteral("::uuid, ")
+            sql.appendInterpolation(row.correlationID)
+            sql.appendLiteral("::uuid, ")
+            sql.appendInterpolation(row.fields)
+            sql.appendLiteral("::jsonb)")
+        }
+        sql.appendLiteral(" RETURNING position), upd AS (UPDATE ")
+        sql.appendInterpolation(unescaped: s)
+        sql.appendLiteral(".streams SET version = ")
+        sql.appendInterpolation(lastVersion)
+        sql.appendLiteral(" WHERE stream = ")
+        sql.appendInterpolation(stream)
+        sql.appendLiteral(")")
+        if let commandID {
+            sql.appendLiteral(", cmd AS (INSERT INTO ")
+            sql.appendInterpolation(unescaped: s)
+            sql.appendLiteral(
+                ".commands (command_id, stream, first_version, last_version, first_position, last_position, transaction_id, fingerprint) SELECT "
+            )
+            sql.appendInterpolation(commandID)
+            sql.appendLiteral(", ")
+            sql.appendInterpolation(stream)
+            sql.appendLiteral(", ")
+            sql.appendInterpolation(actual + 1)
+            sql.appendLiteral(", ")
+            sql.appendInterpolation(lastVersion)
+            sql.appendLiteral(", min(position), max(position), pg_current_xact_id(), ")
+            sql.appendInterpolation(fingerprint)
+            sql.appendLiteral(" FROM ins)")
+        }
+        sql.appendLiteral(" SELECT min(position), max(position), pg_current_xact_id()::text, pg_notify(")
+        sql.appendInterpolation(notificationChannel)
+        sql.appendLiteral(", '') FROM ins")
+        let inserted = try await conn.query(PostgresQuery(stringInterpolation: sql), logger: queryLogger)
+        var result: AppendResult?
+        for try await (first, last, transaction) in inserted.decode((Int64, Int64, String).self) {
+            result = AppendResult(
+                stream: stream, firstVersion: actual + 1, lastVersion: lastVersion, firstPosition: first,
+                lastPosition: last, transaction: try Self.parseTransaction(transaction))
+        }
+        guard let result else { throw PostgresStoreError.unexpectedResult("the append inserted no rows") }
+        if let hook { try await hook(.inserted(transaction: result.transaction)) }
+        return (result, true)
+    }
+
+    private func lockStream(_ stream: String, on conn: PostgresConnection) async throws -> Int64 {
+        // First a transaction-scoped advisory lock per stream: waiting for it never assigns a
+        // transaction id (a row lock can: `SELECT ... FOR UPDATE` on a row being updated takes
+        // an id before it sleeps). So the id is assigned after the previous writer of the stream
+        // has finished, and the (transaction id, position) order keeps every stream's order.
+        try await conn.query(
+            "SELECT pg_advisory_xact_lock(hashtext(\(streamLockClass)), hashtext(\(stream)))", logger: queryLogger)
+        if let version = try await selectStreamForUpdate(stream, on: conn) { return version }
+        let inserted = try await conn.query(
+            """
+            INSERT INTO \(unescaped: s).streams (stream, version) VALUES (\(stream), 0)
+            ON CONFLICT (stream) DO NOTHING RETURNING version
+            """, logger: queryLogger)
+        for try await version in inserted.decode(Int64.self) { return version }
+        // Another transaction created it first (and has committed, or we would still wait).
+        if let version = try await selectStreamForUpdate(stream, on: conn) { return version }
+        throw PostgresStoreError.unexpectedResult("stream row '\(stream)' vanished")
+    }
+
+    private func selectStreamForUpdate(_ stream: String, on conn: PostgresConnection) async throws -> Int64? {
+        let rows = try await conn.query(
+            "SELECT version FROM \(unescaped: s).streams WHERE stream = \(stream) FOR UPDATE", logger: queryLogger)
+        for try await version in rows.decode(Int64.self) { return version }
+        return nil
+    }
+
+    private struct StoredCommand {
+        var result: AppendResult
+        var fingerprint: String
+    }
+
+    private func storedCommand(_ commandID: UUID, on conn: PostgresConnection) async throws -> StoredCommand? {
+        let rows = try await conn.query(
+            """
+            SELECT stream, first_version, last_version, first_position, last_position,
+                   transaction_id::text, fingerprint
+            FROM \(unescaped: s).commands WHERE command_id = \(commandID)
+            """, logger: queryLogger)
+        for try await (stream, firstVersion, lastVersion, firstPosition, lastPosition, transaction, fingerprint)
+            in rows.decode((String, Int64, Int64, Int64, Int64, String, String).self)
+        {
+            return StoredCommand(
+                result: AppendResult(
+                    stream: stream, firstVersion: firstVersion, lastVersion: lastVersion,
+                    firstPosition: firstPosition, lastPosition: lastPosition,
+                    transaction: try Self.parseTransaction(transaction), isDuplicate: true),
+                fingerprint: fingerprint)
+        }
+        return nil
+    }
+
+    // MARK: Reading
+
+    /// The columns every event read selects, in the order ``decodeEvent(_:)`` expects.
+    var eventColumns: String { Self.eventColumns(prefix: "") }
+
+    /// The event columns, each qualified with `prefix` (a table alias and a dot, or nothing).
+    static func eventColumns(prefix p: String) -> String {
+        """
+        \(p)position, \(p)transaction_id::text, \(p)stream, \(p)stream_version, \(p)event_id, \(p)type,
+        \(p)schema_version, \(p)data, \(p)command_id, \(p)causation_id, \(p)correlation_id, \(p)fields::text,
+        \(p)recorded_at
+        """
+    }
+
+    public func readStream(
+        _ stream: String, from version: Int64, direction: ReadDirection, limit: Int
+    ) async throws -> [RecordedEvent] {
+        try limits.validate(stream: stream)
+        try limits.validate(pageSize: limit)
+        let query: PostgresQuery =
+            switch direction {
+            case .forward:
+                """
+                SELECT \(unescaped: eventColumns) FROM \(unescaped: s).events
+                WHERE stream = \(stream) AND stream_version >= \(version)
+                ORDER BY stream_version LIMIT \(limit)
+                """
+            case .backward:
+                """
+                SELECT \(unescaped: eventColumns) FROM \(unescaped: s).events
+                WHERE stream = \(stream) AND stream_version <= \(version)
+                ORDER BY stream_version DESC LIMIT \(limit)
+                """
+            }
+        return try await run { try await self.decodeEvents($0.query(query, logger: self.queryLogger)) }
+    }
+
+    public func readAll(after position: LogPosition, limit: Int, filter: EventFilter) async throws
+        -> [RecordedEvent]
+    {
+        try limits.validate(pageSize: limit)
+        var sql = PostgresQuery.StringInterpolation(literalCapacity: 512, interpolationCount: 5)
+        sql.appendLiteral("SELECT ")
+        sql.appendInterpolation(unescaped: eventColumns)
+        sql.appendLiteral(" FROM ")
+        sql.appendInterpolation(unescaped: s)
+        sql.appendLiteral(".events WHERE (transaction_id, position) > (")
+        sql.appendInterpolation(String(position.transaction))
+        sql.appendLiteral("::xid8, ")
+        sql.appendInterpolation(position.position)
+        // Only transactions older than every running one: nothing can commit below this horizon.
+        sql.appendLiteral(") AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())")
+        if let types = filter.types {
+            sql.appendLiteral(" AND type = ANY(")
+            sql.appendInterpolation(types.sorted())
+            sql.appendLiteral(")")
+        }
+        if let categories = filter.categories {
+            sql.appendLiteral(" AND category = ANY(")
+            sql.appendInterpolation(categories.sorted())
+            sql.appendLiteral(")")
+        }
+        sql.appendLiteral(" ORDER BY transaction_id, position LIMIT ")
+        sql.appendInterpolation(limit)
+        let query = PostgresQuery(stringInterpolation: sql)
+        return try await run { try await self.decodeEvents($0.query(query, logger: self.queryLogger)) }
+    }
+
+    public func streamVersion(_ stream: String) async throws -> Int64 {
+        try limits.validate(stream: stream)
+        return try await run { conn in
+            let rows = try await conn.query(
+                "SELECT version FROM \(unescaped: self.s).streams WHERE stream = \(stream)", logger: self.queryLogger)
+            for try await version in rows.decode(Int64.self) { return version }
+            return 0
+        }
+    }
+
+    public func headPosition() async throws -> LogPosition {
+        try await run { conn in
+            let rows = try await conn.query(
+                """
+                SELECT transaction_id::text, position FROM \(unescaped: self.s).events
+                WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+                ORDER BY transaction_id DESC, position DESC LIMIT 1
+                """, logger: self.queryLogger)
+            for try await (transaction, position) in rows.decode((String, Int64).self) {
+                return LogPosition(transaction: try Self.parseTransaction(transaction), position: position)
+            }
+            return .start
+        }
+    }
+
+    public func appendResult(forCommand commandID: UUID) async throws -> AppendResult? {
+        try await run { try await self.storedCommand(commandID, on: $0)?.result }
+    }
+
+    // MARK: Snapshots
+
+    public func saveSnapshot(_ snapshot: Snapshot) async throws {
+        try limits.validate(stream: snapshot.stream)
+        guard let schemaVersion = Int32(exactly: snapshot.schemaVersion) else {
+            throw EventStoreError.invalidInput("snapshot schema version \(snapshot.schemaVersion) is out of range")
+        }
+        try await run { conn in
+            _ = try await conn.query(
+                """
+                INSERT INTO \(unescaped: self.s).snapshots AS old (stream, version, schema_version, data, recorded_at)
+                VALUES (\(snapshot.stream), \(snapshot.version), \(schemaVersion), \(snapshot.data), \(snapshot.recordedAt))
+                ON CONFLICT (stream) DO UPDATE
+                SET version = excluded.version, schema_version = excluded.schema_version,
+                    data = excluded.data, recorded_at = excluded.recorded_at
+                WHERE NOT (old.schema_version = excluded.schema_version AND old.version > excluded.version)
+                """, logger: self.queryLogger)
+        }
+    }
+
+    public func loadSnapshot(_ stream: String, schemaVersion: Int) async throws -> Snapshot? {
+        try limits.validate(stream: stream)
+        guard let schemaVersion = Int32(exactly: schemaVersion) else { return nil }
+        return try await run { conn in
+            let rows = try await conn.query(
+                """
+                SELECT version, data, recorded_at FROM \(unescaped: self.s).snapshots
+                WHERE stream = \(stream) AND schema_version = \(schemaVersion)
+                """, logger: self.queryLogger)
+            for try await (version, data, recordedAt) in rows.decode((Int64, Data, Date).self) {
+                return Snapshot(
+                    stream: stream, version: version, schemaVersion: Int(schemaVersion), data: data,
+                    recordedAt: recordedAt)
+            }
+            return nil
+        }
+    }
+
+    // MARK: Notifications
+
+    public func appendNotifications() -> AsyncStream<Void> {
+        let stream = notifier.stream()
+        listener.start()
+        return stream
+    }
+
+    /// The state of the notification listener: for operations and tests.
+    public var notificationStatus: NotificationStatus { listener.status }
+
+    // MARK: Helpers
+
+    /// Runs `body` on a pooled connection, translating database errors.
+    func run<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
+        do {
+            return try await client.withConnection { conn in try await body(conn) }
+        } catch let error as PSQLError {
+            throw Self.translate(error)
+        }
+    }
+
+    func decodeEvents(_ rows: PostgresRowSequence) async throws -> [RecordedEvent] {
+        var events: [RecordedEvent] = []
+        for try await row in rows { events.append(try Self.decodeEvent(row.makeRandomAccess())) }
+        return events
+    }
+
+    /// Decodes the event in columns 0..<13 of `row` (selected as ``eventColumns``).
+    static func decodeEvent(_ row: PostgresRandomAccessRow) throws -> RecordedEvent {
+        let fieldsJSON = try row[11].decode(String?.self)
+        var fields: [String: String] = [:]
+        if let fieldsJSON {
+            fields = try JSONDecoder().decode([String: String].self, from: Data(fieldsJSON.utf8))
+        }
+        return RecordedEvent(
+            position: try row[0].decode(Int64.self),
+            transaction: try parseTransaction(try row[1].decode(String.self)),
+            stream: try row[2].decode(String.self),
+            streamVersion: try row[3].decode(Int64.self),
+            id: try row[4].decode(UUID.self),
+            type: try row[5].decode(String.self),
+            schemaVersion: Int(try row[6].decode(Int32.self)),
+            data: try row[7].decode(Data.self),
+            metadata: EventMetadata(
+                commandID: try row[8].decode(UUID?.self), causationID: try row[9].decode(UUID?.self),
+                correlationID: try row[10].decode(UUID?.self), fields: fields),
+            recordedAt: try row[12].decode(Date.self))
+    }
+
+    static func parseTransaction(_ text: String) throws -> UInt64 {
+        guard let value = UInt64(text) else {
+            throw PostgresStoreError.unexpectedResult("transaction id '\(text)' is not a 64-bit integer")
+        }
+        return value
+    }
+
+    static func translate(_ error: PSQLError) -> PostgresStoreError {
+        if let state = error.sqlState {
+            return .database(sqlState: state, message: error.serverMessage ?? "\(error.code)")
+        }
+        return .database(sqlState: "connection", message: "\(error.code)")
+    }
+}
+
+/// One event ready to be bound into an INSERT.
+struct EncodedEvent: Sendable {
+    var id: UUID
+    var type: String
+    var schemaVersion: Int32
+    var data: Data
+    var commandID: UUID?
+    var causationID: UUID?
+    var correlationID: UUID?
+    var fields: String?
+
+    init(_ event: EventData) throws(EventStoreError) {
+        guard let version = Int32(exactly: event.schemaVersion) else {
+            throw .invalidInput("schema version \(event.schemaVersion) of \(event.type) is out of range")
+        }
+        id = event.id
+        type = event.type
+        schemaVersion = version
+        data = event.data
+        commandID = event.metadata.commandID
+        causationID = event.metadata.causationID
+        correlationID = event.metadata.correlationID
+        if event.metadata.fields.isEmpty {
+            fields = nil
+        } else {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = .sortedKeys
+            do {
+                fields = String(decoding: try encoder.encode(event.metadata.fields), as: UTF8.self)
+            } catch {
+                throw .invalidInput("metadata fields of \(event.type) cannot be encoded: \(error)")
+            }
+        }
+    }
+}

@@ -1,0 +1,279 @@
+import Backstage
+import Foundation
+import Logging
+import PostgresNIO
+
+/// A read model kept in your own PostgreSQL tables: you create the tables and write the rows
+/// with the connection you are given; Backstage runs the writes of each batch and the checkpoint
+/// compare-and-set (fenced by the lease token) in one transaction, so every event takes effect
+/// exactly once, whichever process leads the subscription.
+///
+/// Tables are versioned: version N of a table `tickets` is `<schema>.tickets_vN`, and a view
+/// `<schema>.tickets` shows the active version to readers. A rebuild fills version N+1 while N
+/// keeps serving, then the view switches in one transaction. Always write through
+/// ``PostgresProjectionTables/table(_:)``.
+///
+/// ```swift
+/// struct TicketsReadModel: PostgresReadModel {
+///     let name = "tickets"
+///     let tables = ["tickets"]
+///     func createTables(on connection: PostgresConnection, tables: PostgresProjectionTables) async throws {
+///         try await connection.query(
+///             "CREATE TABLE \(unescaped: try tables.table("tickets")) (id text PRIMARY KEY, show text)", logger: logger)
+///     }
+///     func apply(_ event: RecordedEvent, on connection: PostgresConnection, tables: PostgresProjectionTables) async throws {
+///         if let added = try event.decode(as: TicketAdded.self) {
+///             try await connection.query(
+///                 "INSERT INTO \(unescaped: try tables.table("tickets")) VALUES (\(added.ticketID), \(added.showID))",
+///                 logger: logger)
+///         }
+///     }
+/// }
+/// ```
+public protocol PostgresReadModel: Sendable {
+    /// The projection's name (`[A-Za-z0-9_.-]`).
+    var name: String { get }
+    /// The base names of the tables it owns (`[a-z_][a-z0-9_]*`, at most 48 characters).
+    var tables: [String] { get }
+    /// Which events it reads; evaluated in the database. Defaults to every event.
+    var filter: EventFilter { get }
+    /// Creates the tables (and indexes) of one version, named by `tables`, inside a transaction.
+    func createTables(on connection: PostgresConnection, tables: PostgresProjectionTables) async throws
+    /// Applies one event inside the batch's transaction. Throw to roll the batch back.
+    func apply(_ event: RecordedEvent, on connection: PostgresConnection, tables: PostgresProjectionTables) async throws
+}
+
+extension PostgresReadModel {
+    /// Every event.
+    public var filter: EventFilter { .all }
+}
+
+/// The table names of one version of a PostgreSQL projection; only declared names come out.
+public struct PostgresProjectionTables: Sendable, Hashable {
+    /// The schema holding the tables.
+    public let schema: PostgresSchemaName
+    /// The version.
+    public let version: Int
+    /// The declared base names.
+    public let baseNames: [String]
+
+    /// The names of `version` of the tables `baseNames` in `schema`.
+    public init(schema: PostgresSchemaName, version: Int, baseNames: [String]) {
+        self.schema = schema
+        self.version = version
+        self.baseNames = baseNames
+    }
+
+    /// The qualified, versioned name of the declared table `base` (`schema.base_vN`).
+    /// - Throws: ``PostgresProjectionError/undeclaredTable(_:)`` for a name the read model did not declare.
+    public func table(_ base: String) throws(PostgresProjectionError) -> String {
+        guard baseNames.contains(base) else { throw .undeclaredTable(base) }
+        return "\(schema.rawValue).\(base)_v\(version)"
+    }
+
+    /// The qualified name of the view readers use for `base` (`schema.base`).
+    public func view(_ base: String) throws(PostgresProjectionError) -> String {
+        guard baseNames.contains(base) else { throw .undeclaredTable(base) }
+        return "\(schema.rawValue).\(base)"
+    }
+}
+
+/// Errors of PostgreSQL projections.
+public enum PostgresProjectionError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// A table name is not a plain lower-case identifier.
+    case invalidTableName(String)
+    /// The read model wrote to a table it did not declare.
+    case undeclaredTable(String)
+    /// A name of the read model is taken by a table that is not its view.
+    case nameTaken(String)
+    /// A replayed parked event was no longer parked (replayed or discarded meanwhile).
+    case notParked(subscription: String, position: LogPosition)
+
+    public var description: String {
+        switch self {
+        case .invalidTableName(let n):
+            "table name '\(n)' is not allowed: use 1 to 48 characters of [a-z0-9_], not starting with a digit"
+        case .undeclaredTable(let n): "table '\(n)' is not declared in the read model's `tables`"
+        case .nameTaken(let n): "'\(n)' already exists and is not a projection view: rename the read model's table"
+        case .notParked(let s, let p): "the event at \(p) is no longer parked for \(s)"
+        }
+    }
+}
+
+func isLowerIdentifier(_ name: String) -> Bool {
+    guard let first = name.utf8.first, name.utf8.count <= 48 else { return false }
+    let isLetter = { (c: UInt8) in (c >= 0x61 && c <= 0x7A) || c == 0x5F }
+    return isLetter(first) && name.utf8.allSatisfy { isLetter($0) || ($0 >= 0x30 && $0 <= 0x39) }
+}
+
+/// Runs a ``PostgresReadModel`` as a `Projection`: its tables, checkpoints and parked events live
+/// in the store's schema, so several processes can run it (one leads at a time, see
+/// ``PostgresLeadership``).
+public final class PostgresProjection<Model: PostgresReadModel>: Projection {
+    /// The read model.
+    public let model: Model
+    /// The store whose schema holds the tables.
+    public let store: PostgresEventStore
+    /// Batching, failure policy, consistency.
+    public let options: ProjectionOptions
+    private let checkpointStore: PostgresCheckpointStore
+    private let parkedStore: PostgresParkedEventStore
+
+    /// Creates the projection in `store`'s schema.
+    /// - Throws: ``PostgresProjectionError/invalidTableName(_:)`` or `PipelineError.invalidName`.
+    public init(_ model: Model, store: PostgresEventStore, options: ProjectionOptions = ProjectionOptions()) throws {
+        try validateSubscriptionName(model.name)
+        for table in model.tables where !isLowerIdentifier(table) {
+            throw PostgresProjectionError.invalidTableName(table)
+        }
+        self.model = model
+        self.store = store
+        self.options = options
+        self.checkpointStore = PostgresCheckpointStore(store: store)
+        self.parkedStore = PostgresParkedEventStore(store: store)
+    }
+
+    /// The projection's name.
+    public var name: String { model.name }
+    /// Which events it reads.
+    public var filter: EventFilter { model.filter }
+    /// Its checkpoints, in the store's schema.
+    public var checkpoints: any CheckpointStore { checkpointStore }
+    /// Its parked events, in the store's schema.
+    public var parkedEvents: (any ParkedEventStore)? { parkedStore }
+
+    /// The table names of `version`.
+    public func tables(version: Int) -> PostgresProjectionTables {
+        PostgresProjectionTables(schema: store.schema, version: version, baseNames: model.tables)
+    }
+
+    /// The table names readers see now (nil before the projection first ran).
+    public func activeTables() async throws -> PostgresProjectionTables? {
+        try await store.run { conn in try await self.activeVersion(on: conn).map { self.tables(version: $0) } }
+    }
+
+    private func activeVersion(on conn: PostgresConnection) async throws -> Int? {
+        let rows = try await conn.query(
+            "SELECT active_version FROM \(unescaped: store.s).projections WHERE name = \(model.name)",
+            logger: store.queryLogger)
+        for try await version in rows.decode(Int32.self) { return Int(version) }
+        return nil
+    }
+
+    /// Serialises the DDL of this projection across processes (until the transaction ends).
+    private func lockDDL(on conn: PostgresConnection) async throws {
+        _ = try await conn.query(
+            "SELECT pg_advisory_xact_lock(hashtext(\("backstage.projection.\(store.s)")), hashtext(\(model.name)))",
+            logger: store.queryLogger)
+    }
+
+    private func relationKind(_ name: String, on conn: PostgresConnection) async throws -> String? {
+        let rows = try await conn.query(
+            """
+            SELECT c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = \(store.s) AND c.relname = \(name)
+            """, logger: store.queryLogger)
+        for try await kind in rows.decode(String.self) { return kind }
+        return nil
+    }
+
+    private func createIfMissing(_ version: Int, on conn: PostgresConnection) async throws {
+        let names = tables(version: version)
+        var missing = 0
+        for base in names.baseNames where try await relationKind("\(base)_v\(version)", on: conn) == nil { missing += 1 }
+        if missing > 0 { try await model.createTables(on: conn, tables: names) }
+    }
+
+    private func pointViews(at version: Int, on conn: PostgresConnection) async throws {
+        let names = tables(version: version)
+        for base in names.baseNames {
+            if let kind = try await relationKind(base, on: conn), kind != "v" {
+                throw PostgresProjectionError.nameTaken(base)
+            }
+            _ = try await conn.query(
+                PostgresQuery(unsafeSQL: "DROP VIEW IF EXISTS \(try names.view(base))"), logger: store.queryLogger)
+            _ = try await conn.query(
+                PostgresQuery(unsafeSQL: "CREATE VIEW \(try names.view(base)) AS SELECT * FROM \(try names.table(base))"),
+                logger: store.queryLogger)
+        }
+    }
+
+    public func activeVersion() async throws -> Int {
+        try await store.run { conn in
+            if let version = try await self.activeVersion(on: conn) { return version }
+            return try await PostgresTransaction.run(on: conn, logger: self.store.queryLogger) { conn in
+                try await self.lockDDL(on: conn)
+                if let version = try await self.activeVersion(on: conn) { return (version, true) }
+                try await self.createIfMissing(1, on: conn)
+                try await self.pointViews(at: 1, on: conn)
+                _ = try await conn.query(
+                    "INSERT INTO \(unescaped: self.store.s).projections (name, active_version) VALUES (\(self.model.name), 1)",
+                    logger: self.store.queryLogger)
+                return (1, true)
+            }
+        }
+    }
+
+    public func prepare(version: Int) async throws {
+        try await store.run { conn in
+            try await PostgresTransaction.run(on: conn, logger: self.store.queryLogger) { conn in
+                try await self.lockDDL(on: conn)
+                try await self.createIfMissing(version, on: conn)
+                return ((), true)
+            }
+        }
+    }
+
+    public func apply(_ events: [RecordedEvent], version: Int, commit: ProjectionCommit) async throws {
+        let names = tables(version: version)
+        try await store.run { conn in
+            try await PostgresTransaction.run(on: conn, logger: self.store.queryLogger) { conn in
+                for event in events { try await self.model.apply(event, on: conn, tables: names) }
+                switch commit {
+                case .checkpoint(let subscription, let expected, let new, let token):
+                    try await PostgresCheckpointStore.commit(
+                        subscription, expected: expected, new: new, token: token, store: self.store, on: conn)
+                case .replay(let subscription, let position):
+                    guard
+                        try await PostgresParkedEventStore.remove(
+                            subscription: subscription, position: position, store: self.store, on: conn)
+                    else {
+                        throw PostgresProjectionError.notParked(subscription: subscription, position: position)
+                    }
+                }
+                return ((), true)
+            }
+        }
+    }
+
+    public func activate(version: Int, replacing old: Int) async throws {
+        try await store.run { conn in
+            try await PostgresTransaction.run(on: conn, logger: self.store.queryLogger) { conn in
+                try await self.lockDDL(on: conn)
+                try await self.createIfMissing(version, on: conn)
+                try await self.pointViews(at: version, on: conn)
+                let version32 = Int32(version)
+                _ = try await conn.query(
+                    """
+                    INSERT INTO \(unescaped: self.store.s).projections (name, active_version) VALUES (\(self.model.name), \(version32))
+                    ON CONFLICT (name) DO UPDATE SET active_version = excluded.active_version, updated_at = now()
+                    """, logger: self.store.queryLogger)
+                guard old != version else { return ((), true) }
+                let oldNames = self.tables(version: old)
+                for base in oldNames.baseNames {
+                    _ = try await conn.query(
+                        PostgresQuery(unsafeSQL: "DROP TABLE IF EXISTS \(try oldNames.table(base))"),
+                        logger: self.store.queryLogger)
+                }
+                let oldSubscription = projectionSubscription(self.model.name, version: old)
+                _ = try await conn.query(
+                    "DELETE FROM \(unescaped: self.store.s).checkpoints WHERE subscription = \(oldSubscription)",
+                    logger: self.store.queryLogger)
+                _ = try await conn.query(
+                    "DELETE FROM \(unescaped: self.store.s).parked_events WHERE subscription = \(oldSubscription)",
+                    logger: self.store.queryLogger)
+                return ((), true)
+            }
+        }
+    }
+}

@@ -1,0 +1,182 @@
+import Backstage
+import Foundation
+import PostgresNIO
+import Synchronization
+import Testing
+
+@testable import BackstagePostgres
+
+/// Where the PostgreSQL tests find their server.
+///
+/// They read `BACKSTAGE_POSTGRES_URL` (scripts/postgres prints it). Without it they are skipped
+/// locally; with `CI=true` they run and fail, so a missing server is never a silent skip.
+enum PostgresTestEnvironment {
+    static let url: String? = {
+        guard let url = ProcessInfo.processInfo.environment["BACKSTAGE_POSTGRES_URL"], !url.isEmpty else {
+            return nil
+        }
+        return url
+    }()
+
+    static let isCI = ProcessInfo.processInfo.environment["CI"] == "true"
+
+    /// Run when there is a server, and always in CI (where a missing server fails the tests).
+    static var shouldRun: Bool { url != nil || isCI }
+
+    struct Missing: Error, CustomStringConvertible {
+        var description: String {
+            "BACKSTAGE_POSTGRES_URL is not set and CI=true: the PostgreSQL tests must run in CI (use scripts/test)"
+        }
+    }
+
+    static func requireURL() throws -> String {
+        guard let url else { throw Missing() }
+        return url
+    }
+}
+
+extension Trait where Self == ConditionTrait {
+    /// Skips the test locally when no PostgreSQL server is configured.
+    static var needsPostgres: Self {
+        .enabled(
+            if: PostgresTestEnvironment.shouldRun,
+            "BACKSTAGE_POSTGRES_URL is not set: start a throwaway server with eval \"$(scripts/postgres start)\"")
+    }
+}
+
+/// A fresh schema per test, dropped afterwards.
+func freshSchemaName() -> String {
+    "t_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased().prefix(16)
+}
+
+/// Opens a store on a fresh schema, runs `body`, closes the store and drops the schema.
+func withFreshStore<T: Sendable>(
+    configure: (inout PostgresEventStore.Configuration) -> Void = { _ in },
+    _ body: (PostgresEventStore) async throws -> T
+) async throws -> T {
+    let url = try PostgresTestEnvironment.requireURL()
+    var configuration = PostgresEventStore.Configuration()
+    configuration.schema = freshSchemaName()
+    configure(&configuration)
+    let store = try await PostgresEventStore(url: url, configuration: configuration)
+    do {
+        let value = try await body(store)
+        try await dropSchema(of: store)
+        await store.close()
+        return value
+    } catch {
+        try? await dropSchema(of: store)
+        await store.close()
+        throw error
+    }
+}
+
+/// Opens another store (its own pool) on the same schema as `store`: another "process".
+func openPeer(
+    of store: PostgresEventStore, configure: (inout PostgresEventStore.Configuration) -> Void = { _ in }
+) async throws -> PostgresEventStore {
+    var configuration = PostgresEventStore.Configuration()
+    configuration.schema = store.schema.rawValue
+    configure(&configuration)
+    return try await PostgresEventStore(url: try PostgresTestEnvironment.requireURL(), configuration: configuration)
+}
+
+func dropSchema(of store: PostgresEventStore) async throws {
+    try await store.client.query("DROP SCHEMA IF EXISTS \(unescaped: store.schema.rawValue) CASCADE")
+}
+
+/// A small JSON event.
+func event(_ type: String = "Tested", _ json: String = #"{"n":1}"#, metadata: EventMetadata = EventMetadata())
+    -> EventData
+{
+    EventData(type: type, data: Data(json.utf8), metadata: metadata)
+}
+
+/// Waits until `condition` holds, checking every 20 ms, for at most `timeout`.
+func eventually(
+    timeout: Duration = .seconds(10), _ condition: () async throws -> Bool
+) async throws -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if try await condition() { return true }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+    return try await condition()
+}
+
+/// The build folder holding this test binary and the worker executable.
+func workerExecutable() throws -> URL {
+    let exe = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
+    return URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("backstage-postgres-worker")
+}
+
+/// A running worker process whose stdout lines are collected (by a thread of its own: a
+/// blocking read must not occupy one of the few threads of the concurrency pool).
+final class WorkerProcess: Sendable {
+    let process: Process
+    private let lines: AsyncStream<String>
+    private let finished: AsyncStream<[String]>
+    private let box = Locked<[String]>([])
+
+    init(arguments: [String]) throws {
+        let process = Process()
+        process.executableURL = try workerExecutable()
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        try process.run()
+        self.process = process
+        let (stream, continuation) = AsyncStream<String>.makeStream()
+        let (finished, done) = AsyncStream<[String]>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        self.lines = stream
+        self.finished = finished
+        let box = self.box
+        let handle = pipe.fileHandleForReading
+        let thread = Thread {
+            var buffer = Data()
+            var all: [String] = []
+            while true {
+                let chunk = handle.availableData
+                if chunk.isEmpty { break }
+                buffer.append(chunk)
+                while let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) {
+                    let line = String(decoding: buffer[buffer.startIndex..<newline], as: UTF8.self)
+                    buffer.removeSubrange(buffer.startIndex...newline)
+                    all.append(line)
+                    box.value.withLock { $0.append(line) }
+                    continuation.yield(line)
+                }
+            }
+            continuation.finish()
+            done.yield(all)
+            done.finish()
+        }
+        thread.start()
+    }
+
+    /// Waits for a line that satisfies `predicate` (or the end of the output).
+    func waitForLine(where predicate: @Sendable (String) -> Bool) async -> String? {
+        for await line in lines where predicate(line) { return line }
+        return nil
+    }
+
+    /// Every line, once the output has ended.
+    func allLines() async -> [String] {
+        for await all in finished { return all }
+        return box.value.withLock { $0 }
+    }
+
+    /// The lines printed so far.
+    var currentLines: [String] { box.value.withLock { $0 } }
+
+    /// Sends `signal` to the process if it still runs.
+    func kill(_ signal: Int32 = SIGKILL) {
+        if process.isRunning { Foundation.kill(process.processIdentifier, signal) }
+    }
+}
+
+/// A value behind a lock, shareable between tasks and storable in arrays.
+final class Locked<T: Sendable>: Sendable {
+    let value: Mutex<T>
+    init(_ initial: T) { value = Mutex(initial) }
+}
