@@ -41,11 +41,14 @@ public struct Router: Sendable {
 
     /// Routes commands of type `command` to the instance of `C.Target` named by `id`, decided by `decide`.
     ///
+    /// `decide` returns the events the command produces, or throws the aggregate's `Rejection`
+    /// when a business rule rejects it; `dispatch` throws that error to the caller as it is.
+    ///
     /// - Throws: ``RoutingError`` when the command type is routed already or the aggregate is
     ///   not valid (bad category, category taken by another aggregate, inconsistent event family).
     public mutating func route<C: Command>(
         _ command: C.Type, id: @escaping @Sendable (C) -> String,
-        decide: @escaping @Sendable (C.Target, C) throws(C.Target.Rejection) -> [C.Target.Event]
+        decide: @escaping @Sendable (C.Target, C) throws -> [C.Target.Event]
     ) throws(RoutingError) {
         let key = ObjectIdentifier(C.self)
         if routes[key] != nil { throw .duplicateRoute(command: C.commandName) }
@@ -117,11 +120,11 @@ package final class Route<C: Command>: AnyRoute, @unchecked Sendable {
     /// The name of the dispatch span.
     package let spanName = "dispatch \(C.commandName)"
     package let id: @Sendable (C) -> String
-    package let decide: @Sendable (C.Target, C) throws(C.Target.Rejection) -> [C.Target.Event]
+    package let decide: @Sendable (C.Target, C) throws -> [C.Target.Event]
     package let aggregate: AggregateType<C.Target>
     init(
         id: @escaping @Sendable (C) -> String,
-        decide: @escaping @Sendable (C.Target, C) throws(C.Target.Rejection) -> [C.Target.Event],
+        decide: @escaping @Sendable (C.Target, C) throws -> [C.Target.Event],
         aggregate: AggregateType<C.Target>
     ) {
         self.id = id
