@@ -69,6 +69,12 @@ public final class SQLiteEventStore: EventStore {
             try db.execute(sql: "PRAGMA synchronous = \(synchronous)")
         }
         self.database = try DatabasePool(path: path, configuration: config)
+        // GRDB turns WAL on for the writer connection after `prepareDatabase` and sets
+        // synchronous=NORMAL with it: set the durability again on the writer, the only
+        // connection that commits.
+        try database.writeWithoutTransaction { db in
+            try db.execute(sql: "PRAGMA synchronous = \(synchronous)")
+        }
         self.limits = configuration.limits
         self.configuration = configuration
         try Self.migrator.migrate(database)

@@ -183,8 +183,15 @@ struct SQLiteEventStoreTests {
         var configuration = BackstageApp.Configuration()
         configuration.maxConflictRetries = 50
         let router = try counterRouter()
+        // NORMAL durability: with a real sync per commit (FULL), SQLite's busy-wait backoff lets one
+        // app run all its commands before the other gets the write lock, so no accepted command
+        // retries; the rules still hold, but the retries are what this test is about.
+        var storeConfiguration = SQLiteEventStore.Configuration()
+        storeConfiguration.durability = .normal
         let apps = try (0..<2).map { _ in
-            BackstageApp(store: try SQLiteEventStore(path: file.path), router: router, configuration: configuration)
+            BackstageApp(
+                store: try SQLiteEventStore(path: file.path, configuration: storeConfiguration), router: router,
+                configuration: configuration)
         }
         let limit = 40
         // Both instances warm their caches first, so every later write of the other one is a conflict.
