@@ -92,9 +92,10 @@ struct BackstageBench: AsyncParsableCommand {
     }
 
     /// Runs the selected workloads in the order W1, W2, W3, W5, W4 (the catch-up reads what the
-    /// others stored).
+    /// others stored: first with a plain readAll loop, then through the projection engine).
     func runWorkloads(
-        _ w: Workloads, parts: Set<String>, payloads: [Data], beforeW4: () async throws -> Void
+        _ w: Workloads, parts: Set<String>, payloads: [Data], beforeW4: () async throws -> Void,
+        afterW4: () async throws -> Void = {}
     ) async throws {
         if parts.contains("w1") { try await w.w1() }
         if parts.contains("w2") { try await w.w2() }
@@ -103,6 +104,8 @@ struct BackstageBench: AsyncParsableCommand {
         if parts.contains("w4") {
             try await beforeW4()
             try await w.w4()
+            try await w.w4InMemoryProjection()
+            try await afterW4()
         }
     }
 
@@ -157,7 +160,23 @@ struct BackstageBench: AsyncParsableCommand {
                 label: "raw read, all columns, \(when)",
                 note: "\(read.rows) rows of the store's file in pages of \(sizes.w4PageSize) through GRDB, every column read")
         }
-        try await runWorkloads(w, parts: parts, payloads: payloads) { try measureReadCeiling("before") }
+        try await runWorkloads(
+            w, parts: parts, payloads: payloads, beforeW4: { try measureReadCeiling("before") },
+            afterW4: {
+                // The read model in SQLite tables of the store's file: each batch's upserts and
+                // its checkpoint commit in one durable transaction.
+                for batchSize in [ProjectionOptions().batchSize, 5_000] {
+                    var options = ProjectionOptions()
+                    options.batchSize = batchSize
+                    options.maxInFlight = max(options.maxInFlight, 2 * batchSize)
+                    let model = TypeCountReadModel(name: "w4-sqlite-\(batchSize)", table: "w4_type_counts_\(batchSize)")
+                    let projection = try SQLiteProjection(model, database: store.database, options: options)
+                    try await w.w4Projection(
+                        projection, label: "SQLiteProjection/\(batchSize)",
+                        description: "SQLiteProjection upserting a count-per-type table in the store's file",
+                        counts: { try await model.counts(store.database) })
+                }
+            })
         if parts.contains("w4") { try measureReadCeiling("after") }
         try store.close()
         try measureCeilings("after")

@@ -224,7 +224,7 @@ final class Report: @unchecked Sendable {
     }
 
     static let header = [
-        pad("workload", 44), pad("store", 9), lpad("figure", 12), " ", pad("unit", 11), pad("ceiling", 20),
+        pad("workload", 46), pad("store", 9), lpad("figure", 12), " ", pad("unit", 11), pad("ceiling", 20),
         lpad("ratio", 7), "  target",
     ].joined()
 
@@ -232,7 +232,7 @@ final class Report: @unchecked Sendable {
         var target = ""
         if let text = f.target, let met = f.targetMet { target = "\(met ? "met" : "MISSED"): \(text)" }
         var s = [
-            pad(f.workload, 44), pad(f.store, 9), lpad(format(f.value), 12), " ", pad(f.unit, 11),
+            pad(f.workload, 46), pad(f.store, 9), lpad(format(f.value), 12), " ", pad(f.unit, 11),
             pad(f.ceiling ?? "-", 20), lpad(f.ratio.map { String(format: "%.2f", $0) } ?? "-", 7), "  ", target,
         ].joined()
         if let note = f.note { s += "\n" + String(repeating: " ", count: 6) + "(\(note))" }
