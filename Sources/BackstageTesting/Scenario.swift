@@ -39,7 +39,7 @@ public struct Scenario: Sendable {
     /// Starts from a new instance of the command's aggregate (no events) and decides `command`.
     ///
     /// - Throws: ``RoutingError/noRoute(command:)`` when the router has no route for the command.
-    public func when<C: Command>(_ command: C) throws(RoutingError) -> Outcome<C.Target> {
+    public func when<C: Command>(_ command: C) throws -> Outcome<C.Target> {
         try Given<C.Target>(router: router, events: []).when(command)
     }
 
@@ -58,15 +58,16 @@ public struct Scenario: Sendable {
 
         /// Decides `command` on the state built from the given events.
         ///
-        /// - Throws: ``RoutingError/noRoute(command:)`` when the router has no route for the command.
-        public func when<C: Command>(_ command: C) throws(RoutingError) -> Outcome<A> where C.Target == A {
+        /// - Throws: ``RoutingError/noRoute(command:)`` when the router has no route for the command,
+        ///   or the error `decide` threw when it is not the aggregate's `Rejection`.
+        public func when<C: Command>(_ command: C) throws -> Outcome<A> where C.Target == A {
             let route = try router.route(for: C.self)
             let before = state
             let result: Result<[A.Event], A.Rejection>
-            do throws(A.Rejection) {
+            do {
                 result = .success(try route.decide(before, command))
-            } catch {
-                result = .failure(error)
+            } catch let rejection as A.Rejection {
+                result = .failure(rejection)
             }
             return Outcome(
                 given: events, command: String(reflecting: command), commandName: C.commandName,
