@@ -45,6 +45,11 @@ let package = Package(
         ),
         .target(name: "BackstageTesting", dependencies: ["Backstage"]),
         .testTarget(name: "BackstageTests", dependencies: ["Backstage", "BackstageTesting"]),
+        // The README's example, compiled and run as shown.
+        .testTarget(
+            name: "ReadmeTests",
+            dependencies: ["Backstage", "BackstageSQLite", "BackstageTesting"]
+        ),
         .testTarget(
             name: "BackstageSQLiteTests",
             dependencies: ["Backstage", "BackstageSQLite", "BackstageTesting"]

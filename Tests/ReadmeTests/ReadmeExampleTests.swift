@@ -1,0 +1,115 @@
+// The README's example, compiled and run exactly as the README shows it (keep the two in step).
+import Backstage
+import BackstageSQLite
+
+// Events: facts, stored forever under a stable type name.
+struct ShowScheduled: Event, Equatable {
+    static let typeName = "ShowScheduled"
+    var showID: String
+    var capacity: Int
+}
+
+struct TicketAdded: Event, Equatable {
+    static let typeName = "TicketAdded"
+    var showID: String
+    var ticketID: String
+}
+
+enum ShowEvent: EventFamily, Equatable {
+    case scheduled(ShowScheduled)
+    case ticketAdded(TicketAdded)
+    static let members: [EventMember<ShowEvent>] = [
+        EventMember(ShowScheduled.self, ShowEvent.scheduled),
+        EventMember(TicketAdded.self, ShowEvent.ticketAdded),
+    ]
+}
+
+// Commands: requests that may be rejected.
+struct ScheduleShow: Command {
+    typealias Target = Show
+    var showID: String
+    var capacity: Int
+}
+
+struct AddTicket: Command {
+    typealias Target = Show
+    var showID: String
+    var ticketID: String
+}
+
+enum ShowError: Error, Equatable {
+    case unknownShow, soldOut
+}
+
+// The aggregate: evolves with events, decides commands. Both pure.
+struct Show: Aggregate {
+    typealias Rejection = ShowError
+    static let category = "show"
+    var capacity = 0
+    var tickets: Set<String> = []
+
+    mutating func apply(_ event: ShowEvent) {
+        switch event {
+        case .scheduled(let e): capacity = e.capacity
+        case .ticketAdded(let e): tickets.insert(e.ticketID)
+        }
+    }
+
+    func add(_ command: AddTicket) throws(ShowError) -> [ShowEvent] {
+        guard capacity > 0 else { throw .unknownShow }
+        guard tickets.count < capacity else { throw .soldOut }
+        return [.ticketAdded(TicketAdded(showID: command.showID, ticketID: command.ticketID))]
+    }
+}
+
+// The router: each command type -> the aggregate instance it goes to, and its decision.
+func showRouter() throws -> Router {
+    var router = Router()
+    try router.route(ScheduleShow.self, id: \.showID) { _, command in
+        [.scheduled(ShowScheduled(showID: command.showID, capacity: command.capacity))]
+    }
+    try router.route(AddTicket.self, id: \.showID) { show, command in try show.add(command) }
+    return router
+}
+
+func boxOffice(path: String = "box-office.sqlite") async throws {
+    let app = BackstageApp(store: try SQLiteEventStore(path: path), router: try showRouter())
+    try await app.dispatch(ScheduleShow(showID: "hamlet", capacity: 2))
+    let result = try await app.dispatch(AddTicket(showID: "hamlet", ticketID: "A1"))
+    print(result.version, result.state.tickets)           // 2 ["A1"]
+
+    do {
+        try await app.dispatch(AddTicket(showID: "hamlet", ticketID: "A2"))
+        try await app.dispatch(AddTicket(showID: "hamlet", ticketID: "A3"))
+    } catch let error as ShowError {
+        print(error)                                       // soldOut
+    }
+    let earlier = try await app.load(Show.self, id: "hamlet", atVersion: 2)
+    print(earlier.state.tickets)                           // ["A1"]: any page of the script
+}
+
+// MARK: - The README's scenario test
+
+import BackstageTesting
+import Foundation
+import Testing
+
+@Test func aFullShowRejectsAnotherTicket() throws {
+    try Scenario(router: showRouter())
+        .given(Show.self, [.scheduled(ShowScheduled(showID: "hamlet", capacity: 1)),
+                           .ticketAdded(TicketAdded(showID: "hamlet", ticketID: "A1"))])
+        .when(AddTicket(showID: "hamlet", ticketID: "A2"))
+        .thenRejected(.soldOut)
+}
+
+@Test("the README example runs on a real SQLite file")
+func readmeExample() async throws {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("readme-\(UUID())")
+    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: directory) }
+    let path = directory.appendingPathComponent("box-office.sqlite").path
+    try await boxOffice(path: path)
+    let store = try SQLiteEventStore(path: path)
+    let events = try await store.readStream("show-hamlet", from: 1, direction: .forward, limit: 10)
+    #expect(events.map(\.type) == ["ShowScheduled", "TicketAdded", "TicketAdded"])
+}
