@@ -1,4 +1,5 @@
 import Backstage
+import BackstageSQLite
 import Foundation
 
 /// The box-office demo: many concurrent tasks schedule shows, add tickets, sell and refund them.
@@ -22,6 +23,8 @@ public struct Demo: Sendable {
     public func run(on app: BackstageApp) async throws -> DemoReport {
         let showCount = max(1, commands / max(1, commandsPerShow))
         let eventsBefore = try await app.store.headPosition().position
+        let sqlite = app.store as? SQLiteEventStore
+        let statisticsBefore = sqlite?.statistics
         let start = ContinuousClock.now
         let tally = try await withThrowingTaskGroup(of: Tally.self) { group in
             // Each task plays its own shows, one after the other: show `task + 1`, `task + 1 + tasks`, ...
@@ -42,6 +45,12 @@ public struct Demo: Sendable {
             return total
         }
         let elapsed = ContinuousClock.now - start
+        var groupCommit: DemoReport.GroupCommit?
+        if let before = statisticsBefore, let after = sqlite?.statistics {
+            groupCommit = DemoReport.GroupCommit(
+                appends: after.appends - before.appends, transactions: after.transactions - before.transactions,
+                largestGroup: after.largestGroup)
+        }
         let sampleShow = "show-1"
         let history = try await app.history(Show.self, id: sampleShow)
         let ticket = "\(sampleShow)-t1"
@@ -51,6 +60,7 @@ public struct Demo: Sendable {
             commands: tally.accepted + tally.rejected, tasks: tasks, shows: showCount, elapsed: elapsed,
             accepted: tally.accepted, rejections: tally.rejections, sampleRejection: tally.sample,
             eventsBefore: eventsBefore, eventsAfter: try await app.store.headPosition().position,
+            groupCommit: groupCommit,
             ticketID: ticket, ticketHistory: history.filter { $0.event.ticketID == ticket },
             showID: sampleShow, earlier: earlier, current: current)
     }
@@ -133,6 +143,16 @@ public struct DemoReport: Sendable {
         public var error: ShowError
     }
 
+    /// How SQLite wrote the appends: many appends per transaction (one sync each).
+    public struct GroupCommit: Sendable {
+        /// Appends written.
+        public var appends: Int
+        /// Transactions that wrote them.
+        public var transactions: Int
+        /// Most appends in one transaction.
+        public var largestGroup: Int
+    }
+
     /// Commands dispatched.
     public var commands: Int
     /// Concurrent tasks.
@@ -151,6 +171,8 @@ public struct DemoReport: Sendable {
     public var eventsBefore: Int64
     /// Events in the log after the run.
     public var eventsAfter: Int64
+    /// Group commit figures, on SQLite.
+    public var groupCommit: GroupCommit?
     /// The ticket whose history is shown.
     public var ticketID: String
     /// Every event of that ticket.
@@ -180,6 +202,11 @@ public struct DemoReport: Sendable {
                 + (kinds.isEmpty ? "" : " (\(kinds.joined(separator: ", ")))"),
             "  events stored: \(grouped(Int(eventsAfter))) (\(grouped(Int(eventsAfter - eventsBefore))) by this run)",
         ]
+        if let commit = groupCommit, commit.transactions > 0 {
+            lines.append(
+                "  group commit: \(grouped(commit.appends)) appends in \(grouped(commit.transactions)) transactions"
+                    + " (up to \(commit.largestGroup) per transaction)")
+        }
         if let sample = sampleRejection {
             lines += ["", "A rejected command:", "  \(sample.command)", "  -> \(sample.error.code): \(sample.error)"]
         }
@@ -190,7 +217,8 @@ public struct DemoReport: Sendable {
             line += entry.recorded.recordedAt.formatted(time) + "  "
             line += entry.recorded.type.padding(toLength: 15, withPad: " ", startingAt: 0)
             if case .ticketSold(let sold) = entry.event { line += "to \(sold.buyer)" }
-            lines.append(line.trimmingCharacters(in: .whitespaces))
+            while line.hasSuffix(" ") { line.removeLast() }
+            lines.append(line)
         }
         lines += [
             "",

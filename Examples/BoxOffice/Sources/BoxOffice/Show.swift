@@ -312,18 +312,10 @@ extension Router {
     /// The box office's routes: each command goes to the show it names.
     public static func boxOffice() throws(RoutingError) -> Router {
         var router = Router()
-        try router.route(ScheduleShow.self, id: \.showID) { show, command throws(ShowError) in
-            try show.schedule(command)
-        }
-        try router.route(AddTicket.self, id: \.showID) { show, command throws(ShowError) in
-            try show.addTicket(command)
-        }
-        try router.route(SellTicket.self, id: \.showID) { show, command throws(ShowError) in
-            try show.sell(command)
-        }
-        try router.route(RefundTicket.self, id: \.showID) { show, command throws(ShowError) in
-            try show.refund(command)
-        }
+        try router.route(ScheduleShow.self, id: \.showID) { show, command in try show.schedule(command) }
+        try router.route(AddTicket.self, id: \.showID) { show, command in try show.addTicket(command) }
+        try router.route(SellTicket.self, id: \.showID) { show, command in try show.sell(command) }
+        try router.route(RefundTicket.self, id: \.showID) { show, command in try show.refund(command) }
         return router
     }
 }
