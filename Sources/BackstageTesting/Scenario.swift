@@ -15,7 +15,7 @@ import Foundation
 ///                            .ticketAdded(TicketAdded(showID: "s1", ticketID: "t1"))])
 ///         .when(SellTicket(showID: "s1", buyer: "ada"))
 ///         .then([.ticketSold(TicketSold(showID: "s1", ticketID: "t1", buyer: "ada"))])
-///         .thenState { show in #expect(show.ticketsOnSale == 0) }
+///         .thenState { show in #expect(show.onSale.isEmpty) }
 /// }
 /// ```
 ///

@@ -70,6 +70,11 @@ struct KickTurnstile: Command {
     var id = "t1"
 }
 
+struct BreakTurnstile: Command {
+    typealias Target = Turnstile
+    var id = "t1"
+}
+
 struct UnroutedTurnstileCommand: Command {
     typealias Target = Turnstile
 }
@@ -84,7 +89,8 @@ func turnstileRouter() throws -> Router {
         guard turnstile.credit >= 100 else { throw .locked }
         return [.passed(VisitorPassed(visitor: command.visitor))]
     }
-    try router.route(KickTurnstile.self, id: \.id) { _, _ throws(TurnstileError) in [.jammed(TurnstileJammed())] }
+    try router.route(KickTurnstile.self, id: \.id) { _, _ in [.jammed(TurnstileJammed())] }
+    try router.route(BreakTurnstile.self, id: \.id) { _, _ in throw CancellationError() }
     return router
 }
 
@@ -208,6 +214,12 @@ struct ScenarioTests {
         let text = try #require(error).message
         #expect(text.contains("the produced event TurnstileEvent.jammed(TurnstileJammed()) does not survive storage"))
         #expect(text.contains("TurnstileJammed"))
+    }
+
+    @Test func errorsThatAreNotRejectionsPropagate() {
+        #expect(throws: CancellationError.self) {
+            try scenario.when(BreakTurnstile())
+        }
     }
 
     @Test func unroutedCommandsThrowTheRoutingError() {
