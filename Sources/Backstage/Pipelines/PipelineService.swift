@@ -145,6 +145,10 @@ public final class PipelineService: Service, Sendable {
             await runner.run()
             await leadership.release(handler.name, token: token)
             if runner.failure == "leadership lost" { continue }
+            if runner.failure?.hasPrefix(SubscriptionRunner.startFailure) == true {
+                await stopped.wait(timeout: handler.options.pollInterval)
+                continue
+            }
             break
         }
     }
@@ -190,6 +194,10 @@ public final class PipelineService: Service, Sendable {
             await leadership.release(subscription, token: token)
             let superseded = state.withLock { $0.superseded.remove(ObjectIdentifier(runner)) != nil }
             if superseded || runner.failure == "leadership lost" { continue }
+            if runner.failure?.hasPrefix(SubscriptionRunner.startFailure) == true {
+                await stopped.wait(timeout: settings.pollInterval)
+                continue
+            }
             break
         }
     }

@@ -152,6 +152,9 @@ final class SubscriptionRunner: Sendable {
         self.metrics = SubscriptionMetrics(subscription: subscription)
     }
 
+    /// The failure of a run that could not start (retried by the service).
+    static let startFailure = "could not load the checkpoint"
+
     private var isProjection: Bool {
         if case .projection = consumer { return true }
         return false
@@ -198,7 +201,7 @@ final class SubscriptionRunner: Sendable {
             start = try await startPosition()
         } catch {
             logger.error("subscription \(subscription) could not load its checkpoint: \(error)")
-            fail("could not load the checkpoint: \(error)")
+            fail("\(Self.startFailure): \(error)")
             shared.withLock { $0.state = .stopped }
             return
         }
