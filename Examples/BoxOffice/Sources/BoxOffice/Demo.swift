@@ -53,7 +53,10 @@ public struct Demo: Sendable {
         }
         let sampleShow = "show-1"
         let history = try await app.history(Show.self, id: sampleShow)
-        let ticket = "\(sampleShow)-t1"
+        // The ticket of the show with the longest story.
+        let stories = Dictionary(grouping: history.filter { $0.event.ticketID != nil }) { $0.event.ticketID ?? "" }
+        let ticket =
+            stories.max { a, b in (a.value.count, b.key) < (b.value.count, a.key) }?.key ?? "\(sampleShow)-t1"
         let current = try await app.load(Show.self, id: sampleShow)
         let earlier = try await app.load(Show.self, id: sampleShow, atVersion: max(1, current.version / 4))
         return DemoReport(
@@ -65,46 +68,47 @@ public struct Demo: Sendable {
             showID: sampleShow, earlier: earlier, current: current)
     }
 
-    /// One show's script: schedule it if new, add tickets up to capacity, then sell three tickets
-    /// for every refund (and try one refund twice), until the budget of commands is spent.
+    /// One show's script: schedule it if new, add tickets up to capacity, then sell and refund
+    /// tickets until the budget of commands is spent.
     private func play(show number: Int, budget: Int, app: BackstageApp, tally: inout Tally) async throws {
         let showID = "show-\(number)"
         var state = try await app.load(Show.self, id: showID).state
         var remaining = budget
-        var lastSold = state.tickets.filter { $0.value == .sold }.keys.min()
 
-        func send<C: Command>(_ command: C) async throws -> Dispatched<Show>? where C.Target == Show {
+        func send<C: Command>(_ command: C) async throws where C.Target == Show {
             remaining -= 1
             do {
-                let result = try await app.dispatch(command)
+                state = try await app.dispatch(command).state
                 tally.accepted += 1
-                state = result.state
-                return result
             } catch let rejection as ShowError {
                 tally.reject(String(describing: command), rejection)
-                return nil
             }
         }
 
         if state.id == nil, remaining > 0 {
-            _ = try await send(ScheduleShow(showID: showID, title: "Show \(number)", capacity: capacity))
+            try await send(ScheduleShow(showID: showID, title: "Show \(number)", capacity: capacity))
         }
         while remaining > 0, state.tickets.count < state.capacity {
-            _ = try await send(AddTicket(showID: showID, ticketID: "\(showID)-t\(state.tickets.count + 1)"))
+            try await send(AddTicket(showID: showID, ticketID: "\(showID)-t\(state.tickets.count + 1)"))
         }
+        // The box office is open: three sales for every refund; a sold-out show refunds first. Once
+        // per run, a buyer tries a sold-out show and a ticket is refunded twice: both are rejected.
         var step = 0
+        var triedSoldOut = false
         var triedDoubleRefund = false
         while remaining > 0 {
             step += 1
-            if step % 4 == 0, let ticket = lastSold {
-                _ = try await send(RefundTicket(showID: showID, ticketID: ticket))
-                lastSold = nil
+            let sold = state.tickets.filter { $0.value == .sold }.keys.sorted()
+            if step % 4 == 0 || (state.onSale.isEmpty && triedSoldOut), !sold.isEmpty {
+                let ticket = sold[(step * 7) % sold.count]
+                try await send(RefundTicket(showID: showID, ticketID: ticket))
                 if !triedDoubleRefund, remaining > 0 {
                     triedDoubleRefund = true
-                    _ = try await send(RefundTicket(showID: showID, ticketID: ticket))
+                    try await send(RefundTicket(showID: showID, ticketID: ticket))
                 }
-            } else if let sold = try await send(SellTicket(showID: showID, buyer: "buyer-\(number)-\(step)")) {
-                lastSold = sold.events.first?.ticketID
+            } else {
+                if state.onSale.isEmpty { triedSoldOut = true }
+                try await send(SellTicket(showID: showID, buyer: "buyer-\(number)-\(step)"))
             }
         }
     }
