@@ -11,7 +11,7 @@ struct BoxOfficeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "box-office",
         abstract: "The Backstage box office: shows, tickets, sales and refunds, event-sourced.",
-        subcommands: [DemoCommand.self, ServeCommand.self])
+        subcommands: [DemoCommand.self, ServeCommand.self, CatchUpCommand.self])
 }
 
 /// Options shared by the subcommands.
@@ -57,8 +57,13 @@ struct DemoCommand: AsyncParsableCommand {
         demo.commands = commands
         demo.tasks = tasks
         print("Backstage box office on \(database.location)\n")
-        let report = try await demo.run(on: app)
+        // The read models (projections) and the receipt sender run next to the commands.
+        let readModels = try BoxOfficeReadModels(store: database.store)
+        let (report, readModelReport) = try await ReadModelReport.measure(
+            readModels: readModels, app: app, sampleShow: "show-1"
+        ) { try await demo.run(on: app) }
         print(report.text)
+        print("\n" + readModelReport.text)
         try await database.close()
     }
 }
