@@ -69,7 +69,10 @@ let package = Package(
         // A child process for the PostgreSQL multi-process tests; not part of any product.
         .executableTarget(
             name: "backstage-postgres-worker",
-            dependencies: ["Backstage", "BackstagePostgres"],
+            dependencies: [
+                "Backstage", "BackstagePostgres", .product(name: "Logging", package: "swift-log"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+            ],
             path: "Tests/Workers/PostgresWorker"
         ),
         .testTarget(

@@ -102,6 +102,34 @@ public final class PostgresLeadership: LeaderElection {
         await task?.value
     }
 
+    /// Runs `SELECT 1` on the lease connection; a connection that does not answer within
+    /// `timeout` is closed and counts as lost (a query on a connection the server has closed
+    /// may otherwise never complete).
+    private static func heartbeat(_ conn: PostgresConnection, timeout: Duration, logger: Logger) async throws {
+        let answered = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            let once = Mutex<CheckedContinuation<Bool, Never>?>(continuation)
+            let finish = { @Sendable (value: Bool) in
+                once.withLock { c in
+                    c?.resume(returning: value)
+                    c = nil
+                }
+            }
+            // Unstructured on purpose: a query that never completes must not block the caller.
+            Task {
+                let ok = (try? await conn.query("SELECT 1", logger: logger)) != nil
+                finish(ok)
+            }
+            Task {
+                try? await Task.sleep(for: timeout)
+                finish(false)
+            }
+        }
+        if !answered {
+            try? await conn.close()
+            throw PostgresStoreError.database(sqlState: "connection", message: "lease heartbeat failed or timed out")
+        }
+    }
+
     /// The advisory lock keys of a subscription.
     private func keys(_ subscription: String) -> (String, String) {
         ("backstage.lease.\(store.schema.rawValue)", subscription)
@@ -150,8 +178,9 @@ public final class PostgresLeadership: LeaderElection {
                 var lastBeat = ContinuousClock.now
                 while !lease.state.withLock({ $0.releasing }) {
                     try? await Task.sleep(for: .milliseconds(50))
+                    if conn.isClosed { throw PostgresStoreError.database(sqlState: "connection", message: "lease connection closed") }
                     if ContinuousClock.now - lastBeat >= configuration.heartbeatInterval {
-                        _ = try await conn.query("SELECT 1", logger: log)
+                        try await Self.heartbeat(conn, timeout: configuration.heartbeatInterval * 3, logger: log)
                         lastBeat = ContinuousClock.now
                     }
                 }

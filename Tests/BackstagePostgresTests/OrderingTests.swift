@@ -237,3 +237,46 @@ extension PostgresTests {
         }
     }
 }
+
+extension PostgresTests.Ordering {
+    @Test("the head position never runs ahead of what a later readAll returns, under concurrent writers")
+    func headNeverAheadOfReads() async throws {
+        try await withFreshStore { store in
+            let finished = Locked(false)
+            let writing = Task {
+                defer { finished.value.withLock { $0 = true } }
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for w in 0..<8 {
+                        group.addTask {
+                            for i in 0..<150 {
+                                _ = try await store.append(
+                                    [event("H", #"{"w":\#(w),"i":\#(i)}"#)], to: "h-\(i % 5)", expected: .any,
+                                    commandID: nil)
+                            }
+                        }
+                    }
+                    try await group.waitForAll()
+                }
+            }
+            var violations: [String] = []
+            var checks = 0
+            var cursor = LogPosition.start
+            var seen: [UUID] = []
+            while true {
+                let wasFinished = finished.value.withLock { $0 }
+                let head = try await store.headPosition()
+                let page = try await store.readAll(after: cursor, limit: 10_000, filter: .all)
+                seen += page.map(\.id)
+                let last = page.last?.logPosition ?? cursor
+                if head > last { violations.append("head \(head) > last read \(last) (cursor \(cursor))") }
+                cursor = max(last, cursor)
+                checks += 1
+                if wasFinished { break }
+            }
+            try await writing.value
+            #expect(violations.isEmpty, "\(violations.count) of \(checks) reads: \(violations.prefix(3))")
+            let all = try await store.readAll(after: .start, limit: 10_000, filter: .all)
+            #expect(seen == all.map(\.id))
+        }
+    }
+}

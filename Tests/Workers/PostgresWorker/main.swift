@@ -4,9 +4,26 @@
 //       Follows the global log from the start and prints, per event,
 //         E <transaction> <position> <stream> <version> <event id> <delivered at, ns since 1970>
 //       after a first line `ready`; stops after the first event of type `end` and prints `done`.
+//
+//   project <url> <schema>
+//       Runs the `counts` projection (PostgresProjection + PostgresLeadership) in a
+//       PipelineService until killed; prints `started`.
+//
+//   sell <url> <schema> <shows> <capacity> <attempts>
+//       A BackstageApp over PostgreSQL dispatching <attempts> SellTicket commands (8 at a time)
+//       to random shows; prints `result sold=<n> soldOut=<n> conflicts=<n> errors=<n>`.
 import Backstage
 import BackstagePostgres
 import Foundation
+import Logging
+import PostgresNIO
+import Synchronization
+
+LoggingSystem.bootstrap { label in
+    var handler = StreamLogHandler.standardError(label: label)
+    handler.logLevel = .warning
+    return handler
+}
 
 func emit(_ line: String) {
     FileHandle.standardOutput.write(Data((line + "\n").utf8))
@@ -52,6 +69,137 @@ case "subscribe":
     emit("done \(count)")
     await store.close()
 
+case "project":
+    guard arguments.count == 4 else { fail("usage: project <url> <schema>") }
+    let store = try await PostgresEventStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3]))
+    var leaseSettings = PostgresLeadership.Configuration()
+    leaseSettings.retryInterval = .milliseconds(200)
+    leaseSettings.heartbeatInterval = .milliseconds(300)
+    leaseSettings.owner = "worker-\(ProcessInfo.processInfo.processIdentifier)"
+    let leadership = PostgresLeadership(store: store, configuration: leaseSettings)
+    var options = ProjectionOptions(batchSize: 50)
+    options.pollInterval = .milliseconds(200)
+    let projection = try PostgresProjection(StreamCounts(), store: store, options: options)
+    let service = try PipelineService(store: store, projections: [projection], leadership: leadership)
+    emit("started")
+    try await service.run()
+    await store.close()
+
+case "sell":
+    guard arguments.count == 7, let shows = Int(arguments[4]), let capacity = Int(arguments[5]),
+        let attempts = Int(arguments[6])
+    else { fail("usage: sell <url> <schema> <shows> <capacity> <attempts>") }
+    let store = try await PostgresEventStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3]))
+    var router = Router()
+    try router.route(SellTicket.self, id: { $0.show }) { show, command in try show.sell(command) }
+    let app = BackstageApp(store: store, router: router)
+    let tally = Tally()
+    try await sell(app: app, shows: shows, capacity: capacity, attempts: attempts, tally: tally)
+    let c = tally.counts.withLock { $0 }
+    emit("result sold=\(c.sold) soldOut=\(c.soldOut) conflicts=\(c.conflicts) errors=\(c.errors)")
+    await store.close()
+
 default:
     fail("unknown mode \(arguments[1])")
+}
+
+/// What the sellers did.
+final class Tally: Sendable {
+    let counts = Mutex((sold: 0, soldOut: 0, conflicts: 0, errors: 0))
+    let next = Mutex(0)
+}
+
+func sell(app: BackstageApp, shows: Int, capacity: Int, attempts: Int, tally: Tally) async throws {
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        for _ in 0..<8 {
+            group.addTask {
+                while true {
+                    let n = tally.next.withLock { n -> Int? in
+                        guard n < attempts else { return nil }
+                        n += 1
+                        return n
+                    }
+                    guard n != nil else { return }
+                    let command = SellTicket(show: "s\(Int.random(in: 0..<shows))", capacity: capacity)
+                    do {
+                        _ = try await app.dispatch(command)
+                        tally.counts.withLock { $0.sold += 1 }
+                    } catch Show.Rejection.soldOut {
+                        tally.counts.withLock { $0.soldOut += 1 }
+                    } catch EventStoreError.wrongExpectedVersion {
+                        tally.counts.withLock { $0.conflicts += 1 }
+                    } catch {
+                        FileHandle.standardError.write(Data("sell failed: \(error)\n".utf8))
+                        tally.counts.withLock { $0.errors += 1 }
+                    }
+                }
+            }
+        }
+        try await group.waitForAll()
+    }
+}
+
+// MARK: The `counts` read model
+
+/// Per stream: how many events were applied and the last stream version seen. An event applied
+/// twice (or skipped) makes `events` differ from `last_version`.
+struct StreamCounts: PostgresReadModel {
+    let name = "counts"
+    let tables = ["counts"]
+    let logger = Logger(label: "counts")
+
+    func createTables(on connection: PostgresConnection, tables: PostgresProjectionTables) async throws {
+        _ = try await connection.query(
+            """
+            CREATE TABLE \(unescaped: try tables.table("counts")) (
+                stream text PRIMARY KEY, events bigint NOT NULL, last_version bigint NOT NULL
+            )
+            """, logger: logger)
+    }
+
+    func apply(_ event: RecordedEvent, on connection: PostgresConnection, tables: PostgresProjectionTables) async throws {
+        let table = try tables.table("counts")
+        _ = try await connection.query(
+            """
+            INSERT INTO \(unescaped: table) AS c (stream, events, last_version) VALUES (\(event.stream), 1, \(event.streamVersion))
+            ON CONFLICT (stream) DO UPDATE SET events = c.events + 1, last_version = excluded.last_version
+            """, logger: logger)
+    }
+}
+
+// MARK: A show that must not be oversold
+
+struct TicketSold: Event {
+    static let typeName = "TicketSold"
+    var show: String
+}
+
+enum ShowEvent: EventFamily {
+    case sold(TicketSold)
+    static let members: [EventMember<ShowEvent>] = [.init(TicketSold.self, ShowEvent.sold)]
+    var event: any Event {
+        switch self {
+        case .sold(let e): e
+        }
+    }
+}
+
+struct Show: Aggregate {
+    typealias Event = ShowEvent
+    enum Rejection: Error { case soldOut }
+    static let category = "show"
+    var sold = 0
+    init() {}
+    mutating func apply(_ event: ShowEvent) { sold += 1 }
+
+    func sell(_ command: SellTicket) throws -> [ShowEvent] {
+        guard sold < command.capacity else { throw Rejection.soldOut }
+        return [.sold(TicketSold(show: command.show))]
+    }
+}
+
+struct SellTicket: Command {
+    typealias Target = Show
+    var show: String
+    var capacity: Int
 }
