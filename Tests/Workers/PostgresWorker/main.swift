@@ -9,6 +9,10 @@
 //       Runs the `counts` projection (PostgresProjection + PostgresLeadership) in a
 //       PipelineService until killed; prints `started`.
 //
+//   bench <url> <schema>
+//       Prints append throughput (events/s) with 1 and 8 concurrent writers, and the subscriber
+//       lag from commit to delivery (median, p99, ms). Build it in release mode to measure.
+//
 //   sell <url> <schema> <shows> <capacity> <attempts>
 //       A BackstageApp over PostgreSQL dispatching <attempts> SellTicket commands (8 at a time)
 //       to random shows; prints `result sold=<n> soldOut=<n> conflicts=<n> errors=<n>`.
@@ -34,13 +38,22 @@ func fail(_ message: String) -> Never {
     exit(2)
 }
 
+// Exit with the test process that started us (a killed test must not leave workers behind).
+let parent = getppid()
+Thread.detachNewThread {
+    while true {
+        Thread.sleep(forTimeInterval: 0.5)
+        if getppid() != parent { exit(3) }
+    }
+}
+
 let arguments = CommandLine.arguments
 guard arguments.count >= 2 else { fail("usage: backstage-postgres-worker <mode> ...") }
 
-func storeConfiguration(schema: String) -> PostgresEventStore.Configuration {
+func storeConfiguration(schema: String, connections: Int = 4) -> PostgresEventStore.Configuration {
     var configuration = PostgresEventStore.Configuration()
     configuration.schema = schema
-    configuration.maximumConnections = 4
+    configuration.maximumConnections = connections
     return configuration
 }
 
@@ -99,8 +112,87 @@ case "sell":
     emit("result sold=\(c.sold) soldOut=\(c.soldOut) conflicts=\(c.conflicts) errors=\(c.errors)")
     await store.close()
 
+case "bench":
+    guard arguments.count == 4 else { fail("usage: bench <url> <schema>") }
+    let store = try await PostgresEventStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3], connections: 12))
+    try await bench(store)
+    await store.close()
+
 default:
     fail("unknown mode \(arguments[1])")
+}
+
+// MARK: Benchmark
+
+func bench(_ store: PostgresEventStore) async throws {
+    let payload = Data(#"{"show":"s-1","seat":"A12","price":4200}"#.utf8)
+    for (writers, batch) in [(1, 1), (8, 1), (1, 10), (8, 10)] {
+        let appendsPerWriter = writers == 1 ? 1_000 : 400
+        let started = ContinuousClock.now
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for w in 0..<writers {
+                group.addTask {
+                    for i in 0..<appendsPerWriter {
+                        let events = (0..<batch).map { _ in EventData(type: "Bench", data: payload) }
+                        _ = try await store.append(events, to: "bench\(writers)x\(batch)-\(w)-\(i % 50)", expected: .any, commandID: nil)
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let seconds = Double((ContinuousClock.now - started).components.attoseconds) / 1e18
+            + Double((ContinuousClock.now - started).components.seconds)
+        let events = writers * appendsPerWriter * batch
+        emit("append writers=\(writers) eventsPerAppend=\(batch) events=\(events) seconds=\(String(format: "%.2f", seconds)) eventsPerSecond=\(Int(Double(events) / seconds))")
+    }
+    // Lag: a follower (notifications + 1 s polling) in this process, 4 writers at a steady pace.
+    let head = try await store.headPosition()
+    let committed = LagBook()
+    let follower = LogFollower(store: store, pageSize: 500, pollInterval: .seconds(1))
+    let total = 2_000
+    let reader = Task {
+        var count = 0
+        for try await e in follower.events(after: head) {
+            committed.delivered(e.id)
+            count += 1
+            if count == total { return }
+        }
+    }
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        for w in 0..<4 {
+            group.addTask {
+                for i in 0..<(total / 4) {
+                    let e = EventData(type: "Lag", data: payload)
+                    _ = try await store.append([e], to: "lag-\(w)-\(i % 20)", expected: .any, commandID: nil)
+                    committed.committed(e.id)
+                    try await Task.sleep(for: .milliseconds(5))
+                }
+            }
+        }
+        try await group.waitForAll()
+    }
+    try await reader.value
+    let lags = committed.lags().sorted()
+    func percentile(_ p: Double) -> Double { lags[min(lags.count - 1, Int(Double(lags.count) * p))] }
+    emit("lag events=\(lags.count) medianMs=\(String(format: "%.2f", percentile(0.5))) p99Ms=\(String(format: "%.2f", percentile(0.99))) maxMs=\(String(format: "%.2f", lags.last ?? 0))")
+}
+
+/// Commit and delivery times per event id.
+final class LagBook: Sendable {
+    private let times = Mutex<(committed: [UUID: ContinuousClock.Instant], delivered: [UUID: ContinuousClock.Instant])>(([:], [:]))
+    func committed(_ id: UUID) { times.withLock { $0.committed[id] = .now } }
+    func delivered(_ id: UUID) { times.withLock { $0.delivered[id] = .now } }
+    /// Milliseconds from the append's return to delivery (negative when delivery came first:
+    /// the notification can beat the writer's own acknowledgement).
+    func lags() -> [Double] {
+        times.withLock { t in
+            t.committed.compactMap { id, c in
+                guard let d = t.delivered[id] else { return nil }
+                let duration = d - c
+                return Double(duration.components.seconds) * 1000 + Double(duration.components.attoseconds) / 1e15
+            }
+        }
+    }
 }
 
 /// What the sellers did.
