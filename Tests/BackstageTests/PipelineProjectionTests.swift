@@ -11,8 +11,7 @@ struct AppliedLog: Sendable {
 }
 
 func appliedLogProjection(
-    _ name: String = "applied", options: ProjectionOptions = ProjectionOptions(),
-    slow: Bool = false
+    _ name: String = "applied", options: ProjectionOptions = ProjectionOptions()
 ) -> InMemoryProjection<AppliedLog> {
     InMemoryProjection(name: name, options: options, initial: AppliedLog()) { log, event in
         log.counts[event.position, default: 0] += 1
