@@ -14,7 +14,9 @@ let package = Package(
     dependencies: [
         .package(name: "Backstage", path: backstageRoot),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         .executableTarget(
@@ -22,8 +24,11 @@ let package = Package(
             dependencies: [
                 .product(name: "Backstage", package: "Backstage"),
                 .product(name: "BackstageSQLite", package: "Backstage"),
+                .product(name: "BackstagePostgres", package: "Backstage"),
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             path: "Sources/BackstageBench"
         )

@@ -81,7 +81,7 @@ struct BackstageBench: AsyncParsableCommand {
             try await runSQLite(sizes: sizes, parts: parts, report: report, payloads: payloads)
         }
         if selected.contains("postgres") {
-            try await runPostgres(sizes: sizes, report: report, payloads: payloads)
+            try await runPostgres(sizes: sizes, parts: parts, report: report, payloads: payloads)
         }
 
         report.finish()
@@ -148,9 +148,25 @@ struct BackstageBench: AsyncParsableCommand {
         if storePragmas != ceilingPragmas {
             report.note("the store (\(storePragmas)) and the ceiling (\(ceilingPragmas)) differ in settings")
         }
-        let w = Workloads(
+        var w = Workloads(
             store: store, storeName: "sqlite", sizes: sizes, report: report, singleRowCeiling: "raw 1-row tx",
             batchCeiling: "raw 1000-row tx", readCeiling: "raw read, all columns", absoluteTargets: true)
+        w.probe = { which, before in
+            guard parts.contains("ceilings") else { return }
+            if which == "single" {
+                let value = try ceiling.singleRowTransactions(count: sizes.probeSingleRows)
+                report.ceiling(
+                    "raw 1-row tx", store: "sqlite", value: value, unit: "rows/s", label: "raw 1-row tx, before \(before)",
+                    note: "\(sizes.probeSingleRows) transactions of 1 INSERT, measured again for the next figure")
+            } else {
+                let value = try ceiling.batchTransactions(
+                    transactions: sizes.probeBatchTransactions, rows: sizes.ceilingBatchRows)
+                report.ceiling(
+                    "raw 1000-row tx", store: "sqlite", value: value, unit: "rows/s",
+                    label: "raw 1000-row tx, before \(before)",
+                    note: "\(sizes.probeBatchTransactions) transactions of \(sizes.ceilingBatchRows) INSERTs, measured again for the next figure")
+            }
+        }
         // The read ceiling runs on the store's own file, over the rows W4 reads, before and after W4.
         func measureReadCeiling(_ when: String) throws {
             guard parts.contains("ceilings") else { return }
@@ -181,15 +197,6 @@ struct BackstageBench: AsyncParsableCommand {
         try store.close()
         try measureCeilings("after")
         try ceiling.pool.close()
-    }
-
-    func runPostgres(sizes: Sizes, report: Report, payloads: [Data]) async throws {
-        guard let url = ProcessInfo.processInfo.environment["BACKSTAGE_POSTGRES_URL"], !url.isEmpty else {
-            report.note(
-                "postgres skipped: BACKSTAGE_POSTGRES_URL is not set (eval \"$(scripts/postgres start)\" first)")
-            return
-        }
-        report.note("postgres: the PostgreSQL store is not wired into the benchmark yet (\(url.prefix(0)))")
     }
 
     func defaultJSONPath() -> String {

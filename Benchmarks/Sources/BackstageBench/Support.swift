@@ -185,20 +185,11 @@ final class Report: @unchecked Sendable {
         print("  note: \(text)")
     }
 
-    /// Records a ceiling figure; figures refer to it by `name` within `store`. A ceiling measured
-    /// more than once (before and after the workloads: the disk's sync time varies with what
-    /// other processes do) counts with its highest value, which gives the lower ratios.
+    /// Records a ceiling figure; figures measured after it refer to it by `name` within `store`,
+    /// so a ceiling measured again right before a workload is the one its ratio uses.
     func ceiling(_ name: String, store: String, value: Double, unit: String, label: String? = nil, note: String? = nil) {
-        let key = "\(store)/\(name)"
-        ceilings[key] = max(ceilings[key] ?? 0, value)
+        ceilings["\(store)/\(name)"] = value
         add(Figure(workload: "ceiling: \(label ?? name)", store: store, value: value, unit: unit, note: note))
-        // Figures measured earlier against this ceiling get their ratio again.
-        for (i, target) in targets.enumerated() where results.figures[i].store == store && results.figures[i].ceiling == name {
-            let ratio = results.figures[i].value / ceilings[key]!
-            results.figures[i].ceilingValue = ceilings[key]
-            results.figures[i].ratio = ratio
-            results.figures[i].targetMet = target.map { $0.check(results.figures[i].value, ratio) }
-        }
     }
 
     /// Records a workload figure, with its ratio to `ceiling` (measured earlier for the same

@@ -20,6 +20,8 @@ struct Sizes: Sendable {
     var ceilingSingleRows = 2_000
     var ceilingBatchTransactions = 100
     var ceilingBatchRows = 1_000
+    var probeSingleRows = 500
+    var probeBatchTransactions = 20
 
     init(scale: Double) {
         func s(_ n: Int) -> Int { max(1, Int((Double(n) * scale).rounded())) }
@@ -30,6 +32,8 @@ struct Sizes: Sendable {
         dispatchCommands = s(dispatchCommands)
         ceilingSingleRows = s(ceilingSingleRows)
         ceilingBatchTransactions = s(ceilingBatchTransactions)
+        probeSingleRows = s(probeSingleRows)
+        probeBatchTransactions = s(probeBatchTransactions)
     }
 }
 
@@ -52,6 +56,10 @@ struct Workloads {
     let readCeiling: String?
     /// True for the store where the issue sets absolute targets (SQLite).
     let absoluteTargets: Bool
+    /// Measures a ceiling ("single" or "batch") again right before a workload, so each ratio
+    /// compares two measurements minutes apart at most: the disk's sync time drifts with what
+    /// other processes write.
+    var probe: (_ ceiling: String, _ before: String) async throws -> Void = { _, _ in }
 
     func app(_ configure: (inout BackstageApp.Configuration) -> Void = { _ in }) throws -> BackstageApp {
         var configuration = BackstageApp.Configuration()
@@ -63,6 +71,7 @@ struct Workloads {
     func w1() async throws {
         let n = sizes.w1Aggregates
         let sequential = try app()
+        try await probe("single", "W1 1 caller")
         let d1 = try await timed {
             for i in 0..<n { try await sequential.dispatch(Deposit(account: "w1s\(i)", amount: 10)) }
         }
@@ -73,6 +82,7 @@ struct Workloads {
 
         let concurrent = try app()
         let callers = sizes.w1Callers
+        try await probe("single", "W1 \(callers) callers")
         let before = (store as? any StoreStatistics)?.writerStatistics
         let d2 = try await timed {
             try await concurrently(callers: callers, count: n) { i in
@@ -101,6 +111,7 @@ struct Workloads {
             let every = sizes.w2SnapshotEvery
             let app = try app { if snapshots { $0.snapshotEvery = every } }
             let account = snapshots ? "w2-snapshots" : "w2-plain"
+            try await probe("single", snapshots ? "W2 snapshots" : "W2 plain")
             let d = try await timed {
                 for i in 0..<n {
                     if i % 4 == 3 {
@@ -127,6 +138,7 @@ struct Workloads {
         let store = self.store
         for callers in [1, sizes.w3Callers] {
             let prefix = "batch\(callers)"
+            try await probe("batch", "W3 \(callers) caller\(callers == 1 ? "" : "s")")
             let before = (store as? any StoreStatistics)?.writerStatistics
             let d = try await timed {
                 try await concurrently(callers: callers, count: batches) { b in
@@ -262,6 +274,7 @@ struct Workloads {
         let writers = sizes.w5Writers
         let perWriter = sizes.w5CommandsPerWriter
         let apps = try (0..<writers).map { _ in try app() }
+        try await probe("single", "W5 distinct")
 
         let d1 = try await timed {
             try await withThrowingTaskGroup(of: Void.self) { group in
@@ -281,6 +294,7 @@ struct Workloads {
         let shared = "w5-shared"
         let tally = Tally()
         let contended = try (0..<writers).map { _ in try app() }
+        try await probe("single", "W5 one aggregate")
         let d2 = await timed {
             await withTaskGroup(of: Void.self) { group in
                 for app in contended {
