@@ -23,6 +23,7 @@ let package = Package(
             dependencies: [
                 .product(name: "Backstage", package: "Backstage"),
                 .product(name: "BackstageSQLite", package: "Backstage"),
+                .product(name: "BackstagePostgres", package: "Backstage"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),

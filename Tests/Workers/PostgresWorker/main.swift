@@ -113,9 +113,9 @@ case "sell":
     await store.close()
 
 case "bench":
-    guard arguments.count == 4 else { fail("usage: bench <url> <schema>") }
+    guard arguments.count >= 4 else { fail("usage: bench <url> <schema> [append|lag]") }
     let store = try await PostgresEventStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3], connections: 12))
-    try await bench(store)
+    try await bench(store, only: arguments.count > 4 ? arguments[4] : nil)
     await store.close()
 
 default:
@@ -124,9 +124,9 @@ default:
 
 // MARK: Benchmark
 
-func bench(_ store: PostgresEventStore) async throws {
+func bench(_ store: PostgresEventStore, only: String?) async throws {
     let payload = Data(#"{"show":"s-1","seat":"A12","price":4200}"#.utf8)
-    for (writers, batch) in [(1, 1), (8, 1), (1, 10), (8, 10)] {
+    for (writers, batch) in [(1, 1), (8, 1), (1, 10), (8, 10)] where only == nil || only == "append" {
         let appendsPerWriter = writers == 1 ? 1_000 : 400
         let started = ContinuousClock.now
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -145,6 +145,7 @@ func bench(_ store: PostgresEventStore) async throws {
         let events = writers * appendsPerWriter * batch
         emit("append writers=\(writers) eventsPerAppend=\(batch) events=\(events) seconds=\(String(format: "%.2f", seconds)) eventsPerSecond=\(Int(Double(events) / seconds))")
     }
+    if only == "append" { return }
     // Lag: a follower (notifications + 1 s polling) in this process, 4 writers at a steady pace.
     let head = try await store.headPosition()
     let committed = LagBook()
@@ -173,6 +174,10 @@ func bench(_ store: PostgresEventStore) async throws {
     }
     try await reader.value
     let lags = committed.lags().sorted()
+    guard !lags.isEmpty else {
+        emit("lag: no event was both committed and delivered (\(committed.counts))")
+        return
+    }
     func percentile(_ p: Double) -> Double { lags[min(lags.count - 1, Int(Double(lags.count) * p))] }
     emit("lag events=\(lags.count) medianMs=\(String(format: "%.2f", percentile(0.5))) p99Ms=\(String(format: "%.2f", percentile(0.99))) maxMs=\(String(format: "%.2f", lags.last ?? 0))")
 }
@@ -182,6 +187,7 @@ final class LagBook: Sendable {
     private let times = Mutex<(committed: [UUID: ContinuousClock.Instant], delivered: [UUID: ContinuousClock.Instant])>(([:], [:]))
     func committed(_ id: UUID) { times.withLock { $0.committed[id] = .now } }
     func delivered(_ id: UUID) { times.withLock { $0.delivered[id] = .now } }
+    var counts: String { times.withLock { "committed \($0.committed.count), delivered \($0.delivered.count)" } }
     /// Milliseconds from the append's return to delivery (negative when delivery came first:
     /// the notification can beat the writer's own acknowledgement).
     func lags() -> [Double] {

@@ -1,4 +1,5 @@
 import Backstage
+import BackstagePostgres
 import BackstageSQLite
 import Foundation
 
@@ -9,6 +10,9 @@ public enum DatabaseLocation: Sendable, Hashable, CustomStringConvertible {
     case sqlite(path: String)
     /// An in-memory store.
     case memory
+    /// A PostgreSQL database (`postgres://user:password@host:port/database`); the events live in
+    /// the schema `box_office`.
+    case postgres(url: String)
 
     /// Parses a `--database` value: `memory`, `sqlite:PATH`, or a plain file path.
     ///
@@ -18,6 +22,8 @@ public enum DatabaseLocation: Sendable, Hashable, CustomStringConvertible {
             self = .memory
         } else if value.hasPrefix("sqlite:") {
             self = .sqlite(path: String(value.dropFirst("sqlite:".count)))
+        } else if value.hasPrefix("postgres://") || value.hasPrefix("postgresql://") {
+            self = .postgres(url: value)
         } else if value.contains("://") {
             throw .unsupported(value)
         } else {
@@ -30,6 +36,9 @@ public enum DatabaseLocation: Sendable, Hashable, CustomStringConvertible {
         switch self {
         case .sqlite(let path): "SQLite \(path)"
         case .memory: "memory"
+        case .postgres(let url):
+            // Never print the password.
+            "PostgreSQL \((try? PostgresConnectionSettings(url: url)).map { "\($0.host ?? "socket"):\($0.port)/\($0.database ?? "")" } ?? "")"
         }
     }
 }
@@ -42,7 +51,7 @@ public enum DatabaseError: Error, Hashable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .unsupported(let value):
-            "cannot open database '\(value)': give a file path (SQLite), sqlite:PATH, or memory"
+            "cannot open database '\(value)': give a file path (SQLite), sqlite:PATH, postgres://..., or memory"
         }
     }
 }
@@ -68,6 +77,16 @@ public struct BoxOfficeDatabase: Sendable {
             }
             let store = try SQLiteEventStore(path: path)
             return BoxOfficeDatabase(location: location, store: store) { try store.close() }
+        case .postgres(let url):
+            var configuration = PostgresEventStore.Configuration()
+            configuration.schema = "box_office"
+            configuration.migrate = false
+            let store = try await PostgresEventStore(url: url, configuration: configuration)
+            if fresh {
+                _ = try await store.client.query("DROP SCHEMA IF EXISTS box_office CASCADE")
+            }
+            try await store.migrate()
+            return BoxOfficeDatabase(location: location, store: store) { await store.close() }
         }
     }
 
