@@ -118,8 +118,12 @@ public struct Scenario: Sendable {
             case .success(let events):
                 actual = events
             }
-            let actualForms = try actual.map { event throws(ScenarioFailure) in try storedForm(event, role: "produced") }
-            let expectedForms = try expected.map { event throws(ScenarioFailure) in try storedForm(event, role: "expected") }
+            let actualForms = try actual.map { event throws(ScenarioFailure) in
+                try storedForm(event, role: "produced")
+            }
+            let expectedForms = try expected.map { event throws(ScenarioFailure) in
+                try storedForm(event, role: "expected")
+            }
             guard let difference = firstDifference(expectedForms, actualForms) else { return self }
             throw failure(
                 "the events differ from event \(difference + 1) on",
@@ -282,9 +286,10 @@ private func firstDifference<T: Equatable>(_ a: [T], _ b: [T]) -> Int? {
 /// The module names of `types`, whose prefixes are dropped from rendered values:
 /// `BoxOffice.ShowEvent.sold(BoxOffice.TicketSold(...))` reads as `ShowEvent.sold(TicketSold(...))`.
 private func moduleNames(of types: [Any.Type]) -> [String] {
-    Array(Set(types.compactMap { type in
+    let names = types.compactMap { type in
         String(reflecting: type).split(separator: ".", maxSplits: 1).first.map(String.init)
-    }))
+    }
+    return Array(Set(names))
 }
 
 private func readable(_ text: String, modules: [String]) -> String {

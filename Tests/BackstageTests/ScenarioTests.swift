@@ -159,7 +159,9 @@ struct ScenarioTests {
         let error = #expect(throws: ScenarioFailure.self) {
             try scenario.when(PassTurnstile(visitor: "ada")).then([.passed(VisitorPassed(visitor: "ada"))])
         }
-        #expect(try #require(error).message.contains("expected 1 event, but the command was rejected: TurnstileError.locked"))
+        #expect(
+            try #require(error).message.contains(
+                "expected 1 event, but the command was rejected: TurnstileError.locked"))
     }
 
     @Test func rejections() throws {
@@ -174,9 +176,9 @@ struct ScenarioTests {
         let wrong = #expect(throws: ScenarioFailure.self) {
             try given.when(InsertCoin(cents: 5)).thenRejected(.locked)
         }
-        #expect(
-            try #require(wrong).message.contains(
-                "expected rejection TurnstileError.locked, but it was rejected with TurnstileError.alreadyUnlocked(credit: 120)"))
+        let wrongText = try #require(wrong).message
+        #expect(wrongText.contains("expected rejection TurnstileError.locked, but it was rejected with "))
+        #expect(wrongText.contains("rejected with TurnstileError.alreadyUnlocked(credit: 120)."))
 
         let succeeded = #expect(throws: ScenarioFailure.self) {
             try scenario.when(InsertCoin(cents: 5)).thenRejected(.locked)

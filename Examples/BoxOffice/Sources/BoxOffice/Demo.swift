@@ -136,7 +136,6 @@ private struct Tally: Sendable {
     }
 }
 
-
 /// What a demo run did and measured.
 public struct DemoReport: Sendable {
     /// A command that a business rule rejected, and why.
@@ -233,7 +232,8 @@ public struct DemoReport: Sendable {
     }
 
     private func summary(_ show: Show) -> String {
-        "\(show.tickets.count) of \(show.capacity) tickets added, \(show.ticketsSold) sold, \(show.onSale.count) on sale"
+        let added = "\(show.tickets.count) of \(show.capacity) tickets added"
+        return "\(added), \(show.ticketsSold) sold, \(show.onSale.count) on sale"
     }
 }
 

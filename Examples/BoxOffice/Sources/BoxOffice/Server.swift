@@ -73,7 +73,8 @@ public enum BoxOfficeAPI {
         var options = DispatchOptions()
         if let key = request.headers[idempotencyKey] {
             guard let id = UUID(uuidString: key) else {
-                throw APIError(.badRequest, "invalidIdempotencyKey", "the Idempotency-Key header must be a UUID, not '\(key)'")
+                throw APIError(
+                    .badRequest, "invalidIdempotencyKey", "the Idempotency-Key header must be a UUID, not '\(key)'")
             }
             options.commandID = id
         }

@@ -56,7 +56,10 @@ struct APITests {
             reply = try await client.send(.get, "/shows/s1/history")
             #expect(reply.status == .ok)
             let history = try #require(reply.json["events"] as? [[String: any Sendable]])
-            #expect(history.map { $0["type"] as? String } == ["ShowScheduled", "TicketAdded", "TicketSold", "TicketRefunded"])
+            #expect(
+                history.map { $0["type"] as? String } == [
+                    "ShowScheduled", "TicketAdded", "TicketSold", "TicketRefunded",
+                ])
             #expect(history.map { $0["version"] as? Int } == [1, 2, 3, 4])
             #expect(try await app.load(Show.self, id: "s1").state.tickets == ["t1": .refunded], "the API stored it")
         }
@@ -123,7 +126,8 @@ struct APITests {
             let retry = try await client.send(.post, "/shows/s1/sell", ["buyer": "ada"], key: key.uuidString)
             #expect(retry.status == .ok)
             #expect(retry.json["duplicate"] as? Bool == true)
-            #expect(retry.events.first?["data"] as? [String: String] == first.events.first?["data"] as? [String: String])
+            #expect(
+                retry.events.first?["data"] as? [String: String] == first.events.first?["data"] as? [String: String])
             #expect(retry.events.first?["position"] as? Int == first.events.first?["position"] as? Int)
 
             let other = try await client.send(.post, "/shows/s1/sell", ["buyer": "ada"], key: UUID().uuidString)

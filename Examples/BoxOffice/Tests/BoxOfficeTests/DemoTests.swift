@@ -35,7 +35,10 @@ struct DemoTests {
         #expect(first.ticketHistory.allSatisfy { $0.event.ticketID == first.ticketID })
         let story = first.ticketHistory.map(\.recorded.type)
         #expect(story.first == "TicketAdded")
-        #expect(story.dropFirst().enumerated().allSatisfy { i, type in type == (i % 2 == 0 ? "TicketSold" : "TicketRefunded") })
+        #expect(
+            story.dropFirst().enumerated().allSatisfy { i, type in
+                type == (i % 2 == 0 ? "TicketSold" : "TicketRefunded")
+            })
         #expect(first.text.contains("commands/s"))
         #expect(first.text.contains("The full history of ticket \(first.ticketID):"))
 
@@ -65,8 +68,8 @@ struct DemoTests {
         #expect(try DatabaseLocation(parsing: "box-office.sqlite") == .sqlite(path: "box-office.sqlite"))
         #expect(try DatabaseLocation(parsing: "sqlite:/tmp/x.db") == .sqlite(path: "/tmp/x.db"))
         #expect(try DatabaseLocation(parsing: "memory") == .memory)
-        #expect(throws: DatabaseError.unsupported("postgres://localhost/db")) {
-            try DatabaseLocation(parsing: "postgres://localhost/db")
+        #expect(throws: DatabaseError.unsupported("mysql://localhost/db")) {
+            try DatabaseLocation(parsing: "mysql://localhost/db")
         }
         #expect(throws: DatabaseError.unsupported("sqlite:")) { try DatabaseLocation(parsing: "sqlite:") }
     }
