@@ -77,9 +77,10 @@ final class NotificationListener: Sendable {
                 try await client.withConnection { conn in try await listen(on: conn) }
             } catch {
                 if Task.isCancelled { break }
+                let reason = (error as? PSQLError).map { "\(PostgresEventStore.translate($0))" } ?? "\(error)"
                 logger.warning(
                     "notification listener lost its connection; reconnecting",
-                    metadata: ["channel": "\(channel)", "error": "\(error)", "retryIn": "\(delay)"])
+                    metadata: ["channel": "\(channel)", "error": "\(reason)", "retryIn": "\(delay)"])
             }
             state.withLock {
                 $0.status.isListening = false

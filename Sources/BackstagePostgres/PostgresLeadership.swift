@@ -190,8 +190,9 @@ public final class PostgresLeadership: LeaderElection {
             }
         } catch {
             if !(error is CancellationError) {
+                let reason = (error as? PSQLError).map { "\(PostgresEventStore.translate($0))" } ?? "\(error)"
                 logger.warning(
-                    "lease connection lost", metadata: ["subscription": "\(lease.subscription)", "error": "\(error)"])
+                    "lease connection lost", metadata: ["subscription": "\(lease.subscription)", "error": "\(reason)"])
             }
             if !announced { lease.acquired.1.yield(.failure(error)) }
         }
