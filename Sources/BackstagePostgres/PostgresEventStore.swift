@@ -347,7 +347,7 @@ public final class PostgresEventStore: EventStore {
     /// The event columns, each qualified with `prefix` (a table alias and a dot, or nothing).
     static func eventColumns(prefix p: String) -> String {
         """
-        \(p)position, \(p)transaction_id::text, \(p)stream, \(p)stream_version, \(p)event_id, \(p)type,
+        \(p)position, \(p)transaction_id::text AS transaction_text, \(p)stream, \(p)stream_version, \(p)event_id, \(p)type,
         \(p)schema_version, \(p)data, \(p)command_id, \(p)causation_id, \(p)correlation_id, \(p)fields::text,
         \(p)recorded_at
         """
@@ -401,6 +401,8 @@ public final class PostgresEventStore: EventStore {
             sql.appendInterpolation(categories.sorted())
             sql.appendLiteral(")")
         }
+        // The text form of the id is selected under another name: an output column called
+        // transaction_id would make ORDER BY sort by text ("1000" before "999").
         sql.appendLiteral(" ORDER BY transaction_id, position LIMIT ")
         sql.appendInterpolation(limit)
         let query = PostgresQuery(stringInterpolation: sql)
@@ -421,7 +423,7 @@ public final class PostgresEventStore: EventStore {
         try await run { conn in
             let rows = try await conn.query(
                 """
-                SELECT transaction_id::text, position FROM \(unescaped: self.s).events
+                SELECT transaction_id::text AS transaction_text, position FROM \(unescaped: self.s).events
                 WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
                 ORDER BY transaction_id DESC, position DESC LIMIT 1
                 """, logger: self.queryLogger)
