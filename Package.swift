@@ -40,6 +40,8 @@ let package = Package(
             name: "BackstagePostgres",
             dependencies: [
                 "Backstage", .product(name: "PostgresNIO", package: "postgres-nio"),
+                // For ConnectionPoolError: a cancelled wait for a connection becomes CancellationError.
+                .product(name: "_ConnectionPoolModule", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

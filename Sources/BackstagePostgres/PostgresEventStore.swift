@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import PostgresNIO
 import Synchronization
+import _ConnectionPoolModule
 
 /// The event store for several application processes sharing one PostgreSQL database.
 ///
@@ -10,11 +11,38 @@ import Synchronization
 ///   that locks only its own stream (a transaction-scoped advisory lock taken before anything
 ///   assigns the transaction an id, then the stream's row for the expected-version check), so
 ///   one stream's appends get increasing transaction ids. Every event row stores its
-///   writing transaction's id (`xid8`). Readers of the global log only take rows whose
-///   transaction is older than the oldest transaction still running
-///   (`pg_snapshot_xmin(pg_current_snapshot())`), ordered by (transaction id, position); a
-///   ``LogPosition`` holds that pair. A transaction that commits late therefore holds readers
-///   back instead of being skipped; there is no timeout-based gap skipping.
+///   writing transaction's id (`xid8`). Readers of the global log only take rows below the
+///   *read horizon*, ordered by (transaction id, position); a ``LogPosition`` holds that pair.
+///   An append that commits late therefore holds readers back instead of being skipped; there
+///   is no timeout-based gap skipping.
+/// - **The read horizon waits only for appends**: every append transaction first takes, before
+///   it has a transaction id, a shared transaction-scoped advisory lock of the schema (the
+///   *appender lock*). A reader computes the horizon in one statement, then reads the events
+///   below it in a second statement (each statement of a READ COMMITTED session takes its own
+///   snapshot): horizon = the least of the `xmax` of the first statement's snapshot and the
+///   transaction ids of the sessions holding the appender lock. So a transaction that appends
+///   nothing (in this database or any other database of the cluster) never holds readers back.
+///   Why nothing is skipped: an append whose id is below the horizon got its id before that
+///   snapshot (ids below `xmax` are assigned before it), so it held the appender lock since before
+///   the first statement; had it still been running during the second statement, the first would
+///   have seen it in `pg_locks`, with its id in `pg_stat_activity`, and the horizon would be at
+///   most its id. A session seen holding the lock without an id gets one at or above that `xmax`.
+///   PostgreSQL leaves the list of running transactions before it releases locks, so an append
+///   gone from `pg_locks` is visible as finished to the second statement. Both statements must
+///   stay separate: in one statement, a commit between its snapshot and its look at `pg_locks`
+///   would be missed. An append transaction left open (a hung process, a debugger) still holds
+///   every reader back: ``readHorizon()`` shows the oldest running append and its age, for
+///   status pages and alerts.
+/// - **Moving a store to another cluster**: transaction ids are those of the cluster. A
+///   physical copy (base backup, replica, `pg_upgrade`) keeps them. After `pg_dump`/`pg_restore`
+///   into another cluster, the stored ids can be at or above the new cluster's counter, and new
+///   events would sort below stored events and checkpoints; the store detects this when it opens
+///   (and in ``migrate()``) and refuses with ``PostgresStoreError/transactionIDsAhead(schema:storedMaximum:clusterNext:)``.
+///   The supported migration: restore, stop the new server, run
+///   `pg_resetwal -e <epoch> -D <data directory>` with `epoch` at least
+///   `(SELECT max(transaction_id)::text::numeric FROM <schema>.events) / 2^32 + 1` (the error
+///   message gives the number; the epoch is only the high half of 64-bit transaction ids and
+///   nothing else in the database depends on it), and start it again. Ids are never rewritten.
 /// - **No group commit in the store**: appends run in parallel transactions, and PostgreSQL
 ///   already flushes the WAL of commits that wait at the same moment together.
 /// - **Notifications**: every append sends `NOTIFY` in its transaction; ``appendNotifications()``
@@ -109,19 +137,54 @@ public final class PostgresEventStore: EventStore {
             initialDelay: configuration.listenerReconnectDelay, logger: configuration.logger)
         if configuration.migrate {
             try await migrate()
+        } else {
+            try await run { conn in try await self.checkTransactionCounter(on: conn) }
         }
     }
 
     /// Runs the schema migrations that have not run yet; returns their versions. Several
     /// processes may call it at the same time.
+    ///
+    /// - Throws: ``PostgresStoreError/transactionIDsAhead(schema:storedMaximum:clusterNext:)`` when
+    ///   the schema was restored into a cluster whose transaction counter is behind its ids.
     @discardableResult
     public func migrate() async throws -> [Int] {
-        do {
-            return try await client.withConnection { conn in
-                try await PostgresMigrations.migrate(schema, on: conn, logger: queryLogger)
+        try await run { conn in
+            let ran = try await PostgresMigrations.migrate(self.schema, on: conn, logger: self.queryLogger)
+            try await self.checkTransactionCounter(on: conn)
+            return ran
+        }
+    }
+
+    /// Refuses a schema whose stored transaction ids are not below this cluster's counter (a
+    /// `pg_dump` restored into another cluster): see "Moving a store to another cluster" above.
+    private func checkTransactionCounter(on conn: PostgresConnection) async throws {
+        // A committed row's id is below the xmax of any later snapshot; reading the snapshot
+        // does not assign this session a transaction id.
+        var tables: [String] = []
+        let existing = try await conn.query(
+            """
+            SELECT to_regclass(\(s + ".events")) IS NOT NULL, to_regclass(\(s + ".checkpoints")) IS NOT NULL
+            """, logger: queryLogger)
+        for try await (events, checkpoints) in existing.decode((Bool, Bool).self) {
+            if events { tables.append("events") }
+            if checkpoints { tables.append("checkpoints") }
+        }
+        guard !tables.isEmpty else { return }
+        let maxima = tables.map { "(SELECT max(transaction_id) FROM \(s).\($0))" }.joined(separator: ", ")
+        let rows = try await conn.query(
+            PostgresQuery(
+                unsafeSQL: """
+                    SELECT greatest(\(maxima))::text, pg_snapshot_xmax(pg_current_snapshot())::text
+                    """), logger: queryLogger)
+        for try await (stored, next) in rows.decode((String?, String).self) {
+            guard let stored else { return }
+            let storedMaximum = try Self.parseTransaction(stored)
+            let clusterNext = try Self.parseTransaction(next)
+            if storedMaximum >= clusterNext {
+                throw PostgresStoreError.transactionIDsAhead(
+                    schema: s, storedMaximum: storedMaximum, clusterNext: clusterNext)
             }
-        } catch let error as PSQLError {
-            throw Self.translate(error)
         }
     }
 
@@ -137,6 +200,9 @@ public final class PostgresEventStore: EventStore {
     var s: String { schema.rawValue }
     /// The first key of the per-stream advisory locks (the second is the stream's hash).
     var streamLockClass: String { "backstage.stream.\(schema.rawValue)" }
+    /// The first key of the appender lock (the second is 0): every append transaction holds it,
+    /// shared, from its first statement; the read horizon waits for its holders only.
+    var appenderLockClass: String { "backstage.appenders.\(schema.rawValue)" }
 
     // MARK: Appending
 
@@ -175,7 +241,7 @@ public final class PostgresEventStore: EventStore {
                 }
                 if !result.isDuplicate { notifier.notify() }
                 return result
-            } catch let error as PSQLError {
+            } catch let error as PSQLError where error.sqlState != nil {
                 if error.sqlState == "23505" {
                     switch error.constraintName {
                     case "commands_pkey" where attempt < 3:
@@ -188,6 +254,8 @@ public final class PostgresEventStore: EventStore {
                     }
                 }
                 throw Self.translate(error)
+            } catch {
+                throw Self.storeError(error)
             }
         }
     }
@@ -199,6 +267,9 @@ public final class PostgresEventStore: EventStore {
         // 1. Lock the stream's row (creating it at version 0 if needed): appends to one stream
         //    queue here; appends to other streams run in parallel.
         let actual = try await lockStream(stream, on: conn)
+        // A statement that runs is not interrupted (postgres-nio does not cancel it), but a
+        // cancelled append stops at the next step and rolls back.
+        try Task.checkCancellation()
 
         // 2. Idempotency, checked under the stream lock so a concurrent retry of the same
         //    command on the same stream sees the first one's commit.
@@ -285,6 +356,7 @@ public final class PostgresEventStore: EventStore {
         }
         guard let result else { throw PostgresStoreError.unexpectedResult("the append inserted no rows") }
         if let hook { try await hook(.inserted(transaction: result.transaction)) }
+        try Task.checkCancellation()
         return (result, true)
     }
 
@@ -293,8 +365,13 @@ public final class PostgresEventStore: EventStore {
         // transaction id (a row lock can: `SELECT ... FOR UPDATE` on a row being updated takes
         // an id before it sleeps). So the id is assigned after the previous writer of the stream
         // has finished, and the (transaction id, position) order keeps every stream's order.
+        // Before it, the shared appender lock, which makes readers wait for this transaction
+        // (see the type's documentation): it must be held before the transaction has an id.
         try await conn.query(
-            "SELECT pg_advisory_xact_lock(hashtext(\(streamLockClass)), hashtext(\(stream)))", logger: queryLogger)
+            """
+            SELECT pg_advisory_xact_lock_shared(hashtext(\(appenderLockClass)), 0),
+                   pg_advisory_xact_lock(hashtext(\(streamLockClass)), hashtext(\(stream)))
+            """, logger: queryLogger)
         if let version = try await selectStreamForUpdate(stream, on: conn) { return version }
         let inserted = try await conn.query(
             """
@@ -380,7 +457,18 @@ public final class PostgresEventStore: EventStore {
         -> [RecordedEvent]
     {
         try limits.validate(pageSize: limit)
-        var sql = PostgresQuery.StringInterpolation(literalCapacity: 512, interpolationCount: 5)
+        return try await run { conn in
+            // Two statements, in this order: see the type's documentation.
+            let horizon = try await self.horizon(on: conn).horizon
+            let query = self.readAllQuery(after: position, below: horizon, limit: limit, filter: filter)
+            return try await self.decodeEvents(conn.query(query, logger: self.queryLogger))
+        }
+    }
+
+    private func readAllQuery(after position: LogPosition, below horizon: UInt64, limit: Int, filter: EventFilter)
+        -> PostgresQuery
+    {
+        var sql = PostgresQuery.StringInterpolation(literalCapacity: 512, interpolationCount: 6)
         sql.appendLiteral("SELECT ")
         sql.appendInterpolation(unescaped: eventColumns)
         sql.appendLiteral(" FROM ")
@@ -389,8 +477,10 @@ public final class PostgresEventStore: EventStore {
         sql.appendInterpolation(String(position.transaction))
         sql.appendLiteral("::xid8, ")
         sql.appendInterpolation(position.position)
-        // Only transactions older than every running one: nothing can commit below this horizon.
-        sql.appendLiteral(") AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())")
+        // Only transactions below the horizon: no append can commit below it any more.
+        sql.appendLiteral(") AND transaction_id < ")
+        sql.appendInterpolation(String(horizon))
+        sql.appendLiteral("::xid8")
         if let types = filter.types {
             sql.appendLiteral(" AND type = ANY(")
             sql.appendInterpolation(types.sorted())
@@ -405,8 +495,7 @@ public final class PostgresEventStore: EventStore {
         // transaction_id would make ORDER BY sort by text ("1000" before "999").
         sql.appendLiteral(" ORDER BY transaction_id, position LIMIT ")
         sql.appendInterpolation(limit)
-        let query = PostgresQuery(stringInterpolation: sql)
-        return try await run { try await self.decodeEvents($0.query(query, logger: self.queryLogger)) }
+        return PostgresQuery(stringInterpolation: sql)
     }
 
     public func streamVersion(_ stream: String) async throws -> Int64 {
@@ -421,10 +510,11 @@ public final class PostgresEventStore: EventStore {
 
     public func headPosition() async throws -> LogPosition {
         try await run { conn in
+            let horizon = String(try await self.horizon(on: conn).horizon)
             let rows = try await conn.query(
                 """
                 SELECT transaction_id::text AS transaction_text, position FROM \(unescaped: self.s).events
-                WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+                WHERE transaction_id < \(horizon)::xid8
                 ORDER BY transaction_id DESC, position DESC LIMIT 1
                 """, logger: self.queryLogger)
             for try await (transaction, position) in rows.decode((String, Int64).self) {
@@ -436,6 +526,62 @@ public final class PostgresEventStore: EventStore {
 
     public func appendResult(forCommand commandID: UUID) async throws -> AppendResult? {
         try await run { try await self.storedCommand(commandID, on: $0)?.result }
+    }
+
+    // MARK: Read horizon
+
+    /// Reads the read horizon and the oldest append still running: what holds readers back.
+    ///
+    /// Subscriptions only see events of transactions below ``PostgresReadHorizon/horizon``; an
+    /// append transaction that stays open (``PostgresReadHorizon/oldestAppend``, with its age)
+    /// stalls every reader of this schema until it ends. Transactions that do not append (other
+    /// tables, other databases of the cluster) never do. For status pages, metrics and alerts.
+    public func readHorizon() async throws -> PostgresReadHorizon {
+        try await run { try await self.horizon(on: $0) }
+    }
+
+    /// The horizon, in a statement of its own: the statement that reads events must come after
+    /// it, with a snapshot of its own (see the type's documentation).
+    func horizon(on conn: PostgresConnection) async throws -> PostgresReadHorizon {
+        // pg_stat_activity.backend_xid is a 32-bit xid: it is widened to 64 bits with the epoch
+        // of the snapshot's xmax, from which a running transaction is less than 2^31 away.
+        let rows = try await conn.query(
+            """
+            WITH snapshot AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax),
+            holders AS (
+                SELECT l.pid, a.xact_start, a.application_name,
+                       (snapshot.xmax >> 32 << 32) + a.backend_xid::text::bigint AS xid, snapshot.xmax
+                FROM snapshot, pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                WHERE l.locktype = 'advisory' AND l.granted
+                  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                  AND l.classid = hashtext(\(appenderLockClass))::oid AND l.objid = 0 AND l.objsubid = 2
+                  AND a.backend_xid IS NOT NULL
+            ),
+            widened AS (
+                SELECT pid, xact_start, application_name,
+                       CASE WHEN xid > xmax + 2147483648 THEN xid - 4294967296
+                            WHEN xid < xmax - 2147483648 THEN xid + 4294967296
+                            ELSE xid END AS xid
+                FROM holders
+            )
+            SELECT snapshot.xmax, o.pid, o.xid, o.xact_start,
+                   extract(epoch FROM clock_timestamp() - o.xact_start)::float8, o.application_name
+            FROM snapshot LEFT JOIN (SELECT * FROM widened ORDER BY xid LIMIT 1) o ON true
+            """, logger: queryLogger)
+        for try await (xmax, pid, xid, started, age, application) in rows.decode(
+            (Int64, Int32?, Int64?, Date?, Double?, String?).self)
+        {
+            var oldest: PostgresReadHorizon.Append?
+            if let pid, let xid, let started, let age {
+                oldest = PostgresReadHorizon.Append(
+                    backendPID: pid, transaction: UInt64(max(xid, 0)), startedAt: started, age: age,
+                    applicationName: application ?? "")
+            }
+            let snapshotMax = UInt64(max(xmax, 0))
+            return PostgresReadHorizon(
+                horizon: min(snapshotMax, oldest?.transaction ?? snapshotMax), oldestAppend: oldest)
+        }
+        throw PostgresStoreError.unexpectedResult("the read horizon query returned no row")
     }
 
     // MARK: Snapshots
@@ -489,12 +635,12 @@ public final class PostgresEventStore: EventStore {
 
     // MARK: Helpers
 
-    /// Runs `body` on a pooled connection, translating database errors.
+    /// Runs `body` on a pooled connection, translating driver errors (``storeError(_:)``).
     func run<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
         do {
             return try await client.withConnection { conn in try await body(conn) }
-        } catch let error as PSQLError {
-            throw Self.translate(error)
+        } catch {
+            throw Self.storeError(error)
         }
     }
 
@@ -531,6 +677,29 @@ public final class PostgresEventStore: EventStore {
             throw PostgresStoreError.unexpectedResult("transaction id '\(text)' is not a 64-bit integer")
         }
         return value
+    }
+
+    /// What a caller gets instead of a driver error: `CancellationError` for a cancelled wait
+    /// (for a connection, or a cancelled query), ``PostgresStoreError`` for every other error of
+    /// postgres-nio; other errors (Backstage's own, a test hook's) are returned unchanged.
+    static func storeError(_ error: any Error) -> any Error {
+        switch error {
+        case let error as PSQLError:
+            if error.code == .queryCancelled { return CancellationError() }
+            if error.code == .poolClosed { return PostgresStoreError.closed }
+            return translate(error)
+        case let error as ConnectionPoolError:
+            if error == .requestCancelled { return CancellationError() }
+            if error == .poolShutdown { return PostgresStoreError.closed }
+            return PostgresStoreError.database(sqlState: "connection", message: "\(error)")
+        case let error as PostgresDecodingError:
+            return PostgresStoreError.unexpectedResult(
+                "a column could not be decoded: \(error.targetType) from \(error.postgresType)")
+        case is DecodingError:
+            return PostgresStoreError.unexpectedResult("a stored value could not be decoded: \(error)")
+        default:
+            return error
+        }
     }
 
     static func translate(_ error: PSQLError) -> PostgresStoreError {
@@ -575,4 +744,28 @@ struct EncodedEvent: Sendable {
             }
         }
     }
+}
+
+/// How far readers of a ``PostgresEventStore`` can see, and what holds them back.
+public struct PostgresReadHorizon: Sendable, Hashable {
+    /// An append transaction still running.
+    public struct Append: Sendable, Hashable {
+        /// The server process id of its session (for `pg_stat_activity` or `pg_terminate_backend`).
+        public var backendPID: Int32
+        /// Its transaction id: events of this transaction and later ones wait for it to end.
+        public var transaction: UInt64
+        /// When the transaction started.
+        public var startedAt: Date
+        /// How long it has been running, in seconds, by the server's clock.
+        public var age: Double
+        /// The `application_name` of its session.
+        public var applicationName: String
+    }
+
+    /// Readers see the events of transactions below this id.
+    public var horizon: UInt64
+    /// The running append with the lowest transaction id, which holds the horizon, if any.
+    /// An age well above the time an append takes means a stalled writer: every subscription of
+    /// the schema waits for it.
+    public var oldestAppend: Append?
 }

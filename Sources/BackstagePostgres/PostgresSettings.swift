@@ -40,6 +40,12 @@ public enum PostgresStoreError: Error, Sendable, Hashable, CustomStringConvertib
     case unexpectedResult(String)
     /// The store was closed.
     case closed
+    /// The schema stores transaction ids at or above the next transaction id of this cluster:
+    /// typically a `pg_dump` restored into another cluster, whose transaction counter is lower.
+    /// New events would sort below stored events and checkpoints, so readers would skip them.
+    /// The store refuses to open; see ``PostgresEventStore`` ("Moving a store to another
+    /// cluster") for the supported migration.
+    case transactionIDsAhead(schema: String, storedMaximum: UInt64, clusterNext: UInt64)
 
     public var description: String {
         switch self {
@@ -53,6 +59,11 @@ public enum PostgresStoreError: Error, Sendable, Hashable, CustomStringConvertib
             "unexpected result from PostgreSQL: \(what)"
         case .closed:
             "the PostgreSQL event store is closed"
+        case .transactionIDsAhead(let schema, let stored, let next):
+            "schema \(schema) stores transaction id \(stored), but this cluster's next transaction id is \(next) "
+                + "(was it restored from pg_dump into another cluster?): new events would sort before stored ones. "
+                + "Stop the server and run pg_resetwal -e \((stored >> 32) + 1) -D <data directory> to move the "
+                + "cluster's transaction id epoch past the stored ids, then start it again"
         }
     }
 }

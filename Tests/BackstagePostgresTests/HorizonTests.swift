@@ -1,0 +1,286 @@
+import Backstage
+import Foundation
+import Logging
+import PostgresNIO
+import Synchronization
+import Testing
+
+@testable import BackstagePostgres
+
+/// One connection of its own (not pooled) to `database` of the test server.
+func connectAlone(database: String? = nil) async throws -> PostgresConnection {
+    let settings = try PostgresConnectionSettings(url: try PostgresTestEnvironment.requireURL())
+    let configuration = PostgresConnection.Configuration(
+        host: settings.host ?? "127.0.0.1", port: settings.port, username: settings.username,
+        password: settings.password, database: database ?? settings.database, tls: .disable)
+    return try await PostgresConnection.connect(
+        configuration: configuration, id: Int.random(in: 1...1_000_000), logger: Logger(label: "test"))
+}
+
+/// Opens a second store (a peer) on `store`'s schema whose pool has exactly one connection.
+func storeWithOneConnection(peerOf store: PostgresEventStore) async throws -> (
+    PostgresEventStore, PostgresClient, Task<Void, Never>
+) {
+    var clientConfiguration = try PostgresConnectionSettings(url: try PostgresTestEnvironment.requireURL())
+        .clientConfiguration()
+    clientConfiguration.options.maximumConnections = 1
+    let client = PostgresClient(configuration: clientConfiguration)
+    let running = Task { await client.run() }
+    var configuration = PostgresEventStore.Configuration()
+    configuration.schema = store.schema.rawValue
+    configuration.migrate = false
+    let peer = try await PostgresEventStore(client: client, configuration: configuration)
+    return (peer, client, running)
+}
+
+extension Result where Failure == any Error {
+    /// The outcome of `body`.
+    init(catching body: () async throws -> Success) async {
+        do { self = .success(try await body()) } catch { self = .failure(error) }
+    }
+}
+
+/// An async gate a test opens once.
+final class Gate: Sendable {
+    private let state = Mutex<(open: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+
+    func wait() async {
+        await withCheckedContinuation { continuation in
+            let resume = state.withLock { s -> Bool in
+                if s.open { return true }
+                s.waiters.append(continuation)
+                return false
+            }
+            if resume { continuation.resume() }
+        }
+    }
+
+    func open() {
+        let waiters = state.withLock { s in
+            s.open = true
+            defer { s.waiters = [] }
+            return s.waiters
+        }
+        for w in waiters { w.resume() }
+    }
+}
+
+extension PostgresTests {
+    @Suite("Read horizon: only appends hold readers back")
+    struct Horizon {
+        /// Appends one event and expects readAll and headPosition to see it at once.
+        func expectVisible(_ store: PostgresEventStore, stream: String) async throws {
+            let result = try await store.append([event("Visible")], to: stream, expected: .any, commandID: nil)
+            let all = try await store.readAll(after: .start, limit: 100, filter: .all)
+            #expect(all.last?.position == result.lastPosition, "the acknowledged event is not readable")
+            #expect(try await store.headPosition() == result.lastLogPosition)
+            let horizon = try await store.readHorizon()
+            #expect(horizon.horizon > result.transaction)
+            #expect(horizon.oldestAppend == nil)
+        }
+
+        @Test("an open write transaction in another database of the cluster does not hide appended events")
+        func otherDatabase() async throws {
+            try await withFreshStore { store in
+                let database = "bs_other_" + freshSchemaName().dropFirst(2)
+                try await store.client.query("CREATE DATABASE \(unescaped: database)")
+                do {
+                    let other = try await connectAlone(database: database)
+                    try await other.query("CREATE TABLE unrelated (x int)", logger: Logger(label: "test"))
+                    try await other.query("BEGIN", logger: Logger(label: "test"))
+                    try await other.query("INSERT INTO unrelated VALUES (1)", logger: Logger(label: "test"))
+                    try await expectVisible(store, stream: "other-db-1")
+                    try await other.query("ROLLBACK", logger: Logger(label: "test"))
+                    try await other.close()
+                } catch {
+                    _ = try? await store.client.query("DROP DATABASE IF EXISTS \(unescaped: database) WITH (FORCE)")
+                    throw error
+                }
+                try await store.client.query("DROP DATABASE IF EXISTS \(unescaped: database) WITH (FORCE)")
+            }
+        }
+
+        @Test("an open transaction on a table of the same database that is not the store's does not hide events")
+        func otherTable() async throws {
+            try await withFreshStore { store in
+                let s = store.schema.rawValue
+                try await store.client.query("CREATE TABLE \(unescaped: s).unrelated (x int)")
+                let other = try await connectAlone()
+                try await other.query("BEGIN", logger: Logger(label: "test"))
+                try await other.query("INSERT INTO \(unescaped: s).unrelated VALUES (1)", logger: Logger(label: "test"))
+                try await expectVisible(store, stream: "other-table-1")
+                try await other.query("ROLLBACK", logger: Logger(label: "test"))
+                try await other.close()
+            }
+        }
+
+        @Test("an open append holds readers back and shows as the oldest append; nothing is skipped")
+        func openAppendHolds() async throws {
+            try await withFreshStore { store in
+                let before = try await store.append([event("Before")], to: "hold-0", expected: .any, commandID: nil)
+                let gate = Gate()
+                let held = Locked<UInt64?>(nil)
+                let slowEvent = event("Slow")
+                let slow = Task {
+                    try await store.append(
+                        [slowEvent], to: "hold-1", expected: .any, commandID: nil,
+                        hook: { stage in
+                            if case .inserted(let tx) = stage { held.value.withLock { $0 = tx } }
+                            await gate.wait()
+                        })
+                }
+                #expect(try await eventually { held.value.withLock { $0 } != nil })
+                let tx = try #require(held.value.withLock { $0 })
+                let after = try await store.append([event("After")], to: "hold-2", expected: .any, commandID: nil)
+                #expect(after.transaction > tx)
+                let seen = try await store.readAll(after: .start, limit: 100, filter: .all)
+                #expect(seen.map(\.id).count == 1)
+                #expect(try await store.headPosition() == before.lastLogPosition)
+                let horizon = try await store.readHorizon()
+                #expect(horizon.horizon == tx)
+                #expect(horizon.oldestAppend?.transaction == tx)
+                #expect((horizon.oldestAppend?.age ?? -1) >= 0)
+                gate.open()
+                _ = try await slow.value
+                let all = try await store.readAll(after: before.lastLogPosition, limit: 100, filter: .all)
+                #expect(all.map(\.type) == ["Slow", "After"])
+                #expect(try await store.readHorizon().oldestAppend == nil)
+            }
+        }
+    }
+
+    @Suite("Errors: cancellation and lost connections")
+    struct Errors {
+        @Test("an append or readAll cancelled while waiting for a pooled connection throws CancellationError")
+        func cancelledWaitingForConnection() async throws {
+            try await withFreshStore { store in
+                let (peer, client, running) = try await storeWithOneConnection(peerOf: store)
+                defer { running.cancel() }
+                let busy = Gate()
+                let holding = Gate()
+                let holder = Task {
+                    try await client.withConnection { _ in
+                        holding.open()
+                        await busy.wait()
+                    }
+                }
+                await holding.wait()
+                let append = Task { try await peer.append([event()], to: "cancel-1", expected: .any, commandID: nil) }
+                let read = Task { try await peer.readAll(after: .start, limit: 10, filter: .all) }
+                let head = Task { try await peer.headPosition() }
+                try await Task.sleep(for: .milliseconds(200))
+                append.cancel()
+                read.cancel()
+                head.cancel()
+                for (name, result) in [
+                    ("append", await append.result.map { _ in () }),
+                    ("readAll", await read.result.map { _ in () }),
+                    ("headPosition", await head.result.map { _ in () }),
+                ] {
+                    switch result {
+                    case .success: Issue.record("\(name) succeeded although cancelled")
+                    case .failure(let error):
+                        #expect(error is CancellationError, "\(name) threw \(type(of: error)): \(error)")
+                    }
+                }
+                busy.open()
+                try await holder.value
+                #expect(try await store.streamVersion("cancel-1") == 0)
+                await peer.close()
+            }
+        }
+
+        @Test(
+            "an append cancelled while its statement waits for the stream lock throws CancellationError and writes nothing"
+        )
+        func cancelledWhileQueryRuns() async throws {
+            try await withFreshStore { store in
+                let gate = Gate()
+                let inserted = Gate()
+                let first = Task {
+                    try await store.append(
+                        [event("First")], to: "busy-1", expected: .any, commandID: nil,
+                        hook: { _ in
+                            inserted.open()
+                            await gate.wait()
+                        })
+                }
+                await inserted.wait()
+                // The second append's lock statement runs, waiting for the first transaction.
+                let second = Task {
+                    try await store.append([event("Second")], to: "busy-1", expected: .any, commandID: nil)
+                }
+                try await Task.sleep(for: .milliseconds(300))
+                second.cancel()
+                try await Task.sleep(for: .milliseconds(100))
+                gate.open()
+                _ = try await first.value
+                let result = await second.result
+                switch result {
+                case .success: Issue.record("the cancelled append committed")
+                case .failure(let error): #expect(error is CancellationError, "threw \(type(of: error)): \(error)")
+                }
+                #expect(try await store.streamVersion("busy-1") == 1)
+            }
+        }
+
+        @Test("an append whose connection the server drops throws PostgresStoreError")
+        func lostConnection() async throws {
+            try await withFreshStore { store in
+                let outcome = await Result(catching: {
+                    try await store.append(
+                        [event()], to: "lost-1", expected: .any, commandID: nil,
+                        hook: { stage in
+                            guard case .inserted(let tx) = stage else { return }
+                            let xid = String(tx & 0xFFFF_FFFF)
+                            try await store.client.query(
+                                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_xid::text = \(xid)"
+                            )
+                        })
+                })
+                switch outcome {
+                case .success: Issue.record("the append succeeded on a dropped connection")
+                case .failure(let error):
+                    let isStoreError = error is PostgresStoreError
+                    #expect(isStoreError, "threw \(type(of: error)): \(error)")
+                }
+                let version = try await store.streamVersion("lost-1")
+                #expect(version == 0)
+            }
+        }
+    }
+
+    @Suite("Transaction ids restored into another cluster")
+    struct RestoredTransactionIDs {
+        @Test("stored transaction ids above the cluster's counter: the store refuses to open, with a typed error")
+        func idsAhead() async throws {
+            try await withFreshStore { store in
+                _ = try await store.append([event()], to: "restored-1", expected: .any, commandID: nil)
+                let s = store.schema.rawValue
+                try await store.client.query("ALTER TABLE \(unescaped: s).events DISABLE TRIGGER events_immutable")
+                try await store.client.query(
+                    """
+                    UPDATE \(unescaped: s).events
+                    SET transaction_id = (transaction_id::text::bigint + 8589934592)::text::xid8
+                    """)
+                try await store.client.query("ALTER TABLE \(unescaped: s).events ENABLE TRIGGER events_immutable")
+                for migrate in [true, false] {
+                    do {
+                        let peer = try await openPeer(of: store) { $0.migrate = migrate }
+                        await peer.close()
+                        Issue.record("the store opened (migrate: \(migrate))")
+                    } catch let error as PostgresStoreError {
+                        guard case .transactionIDsAhead(let schema, let stored, let next) = error else {
+                            Issue.record("unexpected error \(error)")
+                            continue
+                        }
+                        #expect(schema == s)
+                        #expect(stored >= next)
+                        #expect(error.description.contains("pg_resetwal -e \((stored >> 32) + 1)"))
+                    }
+                }
+                await #expect(throws: PostgresStoreError.self) { try await store.migrate() }
+            }
+        }
+    }
+}
