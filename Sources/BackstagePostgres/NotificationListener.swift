@@ -77,7 +77,7 @@ final class NotificationListener: Sendable {
                 try await client.withConnection { conn in try await listen(on: conn) }
             } catch {
                 if Task.isCancelled { break }
-                let reason = (error as? PSQLError).map { "\(PostgresEventStore.translate($0))" } ?? "\(error)"
+                let reason = "\(PostgresEventStore.storeError(error))"
                 logger.warning(
                     "notification listener lost its connection; reconnecting",
                     metadata: ["channel": "\(channel)", "error": "\(reason)", "retryIn": "\(delay)"])

@@ -5,9 +5,8 @@ import Testing
 
 @testable import BackstagePostgres
 
-/// Every test that needs a server lives under this suite: they run one at a time, because a
-/// transaction held open by one test (the slow-transaction test) holds back the read horizon of
-/// the whole cluster.
+/// Every test that needs a server lives under this suite: they run one at a time, because some
+/// (the ordering tests) load the machine and measure delivery delays.
 @Suite("PostgreSQL", .serialized, .needsPostgres)
 struct PostgresTests {}
 
