@@ -572,7 +572,9 @@ public final class PostgresEventStore: EventStore {
             (Int64, Int32?, Int64?, Date?, Double?, String?).self)
         {
             var oldest: PostgresReadHorizon.Append?
-            if let pid, let xid, let started, let age {
+            // Only the id counts for the horizon: pg_stat_activity shows backend_xid of every
+            // session, but xact_start only of the sessions this role may inspect.
+            if let pid, let xid {
                 oldest = PostgresReadHorizon.Append(
                     backendPID: pid, transaction: UInt64(max(xid, 0)), startedAt: started, age: age,
                     applicationName: application ?? "")
@@ -754,10 +756,11 @@ public struct PostgresReadHorizon: Sendable, Hashable {
         public var backendPID: Int32
         /// Its transaction id: events of this transaction and later ones wait for it to end.
         public var transaction: UInt64
-        /// When the transaction started.
-        public var startedAt: Date
-        /// How long it has been running, in seconds, by the server's clock.
-        public var age: Double
+        /// When the transaction started (nil when the store's role may not see other roles'
+        /// sessions in `pg_stat_activity`: grant it `pg_read_all_stats`).
+        public var startedAt: Date?
+        /// How long it has been running, in seconds, by the server's clock (nil as `startedAt`).
+        public var age: Double?
         /// The `application_name` of its session.
         public var applicationName: String
     }

@@ -98,17 +98,25 @@ extension PostgresTests {
         @Test("the expected version is checked, and a conflict carries the actual version")
         func expectedVersions() async throws {
             try await withFreshStore { store in
-                await #expect(throws: EventStoreError.wrongExpectedVersion(stream: "s-1", expected: .streamExists, actual: 0)) {
+                await #expect(
+                    throws: EventStoreError.wrongExpectedVersion(stream: "s-1", expected: .streamExists, actual: 0)
+                ) {
                     try await store.append([event()], to: "s-1", expected: .streamExists, commandID: nil)
                 }
-                await #expect(throws: EventStoreError.wrongExpectedVersion(stream: "s-1", expected: .exact(3), actual: 0)) {
+                await #expect(
+                    throws: EventStoreError.wrongExpectedVersion(stream: "s-1", expected: .exact(3), actual: 0)
+                ) {
                     try await store.append([event()], to: "s-1", expected: .exact(3), commandID: nil)
                 }
                 _ = try await store.append([event(), event()], to: "s-1", expected: .noStream, commandID: nil)
-                await #expect(throws: EventStoreError.wrongExpectedVersion(stream: "s-1", expected: .noStream, actual: 2)) {
+                await #expect(
+                    throws: EventStoreError.wrongExpectedVersion(stream: "s-1", expected: .noStream, actual: 2)
+                ) {
                     try await store.append([event()], to: "s-1", expected: .noStream, commandID: nil)
                 }
-                await #expect(throws: EventStoreError.wrongExpectedVersion(stream: "s-1", expected: .exact(1), actual: 2)) {
+                await #expect(
+                    throws: EventStoreError.wrongExpectedVersion(stream: "s-1", expected: .exact(1), actual: 2)
+                ) {
                     try await store.append([event()], to: "s-1", expected: .exact(1), commandID: nil)
                 }
                 _ = try await store.append([event()], to: "s-1", expected: .streamExists, commandID: nil)
@@ -189,7 +197,8 @@ extension PostgresTests {
         @Test("the global log is read in pages after a position, filtered in the database")
         func readAllAndFilters() async throws {
             try await withFreshStore { store in
-                _ = try await store.append([event("Opened"), event("Deposited")], to: "account-1", expected: .any, commandID: nil)
+                _ = try await store.append(
+                    [event("Opened"), event("Deposited")], to: "account-1", expected: .any, commandID: nil)
                 _ = try await store.append([event("Placed")], to: "order-1", expected: .any, commandID: nil)
                 _ = try await store.append([event("Deposited")], to: "account-2", expected: .any, commandID: nil)
                 _ = try await store.append([event("Shipped")], to: "order", expected: .any, commandID: nil)
@@ -208,9 +217,11 @@ extension PostgresTests {
                 #expect(paged.map(\.id) == all.map(\.id))
                 #expect(try await store.headPosition() == all.last!.logPosition)
 
-                let deposits = try await store.readAll(after: .start, limit: 100, filter: EventFilter(types: ["Deposited"]))
+                let deposits = try await store.readAll(
+                    after: .start, limit: 100, filter: EventFilter(types: ["Deposited"]))
                 #expect(deposits.map(\.stream) == ["account-1", "account-2"])
-                let orders = try await store.readAll(after: .start, limit: 100, filter: EventFilter(categories: ["order"]))
+                let orders = try await store.readAll(
+                    after: .start, limit: 100, filter: EventFilter(categories: ["order"]))
                 #expect(orders.map(\.type) == ["Placed", "Shipped"])
                 let both = try await store.readAll(
                     after: .start, limit: 100, filter: EventFilter(types: ["Deposited"], categories: ["account"]))
@@ -241,7 +252,8 @@ extension PostgresTests {
                     fields: ["user": "ada", "tenant": "t-1"])
                 let data = EventData(type: "Exact", schemaVersion: 3, data: Data(json.utf8), metadata: metadata)
                 _ = try await store.append([data], to: "exact-1", expected: .any, commandID: nil)
-                let read = try #require(try await store.readStream("exact-1", from: 1, direction: .forward, limit: 1).first)
+                let read = try #require(
+                    try await store.readStream("exact-1", from: 1, direction: .forward, limit: 1).first)
                 #expect(read.data == Data(json.utf8))
                 #expect(read.id == data.id)
                 #expect(read.schemaVersion == 3)
@@ -307,11 +319,14 @@ extension PostgresTests {
         func snapshots() async throws {
             try await withFreshStore { store in
                 #expect(try await store.loadSnapshot("acc-1", schemaVersion: 1) == nil)
-                try await store.saveSnapshot(Snapshot(stream: "acc-1", version: 5, schemaVersion: 1, data: Data("five".utf8)))
-                try await store.saveSnapshot(Snapshot(stream: "acc-1", version: 3, schemaVersion: 1, data: Data("three".utf8)))
+                try await store.saveSnapshot(
+                    Snapshot(stream: "acc-1", version: 5, schemaVersion: 1, data: Data("five".utf8)))
+                try await store.saveSnapshot(
+                    Snapshot(stream: "acc-1", version: 3, schemaVersion: 1, data: Data("three".utf8)))
                 #expect(try await store.loadSnapshot("acc-1", schemaVersion: 1)?.version == 5)
                 #expect(try await store.loadSnapshot("acc-1", schemaVersion: 2) == nil)
-                try await store.saveSnapshot(Snapshot(stream: "acc-1", version: 2, schemaVersion: 2, data: Data("v2".utf8)))
+                try await store.saveSnapshot(
+                    Snapshot(stream: "acc-1", version: 2, schemaVersion: 2, data: Data("v2".utf8)))
                 let v2 = try await store.loadSnapshot("acc-1", schemaVersion: 2)
                 #expect(v2?.data == Data("v2".utf8))
                 #expect(v2?.version == 2)
