@@ -189,6 +189,13 @@ public final class PostgresLeadership: LeaderElection {
         try await timed(conn) {
             _ = try await conn.query("SELECT set_config('application_name', \(applicationName), false)", logger: log)
         }
+        // Best effort (PostgreSQL 14 and later, on Linux): a statement still running at the server
+        // when the connection is closed (after a timeout) ends within a heartbeat, and the locks
+        // of the session with it, instead of when the statement would have ended.
+        let check = "\(max(1, Self.nanoseconds(configuration.heartbeatInterval) / 1_000_000))"
+        _ = try? await timed(conn) {
+            try await conn.query("SELECT set_config('client_connection_check_interval', \(check), false)", logger: log)
+        }
         state.withLock { $0.connected = true }
         let tick = min(configuration.retryInterval, configuration.heartbeatInterval, .milliseconds(50))
         var nextTry = ContinuousClock.now
@@ -234,7 +241,7 @@ public final class PostgresLeadership: LeaderElection {
         }
         try await timed(conn) {
             _ = try await conn.query("SELECT pg_advisory_unlock_all()", logger: log)
-            _ = try await conn.query("RESET application_name", logger: log)
+            _ = try await conn.query("RESET ALL", logger: log)
         }
     }
 
@@ -292,11 +299,14 @@ public final class PostgresLeadership: LeaderElection {
     /// is closed, which fails the statement. (A timer of the connection's event loop, not a task:
     /// it must work in a cancelled task, where the final unlock runs.)
     private func timed<T>(_ conn: PostgresConnection, _ body: () async throws -> T) async throws -> T {
-        let limit = configuration.heartbeatInterval * 3
-        let nanoseconds = limit.components.seconds * 1_000_000_000 + limit.components.attoseconds / 1_000_000_000
-        let timer = conn.eventLoop.scheduleTask(in: .nanoseconds(nanoseconds)) { conn.close().whenComplete { _ in } }
+        let limit = Self.nanoseconds(configuration.heartbeatInterval * 3)
+        let timer = conn.eventLoop.scheduleTask(in: .nanoseconds(limit)) { conn.close().whenComplete { _ in } }
         defer { timer.cancel() }
         return try await body()
+    }
+
+    private static func nanoseconds(_ duration: Duration) -> Int64 {
+        duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000
     }
 
     /// The connection is gone, and every lock with it: no lease is held any more. Returns
