@@ -28,6 +28,30 @@ func within<T: Sendable>(
     }
 }
 
+/// The value of `task`; throws ``TimedOut`` (and cancels `task`) when it takes longer than
+/// `timeout`, even when `task` ignores cancellation (so a failing test does not hang).
+func value<T: Sendable>(of task: Task<T, any Error>, within timeout: Duration, _ what: String) async throws -> T {
+    let waiting = Locked<CheckedContinuation<T, any Error>?>(nil)
+    return try await withCheckedThrowingContinuation { continuation in
+        waiting.value.withLock { $0 = continuation }
+        Task {
+            let result = await task.result
+            waiting.value.withLock { c in
+                c?.resume(with: result)
+                c = nil
+            }
+        }
+        Task {
+            try? await Task.sleep(for: timeout)
+            waiting.value.withLock { c in
+                c?.resume(throwing: TimedOut(what: what))
+                c = nil
+            }
+            task.cancel()
+        }
+    }
+}
+
 /// Settings that make the tests quick.
 func quickLeases(_ owner: String) -> PostgresLeadership.Configuration {
     var settings = PostgresLeadership.Configuration()
@@ -46,25 +70,44 @@ func leaseConnections(_ store: PostgresEventStore) async throws -> Int {
     return 0
 }
 
-/// Holds the lease locks of `subscriptions` from a session of its own (as another process
-/// would) until ``stop()``.
-final class LockHolder: Sendable {
+/// A session of its own (as another process would have) that runs `lock` statements, holds
+/// what they took until ``stop()``, then runs `unlock`.
+final class SessionHolder: Sendable {
     private let task: Task<Void, any Error>
     private let locked = Locked(false)
 
-    init(_ store: PostgresEventStore, _ subscriptions: [String]) {
-        let classKey = "backstage.lease.\(store.schema.rawValue)"
+    init(_ store: PostgresEventStore, lock: [PostgresQuery], unlock: PostgresQuery) {
         let locked = self.locked
         task = Task {
             try await store.client.withConnection { conn in
-                _ = try await conn.query(
-                    "SELECT pg_advisory_lock(hashtext(\(classKey)), hashtext(x)) FROM unnest(\(subscriptions)::text[]) x",
-                    logger: store.queryLogger)
+                for statement in lock { _ = try await conn.query(statement, logger: store.queryLogger) }
                 locked.value.withLock { $0 = true }
                 while !Task.isCancelled { try? await Task.sleep(for: .milliseconds(20)) }
-                _ = try await conn.query("SELECT pg_advisory_unlock_all()", logger: store.queryLogger)
+                _ = try await conn.query(unlock, logger: store.queryLogger)
             }
         }
+    }
+
+    /// Holds the lease locks of `subscriptions`.
+    convenience init(_ store: PostgresEventStore, leases subscriptions: [String]) {
+        let classKey = "backstage.lease.\(store.schema.rawValue)"
+        self.init(
+            store,
+            lock: [
+                "SELECT pg_advisory_lock(hashtext(\(classKey)), hashtext(x)) FROM unnest(\(subscriptions)::text[]) x"
+            ],
+            unlock: "SELECT pg_advisory_unlock_all()")
+    }
+
+    /// Locks the lease row of `subscription` in an open transaction.
+    convenience init(_ store: PostgresEventStore, leaseRow subscription: String) {
+        self.init(
+            store,
+            lock: [
+                "BEGIN",
+                "SELECT token FROM \(unescaped: store.schema.rawValue).leases WHERE subscription = \(subscription) FOR UPDATE",
+            ],
+            unlock: "COMMIT")
     }
 
     func waitUntilLocked() async throws -> Bool { try await eventually { locked.value.withLock { $0 } } }
@@ -73,6 +116,13 @@ final class LockHolder: Sendable {
         task.cancel()
         try await task.value
     }
+}
+
+/// Whether the server process `pid` still exists.
+func backendExists(_ store: PostgresEventStore, _ pid: Int32) async throws -> Bool {
+    let rows = try await store.client.query("SELECT count(*)::int8 FROM pg_stat_activity WHERE pid = \(pid)")
+    for try await n in rows.decode(Int64.self) { return n > 0 }
+    return false
 }
 
 /// Acquisitions seen by a test: (election, subscription, token), in order.
@@ -102,7 +152,7 @@ extension PostgresTests {
                 let small = try await openPeer(of: store) { $0.maximumConnections = 4 }
                 let subscriptions = (0..<30).map { "s\($0)" }
                 // Another session holds half the locks: 15 subscriptions lead, 15 wait.
-                let holder = LockHolder(store, Array(subscriptions[15...]))
+                let holder = SessionHolder(store, leases: Array(subscriptions[15...]))
                 #expect(try await holder.waitUntilLocked())
                 let election = PostgresLeadership(store: small, configuration: quickLeases("small"))
                 let running = Task { try await election.run() }
@@ -126,7 +176,7 @@ extension PostgresTests {
                 }
                 for c in candidates { c.cancel() }
                 running.cancel()
-                try await within(.seconds(10), "run() returns when cancelled") { try await running.value }
+                try await value(of: running, within: .seconds(10), "run() returns when cancelled")
                 await small.close()
             }
         }
@@ -253,7 +303,7 @@ extension PostgresTests {
                 try await Task.sleep(for: .milliseconds(100))
                 early.cancel()
                 await #expect(throws: CancellationError.self) {
-                    try await within(.seconds(2), "a cancelled acquire before run()") { try await early.value }
+                    try await value(of: early, within: .seconds(2), "a cancelled acquire before run()")
                 }
 
                 let runA = Task { try await a.run() }
@@ -263,7 +313,7 @@ extension PostgresTests {
                 try await Task.sleep(for: .milliseconds(300))  // b keeps trying meanwhile
                 waiting.cancel()
                 await #expect(throws: CancellationError.self) {
-                    try await within(.seconds(2), "a cancelled waiting acquire") { try await waiting.value }
+                    try await value(of: waiting, within: .seconds(2), "a cancelled waiting acquire")
                 }
 
                 // A candidate of a waits for "y", held by b.
@@ -273,12 +323,12 @@ extension PostgresTests {
                 try await Task.sleep(for: .milliseconds(300))
                 runA.cancel()
                 let stoppedAt = ContinuousClock.now
-                try await within(.seconds(5), "run() returns when cancelled") { try await runA.value }
+                try await value(of: runA, within: .seconds(5), "run() returns when cancelled")
                 await #expect(throws: CancellationError.self) {
-                    try await within(.seconds(2), "a wait ended by run()'s end") { try await waitingA.value }
+                    try await value(of: waitingA, within: .seconds(2), "a wait ended by run()'s end")
                 }
                 #expect(await !a.isLeader("x", token: tokenA))
-                let tokenX = try await within(.seconds(5), "b takes over x") { try await next.value }
+                let tokenX = try await value(of: next, within: .seconds(5), "b takes over x")
                 let takeover = ContinuousClock.now - stoppedAt
                 #expect(takeover < .seconds(2), "b took over after \(takeover)")
                 #expect(tokenX > tokenA)
@@ -287,6 +337,55 @@ extension PostgresTests {
                 _ = await runB.result
                 #expect(try await leaseHolderPID(store, "x") == nil)
                 #expect(try await leaseHolderPID(store, "y") == nil)
+                await peerA.close()
+                await peerB.close()
+            }
+        }
+        @Test(
+            "a statement stuck on the lease connection: the connection is closed, never pooled with its locks; every lease is lost, others take over, it leads again later",
+            .timeLimit(.minutes(2)))
+        func stuckStatement() async throws {
+            try await withFreshStore { store in
+                let peerA = try await openPeer(of: store)
+                let peerB = try await openPeer(of: store)
+                let a = PostgresLeadership(store: peerA, configuration: quickLeases("a"))
+                let b = PostgresLeadership(store: peerB, configuration: quickLeases("b"))
+                let runA = Task { try await a.run() }
+                let runB = Task { try await b.run() }
+                let tokenOK = try await a.acquire("ok")
+                let first = try #require(try await leaseHolderPID(store, "ok"))
+                // Another session locks the lease row of "z": a's token bump for "z" blocks.
+                _ = try await store.client.query(
+                    "INSERT INTO \(unescaped: store.schema.rawValue).leases (subscription, token, owner) VALUES ('z', 1, 'test')"
+                )
+                let rowLock = SessionHolder(store, leaseRow: "z")
+                #expect(try await rowLock.waitUntilLocked())
+                let seen = Acquisitions()
+                let zByA = seen.candidate("a", a, "z")
+                do {
+                    // Three heartbeats later the statement counts as failed: every lease of a is lost...
+                    #expect(try await eventually { await !a.isLeader("ok", token: tokenOK) })
+                    // ...and its connection is closed, so the server ends that session and its locks:
+                    // b takes "ok" over while the row is still locked.
+                    let okByB = seen.candidate("b", b, "ok")
+                    let tokenB = try await value(of: okByB, within: .seconds(10), "b takes ok over")
+                    #expect(tokenB > tokenOK)
+                    #expect(try await backendExists(store, first) == false, "the closed session still exists")
+                } catch {
+                    try await rowLock.stop()  // or dropping the schema waits for it
+                    throw error
+                }
+                try await rowLock.stop()
+                // a connects again and leads "z".
+                let tokenZ = try await value(of: zByA, within: .seconds(10), "a leads z")
+                #expect(tokenZ == 2)
+                #expect(await a.isLeader("z", token: tokenZ))
+                #expect(try await leaseHolderPID(store, "z") != first)
+                #expect(try await leaseConnections(store) == 2)
+                runA.cancel()
+                runB.cancel()
+                _ = await (runA.result, runB.result)
+                #expect(try await leaseConnections(store) == 0)
                 await peerA.close()
                 await peerB.close()
             }
