@@ -1,202 +1,343 @@
 import Backstage
 import Foundation
 import Logging
+import NIOCore
 import PostgresNIO
 import Synchronization
 
-/// One active consumer per subscription across processes: a session advisory lock held on a
-/// dedicated connection, plus a lease row whose token grows with every takeover.
+/// One active consumer per subscription across processes: a session advisory lock per
+/// subscription, plus a lease row whose token grows with every takeover.
 ///
-/// - ``acquire(_:)`` tries the lock every ``Configuration/retryInterval`` (so it never holds a
-///   transaction open, and never holds back the log's read horizon); once it has it, it increments
-///   the lease row's token and returns it: the fencing token.
-/// - While leading, the connection runs a heartbeat every ``Configuration/heartbeatInterval``.
-///   When the connection is lost (process death, network, `pg_terminate_backend`) the server
-///   releases the lock at once, another process takes it within a retry interval, and this one
-///   notices at its next heartbeat: ``isLeader(_:token:)`` turns false.
-/// - ``PostgresCheckpointStore`` rejects a commit whose token is older than the lease row's, so a
-///   process that lost the lease cannot move a checkpoint, even before it notices.
+/// All the leases of a process, held or waited for, live on **one** connection, whatever the
+/// number of subscriptions. ``run()`` (which ``PipelineService`` runs for its lifetime) takes it
+/// from the store's pool for as long as it runs, and on it:
+///
+/// - every ``Configuration/retryInterval`` (and at once when a new candidate arrives) tries the
+///   locks of every waiting candidate in one statement, bumps the lease rows' tokens of those it
+///   got in another, and hands each waiting ``acquire(_:)`` its token: the fencing token. It never
+///   holds a transaction open, so it never holds back the log's read horizon.
+/// - unlocks released leases, and sends a heartbeat every ``Configuration/heartbeatInterval``.
+///
+/// When the connection is lost (process death, network, `pg_terminate_backend`) the server
+/// releases every lock at once and other processes take them within a retry interval; this one
+/// notices within a heartbeat: ``isLeader(_:token:)`` turns false for all its leases together.
+/// The connection is closed (never given back to the pool while it may hold a lock: the same
+/// happens when any statement on it fails or takes longer than three heartbeat intervals), and
+/// ``run()`` connects again after a backoff; waiting candidates keep waiting, and former leaders
+/// become candidates again by calling ``acquire(_:)``.
+///
+/// ``PostgresCheckpointStore`` rejects a commit whose token is older than the lease row's, so a
+/// process that lost the lease cannot move a checkpoint, even before it notices.
+///
+/// ``acquire(_:)`` waits until ``run()`` runs and the lock is free; it ends with
+/// `CancellationError` at once when its task is cancelled, and when ``run()`` ends. Cancelling
+/// ``run()`` unlocks every lease and returns the connection to the pool.
 ///
 /// Locks are keyed by (hash of the schema, hash of the subscription); two subscriptions whose
 /// names collide on a 32-bit hash would only take turns, never run together.
 public final class PostgresLeadership: LeaderElection {
     /// Settings of the election.
     public struct Configuration: Sendable {
-        /// How often a candidate tries the lock.
+        /// How often candidates try their locks; also the first delay before reconnecting a lost
+        /// lease connection (it doubles up to 2 seconds).
         public var retryInterval: Duration = .milliseconds(500)
-        /// How often the leader checks its connection.
+        /// How often the lease connection is checked; a statement that takes three intervals
+        /// counts as a lost connection.
         public var heartbeatInterval: Duration = .seconds(1)
-        /// Who this process is, stored in the lease row (for operators).
+        /// Who this process is, stored in the lease rows (for operators).
         public var owner: String = "\(ProcessInfo.processInfo.hostName):\(ProcessInfo.processInfo.processIdentifier)"
 
         /// The defaults.
         public init() {}
     }
 
-    private final class Lease: Sendable {
-        let subscription: String
-        let state = Mutex<(token: Int64?, lost: Bool, releasing: Bool)>((nil, false, false))
-        let acquired = AsyncStream<Result<Int64, any Error>>.makeStream(bufferingPolicy: .bufferingNewest(1))
-        let task = Mutex<Task<Void, Never>?>(nil)
-        init(subscription: String) { self.subscription = subscription }
+    private struct Waiter {
+        var id: UInt64
+        var continuation: CheckedContinuation<Int64, any Error>
     }
 
-    /// The store whose schema holds the lease rows.
+    private struct State {
+        /// Candidates by subscription (one per subscription: a newer acquire replaces an older one).
+        var waiters: [String: Waiter] = [:]
+        /// Leases held on the current connection, with their tokens.
+        var held: [String: Int64] = [:]
+        /// Locks to give up on the current connection, and who waits for that.
+        var unlocks: [String] = []
+        var unlocked: [CheckedContinuation<Void, Never>] = []
+        /// A new candidate or release arrived: act before the next retry interval.
+        var pending = false
+        var running = false
+        var connected = false
+        var nextID: UInt64 = 0
+    }
+
+    /// The store whose pool lends the lease connection and whose schema holds the lease rows.
     public let store: PostgresEventStore
     /// The settings.
     public let configuration: Configuration
-    private let leases = Mutex<[String: Lease]>([:])
+    private let state = Mutex(State())
     private let logger: Logger
+    private var classKey: String { "backstage.lease.\(store.schema.rawValue)" }
+    private var applicationName: String { "backstage-lease:\(store.schema.rawValue)" }
 
-    /// Elects leaders through `store`'s connection pool and schema.
+    /// Elects leaders through `store`'s connection pool and schema. Nothing happens until
+    /// ``run()`` runs.
     public init(store: PostgresEventStore, configuration: Configuration = Configuration()) {
         self.store = store
         self.configuration = configuration
         self.logger = store.logger
     }
 
+    /// Waits until this process leads `subscription` (which needs ``run()`` to be running), and
+    /// returns the lease's fencing token. A second call for the same subscription replaces the
+    /// first: its wait ends with `CancellationError`, its lease is given up.
+    ///
+    /// - Throws: `CancellationError` when the task is cancelled or ``run()`` ends.
     public func acquire(_ subscription: String) async throws -> Int64 {
-        let lease = Lease(subscription: subscription)
-        let previous = leases.withLock { all -> Lease? in
-            defer { all[subscription] = lease }
-            return all[subscription]
+        let id = state.withLock { s in
+            s.nextID += 1
+            return s.nextID
         }
-        if let previous { await finish(previous) }
-        let task = Task { await self.hold(lease) }
-        lease.task.withLock { $0 = task }
         return try await withTaskCancellationHandler {
-            for await outcome in lease.acquired.0 { return try outcome.get() }
-            throw CancellationError()
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Int64, any Error>) in
+                let replaced = state.withLock { s -> CheckedContinuation<Int64, any Error>? in
+                    if Task.isCancelled { return continuation }
+                    let previous = s.waiters[subscription]?.continuation
+                    s.waiters[subscription] = Waiter(id: id, continuation: continuation)
+                    if s.held.removeValue(forKey: subscription) != nil { s.unlocks.append(subscription) }
+                    s.pending = true
+                    return previous
+                }
+                replaced?.resume(throwing: CancellationError())
+            }
         } onCancel: {
-            lease.state.withLock { $0.releasing = true }
+            let waiter = state.withLock { s -> Waiter? in
+                guard s.waiters[subscription]?.id == id else { return nil }
+                return s.waiters.removeValue(forKey: subscription)
+            }
+            waiter?.continuation.resume(throwing: CancellationError())
         }
     }
 
+    /// Whether the lease with `token` is held: false as soon as the lease connection is known lost.
     public func isLeader(_ subscription: String, token: Int64) async -> Bool {
-        guard let lease = leases.withLock({ $0[subscription] }) else { return false }
-        let s = lease.state.withLock { $0 }
-        return s.token == token && !s.lost
+        state.withLock { $0.held[subscription] == token }
     }
 
+    /// Gives the lease up and waits until the lock is released (or the connection holding it is gone).
     public func release(_ subscription: String, token: Int64) async {
-        let lease = leases.withLock { all -> Lease? in
-            guard let lease = all[subscription], lease.state.withLock({ $0.token == token }) else { return nil }
-            all[subscription] = nil
-            return lease
-        }
-        if let lease { await finish(lease) }
-    }
-
-    /// Releases every lease this process holds or waits for.
-    public func releaseAll() async {
-        let all = leases.withLock { all -> [Lease] in
-            defer { all = [:] }
-            return Array(all.values)
-        }
-        for lease in all { await finish(lease) }
-    }
-
-    private func finish(_ lease: Lease) async {
-        lease.state.withLock { $0.releasing = true }
-        let task = lease.task.withLock { $0 }
-        await task?.value
-    }
-
-    /// Runs `SELECT 1` on the lease connection; a connection that does not answer within
-    /// `timeout` is closed and counts as lost (a query on a connection the server has closed
-    /// may otherwise never complete).
-    private static func heartbeat(_ conn: PostgresConnection, timeout: Duration, logger: Logger) async throws {
-        let answered = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
-            let once = Mutex<CheckedContinuation<Bool, Never>?>(continuation)
-            let finish = { @Sendable (value: Bool) in
-                once.withLock { c in
-                    c?.resume(returning: value)
-                    c = nil
-                }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let queued = state.withLock { s -> Bool in
+                guard s.held[subscription] == token else { return false }
+                s.held[subscription] = nil
+                s.unlocks.append(subscription)
+                s.unlocked.append(continuation)
+                s.pending = true
+                return true
             }
-            // Unstructured on purpose: a query that never completes must not block the caller.
-            Task {
-                let ok = (try? await conn.query("SELECT 1", logger: logger)) != nil
-                finish(ok)
-            }
-            Task {
-                try? await Task.sleep(for: timeout)
-                finish(false)
-            }
-        }
-        if !answered {
-            try? await conn.close()
-            throw PostgresStoreError.database(sqlState: "connection", message: "lease heartbeat failed or timed out")
+            if !queued { continuation.resume() }
         }
     }
 
-    /// The advisory lock keys of a subscription.
-    private func keys(_ subscription: String) -> (String, String) {
-        ("backstage.lease.\(store.schema.rawValue)", subscription)
-    }
-
-    /// Holds one pooled connection: tries the lock until it has it, bumps the token, then keeps
-    /// the connection alive with heartbeats until released or lost.
-    private func hold(_ lease: Lease) async {
-        let (classKey, objectKey) = keys(lease.subscription)
-        let s = store.s
-        let log = store.queryLogger
-        var announced = false
-        do {
-            try await store.client.withConnection { conn in
-                _ = try await conn.query(
-                    "SELECT set_config('application_name', \("backstage-lease:\(s):\(lease.subscription)"), false)",
-                    logger: log)
-                // Candidate: try the lock until it is ours or we are told to stop.
-                while true {
-                    if lease.state.withLock({ $0.releasing }) { throw CancellationError() }
-                    let rows = try await conn.query(
-                        "SELECT pg_try_advisory_lock(hashtext(\(classKey)), hashtext(\(objectKey)))", logger: log)
-                    var locked = false
-                    for try await got in rows.decode(Bool.self) { locked = got }
-                    if locked { break }
-                    try? await Task.sleep(for: configuration.retryInterval)
-                }
-                // Leader: the next token.
-                let rows = try await conn.query(
-                    """
-                    INSERT INTO \(unescaped: s).leases AS l (subscription, token, owner)
-                    VALUES (\(lease.subscription), 1, \(configuration.owner))
-                    ON CONFLICT (subscription) DO UPDATE
-                    SET token = l.token + 1, owner = excluded.owner, acquired_at = now()
-                    RETURNING token
-                    """, logger: log)
-                var token: Int64?
-                for try await t in rows.decode(Int64.self) { token = t }
-                guard let token else { throw PostgresStoreError.unexpectedResult("no lease token") }
-                lease.state.withLock { $0.token = token }
-                lease.acquired.1.yield(.success(token))
-                announced = true
-                logger.info(
-                    "leading subscription", metadata: ["subscription": "\(lease.subscription)", "token": "\(token)"])
-                // Heartbeats until released; a failed one means the lock may be gone.
-                var lastBeat = ContinuousClock.now
-                while !lease.state.withLock({ $0.releasing }) {
-                    try? await Task.sleep(for: .milliseconds(50))
-                    if conn.isClosed { throw PostgresStoreError.database(sqlState: "connection", message: "lease connection closed") }
-                    if ContinuousClock.now - lastBeat >= configuration.heartbeatInterval {
-                        try await Self.heartbeat(conn, timeout: configuration.heartbeatInterval * 3, logger: log)
-                        lastBeat = ContinuousClock.now
+    /// Runs the lease connection until cancelled: tries the locks of waiting candidates, unlocks
+    /// released leases, sends heartbeats, and connects again when the connection is lost.
+    /// When cancelled, it unlocks every lease, ends every waiting ``acquire(_:)`` with
+    /// `CancellationError`, and returns.
+    ///
+    /// - Throws: ``PostgresStoreError/unexpectedResult(_:)`` when it is already running.
+    public func run() async throws {
+        let started = state.withLock { s -> Bool in
+            guard !s.running else { return false }
+            s.running = true
+            return true
+        }
+        guard started else { throw PostgresStoreError.unexpectedResult("PostgresLeadership.run() is already running") }
+        defer { end() }
+        let longest = max(configuration.retryInterval, .seconds(2))
+        var delay = configuration.retryInterval
+        while !Task.isCancelled {
+            do {
+                try await store.client.withConnection { conn in
+                    do {
+                        try await keep(conn)
+                    } catch {
+                        // It may hold locks: it must not go back to the pool.
+                        try? await conn.close()
+                        throw error
                     }
                 }
-                _ = try await conn.query(
-                    "SELECT pg_advisory_unlock(hashtext(\(classKey)), hashtext(\(objectKey)))", logger: log)
-                _ = try? await conn.query("RESET application_name", logger: log)
+            } catch {
+                if !Task.isCancelled {
+                    let reason = (error as? PSQLError).map { "\(PostgresEventStore.translate($0))" } ?? "\(error)"
+                    logger.warning(
+                        "lease connection lost; reconnecting",
+                        metadata: ["schema": "\(store.schema.rawValue)", "error": "\(reason)", "retryIn": "\(delay)"])
+                }
             }
-        } catch {
-            if !(error is CancellationError) {
-                let reason = (error as? PSQLError).map { "\(PostgresEventStore.translate($0))" } ?? "\(error)"
-                logger.warning(
-                    "lease connection lost", metadata: ["subscription": "\(lease.subscription)", "error": "\(reason)"])
-            }
-            if !announced { lease.acquired.1.yield(.failure(error)) }
+            let wasConnected = lose()
+            if Task.isCancelled { break }
+            if wasConnected { delay = configuration.retryInterval }
+            try? await Task.sleep(for: delay)
+            delay = min(delay * 2, longest)
         }
-        lease.state.withLock { $0.lost = true }
-        lease.acquired.1.finish()
+    }
+
+    /// Serves the leases on `conn` until cancelled (then unlocks everything and returns) or
+    /// until the connection fails (throws).
+    private func keep(_ conn: PostgresConnection) async throws {
+        let log = store.queryLogger
+        try await timed(conn) {
+            _ = try await conn.query("SELECT set_config('application_name', \(applicationName), false)", logger: log)
+        }
+        // Best effort (PostgreSQL 14 and later, on Linux): a statement still running at the server
+        // when the connection is closed (after a timeout) ends within a heartbeat, and the locks
+        // of the session with it, instead of when the statement would have ended.
+        let check = "\(max(1, Self.nanoseconds(configuration.heartbeatInterval) / 1_000_000))"
+        _ = try? await timed(conn) {
+            try await conn.query("SELECT set_config('client_connection_check_interval', \(check), false)", logger: log)
+        }
+        state.withLock { $0.connected = true }
+        let tick = min(configuration.retryInterval, configuration.heartbeatInterval, .milliseconds(50))
+        var nextTry = ContinuousClock.now
+        var nextBeat = ContinuousClock.now + configuration.heartbeatInterval
+        while !Task.isCancelled {
+            if conn.isClosed {
+                throw PostgresStoreError.database(sqlState: "connection", message: "lease connection closed")
+            }
+            let (unlocks, unlocked, candidates, pending) = state.withLock { s in
+                defer {
+                    s.unlocks = []
+                    s.unlocked = []
+                    s.pending = false
+                }
+                return (s.unlocks, s.unlocked, s.waiters.keys.filter { s.held[$0] == nil }, s.pending)
+            }
+            if !unlocks.isEmpty {
+                // On failure the connection is closed: the locks go with it.
+                defer { for c in unlocked { c.resume() } }
+                try await timed(conn) {
+                    _ = try await conn.query(
+                        "SELECT pg_advisory_unlock(hashtext(\(classKey)), hashtext(x)) FROM unnest(\(unlocks)::text[]) x",
+                        logger: log)
+                }
+            } else {
+                for c in unlocked { c.resume() }
+            }
+            if !candidates.isEmpty, pending || ContinuousClock.now >= nextTry {
+                try await lead(candidates, on: conn)
+                nextTry = ContinuousClock.now + configuration.retryInterval
+                nextBeat = ContinuousClock.now + configuration.heartbeatInterval
+            }
+            if ContinuousClock.now >= nextBeat {
+                try await timed(conn) { _ = try await conn.query("SELECT 1", logger: log) }
+                nextBeat = ContinuousClock.now + configuration.heartbeatInterval
+            }
+            try? await Task.sleep(for: tick)
+        }
+        // Cancelled: give every lock up and the connection back in a clean state.
+        state.withLock { s in
+            s.held = [:]
+            s.connected = false
+        }
+        try await timed(conn) {
+            _ = try await conn.query("SELECT pg_advisory_unlock_all()", logger: log)
+            _ = try await conn.query("RESET ALL", logger: log)
+        }
+    }
+
+    /// Tries the locks of `candidates` in one statement, bumps the tokens of those obtained in
+    /// another, and hands each its waiter.
+    private func lead(_ candidates: [String], on conn: PostgresConnection) async throws {
+        let log = store.queryLogger
+        let got = try await timed(conn) {
+            let rows = try await conn.query(
+                """
+                SELECT x FROM unnest(\(candidates)::text[]) x
+                WHERE pg_try_advisory_lock(hashtext(\(classKey)), hashtext(x))
+                """, logger: log)
+            var got: [String] = []
+            for try await x in rows.decode(String.self) { got.append(x) }
+            return got
+        }
+        guard !got.isEmpty else { return }
+        let s = store.s
+        let tokens = try await timed(conn) {
+            let rows = try await conn.query(
+                """
+                INSERT INTO \(unescaped: s).leases AS l (subscription, token, owner)
+                SELECT x, 1, \(configuration.owner) FROM unnest(\(got)::text[]) x
+                ON CONFLICT (subscription) DO UPDATE
+                SET token = l.token + 1, owner = excluded.owner, acquired_at = now()
+                RETURNING subscription, token
+                """, logger: log)
+            var tokens: [(String, Int64)] = []
+            for try await row in rows.decode((String, Int64).self) { tokens.append(row) }
+            return tokens
+        }
+        guard tokens.count == got.count else { throw PostgresStoreError.unexpectedResult("no lease token") }
+        let handed = state.withLock { s -> [(String, Waiter, Int64)] in
+            var handed: [(String, Waiter, Int64)] = []
+            for (subscription, token) in tokens {
+                if let waiter = s.waiters.removeValue(forKey: subscription) {
+                    s.held[subscription] = token
+                    handed.append((subscription, waiter, token))
+                } else {
+                    // The candidate left meanwhile.
+                    s.unlocks.append(subscription)
+                    s.pending = true
+                }
+            }
+            return handed
+        }
+        for (subscription, waiter, token) in handed {
+            logger.info("leading subscription", metadata: ["subscription": "\(subscription)", "token": "\(token)"])
+            waiter.continuation.resume(returning: token)
+        }
+    }
+
+    /// Runs `body` on `conn`; when it takes longer than three heartbeat intervals the connection
+    /// is closed, which fails the statement. (A timer of the connection's event loop, not a task:
+    /// it must work in a cancelled task, where the final unlock runs.)
+    private func timed<T>(_ conn: PostgresConnection, _ body: () async throws -> T) async throws -> T {
+        let limit = Self.nanoseconds(configuration.heartbeatInterval * 3)
+        let timer = conn.eventLoop.scheduleTask(in: .nanoseconds(limit)) { conn.close().whenComplete { _ in } }
+        defer { timer.cancel() }
+        return try await body()
+    }
+
+    private static func nanoseconds(_ duration: Duration) -> Int64 {
+        duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000
+    }
+
+    /// The connection is gone, and every lock with it: no lease is held any more. Returns
+    /// whether the connection had been set up.
+    private func lose() -> Bool {
+        let (wasConnected, lost, unlocked) = state.withLock { s in
+            defer {
+                s.held = [:]
+                s.unlocks = []
+                s.unlocked = []
+                s.connected = false
+            }
+            return (s.connected, s.held.count, s.unlocked)
+        }
+        for c in unlocked { c.resume() }
+        if lost > 0 {
+            logger.warning("lost every lease", metadata: ["schema": "\(store.schema.rawValue)", "leases": "\(lost)"])
+        }
+        return wasConnected
+    }
+
+    /// run() ends: no lease is held, and every candidate's wait ends.
+    private func end() {
+        _ = lose()
+        let waiters = state.withLock { s in
+            defer {
+                s.waiters = [:]
+                s.running = false
+            }
+            return Array(s.waiters.values)
+        }
+        for w in waiters { w.continuation.resume(throwing: CancellationError()) }
     }
 }

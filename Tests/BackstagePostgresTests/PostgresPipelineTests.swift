@@ -99,11 +99,14 @@ extension PostgresTests {
                 #expect(try await checkpoints.checkpoint("s")?.position == b)
                 // A lease row newer than the token fences too, before any commit with the new token.
                 let leadership = PostgresLeadership(store: store)
+                let election = Task { try await leadership.run() }
                 var token: Int64 = 0
                 for _ in 0..<3 {
                     token = try await leadership.acquire("s")
                     await leadership.release("s", token: token)
                 }
+                election.cancel()
+                try await election.value
                 #expect(token == 3)
                 await #expect(throws: CheckpointError.fenced(subscription: "s", token: 2, current: 3)) {
                     try await checkpoints.commit("s", expected: b, new: LogPosition(transaction: 14, position: 1), token: 2)
@@ -148,6 +151,8 @@ extension PostgresTests {
                 let peerB = try await openPeer(of: store)
                 let a = PostgresLeadership(store: peerA, configuration: settings)
                 let b = PostgresLeadership(store: peerB, configuration: settings)
+                let runA = Task { try await a.run() }
+                let runB = Task { try await b.run() }
                 let tokenA = try await a.acquire("sub")
                 let waiting = Task { try await b.acquire("sub") }
                 try await Task.sleep(for: .milliseconds(500))  // b keeps trying meanwhile
@@ -167,7 +172,9 @@ extension PostgresTests {
                 }
                 await b.release("sub", token: tokenB)
                 #expect(try await leaseHolderPID(store, "sub") == nil)
-                await a.releaseAll()
+                runA.cancel()
+                runB.cancel()
+                _ = await (runA.result, runB.result)
                 await peerA.close()
                 await peerB.close()
             }

@@ -99,12 +99,17 @@ public final class PipelineService: Service, Sendable {
     public func run() async throws {
         await withGracefulShutdownHandler {
             await withTaskCancellationHandler {
-                await withTaskGroup(of: Void.self) { group in
-                    for handler in handlers.values { group.addTask { await self.runHandler(handler) } }
-                    for projection in projections.values { group.addTask { await self.runProjection(projection) } }
-                    // A subscription stopped by a failure stays stopped; the service keeps running
-                    // (and serving its status) until shutdown.
-                    group.addTask { await self.stopped.wait() }
+                await withTaskGroup(of: Void.self) { election in
+                    // The election's connections and heartbeats, until every subscription has ended.
+                    election.addTask { try? await self.leadership.run() }
+                    await withTaskGroup(of: Void.self) { group in
+                        for handler in handlers.values { group.addTask { await self.runHandler(handler) } }
+                        for projection in projections.values { group.addTask { await self.runProjection(projection) } }
+                        // A subscription stopped by a failure stays stopped; the service keeps running
+                        // (and serving its status) until shutdown.
+                        group.addTask { await self.stopped.wait() }
+                    }
+                    election.cancelAll()
                 }
             } onCancel: {
                 self.stop()
