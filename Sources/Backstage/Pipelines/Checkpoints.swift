@@ -110,7 +110,11 @@ public protocol LeaderElection: Sendable {
     func isLeader(_ subscription: String, token: Int64) async -> Bool
     /// Gives the lease up (at shutdown).
     func release(_ subscription: String, token: Int64) async
+    /// Runs the election's background work (connections, heartbeats) until cancelled; PipelineService runs it for its lifetime.
+    func run() async throws
 }
+
+extension LeaderElection { public func run() async throws {} }
 
 /// Leadership for a single process: always the leader, token 0.
 public struct SingleProcessLeadership: LeaderElection {
