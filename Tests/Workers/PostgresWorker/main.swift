@@ -74,8 +74,7 @@ case "subscribe":
     var count = 0
     for try await event in follower.events(after: .start) {
         let now = Date().timeIntervalSince1970
-        buffer +=
-            "E \(event.transaction) \(event.position) \(event.stream) \(event.streamVersion) \(event.id) \(Int64(now * 1e9))\n"
+        buffer += "E \(event.transaction) \(event.position) \(event.stream) \(event.streamVersion) \(event.id) \(Int64(now * 1e9))\n"
         count += 1
         if event.type == "end" { break }
         if buffer.utf8.count > 64 * 1024 {
@@ -119,8 +118,7 @@ case "sell":
 
 case "bench":
     guard arguments.count >= 4 else { fail("usage: bench <url> <schema> [append|lag]") }
-    let store = try await PostgresEventStore(
-        url: arguments[2], configuration: storeConfiguration(schema: arguments[3], connections: 12))
+    let store = try await PostgresEventStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3], connections: 12))
     try await bench(store, only: arguments.count > 4 ? arguments[4] : nil)
     await store.close()
 
@@ -143,20 +141,16 @@ func bench(_ store: PostgresEventStore, only: String?) async throws {
                 group.addTask {
                     for i in 0..<appendsPerWriter {
                         let events = (0..<batch).map { _ in EventData(type: "Bench", data: payload) }
-                        _ = try await store.append(
-                            events, to: "bench\(writers)x\(batch)-\(w)-\(i % 50)", expected: .any, commandID: nil)
+                        _ = try await store.append(events, to: "bench\(writers)x\(batch)-\(w)-\(i % 50)", expected: .any, commandID: nil)
                     }
                 }
             }
             try await group.waitForAll()
         }
-        let seconds =
-            Double((ContinuousClock.now - started).components.attoseconds) / 1e18
+        let seconds = Double((ContinuousClock.now - started).components.attoseconds) / 1e18
             + Double((ContinuousClock.now - started).components.seconds)
         let events = writers * appendsPerWriter * batch
-        emit(
-            "append writers=\(writers) eventsPerAppend=\(batch) events=\(events) seconds=\(String(format: "%.2f", seconds)) eventsPerSecond=\(Int(Double(events) / seconds))"
-        )
+        emit("append writers=\(writers) eventsPerAppend=\(batch) events=\(events) seconds=\(String(format: "%.2f", seconds)) eventsPerSecond=\(Int(Double(events) / seconds))")
     }
     if only == "append" { return }
     // Lag: a follower (notifications + 1 s polling) in this process, 4 writers at a steady pace.
@@ -192,15 +186,12 @@ func bench(_ store: PostgresEventStore, only: String?) async throws {
         return
     }
     func percentile(_ p: Double) -> Double { lags[min(lags.count - 1, Int(Double(lags.count) * p))] }
-    emit(
-        "lag events=\(lags.count) medianMs=\(String(format: "%.2f", percentile(0.5))) p99Ms=\(String(format: "%.2f", percentile(0.99))) maxMs=\(String(format: "%.2f", lags.last ?? 0))"
-    )
+    emit("lag events=\(lags.count) medianMs=\(String(format: "%.2f", percentile(0.5))) p99Ms=\(String(format: "%.2f", percentile(0.99))) maxMs=\(String(format: "%.2f", lags.last ?? 0))")
 }
 
 /// Commit and delivery times per event id.
 final class LagBook: Sendable {
-    private let times = Mutex<(committed: [UUID: ContinuousClock.Instant], delivered: [UUID: ContinuousClock.Instant])>(
-        ([:], [:]))
+    private let times = Mutex<(committed: [UUID: ContinuousClock.Instant], delivered: [UUID: ContinuousClock.Instant])>(([:], [:]))
     func committed(_ id: UUID) { times.withLock { $0.committed[id] = .now } }
     func delivered(_ id: UUID) { times.withLock { $0.delivered[id] = .now } }
     var counts: String { times.withLock { "committed \($0.committed.count), delivered \($0.delivered.count)" } }
@@ -271,8 +262,7 @@ struct StreamCounts: PostgresReadModel {
             """, logger: logger)
     }
 
-    func apply(_ event: RecordedEvent, on connection: PostgresConnection, tables: PostgresProjectionTables) async throws
-    {
+    func apply(_ event: RecordedEvent, on connection: PostgresConnection, tables: PostgresProjectionTables) async throws {
         let table = try tables.table("counts")
         _ = try await connection.query(
             """
