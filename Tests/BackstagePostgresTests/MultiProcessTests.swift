@@ -155,14 +155,24 @@ extension PostgresTests {
                     try await eventually(timeout: .seconds(30)) {
                         (try await PostgresCheckpointStore(store: store).checkpoint("counts@v1"))?.position == last
                     }, "nobody leads the projection")
-                // Both run now: one leads, the other waits for the lease.
+                // Both run now: one leads, the other waits for the lease. The standby stops first,
+                // while the leader keeps its lease; then the leader.
+                let owners = try await store.client.query(
+                    "SELECT owner FROM \(unescaped: store.schema.rawValue).leases WHERE subscription = 'counts@v1'")
+                var owner = ""
+                for try await o in owners.decode(String.self) { owner = o }
+                let leaderIndex = try #require(
+                    workers.firstIndex { owner == "worker-\($0.process.processIdentifier)" }, "lease owner \(owner)")
+                let standby = workers[1 - leaderIndex]
+                let leader = workers[leaderIndex]
                 #expect(workers.allSatisfy { $0.process.isRunning })
-                let signalled = ContinuousClock.now
-                for w in workers { w.kill(SIGTERM) }
-                for (i, w) in workers.enumerated() {
+                for (role, w) in [("standby", standby), ("leader", leader)] {
+                    let signalled = ContinuousClock.now
+                    w.kill(SIGTERM)
                     #expect(
                         try await eventually(timeout: .seconds(10)) { !w.process.isRunning },
-                        "process \(i) still runs \(ContinuousClock.now - signalled) after SIGTERM")
+                        "the \(role) still runs \(ContinuousClock.now - signalled) after SIGTERM")
+                    if role == "standby" { #expect(leader.process.isRunning) }
                 }
                 for w in workers where !w.process.isRunning {
                     #expect(w.process.terminationReason == .exit && w.process.terminationStatus == 0)
