@@ -13,8 +13,9 @@ public enum SubscriptionState: Sendable, Hashable {
     case live
     /// Stopped (shutdown, or a rebuild caught up).
     case stopped
-    /// Stopped by an error: an event that kept failing under ``FinalAction/stop``, a checkpoint
-    /// conflict, or lost leadership.
+    /// Stopped by an error: an event that kept failing under ``FinalAction/stop`` (for good), or,
+    /// until the service runs it again from its committed checkpoint, a lost lease, a checkpoint
+    /// conflict or a failure to start.
     case failed(String)
 }
 
