@@ -74,6 +74,7 @@ let package = Package(
             dependencies: [
                 "Backstage", "BackstagePostgres", .product(name: "Logging", package: "swift-log"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             path: "Tests/Workers/PostgresWorker"
         ),

@@ -19,13 +19,15 @@ public final class PostgresCheckpointStore: CheckpointStore {
     }
 
     public func checkpoint(_ subscription: String) async throws -> Checkpoint? {
-        try await store.run { conn in try await Self.checkpoint(subscription, store: self.store, on: conn, lock: false) }
+        try await store.run { conn in try await Self.checkpoint(subscription, store: self.store, on: conn, lock: false)
+        }
     }
 
     public func commit(_ subscription: String, expected: LogPosition?, new: LogPosition, token: Int64) async throws {
         try await store.run { conn in
             try await PostgresTransaction.run(on: conn, logger: self.store.queryLogger) { conn in
-                try await Self.commit(subscription, expected: expected, new: new, token: token, store: self.store, on: conn)
+                try await Self.commit(
+                    subscription, expected: expected, new: new, token: token, store: self.store, on: conn)
                 return ((), true)
             }
         }
@@ -72,7 +74,8 @@ public final class PostgresCheckpointStore: CheckpointStore {
         for try await (transaction, position, token, updatedAt) in rows.decode((String, Int64, Int64, Date).self) {
             return Checkpoint(
                 subscription: subscription,
-                position: LogPosition(transaction: try PostgresEventStore.parseTransaction(transaction), position: position),
+                position: LogPosition(
+                    transaction: try PostgresEventStore.parseTransaction(transaction), position: position),
                 token: token, updatedAt: updatedAt)
         }
         return nil
@@ -158,6 +161,25 @@ public final class PostgresParkedEventStore: ParkedEventStore {
             "p.subscription = $1 AND p.transaction_id = $2::xid8 AND p.position = $3::bigint",
             binds: [subscription, String(position.transaction), String(position.position)], limit: 1
         ).first
+    }
+
+    public func update(_ parked: ParkedEvent, expectedAttempts: Int) async throws -> Bool {
+        let attempts = Int32(clamping: parked.attempts)
+        let expected = Int32(clamping: expectedAttempts)
+        let position = parked.event.logPosition
+        return try await store.run { conn in
+            let rows = try await conn.query(
+                """
+                UPDATE \(unescaped: self.store.s).parked_events
+                SET error = \(parked.error), attempts = \(attempts), parked_at = \(parked.parkedAt)
+                WHERE subscription = \(parked.subscription) AND transaction_id = \(String(position.transaction))::xid8
+                  AND position = \(position.position) AND attempts = \(expected)
+                RETURNING position
+                """, logger: self.store.queryLogger)
+            var updated = false
+            for try await _ in rows.decode(Int64.self) { updated = true }
+            return updated
+        }
     }
 
     @discardableResult

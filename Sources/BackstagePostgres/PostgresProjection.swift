@@ -86,8 +86,9 @@ public enum PostgresProjectionError: Error, Sendable, Hashable, CustomStringConv
     case undeclaredTable(String)
     /// A name of the read model is taken by a table that is not its view.
     case nameTaken(String)
-    /// A replayed parked event was no longer parked (replayed or discarded meanwhile).
-    case notParked(subscription: String, position: LogPosition)
+    /// Another projection already declared this table in the same schema: two read models must
+    /// not share a table.
+    case tableOwned(String, owner: String, projection: String)
 
     public var description: String {
         switch self {
@@ -95,7 +96,8 @@ public enum PostgresProjectionError: Error, Sendable, Hashable, CustomStringConv
             "table name '\(n)' is not allowed: use 1 to 48 characters of [a-z0-9_], not starting with a digit"
         case .undeclaredTable(let n): "table '\(n)' is not declared in the read model's `tables`"
         case .nameTaken(let n): "'\(n)' already exists and is not a projection view: rename the read model's table"
-        case .notParked(let s, let p): "the event at \(p) is no longer parked for \(s)"
+        case .tableOwned(let t, let owner, let projection):
+            "projection '\(projection)' declares table '\(t)', which belongs to projection '\(owner)' in the same schema: rename one of them"
         }
     }
 }
@@ -180,7 +182,9 @@ public final class PostgresProjection<Model: PostgresReadModel>: Projection {
     private func createIfMissing(_ version: Int, on conn: PostgresConnection) async throws {
         let names = tables(version: version)
         var missing = 0
-        for base in names.baseNames where try await relationKind("\(base)_v\(version)", on: conn) == nil { missing += 1 }
+        for base in names.baseNames where try await relationKind("\(base)_v\(version)", on: conn) == nil {
+            missing += 1
+        }
         if missing > 0 { try await model.createTables(on: conn, tables: names) }
     }
 
@@ -193,13 +197,46 @@ public final class PostgresProjection<Model: PostgresReadModel>: Projection {
             _ = try await conn.query(
                 PostgresQuery(unsafeSQL: "DROP VIEW IF EXISTS \(try names.view(base))"), logger: store.queryLogger)
             _ = try await conn.query(
-                PostgresQuery(unsafeSQL: "CREATE VIEW \(try names.view(base)) AS SELECT * FROM \(try names.table(base))"),
+                PostgresQuery(
+                    unsafeSQL: "CREATE VIEW \(try names.view(base)) AS SELECT * FROM \(try names.table(base))"),
                 logger: store.queryLogger)
+        }
+    }
+
+    /// Records that the read model's tables belong to it (in every process's first
+    /// ``activeVersion()``), so two read models declaring one table fail instead of sharing it.
+    private func claimTables(on conn: PostgresConnection) async throws {
+        guard !model.tables.isEmpty else { return }
+        let owners = try await PostgresTransaction.run(on: conn, logger: store.queryLogger) { conn in
+            _ = try await conn.query(
+                "SELECT pg_advisory_xact_lock(hashtext(\("backstage.projection_tables")), hashtext(\(self.store.s)))",
+                logger: self.store.queryLogger)
+            _ = try await conn.query(
+                PostgresQuery(
+                    unsafeSQL: """
+                        CREATE TABLE IF NOT EXISTS \(self.store.s).projection_tables (
+                            base_name text PRIMARY KEY, projection text NOT NULL)
+                        """), logger: self.store.queryLogger)
+            var owners: [(String, String)] = []
+            for table in self.model.tables {
+                let rows = try await conn.query(
+                    """
+                    INSERT INTO \(unescaped: self.store.s).projection_tables (base_name, projection)
+                    VALUES (\(table), \(self.model.name)) ON CONFLICT (base_name) DO UPDATE SET base_name = excluded.base_name
+                    RETURNING projection
+                    """, logger: self.store.queryLogger)
+                for try await owner in rows.decode(String.self) { owners.append((table, owner)) }
+            }
+            return (owners, true)
+        }
+        for (table, owner) in owners where owner != model.name {
+            throw PostgresProjectionError.tableOwned(table, owner: owner, projection: model.name)
         }
     }
 
     public func activeVersion() async throws -> Int {
         try await store.run { conn in
+            try await self.claimTables(on: conn)
             if let version = try await self.activeVersion(on: conn) { return version }
             return try await PostgresTransaction.run(on: conn, logger: self.store.queryLogger) { conn in
                 try await self.lockDDL(on: conn)
@@ -228,7 +265,8 @@ public final class PostgresProjection<Model: PostgresReadModel>: Projection {
         let names = tables(version: version)
         try await store.run { conn in
             try await PostgresTransaction.run(on: conn, logger: self.store.queryLogger) { conn in
-                for event in events { try await self.model.apply(event, on: conn, tables: names) }
+                // The compare-and-set first: a runner of a dropped version (or a stale one) stops at
+                // its checkpoint conflict before touching any table.
                 switch commit {
                 case .checkpoint(let subscription, let expected, let new, let token):
                     try await PostgresCheckpointStore.commit(
@@ -238,9 +276,10 @@ public final class PostgresProjection<Model: PostgresReadModel>: Projection {
                         try await PostgresParkedEventStore.remove(
                             subscription: subscription, position: position, store: self.store, on: conn)
                     else {
-                        throw PostgresProjectionError.notParked(subscription: subscription, position: position)
+                        throw PipelineError.parkedEventNotFound(subscription: subscription, position: position)
                     }
                 }
+                for event in events { try await self.model.apply(event, on: conn, tables: names) }
                 return ((), true)
             }
         }

@@ -181,7 +181,9 @@ public enum PipelineError: Error, Sendable, Hashable, CustomStringConvertible {
     case duplicateSubscription(String)
     /// No subscription has this name.
     case unknownSubscription(String)
-    /// No parked event at this position for this subscription.
+    /// No parked event at this position for this subscription: it was never parked, or another
+    /// call (in this process or another) replayed or discarded it first, or is replaying it now.
+    /// Nothing was applied by the call that gets this error.
     case parkedEventNotFound(subscription: String, position: LogPosition)
     /// The subscription stopped after an event failed and its policy is ``FinalAction/stop``.
     case subscriptionStopped(String, position: LogPosition, error: String)

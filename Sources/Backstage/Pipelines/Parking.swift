@@ -37,6 +37,11 @@ public protocol ParkedEventStore: Sendable {
     /// Removes a parked event; returns it, or nil when there was none.
     @discardableResult
     func remove(subscription: String, position: LogPosition) async throws -> ParkedEvent?
+    /// Compare-and-set: replaces the parked record of `parked`'s subscription and position with
+    /// `parked` only when it still exists with `expectedAttempts` attempts; true when it did.
+    /// Replays claim a record with it, and record a failed attempt only if nobody replayed or
+    /// discarded the event meanwhile, so a replay or discard happens exactly once.
+    func update(_ parked: ParkedEvent, expectedAttempts: Int) async throws -> Bool
 }
 
 /// Parked events in memory: for tests and the in-memory store.
@@ -68,5 +73,14 @@ public final class InMemoryParkedEventStore: ParkedEventStore {
 
     public func remove(subscription: String, position: LogPosition) async throws -> ParkedEvent? {
         state.withLock { $0.removeValue(forKey: Key(subscription: subscription, position: position)) }
+    }
+
+    public func update(_ parked: ParkedEvent, expectedAttempts: Int) async throws -> Bool {
+        state.withLock { s in
+            let key = Key(subscription: parked.subscription, position: parked.event.logPosition)
+            guard s[key]?.attempts == expectedAttempts else { return false }
+            s[key] = parked
+            return true
+        }
     }
 }

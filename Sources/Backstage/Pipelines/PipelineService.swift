@@ -51,7 +51,8 @@ public final class PipelineService: Service, Sendable {
         store: any EventStore, handlers: [any EventHandler] = [], projections: [any Projection] = [],
         checkpoints: any CheckpointStore = InMemoryCheckpointStore(),
         parkedEvents: any ParkedEventStore = InMemoryParkedEventStore(),
-        leadership: any LeaderElection = SingleProcessLeadership(), consistency: ConsistencyRegistry = ConsistencyRegistry(),
+        leadership: any LeaderElection = SingleProcessLeadership(),
+        consistency: ConsistencyRegistry = ConsistencyRegistry(),
         logger: Logger = Logger(label: "backstage.pipelines")
     ) throws(PipelineError) {
         var names = Set<String>()
@@ -86,7 +87,8 @@ public final class PipelineService: Service, Sendable {
         app: BackstageApp, handlers: [any EventHandler] = [], projections: [any Projection] = [],
         checkpoints: any CheckpointStore = InMemoryCheckpointStore(),
         parkedEvents: any ParkedEventStore = InMemoryParkedEventStore(),
-        leadership: any LeaderElection = SingleProcessLeadership(), logger: Logger = Logger(label: "backstage.pipelines")
+        leadership: any LeaderElection = SingleProcessLeadership(),
+        logger: Logger = Logger(label: "backstage.pipelines")
     ) throws(PipelineError) {
         try self.init(
             store: app.store, handlers: handlers, projections: projections, checkpoints: checkpoints,
@@ -96,12 +98,23 @@ public final class PipelineService: Service, Sendable {
     // MARK: Running
 
     /// Runs every subscription until graceful shutdown (or ``stop()``), then drains and commits.
+    ///
+    /// A subscription whose lease is lost or fenced, or whose checkpoint was moved by someone else,
+    /// gives its lease back, becomes a candidate again and resumes from its committed checkpoint;
+    /// only an event that keeps failing under ``FinalAction/stop`` stops it for good. The
+    /// election's background work (``LeaderElection/run()``) runs for as long as the subscriptions do.
     public func run() async throws {
         await withGracefulShutdownHandler {
             await withTaskCancellationHandler {
-                await withTaskGroup(of: Void.self) { election in
-                    // The election's connections and heartbeats, until every subscription has ended.
-                    election.addTask { try? await self.leadership.run() }
+                await withTaskGroup(of: Void.self) { outer in
+                    outer.addTask {
+                        do {
+                            try await self.leadership.run()
+                        } catch is CancellationError {
+                        } catch {
+                            self.logger.error("the leader election stopped: \(error)")
+                        }
+                    }
                     await withTaskGroup(of: Void.self) { group in
                         for handler in handlers.values { group.addTask { await self.runHandler(handler) } }
                         for projection in projections.values { group.addTask { await self.runProjection(projection) } }
@@ -109,7 +122,7 @@ public final class PipelineService: Service, Sendable {
                         // (and serving its status) until shutdown.
                         group.addTask { await self.stopped.wait() }
                     }
-                    election.cancelAll()
+                    outer.cancelAll()
                 }
             } onCancel: {
                 self.stop()
@@ -119,7 +132,8 @@ public final class PipelineService: Service, Sendable {
         }
     }
 
-    /// Stops every subscription gracefully: stop reading, finish handed-out batches, commit.
+    /// Stops every subscription gracefully: stop reading, finish handed-out batches, commit, and
+    /// give the leases back. A subscription still waiting for its lease stops waiting.
     public func stop() {
         let runners = state.withLock { s in
             s.stopping = true
@@ -131,14 +145,53 @@ public final class PipelineService: Service, Sendable {
 
     private var isStopping: Bool { state.withLock { $0.stopping } }
 
+    /// Waits for the lease of `subscription`, or for ``stop()``: nil when the service stops first
+    /// (a lease granted meanwhile is given back).
+    private func acquire(_ subscription: String) async throws -> Int64? {
+        let result = await withTaskGroup(of: Result<Int64, any Error>?.self) { group in
+            group.addTask {
+                do { return .success(try await self.leadership.acquire(subscription)) } catch { return .failure(error) }
+            }
+            group.addTask {
+                await self.stopped.wait()
+                return nil
+            }
+            var acquired: Result<Int64, any Error>?
+            if let first = await group.next(), let first { acquired = first }
+            group.cancelAll()
+            for await late in group { if let late { acquired = late } }
+            return acquired
+        }
+        switch result {
+        case .success(let token):
+            if isStopping {
+                await leadership.release(subscription, token: token)
+                return nil
+            }
+            return token
+        case .failure(let error):
+            if isStopping { return nil }
+            throw error
+        case nil:
+            return nil
+        }
+    }
+
+    /// Pauses before running a subscription again after a failure to start; false when stopping.
+    private func pause(_ interval: Duration) async -> Bool {
+        await stopped.wait(timeout: interval)
+        return !isStopping
+    }
+
     private func runHandler(_ handler: any EventHandler) async {
         while !isStopping {
             let token: Int64
             do {
-                token = try await leadership.acquire(handler.name)
+                guard let granted = try await acquire(handler.name) else { break }
+                token = granted
             } catch {
                 logger.error("could not acquire the lease of \(handler.name): \(error)")
-                await stopped.wait(timeout: handler.options.pollInterval)
+                guard await pause(handler.options.pollInterval) else { break }
                 continue
             }
             let runner = SubscriptionRunner(
@@ -146,15 +199,26 @@ public final class PipelineService: Service, Sendable {
                 settings: RunSettings(handler.options), filter: handler.filter, store: store, checkpoints: checkpoints,
                 parked: parkedEvents, leadership: leadership, token: token, untilCaughtUp: false, logger: logger,
                 onCommit: { [weak self] _ in self?.progress.signal() })
-            guard register(runner, live: handler.name) else { break }
-            await runner.run()
-            await leadership.release(handler.name, token: token)
-            if runner.failure == "leadership lost" { continue }
-            if runner.failure?.hasPrefix(SubscriptionRunner.startFailure) == true {
-                await stopped.wait(timeout: handler.options.pollInterval)
-                continue
+            guard register(runner, live: handler.name) else {
+                await leadership.release(handler.name, token: token)
+                break
             }
-            break
+            let outcome = await runner.run()
+            await leadership.release(handler.name, token: token)
+            guard await again(after: outcome, of: handler.name, interval: handler.options.pollInterval) else { break }
+        }
+    }
+
+    /// Whether to run a subscription again after a run ended with `outcome`.
+    private func again(after outcome: RunOutcome, of name: String, interval: Duration) async -> Bool {
+        switch outcome {
+        case .leaseLost, .checkpointConflict:
+            logger.notice("subscription \(name) becomes a candidate again: \(outcome.failure ?? "")")
+            return !isStopping
+        case .interrupted:
+            return await pause(interval)
+        case .stopped, .caughtUp, .failed:
+            return false
         }
     }
 
@@ -177,10 +241,27 @@ public final class PipelineService: Service, Sendable {
             do {
                 version = try await projection.activeVersion()
                 subscription = projectionSubscription(projection.name, version: version)
-                token = try await leadership.acquire(subscription)
+                guard let granted = try await acquire(subscription) else { break }
+                token = granted
             } catch {
                 logger.error("projection \(projection.name) could not start: \(error)")
-                await stopped.wait(timeout: settings.pollInterval)
+                guard await pause(settings.pollInterval) else { break }
+                continue
+            }
+            // The wait for the lease may have been long: a rebuild (in any process) may have
+            // activated another version and dropped this one meanwhile.
+            let current: Int
+            do {
+                current = try await projection.activeVersion()
+            } catch {
+                await leadership.release(subscription, token: token)
+                logger.error("projection \(projection.name) could not start: \(error)")
+                guard await pause(settings.pollInterval) else { break }
+                continue
+            }
+            guard current == version else {
+                await leadership.release(subscription, token: token)
+                logger.notice("projection \(projection.name) moves from version \(version) to version \(current)")
                 continue
             }
             let registry = consistency
@@ -194,16 +275,15 @@ public final class PipelineService: Service, Sendable {
                     registry.update(name, position: position)
                     self?.progress.signal()
                 })
-            guard register(runner, live: name) else { break }
-            await runner.run()
+            guard register(runner, live: name) else {
+                await leadership.release(subscription, token: token)
+                break
+            }
+            let outcome = await runner.run()
             await leadership.release(subscription, token: token)
             let superseded = state.withLock { $0.superseded.remove(ObjectIdentifier(runner)) != nil }
-            if superseded || runner.failure == "leadership lost" { continue }
-            if runner.failure?.hasPrefix(SubscriptionRunner.startFailure) == true {
-                await stopped.wait(timeout: settings.pollInterval)
-                continue
-            }
-            break
+            if superseded { continue }
+            guard await again(after: outcome, of: subscription, interval: settings.pollInterval) else { break }
         }
     }
 
@@ -273,7 +353,9 @@ public final class PipelineService: Service, Sendable {
     /// Parked events of one subscription (all when nil), oldest first. Projections' subscriptions
     /// are named `projection@vN`.
     public func parkedEvents(subscription: String? = nil, limit: Int = 100) async throws -> [ParkedEvent] {
-        if let subscription { return try await parkedStore(for: subscription).parkedEvents(subscription: subscription, limit: limit) }
+        if let subscription {
+            return try await parkedStore(for: subscription).parkedEvents(subscription: subscription, limit: limit)
+        }
         var stores: [any ParkedEventStore] = [parkedEvents]
         for p in projections.values { if let own = p.parkedEvents { stores.append(own) } }
         var all: [ParkedEvent] = []
@@ -287,13 +369,36 @@ public final class PipelineService: Service, Sendable {
         return Array(all.sorted { $0.event.logPosition < $1.event.logPosition }.prefix(limit))
     }
 
+    /// How long a replay's claim on a parked event keeps other replays away; after it, a replay
+    /// interrupted by a crash can be taken over.
+    static let replayClaimTimeout: TimeInterval = 60
+    static let replayClaimPrefix = "replay in progress"
+
     /// Handles a parked event again (one attempt). On success it is removed; on failure it stays
     /// parked with the new error and attempt count, and the error is thrown.
+    ///
+    /// Exactly once under concurrency, across processes: the replay first claims the record
+    /// (a compare-and-set on its attempt count), so of concurrent replays of one event only one
+    /// handles it; a projection removes the record in the transaction of its writes. A replay that
+    /// loses to another replay or to a discard throws ``PipelineError/parkedEventNotFound(subscription:position:)``
+    /// and applied nothing; a failed replay records its error only if the event is still parked,
+    /// so a discard is never undone.
     public func replayParked(subscription: String, position: LogPosition) async throws {
         let store = try parkedStore(for: subscription)
+        let notFound = PipelineError.parkedEventNotFound(subscription: subscription, position: position)
         guard let parked = try await store.parkedEvent(subscription: subscription, position: position) else {
-            throw PipelineError.parkedEventNotFound(subscription: subscription, position: position)
+            throw notFound
         }
+        if parked.error.hasPrefix(Self.replayClaimPrefix),
+            Date().timeIntervalSince(parked.parkedAt) < Self.replayClaimTimeout
+        {
+            throw notFound
+        }
+        var claim = parked
+        claim.attempts += 1
+        claim.parkedAt = Date()
+        claim.error = "\(Self.replayClaimPrefix); last error: \(parked.error)"
+        guard try await store.update(claim, expectedAttempts: parked.attempts) else { throw notFound }
         do {
             if let handler = handlers[subscription] {
                 try await handler.handle(parked.event)
@@ -302,19 +407,37 @@ public final class PipelineService: Service, Sendable {
                     [parked.event], version: version, commit: .replay(subscription: subscription, position: position))
             }
         } catch {
-            var again = parked
-            again.error = "\(error)"
-            again.attempts += 1
-            again.parkedAt = Date()
-            try await store.park(again)
-            logger.error("replay of the parked event at \(position) for \(subscription) failed again: \(error)")
+            if isNotParked(error) { throw notFound }
+            var failed = claim
+            failed.error = "\(error)"
+            failed.parkedAt = Date()
+            if try await store.update(failed, expectedAttempts: claim.attempts) {
+                logger.error("replay of the parked event at \(position) for \(subscription) failed again: \(error)")
+            } else {
+                logger.error(
+                    "replay of the parked event at \(position) for \(subscription) failed; it was discarded meanwhile: \(error)"
+                )
+            }
             throw error
         }
-        try await store.remove(subscription: subscription, position: position)
+        // Projections with their own parked store removed the record with their writes; any other
+        // record goes now (unless a discard took it meanwhile).
+        if let current = try await store.parkedEvent(subscription: subscription, position: position),
+            current.attempts == claim.attempts
+        {
+            try await store.remove(subscription: subscription, position: position)
+        }
         logger.notice("replayed the parked event at \(position) for \(subscription)")
     }
 
+    private func isNotParked(_ error: any Error) -> Bool {
+        if case .parkedEventNotFound = error as? PipelineError { return true }
+        return false
+    }
+
     /// Removes a parked event without handling it.
+    /// - Throws: ``PipelineError/parkedEventNotFound(subscription:position:)`` when it is not parked
+    ///   (never was, or another call replayed or discarded it first).
     public func discardParked(subscription: String, position: LogPosition) async throws {
         let store = try parkedStore(for: subscription)
         guard try await store.remove(subscription: subscription, position: position) != nil else {
@@ -336,7 +459,7 @@ public final class PipelineService: Service, Sendable {
         let new = old + 1
         let subscription = projectionSubscription(name, version: new)
         try await projection.prepare(version: new)
-        let token = try await leadership.acquire(subscription)
+        guard let token = try await acquire(subscription) else { throw CancellationError() }
         let runner = SubscriptionRunner(
             subscription: subscription, name: name, consumer: .projection(projection, version: new),
             settings: RunSettings(projection.options), filter: projection.filter, store: store,
@@ -345,10 +468,13 @@ public final class PipelineService: Service, Sendable {
         state.withLock { $0.rebuilding[subscription] = runner }
         defer { _ = state.withLock { $0.rebuilding.removeValue(forKey: subscription) } }
         logger.notice("rebuilding projection \(name) into version \(new) while version \(old) serves")
-        await runner.run()
+        let outcome = await runner.run()
         await leadership.release(subscription, token: token)
-        if let failure = runner.failure { throw PipelineError.subscriptionStopped(subscription, position: runner.status.checkpoint ?? .start, error: failure) }
-        if runner.isStopping, stoppedBeforeCaughtUp(runner) {
+        if let failure = outcome.failure {
+            throw PipelineError.subscriptionStopped(
+                subscription, position: runner.status.checkpoint ?? .start, error: failure)
+        }
+        if outcome == .stopped, stoppedBeforeCaughtUp(runner) {
             throw CancellationError()
         }
         try await projection.activate(version: new, replacing: old)

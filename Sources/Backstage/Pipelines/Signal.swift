@@ -35,36 +35,48 @@ final class Signal: Sendable {
         }
     }
 
-    /// Returns after a signal, or after `timeout` (nil: no timeout).
+    /// Returns after a signal, after `timeout` (nil: no timeout), or when the task is cancelled.
     func wait(timeout: Duration? = nil) async {
         if let timeout, timeout <= .zero { return }
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let id = state.withLock { s -> UInt64? in
-                if s.pending {
-                    if !sticky { s.pending = false }
-                    return nil
-                }
-                s.next += 1
-                s.waiters[s.next] = Waiter(continuation: c, timer: nil)
-                return s.next
-            }
-            guard let id else {
-                c.resume()
-                return
-            }
-            guard let timeout else { return }
-            let timer = Task { [weak self] in
-                try? await Task.sleep(for: timeout)
-                self?.fire(id)
-            }
-            let stillWaiting = state.withLock { s -> Bool in
-                if s.waiters[id] != nil {
-                    s.waiters[id]!.timer = timer
+        let id = state.withLock { s -> UInt64 in
+            s.next += 1
+            return s.next
+        }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                let registered = state.withLock { s -> Bool in
+                    if s.pending {
+                        if !sticky { s.pending = false }
+                        return false
+                    }
+                    // Checked under the lock: a cancellation either happened before (seen here) or
+                    // finds the waiter registered.
+                    if Task.isCancelled { return false }
+                    s.waiters[id] = Waiter(continuation: c, timer: nil)
                     return true
                 }
-                return false
+                guard registered else {
+                    c.resume()
+                    return
+                }
+                guard let timeout else { return }
+                let timer = Task { [weak self] in
+                    try? await Task.sleep(for: timeout)
+                    self?.fire(id)
+                }
+                let stillWaiting = state.withLock { s -> Bool in
+                    if s.waiters[id] != nil {
+                        s.waiters[id]!.timer = timer
+                        return true
+                    }
+                    return false
+                }
+                if !stillWaiting { timer.cancel() }
             }
-            if !stillWaiting { timer.cancel() }
+        } onCancel: {
+            let w = state.withLock { $0.waiters.removeValue(forKey: id) }
+            w?.timer?.cancel()
+            w?.continuation.resume()
         }
     }
 

@@ -13,8 +13,9 @@ public enum SubscriptionState: Sendable, Hashable {
     case live
     /// Stopped (shutdown, or a rebuild caught up).
     case stopped
-    /// Stopped by an error: an event that kept failing under ``FinalAction/stop``, a checkpoint
-    /// conflict, or lost leadership.
+    /// Stopped by an error: an event that kept failing under ``FinalAction/stop`` (for good), or,
+    /// until the service runs it again from its committed checkpoint, a lost lease, a checkpoint
+    /// conflict or a failure to start.
     case failed(String)
 }
 
@@ -40,6 +41,46 @@ public struct SubscriptionStatus: Sendable, Hashable {
     public var handled: Int
     /// Events between the checkpoint and the head (approximate for filtered subscriptions).
     public var lagEvents: Int64 { max(0, head.position - (checkpoint?.position ?? 0)) }
+}
+
+/// Why one run of a subscription ended. The service decides from it whether to run again.
+enum RunOutcome: Sendable, Hashable {
+    /// Asked to stop (shutdown, or superseded by a rebuild).
+    case stopped
+    /// A run with `untilCaughtUp` processed the head of the log.
+    case caughtUp
+    /// The lease was lost or a commit was fenced: another process may lead now.
+    case leaseLost(String)
+    /// The stored checkpoint is not the one this run expected (another process moved it, the
+    /// version was dropped by an activation, or a commit whose outcome was unknown did commit).
+    case checkpointConflict(String)
+    /// The checkpoint could not be loaded, or an event could not be parked: retried after a pause.
+    case interrupted(String)
+    /// An event kept failing under ``FinalAction/stop``: stopped for good.
+    case failed(String)
+
+    /// Whether the service runs the subscription again (from its committed checkpoint).
+    var restarts: Bool {
+        switch self {
+        case .leaseLost, .checkpointConflict, .interrupted: true
+        case .stopped, .caughtUp, .failed: false
+        }
+    }
+
+    /// The readable failure, if the run ended by one.
+    var failure: String? {
+        switch self {
+        case .stopped, .caughtUp: nil
+        case .leaseLost(let m), .checkpointConflict(let m), .interrupted(let m), .failed(let m): m
+        }
+    }
+
+    init(_ error: CheckpointError) {
+        switch error {
+        case .conflict: self = .checkpointConflict("\(error)")
+        case .fenced: self = .leaseLost("\(error)")
+        }
+    }
 }
 
 /// What a runner feeds its events to.
@@ -101,7 +142,7 @@ final class SubscriptionRunner: Sendable {
         var finished = false
         var peakInFlight = 0
         var handled = 0
-        var failure: String?
+        var outcome: RunOutcome?
         var lastCommit = ContinuousClock.now
     }
 
@@ -152,9 +193,6 @@ final class SubscriptionRunner: Sendable {
         self.metrics = SubscriptionMetrics(subscription: subscription)
     }
 
-    /// The failure of a run that could not start (retried by the service).
-    static let startFailure = "could not load the checkpoint"
-
     private var isProjection: Bool {
         if case .projection = consumer { return true }
         return false
@@ -163,7 +201,7 @@ final class SubscriptionRunner: Sendable {
     var isStopping: Bool { shared.withLock { $0.stopping } }
 
     /// The failure that stopped the run, if any.
-    var failure: String? { shared.withLock { $0.failure } }
+    var failure: String? { shared.withLock { $0.outcome?.failure } }
 
     /// Asks the run to stop: stop reading, finish the batches already handed to workers, commit.
     func stop() {
@@ -174,9 +212,9 @@ final class SubscriptionRunner: Sendable {
         commitWanted.signal()
     }
 
-    private func fail(_ message: String) {
+    private func fail(_ outcome: RunOutcome) {
         shared.withLock { s in
-            if s.failure == nil { s.failure = message }
+            if s.outcome == nil { s.outcome = outcome }
         }
         stop()
     }
@@ -184,7 +222,7 @@ final class SubscriptionRunner: Sendable {
     var status: SubscriptionStatus {
         shared.withLock { s in
             var state = s.state
-            if let f = s.failure { state = .failed(f) }
+            if let f = s.outcome?.failure { state = .failed(f) }
             return SubscriptionStatus(
                 subscription: subscription, name: name, state: state, checkpoint: s.committed,
                 processed: s.tracker.watermark, head: s.head, inFlight: s.tracker.count,
@@ -194,16 +232,23 @@ final class SubscriptionRunner: Sendable {
 
     // MARK: Running
 
-    /// Runs until stopped (or, with `untilCaughtUp`, until the head of the log is processed).
-    func run() async {
+    /// Runs until stopped (or, with `untilCaughtUp`, until the head of the log is processed) and
+    /// says why it ended.
+    func run() async -> RunOutcome {
         let start: LogPosition?
         do {
             start = try await startPosition()
+        } catch let error as CheckpointError {
+            logger.warning("subscription \(subscription) could not start: \(error)")
+            fail(RunOutcome(error))
+            shared.withLock { $0.state = .stopped }
+            return RunOutcome(error)
         } catch {
             logger.error("subscription \(subscription) could not load its checkpoint: \(error)")
-            fail("\(Self.startFailure): \(error)")
+            let outcome = RunOutcome.interrupted("could not load the checkpoint: \(error)")
+            fail(outcome)
             shared.withLock { $0.state = .stopped }
-            return
+            return outcome
         }
         shared.withLock { s in
             s.committed = start
@@ -229,9 +274,14 @@ final class SubscriptionRunner: Sendable {
             }
             outer.cancelAll()
         }
-        shared.withLock { $0.state = .stopped }
+        let outcome = shared.withLock { s -> RunOutcome in
+            s.state = .stopped
+            if let outcome = s.outcome { return outcome }
+            return untilCaughtUp && !s.stopping ? .caughtUp : .stopped
+        }
         updateLag()
         logger.info("subscription \(subscription) stopped at \(status.checkpoint.map { "\($0)" } ?? "the origin")")
+        return outcome
     }
 
     private func startPosition() async throws -> LogPosition? {
@@ -357,8 +407,8 @@ final class SubscriptionRunner: Sendable {
                 complete(batch)
                 return true
             } catch let error as CheckpointError {
-                logger.error("subscription \(subscription) stops: \(error)")
-                fail("\(error)")
+                logger.warning("subscription \(subscription) restarts from its committed checkpoint: \(error)")
+                fail(RunOutcome(error))
                 return false
             } catch {
                 metrics.failures.increment()
@@ -368,7 +418,8 @@ final class SubscriptionRunner: Sendable {
                 if attempt <= settings.failurePolicy.maxRetries, !isStopping {
                     let wait = settings.failurePolicy.backoff(retry: attempt)
                     logger.warning(
-                        "subscription \(subscription): \(what) failed (attempt \(attempt)); retrying in \(wait): \(error)")
+                        "subscription \(subscription): \(what) failed (attempt \(attempt)); retrying in \(wait): \(error)"
+                    )
                     metrics.retries.increment()
                     await stopped.wait(timeout: wait)
                     continue
@@ -397,7 +448,10 @@ final class SubscriptionRunner: Sendable {
         switch settings.failurePolicy.finalAction {
         case .stop:
             logger.error("subscription \(subscription) stops: \(what) failed \(attempts) times: \(error)")
-            fail(PipelineError.subscriptionStopped(subscription, position: event.logPosition, error: "\(error)").description)
+            fail(
+                .failed(
+                    PipelineError.subscriptionStopped(subscription, position: event.logPosition, error: "\(error)")
+                        .description))
             return false
         case .skip:
             logger.error("subscription \(subscription) skips \(what) after \(attempts) attempts: \(error)")
@@ -410,7 +464,7 @@ final class SubscriptionRunner: Sendable {
                     ParkedEvent(subscription: subscription, event: event, error: "\(error)", attempts: attempts))
             } catch let parkError {
                 logger.error("subscription \(subscription) stops: \(what) could not be parked: \(parkError)")
-                fail("could not park \(what): \(parkError)")
+                fail(.interrupted("could not park \(what): \(parkError)"))
                 return false
             }
             logger.error("subscription \(subscription) parked \(what) after \(attempts) attempts: \(error)")
@@ -423,7 +477,11 @@ final class SubscriptionRunner: Sendable {
     private func invoke(_ events: [RecordedEvent]) async throws {
         switch consumer {
         case .handler(let handler):
-            if events.count == 1 { try await handler.handle(events[0]) } else { try await handler.handle(batch: events) }
+            if events.count == 1 {
+                try await handler.handle(events[0])
+            } else {
+                try await handler.handle(batch: events)
+            }
         case .projection(let projection, let version):
             guard await leadership.isLeader(subscription, token: token) else {
                 throw CheckpointError.fenced(subscription: subscription, token: token, current: token + 1)
@@ -452,8 +510,8 @@ final class SubscriptionRunner: Sendable {
             updateLag()
             return true
         } catch let error as CheckpointError {
-            logger.error("subscription \(subscription) stops: \(error)")
-            fail("\(error)")
+            logger.warning("subscription \(subscription) restarts from its committed checkpoint: \(error)")
+            fail(RunOutcome(error))
             return false
         } catch {
             logger.error("subscription \(subscription) failed to commit its checkpoint \(target): \(error)")
@@ -479,7 +537,7 @@ final class SubscriptionRunner: Sendable {
         guard let target, expected == nil || target > expected! else { return }
         guard await leadership.isLeader(subscription, token: token) else {
             logger.error("subscription \(subscription) lost its leadership; stopping without committing \(target)")
-            fail("leadership lost")
+            fail(.leaseLost("leadership lost"))
             return
         }
         do {
@@ -488,8 +546,8 @@ final class SubscriptionRunner: Sendable {
             onCommit(target)
             updateLag()
         } catch let error as CheckpointError {
-            logger.error("subscription \(subscription) stops: \(error)")
-            fail("\(error)")
+            logger.warning("subscription \(subscription) restarts from its committed checkpoint: \(error)")
+            fail(RunOutcome(error))
         } catch {
             logger.error("subscription \(subscription) failed to commit its checkpoint \(target): \(error)")
         }

@@ -32,6 +32,10 @@ enum PipelineSchema {
                         parked_at REAL NOT NULL,
                         PRIMARY KEY (subscription, txn, position)
                     ) WITHOUT ROWID;
+                    CREATE TABLE IF NOT EXISTS backstage_projection_tables (
+                        base_name TEXT PRIMARY KEY,
+                        projection TEXT NOT NULL
+                    ) WITHOUT ROWID;
                     CREATE TABLE IF NOT EXISTS backstage_projections (
                         name TEXT PRIMARY KEY,
                         active_version INTEGER NOT NULL,
@@ -83,7 +87,8 @@ public final class SQLiteCheckpointStore: CheckpointStore {
     public static func commit(
         _ subscription: String, expected: LogPosition?, new: LogPosition, token: Int64, in db: Database
     ) throws {
-        try checkCheckpointCommit(subscription, stored: checkpoint(subscription, in: db), expected: expected, token: token)
+        try checkCheckpointCommit(
+            subscription, stored: checkpoint(subscription, in: db), expected: expected, token: token)
         try db.cachedStatement(
             sql: """
                 INSERT INTO backstage_checkpoints (subscription, txn, position, token, updated_at)
@@ -112,7 +117,9 @@ public final class SQLiteCheckpointStore: CheckpointStore {
     public func checkpoints() async throws -> [Checkpoint] {
         try await database.read { db in
             try Row.fetchAll(
-                db, sql: "SELECT subscription, txn, position, token, updated_at FROM backstage_checkpoints ORDER BY subscription"
+                db,
+                sql:
+                    "SELECT subscription, txn, position, token, updated_at FROM backstage_checkpoints ORDER BY subscription"
             ).map { row in
                 Checkpoint(
                     subscription: row[0], position: LogPosition(storedTransaction: row[1], position: row[2]),
@@ -160,7 +167,8 @@ public final class SQLiteParkedEventStore: ParkedEventStore {
         let metadata = try JSONEncoder().encode(e.metadata)
         try await database.write { db in
             try db.execute(
-                sql: "INSERT OR REPLACE INTO backstage_parked_events (\(Self.columns)) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                sql:
+                    "INSERT OR REPLACE INTO backstage_parked_events (\(Self.columns)) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 arguments: [
                     parked.subscription, e.logPosition.storedTransaction, e.position, e.stream, e.streamVersion, e.id,
                     e.type, e.schemaVersion, e.data, metadata, e.recordedAt.timeIntervalSince1970, parked.error,
@@ -174,12 +182,14 @@ public final class SQLiteParkedEventStore: ParkedEventStore {
             if let subscription {
                 return try Row.fetchAll(
                     db,
-                    sql: "SELECT \(Self.columns) FROM backstage_parked_events WHERE subscription = ? ORDER BY txn, position LIMIT ?",
+                    sql:
+                        "SELECT \(Self.columns) FROM backstage_parked_events WHERE subscription = ? ORDER BY txn, position LIMIT ?",
                     arguments: [subscription, max(limit, 0)]
                 ).map(Self.parked)
             }
             return try Row.fetchAll(
-                db, sql: "SELECT \(Self.columns) FROM backstage_parked_events ORDER BY txn, position, subscription LIMIT ?",
+                db,
+                sql: "SELECT \(Self.columns) FROM backstage_parked_events ORDER BY txn, position, subscription LIMIT ?",
                 arguments: [max(limit, 0)]
             ).map(Self.parked)
         }
@@ -189,7 +199,8 @@ public final class SQLiteParkedEventStore: ParkedEventStore {
         try await database.read { db in
             try Row.fetchOne(
                 db,
-                sql: "SELECT \(Self.columns) FROM backstage_parked_events WHERE subscription = ? AND txn = ? AND position = ?",
+                sql:
+                    "SELECT \(Self.columns) FROM backstage_parked_events WHERE subscription = ? AND txn = ? AND position = ?",
                 arguments: [subscription, position.storedTransaction, position.position]
             ).map(Self.parked)
         }
@@ -203,12 +214,29 @@ public final class SQLiteParkedEventStore: ParkedEventStore {
         return db.changesCount > 0
     }
 
+    public func update(_ parked: ParkedEvent, expectedAttempts: Int) async throws -> Bool {
+        let position = parked.event.logPosition
+        return try await database.write { db in
+            try db.execute(
+                sql: """
+                    UPDATE backstage_parked_events SET error = ?, attempts = ?, parked_at = ?
+                    WHERE subscription = ? AND txn = ? AND position = ? AND attempts = ?
+                    """,
+                arguments: [
+                    parked.error, parked.attempts, parked.parkedAt.timeIntervalSince1970, parked.subscription,
+                    position.storedTransaction, position.position, expectedAttempts,
+                ])
+            return db.changesCount > 0
+        }
+    }
+
     public func remove(subscription: String, position: LogPosition) async throws -> ParkedEvent? {
         try await database.write { db in
             guard
                 let row = try Row.fetchOne(
                     db,
-                    sql: "SELECT \(Self.columns) FROM backstage_parked_events WHERE subscription = ? AND txn = ? AND position = ?",
+                    sql:
+                        "SELECT \(Self.columns) FROM backstage_parked_events WHERE subscription = ? AND txn = ? AND position = ?",
                     arguments: [subscription, position.storedTransaction, position.position])
             else { return nil }
             _ = try Self.remove(subscription: subscription, position: position, in: db)

@@ -72,8 +72,9 @@ public enum SQLiteProjectionError: Error, Sendable, Hashable, CustomStringConver
     case undeclaredTable(String)
     /// A name of the read model is taken by something that is not its view.
     case nameTaken(String)
-    /// A replayed parked event was no longer parked (replayed or discarded meanwhile).
-    case notParked(subscription: String, position: LogPosition)
+    /// Another projection already declared this table in the same database: two read models
+    /// must not share a table.
+    case tableOwned(String, owner: String, projection: String)
 
     public var description: String {
         switch self {
@@ -81,7 +82,8 @@ public enum SQLiteProjectionError: Error, Sendable, Hashable, CustomStringConver
             "table name '\(n)' is not allowed: use 1 to 48 characters of [A-Za-z0-9_], not starting with a digit"
         case .undeclaredTable(let n): "table '\(n)' is not declared in the read model's `tables`"
         case .nameTaken(let n): "'\(n)' already exists and is not a projection view: rename the read model's table"
-        case .notParked(let s, let p): "the event at \(p) is no longer parked for \(s)"
+        case .tableOwned(let t, let owner, let projection):
+            "projection '\(projection)' declares table '\(t)', which belongs to projection '\(owner)' in the same database: rename one of them"
         }
     }
 }
@@ -105,15 +107,33 @@ public final class SQLiteProjection<Model: SQLiteReadModel>: Projection {
     private let parkedStore: SQLiteParkedEventStore
 
     /// Creates the projection over `database`, creating Backstage's pipeline tables if needed.
-    /// - Throws: ``SQLiteProjectionError/invalidTableName(_:)``, `PipelineError.invalidName`, or a database error.
+    /// Records in the database that the read model's tables belong to it.
+    /// - Throws: ``SQLiteProjectionError/invalidTableName(_:)``, ``SQLiteProjectionError/tableOwned(_:owner:projection:)``
+    ///   when another projection declared one of its tables, `PipelineError.invalidName`, or a database error.
     public init(_ model: Model, database: any DatabaseWriter, options: ProjectionOptions = ProjectionOptions()) throws {
         try validateSubscriptionName(model.name)
-        for table in model.tables where !isPlainIdentifier(table) { throw SQLiteProjectionError.invalidTableName(table) }
+        for table in model.tables where !isPlainIdentifier(table) {
+            throw SQLiteProjectionError.invalidTableName(table)
+        }
         self.model = model
         self.database = database
         self.options = options
         self.checkpointStore = try SQLiteCheckpointStore(database: database)
         self.parkedStore = try SQLiteParkedEventStore(database: database)
+        try database.write { db in
+            for table in model.tables {
+                try db.execute(
+                    sql:
+                        "INSERT INTO backstage_projection_tables (base_name, projection) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                    arguments: [table.lowercased(), model.name])
+                let owner = try String.fetchOne(
+                    db, sql: "SELECT projection FROM backstage_projection_tables WHERE base_name = ?",
+                    arguments: [table.lowercased()])
+                if let owner, owner != model.name {
+                    throw SQLiteProjectionError.tableOwned(table, owner: owner, projection: model.name)
+                }
+            }
+        }
     }
 
     /// The projection's name.
@@ -173,15 +193,18 @@ public final class SQLiteProjection<Model: SQLiteReadModel>: Projection {
         let names = tables(version: version)
         try await database.writeWithoutTransaction { db in
             try db.inTransaction(.immediate) {
-                for event in events { try self.model.apply(event, in: db, tables: names) }
+                // The compare-and-set first: a runner of a dropped version (or a stale one) stops at
+                // its checkpoint conflict before touching any table.
                 switch commit {
                 case .checkpoint(let subscription, let expected, let new, let token):
                     try SQLiteCheckpointStore.commit(subscription, expected: expected, new: new, token: token, in: db)
                 case .replay(let subscription, let position):
-                    guard try SQLiteParkedEventStore.remove(subscription: subscription, position: position, in: db) else {
-                        throw SQLiteProjectionError.notParked(subscription: subscription, position: position)
+                    guard try SQLiteParkedEventStore.remove(subscription: subscription, position: position, in: db)
+                    else {
+                        throw PipelineError.parkedEventNotFound(subscription: subscription, position: position)
                     }
                 }
+                for event in events { try self.model.apply(event, in: db, tables: names) }
                 return .commit
             }
         }
@@ -200,8 +223,10 @@ public final class SQLiteProjection<Model: SQLiteReadModel>: Projection {
             let oldNames = self.tables(version: old)
             for base in oldNames.baseNames { try db.execute(sql: "DROP TABLE IF EXISTS \(try oldNames.table(base))") }
             let oldSubscription = projectionSubscription(self.model.name, version: old)
-            try db.execute(sql: "DELETE FROM backstage_checkpoints WHERE subscription = ?", arguments: [oldSubscription])
-            try db.execute(sql: "DELETE FROM backstage_parked_events WHERE subscription = ?", arguments: [oldSubscription])
+            try db.execute(
+                sql: "DELETE FROM backstage_checkpoints WHERE subscription = ?", arguments: [oldSubscription])
+            try db.execute(
+                sql: "DELETE FROM backstage_parked_events WHERE subscription = ?", arguments: [oldSubscription])
         }
     }
 }

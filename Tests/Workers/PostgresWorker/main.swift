@@ -13,6 +13,10 @@
 //       Prints append throughput (events/s) with 1 and 8 concurrent writers, and the subscriber
 //       lag from commit to delivery (median, p99, ms). Build it in release mode to measure.
 //
+//   serve <url> <schema>
+//       Like `project`, inside a ServiceGroup that shuts down gracefully on SIGTERM; prints
+//       `started`, and `exited` once the group has stopped.
+//
 //   sell <url> <schema> <shows> <capacity> <attempts>
 //       A BackstageApp over PostgreSQL dispatching <attempts> SellTicket commands (8 at a time)
 //       to random shows; prints `result sold=<n> soldOut=<n> conflicts=<n> errors=<n>`.
@@ -117,6 +121,9 @@ case "bench":
     let store = try await PostgresEventStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3], connections: 12))
     try await bench(store, only: arguments.count > 4 ? arguments[4] : nil)
     await store.close()
+
+case "serve":
+    try await serveMode(arguments)
 
 default:
     fail("unknown mode \(arguments[1])")
