@@ -118,6 +118,9 @@ case "bench":
     try await bench(store, only: arguments.count > 4 ? arguments[4] : nil)
     await store.close()
 
+case "handle":
+    try await runHandleMode(arguments)
+
 default:
     fail("unknown mode \(arguments[1])")
 }
