@@ -47,8 +47,11 @@ extension PostgresTests {
         func handlerResumesAfterRestart() async throws {
             try await withFreshStore { store in
                 let handled = Locked<[Int64]>([])
-                for i in 0..<30 { _ = try await store.append([event()], to: "r-\(i % 3)", expected: .any, commandID: nil) }
-                let first = try PipelineService(store: store, handlers: [PGRecordingHandler(name: "receipts", handled: handled)])
+                for i in 0..<30 {
+                    _ = try await store.append([event()], to: "r-\(i % 3)", expected: .any, commandID: nil)
+                }
+                let first = try PipelineService(
+                    store: store, handlers: [PGRecordingHandler(name: "receipts", handled: handled)])
                 let running = Task { try await first.run() }
                 try await first.waitUntilProcessed(timeout: .seconds(30))
                 first.stop()
@@ -59,16 +62,20 @@ extension PostgresTests {
                 let peer = try await openPeer(of: store)
                 var last = LogPosition.start
                 for i in 0..<20 {
-                    last = try await peer.append([event()], to: "r-\(i % 3)", expected: .any, commandID: nil).lastLogPosition
+                    last = try await peer.append([event()], to: "r-\(i % 3)", expected: .any, commandID: nil)
+                        .lastLogPosition
                 }
-                let second = try PipelineService(store: peer, handlers: [PGRecordingHandler(name: "receipts", handled: handled)])
+                let second = try PipelineService(
+                    store: peer, handlers: [PGRecordingHandler(name: "receipts", handled: handled)])
                 let again = Task { try await second.run() }
                 try await second.waitUntilProcessed(last, timeout: .seconds(30))
                 second.stop()
                 try await again.value
                 await peer.close()
                 let all = handled.value.withLock { $0 }
-                #expect(all.count == 50, "handled \(all.count) times for 50 events: the restart re-handled \(all.count - 50)")
+                #expect(
+                    all.count == 50,
+                    "handled \(all.count) times for 50 events: the restart re-handled \(all.count - 50)")
                 #expect(Set(all).count == 50)
             }
         }
@@ -79,7 +86,9 @@ extension PostgresTests {
         func handlerInOneProcess() async throws {
             let url = try PostgresTestEnvironment.requireURL()
             try await withFreshStore { store in
-                let workers = try (0..<2).map { _ in try WorkerProcess(arguments: ["handle", url, store.schema.rawValue]) }
+                let workers = try (0..<2).map { _ in
+                    try WorkerProcess(arguments: ["handle", url, store.schema.rawValue])
+                }
                 defer { for w in workers { w.kill() } }
                 for w in workers { #expect(await w.waitForLine { $0 == "started" } != nil) }
                 var positions: [Int64] = []
@@ -98,7 +107,8 @@ extension PostgresTests {
                 let handled = workers.map { w in
                     w.currentLines.compactMap { $0.hasPrefix("handled ") ? Int64($0.dropFirst(8)) : nil }
                 }
-                #expect(handled.filter { !$0.isEmpty }.count == 1, "events handled per process: \(handled.map(\.count))")
+                #expect(
+                    handled.filter { !$0.isEmpty }.count == 1, "events handled per process: \(handled.map(\.count))")
                 #expect(handled.flatMap { $0 }.sorted() == positions.sorted())
             }
         }
@@ -126,7 +136,8 @@ extension PostgresTests {
                 #expect(service.status(of: "counts") == nil, "this process must not lead the projection")
                 for i in 1...5 {
                     try await app.dispatch(PGNote(id: "a", n: i), options: DispatchOptions(consistency: .strong))
-                    #expect(try await readCounts(store)["notebook-a"] == [Int64(i), Int64(i)], "read right after .strong")
+                    #expect(
+                        try await readCounts(store)["notebook-a"] == [Int64(i), Int64(i)], "read right after .strong")
                 }
                 try await app.dispatch(
                     PGNote(id: "a", n: 6),

@@ -25,7 +25,8 @@ struct WorkerSumsModel: SQLiteReadModel {
     let filter = EventFilter(types: ["SQLBumped"])
 
     func createTables(in db: Database, tables: ProjectionTables) throws {
-        try db.execute(sql: "CREATE TABLE \(try tables.table("sums")) (stream TEXT PRIMARY KEY, total INTEGER NOT NULL)")
+        try db.execute(
+            sql: "CREATE TABLE \(try tables.table("sums")) (stream TEXT PRIMARY KEY, total INTEGER NOT NULL)")
     }
 
     func apply(_ event: RecordedEvent, in db: Database, tables: ProjectionTables) throws {
@@ -104,7 +105,8 @@ struct DurableDefaultsSQLiteTests {
         do {
             let store = try SQLiteEventStore(path: file.path)
             try await appendSQLiteTicks(store, count: 30, streams: 3)
-            let service = try PipelineService(store: store, handlers: [RecordingHandler(name: "receipts", handled: handled)])
+            let service = try PipelineService(
+                store: store, handlers: [RecordingHandler(name: "receipts", handled: handled)])
             let running = Task { try await service.run() }
             try await service.waitUntilProcessed(timeout: .seconds(30))
             service.stop()
@@ -115,7 +117,8 @@ struct DurableDefaultsSQLiteTests {
         // A new process: a new store and a new service on the same file.
         let store = try SQLiteEventStore(path: file.path)
         try await appendSQLiteTicks(store, count: 20, streams: 3, prefix: "more")
-        let service = try PipelineService(store: store, handlers: [RecordingHandler(name: "receipts", handled: handled)])
+        let service = try PipelineService(
+            store: store, handlers: [RecordingHandler(name: "receipts", handled: handled)])
         let running = Task { try await service.run() }
         try await service.waitUntilProcessed(timeout: .seconds(30))
         service.stop()
@@ -157,7 +160,8 @@ struct DurableDefaultsSQLiteTests {
             leaderName == "a" ? (electionA, a, electionB, b) : (electionB, b, electionA, a)
         #expect(await leader.isLeader("receipts", token: leaderToken))
         let leaderCheckpoints = try SQLiteCheckpointStore(database: leaderStore.database)
-        try await leaderCheckpoints.commit("receipts", expected: nil, new: LogPosition(position: 10), token: leaderToken)
+        try await leaderCheckpoints.commit(
+            "receipts", expected: nil, new: LogPosition(position: 10), token: leaderToken)
 
         // The leader stops renewing (as a frozen process would): the other takes over.
         leader.stopRenewing()
@@ -168,7 +172,8 @@ struct DurableDefaultsSQLiteTests {
         #expect(await !leader.isLeader("receipts", token: leaderToken))
         #expect(await other.isLeader("receipts", token: takerToken))
         // The old leader's commit is fenced, before the new leader committed anything.
-        await #expect(throws: CheckpointError.fenced(subscription: "receipts", token: leaderToken, current: takerToken)) {
+        await #expect(throws: CheckpointError.fenced(subscription: "receipts", token: leaderToken, current: takerToken))
+        {
             try await leaderCheckpoints.commit(
                 "receipts", expected: LogPosition(position: 10), new: LogPosition(position: 20), token: leaderToken)
         }
@@ -251,7 +256,8 @@ struct DurableDefaultsSQLiteTests {
             #expect(seen == expected, "read right after a .strong dispatch")
         }
         try await app.dispatch(
-            SQLBump(id: "s", by: 1), options: DispatchOptions(consistency: .projections(["sums"]), timeout: .seconds(10)))
+            SQLBump(id: "s", by: 1),
+            options: DispatchOptions(consistency: .projections(["sums"]), timeout: .seconds(10)))
 
         // This process stops being a candidate (cancelled: it waits for the lease), and the
         // leader dies: nobody applies any more.

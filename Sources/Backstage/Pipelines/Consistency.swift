@@ -130,7 +130,7 @@ public final class ConsistencyRegistry: Sendable {
     {
         let deadline = ContinuousClock.now + timeout
         var interval = Self.committedPollInterval.lowerBound
-        var nextRead = ContinuousClock.now
+        var nextRead = ContinuousClock.now + interval  // a local commit usually comes first
         while true {
             let (behind, readers) = try entries.withLock {
                 s throws(ConsistencyError) -> ([String: LogPosition?], [String: CommittedPosition]) in

@@ -150,7 +150,8 @@ public final class SQLiteLeadership: LeaderElection {
                 let leased = try Int64.fetchOne(
                     db, sql: "SELECT token FROM backstage_leases WHERE subscription = ?", arguments: [subscription])
                 let checkpointed = try Int64.fetchOne(
-                    db, sql: "SELECT token FROM backstage_checkpoints WHERE subscription = ?", arguments: [subscription])
+                    db, sql: "SELECT token FROM backstage_checkpoints WHERE subscription = ?", arguments: [subscription]
+                )
                 let next = max(leased ?? 0, checkpointed ?? 0) + 1
                 let nowSeconds = now.timeIntervalSince1970
                 try db.execute(

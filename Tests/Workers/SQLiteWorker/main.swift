@@ -38,7 +38,8 @@ struct SumsModel: SQLiteReadModel {
     let filter = EventFilter(types: ["SQLBumped"])
 
     func createTables(in db: Database, tables: ProjectionTables) throws {
-        try db.execute(sql: "CREATE TABLE \(try tables.table("sums")) (stream TEXT PRIMARY KEY, total INTEGER NOT NULL)")
+        try db.execute(
+            sql: "CREATE TABLE \(try tables.table("sums")) (stream TEXT PRIMARY KEY, total INTEGER NOT NULL)")
     }
 
     func apply(_ event: RecordedEvent, in db: Database, tables: ProjectionTables) throws {
