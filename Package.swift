@@ -68,6 +68,12 @@ let package = Package(
             dependencies: ["Backstage", "BackstageSQLite", .product(name: "GRDB", package: "GRDB.swift")],
             path: "Tests/Workers/ProjectionWorker"
         ),
+        // A child process for the SQLite multi-process pipeline tests; not part of any product.
+        .executableTarget(
+            name: "backstage-sqlite-worker",
+            dependencies: ["Backstage", "BackstageSQLite", .product(name: "GRDB", package: "GRDB.swift")],
+            path: "Tests/Workers/SQLiteWorker"
+        ),
         // A child process for the PostgreSQL multi-process tests; not part of any product.
         .executableTarget(
             name: "backstage-postgres-worker",

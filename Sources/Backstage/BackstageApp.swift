@@ -101,8 +101,10 @@ public final class BackstageApp: Sendable {
     public let router: Router
     /// The runtime settings.
     public let configuration: Configuration
-    /// Where running projections publish their progress; `.strong` dispatches wait on it.
-    public let projections = ConsistencyRegistry()
+    /// The projections `.strong` and `.projections([...])` dispatches wait for, and how far each
+    /// has committed (registered by a ``PipelineService`` created with the app, or with
+    /// ``ConsistencyRegistry/register(_:)``).
+    public let consistency = ConsistencyRegistry()
     let middleware: [any Middleware]
     let cache: AggregateCache
     let metrics: DispatchMetrics

@@ -52,6 +52,11 @@ public protocol EventStore: Sendable {
     /// Hints that new events may be readable; each element is a wake-up, not a guarantee.
     /// Readers must still poll: a hint can be lost.
     func appendNotifications() -> AsyncStream<Void>
+
+    /// The checkpoints, parked events and leadership a ``PipelineService`` over this store uses
+    /// unless given others: durable ones, in the store's database, for a durable store. Read once
+    /// per service. Defaults to ``PipelineDefaults/inMemory()`` (see ``PipelineDefaults``).
+    var pipelineDefaults: PipelineDefaults { get }
 }
 
 /// The version a stream must be at for an append to succeed.

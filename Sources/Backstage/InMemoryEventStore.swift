@@ -19,6 +19,9 @@ public final class InMemoryEventStore: EventStore {
     private let notifier = AppendNotifier()
     /// The limits this store enforces.
     public let limits: StoreLimits
+    /// In-memory checkpoints and parked events, kept as long as the store, and single-process
+    /// leadership: a new ``PipelineService`` over the same store resumes where the last stopped.
+    public let pipelineDefaults = PipelineDefaults.inMemory()
 
     /// Creates an empty store.
     public init(limits: StoreLimits = StoreLimits()) {

@@ -50,6 +50,10 @@ public final class SQLiteEventStore: EventStore {
     public let database: DatabasePool
     /// The limits this store enforces.
     public let limits: StoreLimits
+    /// Checkpoints, parked events and lease leadership in this file (``SQLiteCheckpointStore``,
+    /// ``SQLiteParkedEventStore``, ``SQLiteLeadership``), shared by every ``PipelineService`` over
+    /// this store that is not given others.
+    public let pipelineDefaults: PipelineDefaults
     let configuration: Configuration
     private let notifier = AppendNotifier()
     private let queue = Mutex(WriteQueue())
@@ -77,6 +81,11 @@ public final class SQLiteEventStore: EventStore {
         }
         self.limits = configuration.limits
         self.configuration = configuration
+        let database = self.database
+        self.pipelineDefaults = PipelineDefaults(
+            checkpoints: try SQLiteCheckpointStore(database: database),
+            parkedEvents: try SQLiteParkedEventStore(database: database),
+            leadership: try SQLiteLeadership(database: database))
         try Self.migrator.migrate(database)
     }
 

@@ -46,13 +46,17 @@ public final class PipelineService: Service, Sendable {
 
     /// Creates a service over `store`.
     ///
+    /// `checkpoints`, `parkedEvents` and `leadership` default (nil) to the store's
+    /// ``EventStore/pipelineDefaults``: durable checkpoints and parked events and a multi-process
+    /// election in the store's database for the SQLite and PostgreSQL stores, so a restarted
+    /// service resumes where it stopped and each subscription runs in one process at a time.
+    /// Pass in-memory ones by name only for tests.
+    ///
     /// - Throws: ``PipelineError`` for an invalid or duplicate name.
     public init(
         store: any EventStore, handlers: [any EventHandler] = [], projections: [any Projection] = [],
-        checkpoints: any CheckpointStore = InMemoryCheckpointStore(),
-        parkedEvents: any ParkedEventStore = InMemoryParkedEventStore(),
-        leadership: any LeaderElection = SingleProcessLeadership(),
-        consistency: ConsistencyRegistry = ConsistencyRegistry(),
+        checkpoints: (any CheckpointStore)? = nil, parkedEvents: (any ParkedEventStore)? = nil,
+        leadership: (any LeaderElection)? = nil, consistency: ConsistencyRegistry = ConsistencyRegistry(),
         logger: Logger = Logger(label: "backstage.pipelines")
     ) throws(PipelineError) {
         var names = Set<String>()
@@ -70,29 +74,30 @@ public final class PipelineService: Service, Sendable {
             guard names.insert(p.name).inserted else { throw .duplicateSubscription(p.name) }
             projectionsByName[p.name] = p
         }
+        let defaults: PipelineDefaults? =
+            checkpoints == nil || parkedEvents == nil || leadership == nil ? store.pipelineDefaults : nil
         self.store = store
         self.handlers = byName
         self.projections = projectionsByName
-        self.checkpoints = checkpoints
-        self.parkedEvents = parkedEvents
-        self.leadership = leadership
+        self.checkpoints = checkpoints ?? defaults!.checkpoints
+        self.parkedEvents = parkedEvents ?? defaults!.parkedEvents
+        self.leadership = leadership ?? defaults!.leadership
         self.consistency = consistency
         self.logger = logger
-        for p in projections { consistency.register(p.name, strong: p.options.stronglyConsistent, position: nil) }
+        for p in projections { consistency.register(p) }
     }
 
     /// Creates a service over the app's store whose projections serve the app's strongly
-    /// consistent dispatches.
+    /// consistent dispatches (``BackstageApp/consistency``). `checkpoints`, `parkedEvents` and
+    /// `leadership` default (nil) to the store's ``EventStore/pipelineDefaults``.
     public convenience init(
         app: BackstageApp, handlers: [any EventHandler] = [], projections: [any Projection] = [],
-        checkpoints: any CheckpointStore = InMemoryCheckpointStore(),
-        parkedEvents: any ParkedEventStore = InMemoryParkedEventStore(),
-        leadership: any LeaderElection = SingleProcessLeadership(),
-        logger: Logger = Logger(label: "backstage.pipelines")
+        checkpoints: (any CheckpointStore)? = nil, parkedEvents: (any ParkedEventStore)? = nil,
+        leadership: (any LeaderElection)? = nil, logger: Logger = Logger(label: "backstage.pipelines")
     ) throws(PipelineError) {
         try self.init(
             store: app.store, handlers: handlers, projections: projections, checkpoints: checkpoints,
-            parkedEvents: parkedEvents, leadership: leadership, consistency: app.projections, logger: logger)
+            parkedEvents: parkedEvents, leadership: leadership, consistency: app.consistency, logger: logger)
     }
 
     // MARK: Running

@@ -36,6 +36,13 @@ enum PipelineSchema {
                         base_name TEXT PRIMARY KEY,
                         projection TEXT NOT NULL
                     ) WITHOUT ROWID;
+                    CREATE TABLE IF NOT EXISTS backstage_leases (
+                        subscription TEXT PRIMARY KEY,
+                        token INTEGER NOT NULL,
+                        owner TEXT NOT NULL,
+                        acquired_at REAL NOT NULL,
+                        expires_at REAL NOT NULL
+                    ) WITHOUT ROWID;
                     CREATE TABLE IF NOT EXISTS backstage_projections (
                         name TEXT PRIMARY KEY,
                         active_version INTEGER NOT NULL,
@@ -82,13 +89,21 @@ public final class SQLiteCheckpointStore: CheckpointStore {
             token: row[2], updatedAt: Date(timeIntervalSince1970: row[3]))
     }
 
-    /// The compare-and-set, inside a caller's transaction.
-    /// - Throws: ``CheckpointError`` when the stored checkpoint is not `expected` or its token is newer.
+    /// The compare-and-set, inside a caller's transaction. Fenced twice: the stored checkpoint's
+    /// token, and the subscription's lease row in the same database (see ``SQLiteLeadership``),
+    /// so a process that lost its lease cannot move the checkpoint even before the new leader's
+    /// first commit.
+    /// - Throws: ``CheckpointError`` when the stored checkpoint is not `expected` or a token is newer.
     public static func commit(
         _ subscription: String, expected: LogPosition?, new: LogPosition, token: Int64, in db: Database
     ) throws {
-        try checkCheckpointCommit(
-            subscription, stored: checkpoint(subscription, in: db), expected: expected, token: token)
+        if let current = try Int64.fetchOne(
+            db.cachedStatement(sql: "SELECT token FROM backstage_leases WHERE subscription = ?"),
+            arguments: [subscription]), token < current
+        {
+            throw CheckpointError.fenced(subscription: subscription, token: token, current: current)
+        }
+        try checkCheckpointCommit(subscription, stored: checkpoint(subscription, in: db), expected: expected, token: token)
         try db.cachedStatement(
             sql: """
                 INSERT INTO backstage_checkpoints (subscription, txn, position, token, updated_at)

@@ -125,6 +125,9 @@ case "bench":
 case "serve":
     try await serveMode(arguments)
 
+case "handle":
+    try await runHandleMode(arguments)
+
 default:
     fail("unknown mode \(arguments[1])")
 }

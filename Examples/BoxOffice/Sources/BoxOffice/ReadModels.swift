@@ -222,6 +222,12 @@ public struct BoxOfficeReadModels: Sendable {
     }
 
     /// A pipeline service over the app's store running the projections and the receipt sender.
+    ///
+    /// It gets the store's durable pipeline defaults (`EventStore.pipelineDefaults`): on SQLite the
+    /// receipt sender's checkpoint, its parked receipts and the leases live in the store's file, on
+    /// PostgreSQL in its schema with lease leadership, so a restart sends no receipt twice and only
+    /// one process sends them. (With PostgreSQL the read models are still in an in-memory database
+    /// of this process, so only the process that leads them has them filled.)
     public func pipelines(
         app: BackstageApp, receipts: Bool = true, logger: Logger = Logger(label: "box-office.pipelines")
     ) throws -> PipelineService {
