@@ -9,6 +9,9 @@
 //       Runs the `counts` projection (PostgresProjection + PostgresLeadership) in a
 //       PipelineService until killed; prints `started`.
 //
+//   append <url> <schema> <stream> <type> <json>
+//       Appends one event from this process; prints `appended <stream version>` (RuntimeModes.swift).
+//
 //   bench <url> <schema>
 //       Prints append throughput (events/s) with 1 and 8 concurrent writers, and the subscriber
 //       lag from commit to delivery (median, p99, ms). Build it in release mode to measure.
@@ -111,6 +114,9 @@ case "sell":
     let c = tally.counts.withLock { $0 }
     emit("result sold=\(c.sold) soldOut=\(c.soldOut) conflicts=\(c.conflicts) errors=\(c.errors)")
     await store.close()
+
+case "append":
+    try await runAppendMode(arguments)
 
 case "bench":
     guard arguments.count >= 4 else { fail("usage: bench <url> <schema> [append|lag]") }
