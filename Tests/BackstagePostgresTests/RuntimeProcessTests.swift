@@ -98,8 +98,10 @@ extension PostgresTests {
         func hotAggregate() async throws {
             let url = try PostgresTestEnvironment.requireURL()
             try await withFreshStore { store in
+                // Every process starts selling at the same instant, a moment after all were launched.
+                let start = "\(Int64((Date().timeIntervalSince1970 + 3) * 1000))"
                 let sellers = try (0..<8).map { _ in
-                    try WorkerProcess(arguments: ["sell", url, store.schema.rawValue, "1", "10", "8"])
+                    try WorkerProcess(arguments: ["race", url, store.schema.rawValue, "1", "10", "8", start])
                 }
                 defer { for s in sellers { s.kill() } }
                 var totals: [String: Int] = [:]

@@ -110,8 +110,10 @@ struct RuntimeProcessTests {
         let db = try TemporaryDatabase()
         let store = try SQLiteEventStore(path: db.path)  // migrate once before the race
         let path = db.path
+        // Every process starts selling at the same instant, a moment after all were launched.
+        let start = "\(Int64((Date().timeIntervalSince1970 + 3) * 1000))"
         let results = try await withThrowingTaskGroup(of: [String].self) { group in
-            for _ in 0..<8 { group.addTask { try await runAppendWorker(["sell", path, "1", "10", "8"]) } }
+            for _ in 0..<8 { group.addTask { try await runAppendWorker(["sell", path, "1", "10", "8", start]) } }
             return try await group.reduce(into: []) { $0 += $1 }
         }
         var totals: [String: Int] = [:]

@@ -6,7 +6,7 @@
 //         ok <command id> <stream> <first position> <last position> <event count>
 //   append <path> <stream> <type> <json>
 //       Appends one event (expected version: any) and prints `appended <stream version>`.
-//   sell <path> <shows> <capacity> <attempts>
+//   sell <path> <shows> <capacity> <attempts> [<start at, ms since 1970>]
 //       A BackstageApp dispatching <attempts> SellTicket commands (8 at a time) to random shows;
 //       prints `result sold=<n> soldOut=<n> conflicts=<n> errors=<n>` (see RuntimeModes.swift).
 import Backstage
