@@ -12,7 +12,16 @@ final class AsyncLock: Sendable {
     private let state = Mutex(State())
 
     func lock() async {
-        if state.withLock({ s in s.locked ? false : { s.locked = true; return true }() }) { return }
+        if state.withLock({ s in
+            s.locked
+                ? false
+                : {
+                    s.locked = true
+                    return true
+                }()
+        }) {
+            return
+        }
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             let acquired = state.withLock { s -> Bool in
                 if !s.locked {
@@ -42,7 +51,7 @@ class CacheEntry: @unchecked Sendable {
     // Guarded by the cache's mutex: use count, recency, and the links of the recency list.
     var users = 0
     var lastUsed: ContinuousClock.Instant = .now
-    var key = ""
+    var key = ExactString("")
     var older: CacheEntry?
     var newer: CacheEntry?
 }
@@ -58,9 +67,11 @@ final class AggregateEntry<A: Aggregate>: CacheEntry, @unchecked Sendable {
 /// Hydrated aggregates, bounded by count and idle time, evicted least recently used first.
 /// Entries in use are never evicted, so two commands for one aggregate in one process always
 /// share an entry and run one at a time. Every operation is O(1): a recency list threads the entries.
+/// Stream ids are keys byte for byte (``ExactString``), as in the stores: two canonically
+/// equivalent spellings of an id are two aggregates.
 final class AggregateCache: Sendable {
     private struct State {
-        var entries: [String: CacheEntry] = [:]
+        var entries: [ExactString: CacheEntry] = [:]
         var oldest: CacheEntry?
         var newest: CacheEntry?
 
@@ -97,16 +108,17 @@ final class AggregateCache: Sendable {
     /// The entry of `stream`, marked in use; pair with ``release(_:_:)``.
     func acquire<A: Aggregate>(_ stream: String, as type: A.Type) -> AggregateEntry<A> {
         let now = ContinuousClock.now
+        let key = ExactString(stream)
         return state.withLock { s in
             let entry: AggregateEntry<A>
-            if let existing = s.entries[stream] as? AggregateEntry<A> {
+            if let existing = s.entries[key] as? AggregateEntry<A> {
                 entry = existing
                 s.unlink(entry)
             } else {
-                if let other = s.entries[stream] { s.remove(other) }
+                if let other = s.entries[key] { s.remove(other) }
                 entry = AggregateEntry<A>()
-                entry.key = stream
-                s.entries[stream] = entry
+                entry.key = key
+                s.entries[key] = entry
             }
             entry.users += 1
             entry.lastUsed = now
@@ -120,7 +132,7 @@ final class AggregateCache: Sendable {
     func release(_ stream: String, _ entry: CacheEntry) {
         state.withLock { s in
             entry.users -= 1
-            if entry.users == 0, s.entries[stream] === entry, capacity == 0 || s.entries.count > capacity {
+            if entry.users == 0, s.entries[ExactString(stream)] === entry, capacity == 0 || s.entries.count > capacity {
                 s.remove(entry)
             }
         }
@@ -129,7 +141,7 @@ final class AggregateCache: Sendable {
     /// Forgets `stream` (when it is not in use), so the next command reloads it.
     func invalidate(_ stream: String) {
         state.withLock { s in
-            if let e = s.entries[stream], e.users == 0 { s.remove(e) }
+            if let e = s.entries[ExactString(stream)], e.users == 0 { s.remove(e) }
         }
     }
 
@@ -142,8 +154,7 @@ final class AggregateCache: Sendable {
             let expired = now - e.lastUsed >= idleTimeout
             if !over && !expired { return }
             candidate = e.newer
-            if e.users == 0 { s.remove(e) }
-            else if !over { return }
+            if e.users == 0 { s.remove(e) } else if !over { return }
         }
     }
 }

@@ -7,6 +7,11 @@ import Tracing
 public struct DispatchOptions: Sendable {
     /// The command's id. Leave nil for a new one; pass the id of an earlier attempt (an HTTP
     /// idempotency key, say) to make a retry return the original result instead of running again.
+    ///
+    /// An explicit id is bound to its command: the events store a fingerprint of the command
+    /// (its name and its sorted-keys JSON when it is `Encodable`, else its `String(reflecting:)`)
+    /// in the metadata field ``commandFingerprintField``. The same id with another command, or
+    /// for another aggregate, throws ``EventStoreError/idempotencyConflict(commandID:stream:)``.
     public var commandID: UUID?
     /// The correlation id to carry on; defaults to the command id.
     public var correlationID: UUID?
@@ -81,7 +86,16 @@ public final class BackstageApp: Sendable {
         /// A cached aggregate unused for this long is dropped.
         public var cacheIdleTimeout: Duration = .seconds(600)
         /// How often a command is retried after a version conflict before the conflict is surfaced.
-        public var maxConflictRetries: Int = 3
+        ///
+        /// Every conflict means another writer appended to the aggregate first, so a hot
+        /// aggregate with N competing processes needs about N retries in the worst case.
+        public var maxConflictRetries: Int = 16
+        /// The wait before the first retry of a conflicted command; each further retry doubles
+        /// it up to ``maxConflictBackoff``. The actual wait is between half of it and all of it
+        /// (jitter), so competing processes stop colliding. Zero retries at once.
+        public var conflictBackoff: Duration = .milliseconds(2)
+        /// The longest wait between two retries of a conflicted command.
+        public var maxConflictBackoff: Duration = .milliseconds(100)
         /// Take a snapshot every N events of every aggregate whose state is `Codable` (nil: never).
         public var snapshotEvery: Int? = nil
         /// Per-category snapshot intervals; they win over ``snapshotEvery``.
@@ -173,19 +187,33 @@ public final class BackstageApp: Sendable {
     ) async throws -> Dispatched<C.Target> {
         typealias A = C.Target
         let stream = context.stream
+        let codec = route.aggregate.codec
         let entry = cache.acquire(stream, as: A.self)
         await entry.lock.lock()
         defer {
             entry.lock.unlock()
             cache.release(stream, entry)
         }
-        if !entry.loaded { try await load(entry, stream: stream, codec: route.aggregate.codec) }
-        if explicitID, let prior = try await store.appendResult(forCommand: context.commandID) {
-            return try await duplicate(prior, entry: entry, context: context, codec: route.aggregate.codec)
+        // Decide on the state committed before the command started: a cached aggregate reads
+        // the events appended after its version (by this or another process), others load.
+        if entry.loaded {
+            try await catchUp(entry, stream: stream, codec: codec)
+        } else {
+            try await load(entry, stream: stream, codec: codec)
+        }
+        var fields = context.fields
+        var fingerprint: String? = nil
+        if explicitID {
+            let print = commandFingerprint(command, name: route.name)
+            fingerprint = print
+            fields[commandFingerprintField] = print
+            if let prior = try await store.appendResult(forCommand: context.commandID) {
+                return try await duplicate(prior, entry: entry, context: context, fingerprint: print, codec: codec)
+            }
         }
         let metadata = EventMetadata(
             commandID: context.commandID, causationID: context.commandID,
-            correlationID: context.correlationID, fields: context.fields)
+            correlationID: context.correlationID, fields: fields)
         var retries = 0
         while true {
             let decided = try route.decide(entry.state, command)
@@ -194,7 +222,7 @@ public final class BackstageApp: Sendable {
                     commandID: context.commandID, stream: stream, events: [], recorded: [],
                     version: entry.version, state: entry.state, isDuplicate: false, retries: retries)
             }
-            let data = try decided.map { try route.aggregate.codec.encode($0, metadata: metadata) }
+            let data = try decided.map { try codec.encode($0, metadata: metadata) }
             let result: AppendResult
             do {
                 result = try await store.append(
@@ -208,36 +236,19 @@ public final class BackstageApp: Sendable {
                 }
                 retries += 1
                 metrics.conflict(command: route.name)
-                try await catchUp(entry, stream: stream, codec: route.aggregate.codec)
+                try await Task.sleep(for: conflictDelay(afterAttempt: retries))
+                try await catchUp(entry, stream: stream, codec: codec)
                 continue
             }
             if result.isDuplicate {
                 // Another process stored this command id while we decided: report its result.
-                try await catchUp(entry, stream: stream, codec: route.aggregate.codec)
-                return try await duplicate(result, entry: entry, context: context, codec: route.aggregate.codec)
+                try await catchUp(entry, stream: stream, codec: codec)
+                return try await duplicate(
+                    result, entry: entry, context: context, fingerprint: fingerprint, codec: codec)
             }
             for event in decided { entry.state.apply(event) }
             entry.version = result.lastVersion
-            let now = Date()
-            var recorded = zip(data, result.firstVersion...).enumerated().map { i, pair in
-                RecordedEvent(
-                    position: result.firstPosition + Int64(i), transaction: result.transaction,
-                    stream: stream, streamVersion: pair.1, id: pair.0.id, type: pair.0.type,
-                    schemaVersion: pair.0.schemaVersion, data: pair.0.data, metadata: pair.0.metadata,
-                    recordedAt: now)
-            }
-            if result.lastPosition - result.firstPosition + 1 != Int64(data.count) {
-                // The positions of one append can have gaps (PostgreSQL: concurrent transactions
-                // share the sequence), so read the stored events back instead of guessing.
-                if let stored = try? await store.readStream(
-                    stream, from: result.firstVersion, direction: .forward, limit: data.count),
-                    stored.map(\.id) == data.map(\.id)
-                {
-                    recorded = stored
-                } else {
-                    recorded[recorded.count - 1].position = result.lastPosition
-                }
-            }
+            let recorded = try await recordedEvents(data, stream: stream, result: result)
             await snapshotIfDue(entry, stream: stream)
             return Dispatched(
                 commandID: context.commandID, stream: stream, events: decided, recorded: recorded,
@@ -245,16 +256,92 @@ public final class BackstageApp: Sendable {
         }
     }
 
+    /// The stored form of the events just appended: built from the result when the store reports
+    /// the stored time and contiguous positions, read back otherwise.
+    private func recordedEvents(_ data: [EventData], stream: String, result: AppendResult) async throws
+        -> [RecordedEvent]
+    {
+        let contiguous = result.lastPosition - result.firstPosition + 1 == Int64(data.count)
+        if let recordedAt = result.recordedAt, contiguous {
+            return local(data, stream: stream, result: result, recordedAt: recordedAt)
+        }
+        // The positions of one append can have gaps (PostgreSQL: concurrent transactions share
+        // the sequence), and the stored time may be unknown: read the stored events back.
+        if let stored = try? await store.readStream(
+            stream, from: result.firstVersion, direction: .forward, limit: data.count),
+            stored.map(\.id) == data.map(\.id)
+        {
+            return stored
+        }
+        // The events are stored, so the command succeeded: report what is known.
+        var recorded = local(data, stream: stream, result: result, recordedAt: result.recordedAt ?? Date())
+        recorded[recorded.count - 1].position = result.lastPosition
+        return recorded
+    }
+
+    private func local(_ data: [EventData], stream: String, result: AppendResult, recordedAt: Date)
+        -> [RecordedEvent]
+    {
+        zip(data, result.firstVersion...).enumerated().map { i, pair in
+            RecordedEvent(
+                position: result.firstPosition + Int64(i), transaction: result.transaction,
+                stream: stream, streamVersion: pair.1, id: pair.0.id, type: pair.0.type,
+                schemaVersion: pair.0.schemaVersion, data: pair.0.data, metadata: pair.0.metadata,
+                recordedAt: recordedAt)
+        }
+    }
+
+    /// Exponential backoff with jitter before retrying a conflicted command: half the step plus
+    /// a random part of the other half, the step doubling from ``Configuration/conflictBackoff``
+    /// up to ``Configuration/maxConflictBackoff``.
+    private func conflictDelay(afterAttempt attempt: Int) -> Duration {
+        let base = configuration.conflictBackoff
+        let cap = configuration.maxConflictBackoff
+        guard base > .zero, cap > .zero else { return .zero }
+        var step = base
+        for _ in 1..<max(attempt, 1) where step < cap { step *= 2 }
+        if step > cap { step = cap }
+        let half = step / 2
+        return half + half * Double.random(in: 0...1)
+    }
+
+    /// A command id that is already stored: the original result when it belongs to this stream
+    /// and this command, an idempotency conflict otherwise.
     private func duplicate<A: Aggregate>(
-        _ prior: AppendResult, entry: AggregateEntry<A>, context: CommandContext, codec: EventCodec<A.Event>
+        _ prior: AppendResult, entry: AggregateEntry<A>, context: CommandContext, fingerprint: String?,
+        codec: EventCodec<A.Event>
     ) async throws -> Dispatched<A> {
+        guard prior.stream.utf8.elementsEqual(context.stream.utf8) else {
+            throw EventStoreError.idempotencyConflict(commandID: context.commandID, stream: prior.stream)
+        }
         let count = Int(prior.lastVersion - prior.firstVersion + 1)
         let recorded = try await store.readStream(
             prior.stream, from: prior.firstVersion, direction: .forward, limit: count)
+        if let fingerprint, let stored = recorded.first?.metadata.fields[commandFingerprintField],
+            stored != fingerprint
+        {
+            throw EventStoreError.idempotencyConflict(commandID: context.commandID, stream: prior.stream)
+        }
+        // The state after the original command, not after whatever came later.
+        let state: A
+        if entry.version == prior.lastVersion {
+            state = entry.state
+        } else {
+            var replayed = A()
+            var next: Int64 = 1
+            while next <= prior.lastVersion {
+                let limit = Int(min(Int64(configuration.loadPageSize), prior.lastVersion - next + 1))
+                let page = try await store.readStream(prior.stream, from: next, direction: .forward, limit: limit)
+                if page.isEmpty { break }
+                for event in page { replayed.apply(try codec.decode(event)) }
+                next += Int64(page.count)
+            }
+            state = replayed
+        }
         return Dispatched(
             commandID: context.commandID, stream: prior.stream,
             events: try recorded.map { try codec.decode($0) }, recorded: recorded,
-            version: prior.lastVersion, state: entry.state, isDuplicate: true, retries: 0)
+            version: prior.lastVersion, state: state, isDuplicate: true, retries: 0)
     }
 
     // MARK: Loading
@@ -306,7 +393,9 @@ public final class BackstageApp: Sendable {
             let encodable = entry.state as? any Encodable
         else { return }
         do {
-            let data = try JSONEncoder().encode(encodable)
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = .sortedKeys
+            let data = try encoder.encode(encodable)
             try await store.saveSnapshot(
                 Snapshot(stream: stream, version: entry.version, schemaVersion: A.snapshotSchemaVersion, data: data))
             entry.lastSnapshotVersion = entry.version
@@ -356,13 +445,36 @@ public final class BackstageApp: Sendable {
         while true {
             let page = try await store.readStream(
                 stream, from: Int64(result.count) + 1, direction: .forward, limit: configuration.loadPageSize)
-            for recorded in page { result.append(HistoricalEvent(recorded: recorded, event: try codec.decode(recorded))) }
+            for recorded in page {
+                result.append(HistoricalEvent(recorded: recorded, event: try codec.decode(recorded)))
+            }
             if page.count < configuration.loadPageSize { return result }
         }
     }
 
     /// The number of hydrated aggregates in the cache.
     public var cachedAggregateCount: Int { cache.count }
+}
+
+/// The metadata field where a dispatch with an explicit command id stores the command's
+/// fingerprint, so a reuse of the id for a different command is recognised by any process.
+/// Reserved: a value set by a caller under this key is replaced.
+public let commandFingerprintField = "backstage.command"
+
+/// A deterministic digest of a command: its name and its JSON with sorted keys when it is
+/// `Encodable`, else its `String(reflecting:)`. Stable across processes and restarts (a `Set`
+/// property encodes in hash order, though: prefer arrays in commands sent with explicit ids).
+func commandFingerprint<C: Command>(_ command: C, name: String) -> String {
+    var hasher = FNV1a()
+    hasher.add(name)
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = .sortedKeys
+    if let encodable = command as? any Encodable, let json = try? encoder.encode(encodable) {
+        hasher.add(json)
+    } else {
+        hasher.add(String(reflecting: command))
+    }
+    return "\(name):\(String(hasher.value, radix: 16))"
 }
 
 /// Metrics of the aggregate runtime (swift-metrics): dispatches, failures, latency, events, retries.

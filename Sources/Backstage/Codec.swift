@@ -43,7 +43,9 @@ public struct EventCodec<Family: EventFamily>: Sendable {
             }
         }
         self.decoders = decoders
-        self.encoder = JSONEncoder()
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        self.encoder = encoder
         self.decoder = JSONDecoder()
     }
 
@@ -54,6 +56,11 @@ public struct EventCodec<Family: EventFamily>: Sendable {
     public func reads(type: String) -> Bool { decoders.keys.contains { $0.type == type } }
 
     /// Turns a family value into an event to append.
+    ///
+    /// The JSON is deterministic byte for byte (keys sorted), so a retried command produces the
+    /// same bytes and the store's idempotency fingerprint recognises it. One exception is out of
+    /// the codec's reach: a `Set` property encodes its elements in hash order, which differs
+    /// between processes; store an array (sorted) in events instead.
     public func encode(_ value: Family, metadata: EventMetadata, id: UUID = UUIDv7.next()) throws
         -> EventData
     {

@@ -143,17 +143,48 @@ public struct EventFilter: Sendable, Hashable {
     public static let all = EventFilter()
 
     /// Whether `event` passes the filter.
+    ///
+    /// Names compare byte for byte (UTF-8), as in the databases: `café` spelled with a combining
+    /// accent (NFD) is not `café` spelled with a precomposed one (NFC). A `Set<String>` holds one
+    /// spelling of canonically equivalent names, so a filter matches that spelling only.
     public func matches(type: String, stream: String) -> Bool {
-        if let types, !types.contains(type) { return false }
-        if let categories, !categories.contains(streamCategory(stream)) { return false }
+        if let types, !Self.containsExactly(types, type) { return false }
+        if let categories, !Self.containsExactly(categories, streamCategory(stream)) { return false }
         return true
+    }
+
+    private static func containsExactly(_ set: Set<String>, _ value: String) -> Bool {
+        guard let index = set.firstIndex(of: value) else { return false }
+        return set[index].utf8.elementsEqual(value.utf8)
     }
 }
 
-/// The category of a stream: the part of its id before the first `-` (the whole id when none).
+/// The category of a stream: the part of its id before the first `-` byte (the whole id when none).
+///
+/// The split is on the UTF-8 byte of `-`, not on a `Character`: a `-` followed by a combining
+/// mark still ends the category, as it does in the databases.
 public func streamCategory(_ stream: String) -> String {
-    if let dash = stream.firstIndex(of: "-") { return String(stream[..<dash]) }
+    if let dash = stream.utf8.firstIndex(of: UInt8(ascii: "-")) {
+        return String(decoding: stream.utf8[..<dash], as: UTF8.self)
+    }
     return stream
+}
+
+/// A string that compares and hashes by its UTF-8 bytes, not by Swift's canonical equivalence:
+/// the identity rule of every store and cache (SQLite and PostgreSQL compare bytes too).
+struct ExactString: Hashable, Sendable {
+    let value: String
+
+    init(_ value: String) { self.value = value }
+
+    static func == (a: ExactString, b: ExactString) -> Bool {
+        a.value.utf8.count == b.value.utf8.count && a.value.utf8.elementsEqual(b.value.utf8)
+    }
+
+    func hash(into hasher: inout Hasher) {
+        var copy = value
+        copy.withUTF8 { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
+    }
 }
 
 /// An event to append: type name, schema version, JSON data and metadata.
@@ -245,11 +276,14 @@ public struct AppendResult: Sendable, Hashable {
     public var transaction: UInt64
     /// True when this result is the one stored earlier for the same command id: nothing was written.
     public var isDuplicate: Bool
+    /// When the events were stored: the `recordedAt` written to their rows, if the store knows it
+    /// without reading them back (nil otherwise, and for duplicates).
+    public var recordedAt: Date?
 
     /// Creates a result (stores use this).
     public init(
         stream: String, firstVersion: Int64, lastVersion: Int64, firstPosition: Int64,
-        lastPosition: Int64, transaction: UInt64 = 0, isDuplicate: Bool = false
+        lastPosition: Int64, transaction: UInt64 = 0, isDuplicate: Bool = false, recordedAt: Date? = nil
     ) {
         self.stream = stream
         self.firstVersion = firstVersion
@@ -258,6 +292,7 @@ public struct AppendResult: Sendable, Hashable {
         self.lastPosition = lastPosition
         self.transaction = transaction
         self.isDuplicate = isDuplicate
+        self.recordedAt = recordedAt
     }
 
     /// Where a reader resumes after the last appended event.
@@ -293,7 +328,9 @@ public struct Snapshot: Sendable, Hashable {
 public enum EventStoreError: Error, Sendable, Hashable, CustomStringConvertible {
     /// The stream was not at the expected version; nothing was written.
     case wrongExpectedVersion(stream: String, expected: ExpectedVersion, actual: Int64)
-    /// The command id was already stored with different events; nothing was written.
+    /// The command id was already stored with different events, for another stream, or (through
+    /// ``BackstageApp``) for a different command; nothing was written. `stream` is the stream the
+    /// id was first stored with.
     case idempotencyConflict(commandID: UUID, stream: String)
     /// The input broke a limit or rule; nothing was written.
     case invalidInput(String)
@@ -303,7 +340,7 @@ public enum EventStoreError: Error, Sendable, Hashable, CustomStringConvertible 
         case .wrongExpectedVersion(let stream, let expected, let actual):
             "wrong expected version for stream '\(stream)': expected \(expected), actual version \(actual)"
         case .idempotencyConflict(let id, let stream):
-            "command \(id) was already appended to stream '\(stream)' with different events"
+            "command \(id) was already appended to stream '\(stream)' with different events or by a different command"
         case .invalidInput(let reason):
             "invalid input: \(reason)"
         }
@@ -322,17 +359,24 @@ public struct StoreLimits: Sendable, Hashable {
     public var maxPageSize: Int
     /// Longest event type name, in UTF-8 bytes.
     public var maxTypeNameBytes: Int
+    /// Largest metadata fields of one event: the UTF-8 bytes of every key and value together.
+    public var maxMetadataBytes: Int
+    /// Largest append: the `data` bytes of all its events together.
+    public var maxAppendBytes: Int
 
     /// Creates limits; the defaults suit most applications.
     public init(
         maxPayloadBytes: Int = 1 << 20, maxEventsPerAppend: Int = 1_000, maxStreamIDBytes: Int = 256,
-        maxPageSize: Int = 10_000, maxTypeNameBytes: Int = 256
+        maxPageSize: Int = 10_000, maxTypeNameBytes: Int = 256, maxMetadataBytes: Int = 64 << 10,
+        maxAppendBytes: Int = 16 << 20
     ) {
         self.maxPayloadBytes = maxPayloadBytes
         self.maxEventsPerAppend = maxEventsPerAppend
         self.maxStreamIDBytes = maxStreamIDBytes
         self.maxPageSize = maxPageSize
         self.maxTypeNameBytes = maxTypeNameBytes
+        self.maxMetadataBytes = maxMetadataBytes
+        self.maxAppendBytes = maxAppendBytes
     }
 
     /// Checks a stream id: non-empty, at most ``maxStreamIDBytes``, no NUL.
@@ -354,6 +398,7 @@ public struct StoreLimits: Sendable, Hashable {
                 "\(events.count) events in one append; the limit is \(maxEventsPerAppend)")
         }
         var ids = Set<UUID>()
+        var totalBytes = 0
         for event in events {
             if event.type.isEmpty { throw .invalidInput("event type name is empty") }
             if event.type.utf8.count > maxTypeNameBytes || event.type.utf8.contains(0) {
@@ -366,6 +411,28 @@ public struct StoreLimits: Sendable, Hashable {
             if !ids.insert(event.id).inserted {
                 throw .invalidInput("event id \(event.id) appears twice in one append")
             }
+            totalBytes += event.data.count
+            try validate(metadata: event.metadata, of: event.type)
+        }
+        if totalBytes > maxAppendBytes {
+            throw .invalidInput(
+                "the events of one append carry \(totalBytes) bytes of data; the limit is \(maxAppendBytes)")
+        }
+    }
+
+    /// Checks the metadata fields of one event: no NUL in a key or value (PostgreSQL's `jsonb`
+    /// cannot store it), at most ``maxMetadataBytes`` of keys and values together.
+    public func validate(metadata: EventMetadata, of type: String) throws(EventStoreError) {
+        var bytes = 0
+        for (key, value) in metadata.fields {
+            if key.utf8.contains(0) || value.utf8.contains(0) {
+                throw .invalidInput("a metadata field of \(type.prefix(40)) has NUL in its key or value")
+            }
+            bytes += key.utf8.count + value.utf8.count
+        }
+        if bytes > maxMetadataBytes {
+            throw .invalidInput(
+                "the metadata fields of \(type.prefix(40)) are \(bytes) bytes; the limit is \(maxMetadataBytes)")
         }
     }
 
@@ -379,7 +446,8 @@ public struct StoreLimits: Sendable, Hashable {
 
 /// A digest of an append's events (type, schema version, data), used to tell a retried command
 /// (same events) from a reused command id (different events). Event ids are left out: a retry
-/// may carry fresh ids.
+/// may carry fresh ids. The data is hashed as given, so it must be encoded deterministically:
+/// ``EventCodec`` sorts JSON keys for this reason.
 public func appendFingerprint(_ events: [EventData]) -> String {
     var hasher = FNV1a()
     for e in events {

@@ -2,7 +2,8 @@ import Foundation
 import Synchronization
 
 /// An event store that keeps everything in memory: for tests, prototypes and benchmarks of the
-/// framework itself. It has the same semantics as the durable stores.
+/// framework itself. It has the same semantics as the durable stores; stream ids compare byte for
+/// byte, as in SQLite and PostgreSQL.
 public final class InMemoryEventStore: EventStore {
     private struct StoredCommand {
         var fingerprint: String
@@ -10,9 +11,9 @@ public final class InMemoryEventStore: EventStore {
     }
     private struct State {
         var events: [RecordedEvent] = []
-        var streams: [String: [Int]] = [:]
+        var streams: [ExactString: [Int]] = [:]
         var commands: [UUID: StoredCommand] = [:]
-        var snapshots: [String: Snapshot] = [:]
+        var snapshots: [ExactString: Snapshot] = [:]
         var eventIDs: Set<UUID> = []
     }
     private let state = Mutex(State())
@@ -40,9 +41,11 @@ public final class InMemoryEventStore: EventStore {
                 }
                 var original = stored.result
                 original.isDuplicate = true
+                original.recordedAt = nil
                 return original
             }
-            let indices = s.streams[stream] ?? []
+            let key = ExactString(stream)
+            let indices = s.streams[key] ?? []
             let actual = Int64(indices.count)
             guard expected.accepts(actual) else {
                 throw .wrongExpectedVersion(stream: stream, expected: expected, actual: actual)
@@ -64,10 +67,10 @@ public final class InMemoryEventStore: EventStore {
                         id: e.id, type: e.type, schemaVersion: e.schemaVersion, data: e.data,
                         metadata: e.metadata, recordedAt: now))
             }
-            s.streams[stream] = appended
+            s.streams[key] = appended
             let result = AppendResult(
                 stream: stream, firstVersion: actual + 1, lastVersion: version,
-                firstPosition: firstPosition, lastPosition: Int64(s.events.count))
+                firstPosition: firstPosition, lastPosition: Int64(s.events.count), recordedAt: now)
             if let commandID { s.commands[commandID] = StoredCommand(fingerprint: fingerprint, result: result) }
             return result
         }
@@ -81,7 +84,7 @@ public final class InMemoryEventStore: EventStore {
         try limits.validate(stream: stream)
         try limits.validate(pageSize: limit)
         return state.withLock { s in
-            guard let indices = s.streams[stream], !indices.isEmpty else { return [] }
+            guard let indices = s.streams[ExactString(stream)], !indices.isEmpty else { return [] }
             switch direction {
             case .forward:
                 let start = max(version, 1)
@@ -115,7 +118,7 @@ public final class InMemoryEventStore: EventStore {
 
     public func streamVersion(_ stream: String) async throws -> Int64 {
         try limits.validate(stream: stream)
-        return state.withLock { Int64($0.streams[stream]?.count ?? 0) }
+        return state.withLock { Int64($0.streams[ExactString(stream)]?.count ?? 0) }
     }
 
     public func headPosition() async throws -> LogPosition {
@@ -126,6 +129,7 @@ public final class InMemoryEventStore: EventStore {
         state.withLock { s in
             guard var result = s.commands[commandID]?.result else { return nil }
             result.isDuplicate = true
+            result.recordedAt = nil
             return result
         }
     }
@@ -133,18 +137,18 @@ public final class InMemoryEventStore: EventStore {
     public func saveSnapshot(_ snapshot: Snapshot) async throws {
         try limits.validate(stream: snapshot.stream)
         state.withLock { s in
-            if let old = s.snapshots[snapshot.stream], old.schemaVersion == snapshot.schemaVersion,
+            if let old = s.snapshots[ExactString(snapshot.stream)], old.schemaVersion == snapshot.schemaVersion,
                 old.version > snapshot.version
             {
                 return
             }
-            s.snapshots[snapshot.stream] = snapshot
+            s.snapshots[ExactString(snapshot.stream)] = snapshot
         }
     }
 
     public func loadSnapshot(_ stream: String, schemaVersion: Int) async throws -> Snapshot? {
         state.withLock { s in
-            guard let snap = s.snapshots[stream], snap.schemaVersion == schemaVersion else { return nil }
+            guard let snap = s.snapshots[ExactString(stream)], snap.schemaVersion == schemaVersion else { return nil }
             return snap
         }
     }

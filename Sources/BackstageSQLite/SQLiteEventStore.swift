@@ -4,6 +4,51 @@ import Foundation
 import GRDB
 import Synchronization
 
+/// Errors of the SQLite backend (event store errors are ``EventStoreError``): what SQLite or
+/// GRDB reported, never the driver's own error type.
+public enum SQLiteStoreError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// SQLite answered with an error: its result code (`SQLITE_BUSY` is 5, `SQLITE_FULL` 13, ...)
+    /// and message.
+    case database(resultCode: Int32, message: String)
+    /// The database held something the store did not expect (a bug or a foreign schema).
+    case unexpectedResult(String)
+
+    public var description: String {
+        switch self {
+        case .database(let code, let message): "SQLite error \(code): \(message)"
+        case .unexpectedResult(let what): "unexpected result from SQLite: \(what)"
+        }
+    }
+
+    /// `error` as callers may see it: Backstage errors and `CancellationError` unchanged, an
+    /// interrupted statement of a cancelled task as `CancellationError`, anything else wrapped.
+    static func translate(_ error: any Error) -> any Error {
+        switch error {
+        case is EventStoreError, is SQLiteStoreError, is CancellationError:
+            return error
+        case let error as DatabaseError:
+            if error.resultCode == .SQLITE_INTERRUPT || error.resultCode == .SQLITE_ABORT, Task.isCancelled {
+                return CancellationError()
+            }
+            return SQLiteStoreError.database(
+                resultCode: error.extendedResultCode.rawValue, message: error.message ?? "\(error.resultCode)")
+        default:
+            if Task.isCancelled { return CancellationError() }
+            return SQLiteStoreError.unexpectedResult("\(error)")
+        }
+    }
+}
+
+/// Runs `body`, translating driver errors (see ``SQLiteStoreError``).
+@inline(__always)
+func translatingErrors<T>(_ body: () async throws -> T) async throws -> T {
+    do {
+        return try await body()
+    } catch {
+        throw SQLiteStoreError.translate(error)
+    }
+}
+
 /// The embedded event store: one SQLite file in WAL mode, through GRDB.
 ///
 /// - One writer at a time (`BEGIN IMMEDIATE`), so positions (an `AUTOINCREMENT` key) are committed
@@ -59,7 +104,17 @@ public final class SQLiteEventStore: EventStore {
     private let queue = Mutex(WriteQueue())
 
     /// Opens (or creates) the store at `path` and migrates its schema.
-    public init(path: String, configuration: Configuration = Configuration()) throws {
+    ///
+    /// - Throws: ``SQLiteStoreError`` when the file cannot be opened or migrated.
+    public convenience init(path: String, configuration: Configuration = Configuration()) throws {
+        do {
+            try self.init(opening: path, configuration: configuration)
+        } catch {
+            throw SQLiteStoreError.translate(error)
+        }
+    }
+
+    private init(opening path: String, configuration: Configuration) throws {
         var config = GRDB.Configuration()
         config.busyMode = .timeout(configuration.busyTimeout)
         config.maximumReaderCount = max(configuration.maxReaders, 1)
@@ -91,7 +146,7 @@ public final class SQLiteEventStore: EventStore {
 
     /// Closes the database. Appends after this fail.
     public func close() throws {
-        try database.close()
+        do { try database.close() } catch { throw SQLiteStoreError.translate(error) }
     }
 
     // MARK: Schema
@@ -240,7 +295,7 @@ public final class SQLiteEventStore: EventStore {
                         wrote = wrote || !result.isDuplicate
                         item.continuation.resume(returning: result)
                     case .failure(let error)?:
-                        item.continuation.resume(throwing: error)
+                        item.continuation.resume(throwing: SQLiteStoreError.translate(error))
                     case nil:
                         item.continuation.resume(throwing: CancellationError())
                     }
@@ -248,7 +303,8 @@ public final class SQLiteEventStore: EventStore {
                 if wrote { notifier.notify() }
             } catch {
                 // The transaction did not commit: nothing of the batch is stored.
-                for item in batch { item.continuation.resume(throwing: error) }
+                let translated = SQLiteStoreError.translate(error)
+                for item in batch { item.continuation.resume(throwing: translated) }
             }
         }
     }
@@ -303,13 +359,15 @@ public final class SQLiteEventStore: EventStore {
                 """)
         let category = streamCategory(item.stream)
         let now = Date().timeIntervalSince1970
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
         var version = actual
         var firstPosition: Int64 = 0
         for event in item.events {
             version += 1
             let fields: String? =
                 event.metadata.fields.isEmpty
-                ? nil : String(decoding: try JSONEncoder().encode(event.metadata.fields), as: UTF8.self)
+                ? nil : String(decoding: try encoder.encode(event.metadata.fields), as: UTF8.self)
             do {
                 try insert.execute(arguments: [
                     item.stream, category, version, event.id, event.type, event.schemaVersion, event.data,
@@ -323,7 +381,7 @@ public final class SQLiteEventStore: EventStore {
         }
         let result = AppendResult(
             stream: item.stream, firstVersion: actual + 1, lastVersion: version, firstPosition: firstPosition,
-            lastPosition: db.lastInsertedRowID)
+            lastPosition: db.lastInsertedRowID, recordedAt: Date(timeIntervalSince1970: now))
         if let commandID = item.commandID {
             try db.cachedStatement(
                 sql: """
@@ -368,9 +426,11 @@ public final class SQLiteEventStore: EventStore {
             case .backward:
                 "SELECT \(Self.columns) FROM backstage_events WHERE stream = ? AND version <= ? ORDER BY version DESC LIMIT ?"
             }
-        return try await database.read { db in
-            let rows = try Row.fetchCursor(db.cachedStatement(sql: sql), arguments: [stream, version, limit])
-            return try Array(rows.map(Self.event))
+        return try await translatingErrors {
+            try await database.read { db in
+                let rows = try Row.fetchCursor(db.cachedStatement(sql: sql), arguments: [stream, version, limit])
+                return try Array(rows.map(Self.event))
+            }
         }
     }
 
@@ -392,27 +452,39 @@ public final class SQLiteEventStore: EventStore {
         arguments += [limit]
         let query = sql
         let bound = arguments
-        return try await database.read { db in
-            try Array(Row.fetchCursor(db.cachedStatement(sql: query), arguments: bound).map(Self.event))
+        return try await translatingErrors {
+            try await database.read { db in
+                try Array(Row.fetchCursor(db.cachedStatement(sql: query), arguments: bound).map(Self.event))
+            }
         }
     }
 
     public func streamVersion(_ stream: String) async throws -> Int64 {
         try limits.validate(stream: stream)
-        return try await database.read { db in
-            try Int64.fetchOne(
-                db.cachedStatement(sql: "SELECT MAX(version) FROM backstage_events WHERE stream = ?"),
-                arguments: [stream]) ?? 0
+        return try await translatingErrors {
+            try await database.read { db in
+                try Int64.fetchOne(
+                    db.cachedStatement(sql: "SELECT MAX(version) FROM backstage_events WHERE stream = ?"),
+                    arguments: [stream]) ?? 0
+            }
         }
     }
 
     public func headPosition() async throws -> LogPosition {
+        try await translatingErrors { try await headPositionUntranslated() }
+    }
+
+    private func headPositionUntranslated() async throws -> LogPosition {
         try await database.read { db in
             LogPosition(position: try Int64.fetchOne(db, sql: "SELECT MAX(position) FROM backstage_events") ?? 0)
         }
     }
 
     public func appendResult(forCommand commandID: UUID) async throws -> AppendResult? {
+        try await translatingErrors { try await appendResultUntranslated(commandID) }
+    }
+
+    private func appendResultUntranslated(_ commandID: UUID) async throws -> AppendResult? {
         try await database.read { db in
             guard
                 let row = try Row.fetchOne(
@@ -432,6 +504,10 @@ public final class SQLiteEventStore: EventStore {
 
     public func saveSnapshot(_ snapshot: Snapshot) async throws {
         try limits.validate(stream: snapshot.stream)
+        try await translatingErrors { try await saveSnapshotUntranslated(snapshot) }
+    }
+
+    private func saveSnapshotUntranslated(_ snapshot: Snapshot) async throws {
         try await database.write { db in
             try db.execute(
                 sql: """
@@ -451,6 +527,10 @@ public final class SQLiteEventStore: EventStore {
     }
 
     public func loadSnapshot(_ stream: String, schemaVersion: Int) async throws -> Snapshot? {
+        try await translatingErrors { try await loadSnapshotUntranslated(stream, schemaVersion: schemaVersion) }
+    }
+
+    private func loadSnapshotUntranslated(_ stream: String, schemaVersion: Int) async throws -> Snapshot? {
         try await database.read { db in
             guard
                 let row = try Row.fetchOne(

@@ -408,6 +408,47 @@ extension StoreConformance {
                 }
             },
 
+            ConformanceCheck("ids compare byte for byte (NFC and NFD are two streams)") { store in
+                let fx = Fixture()
+                // The same text, precomposed (NFC) and with a combining accent (NFD): Swift's
+                // String calls them equal, the databases do not. Every store must agree.
+                let nfc = "caf\u{E9}\(fx.tag)"
+                let nfd = "cafe\u{301}\(fx.tag)"
+                let (streamNFC, streamNFD) = ("\(nfc)-1", "\(nfd)-1")
+                let head0 = try await store.headPosition()
+                let a = try await store.append(
+                    [EventData(type: "T\u{E9}\(fx.tag)", data: Data(#"{"n":1}"#.utf8))], to: streamNFC,
+                    expected: .noStream, commandID: nil)
+                let b = try await store.append(
+                    [EventData(type: "Te\u{301}\(fx.tag)", data: Data(#"{"n":2}"#.utf8))], to: streamNFD,
+                    expected: .noStream, commandID: nil)
+                try expectEqual(a.lastVersion, 1, "version of the NFC stream")
+                try expectEqual(b.lastVersion, 1, "version of the NFD stream (a stream of its own)")
+                for (stream, n) in [(streamNFC, 1), (streamNFD, 2)] {
+                    let read = try await store.readStream(stream, from: 1, direction: .forward, limit: 10)
+                    try expectEqual(read.count, 1, "events of \(Array(stream.utf8))")
+                    try expect(
+                        read.allSatisfy { Array($0.stream.utf8) == Array(stream.utf8) },
+                        "stream bytes read back: \(read.map { Array($0.stream.utf8) })")
+                    try expect(sameJSON(read[0].data, Data(#"{"n":\#(n)}"#.utf8)), "data of \(Array(stream.utf8))")
+                    try expectEqual(try await store.streamVersion(stream), 1, "streamVersion of \(Array(stream.utf8))")
+                }
+                let byCategory = try await store.readAll(
+                    after: head0, limit: 10, filter: EventFilter(categories: [nfd]))
+                try expect(
+                    byCategory.map { Array($0.stream.utf8) } == [Array(streamNFD.utf8)],
+                    "category filter on the NFD spelling returned \(byCategory.map { Array($0.stream.utf8) })")
+                let byType = try await store.readAll(
+                    after: head0, limit: 10, filter: EventFilter(types: ["T\u{E9}\(fx.tag)"]))
+                try expect(
+                    byType.map { Array($0.stream.utf8) } == [Array(streamNFC.utf8)],
+                    "type filter on the NFC spelling returned \(byType.map { Array($0.stream.utf8) })")
+                let all = try await store.readAll(after: head0, limit: 10, filter: .all)
+                try expectEqual(
+                    all.map { Array($0.category.utf8) }, [Array(nfc.utf8), Array(nfd.utf8)], "categories, byte for byte"
+                )
+            },
+
             ConformanceCheck("streamVersion and headPosition") { store in
                 let fx = Fixture()
                 let head0 = try await store.headPosition()
@@ -923,6 +964,26 @@ extension StoreConformance {
                 let stored = try await store.readStream(seeded, from: 2, direction: .forward, limit: 1)[0]
                 let copy = EventData(id: stored.id, type: fx.type("Copy"), data: Data("{}".utf8))
                 _ = try await append(store, [fx.event(), copy], to: fx.stream("other"), expected: .noStream)
+            },
+            rejects("a metadata field key with NUL") { store, fx, seeded in
+                let e = fx.event(metadata: EventMetadata(fields: ["us\u{0}er": "ana"]))
+                _ = try await append(store, [fx.event(), e], to: seeded)
+            },
+            rejects("a metadata field value with NUL") { store, fx, seeded in
+                let e = fx.event(metadata: EventMetadata(fields: ["user": "a\u{0}na"]))
+                _ = try await append(store, [fx.event(), e], to: seeded)
+            },
+            rejects("metadata fields over the limit") { store, fx, seeded in
+                let value = String(repeating: "m", count: store.limits.maxMetadataBytes)
+                let e = fx.event(metadata: EventMetadata(fields: ["k": value]))
+                _ = try await append(store, [fx.event(), e], to: seeded)
+            },
+            rejects("an append whose data is over the byte limit") { store, fx, seeded in
+                // Events each within the payload limit, together over the append limit.
+                let size = max(64, min(store.limits.maxPayloadBytes, store.limits.maxAppendBytes))
+                let count = store.limits.maxAppendBytes / size + 1
+                let events = (0..<count).map { _ in EventData(type: fx.type("Big"), data: payload(bytes: size)) }
+                _ = try await append(store, events, to: seeded)
             },
             rejects("readStream with page size 0") { store, _, seeded in
                 _ = try await store.readStream(seeded, from: 1, direction: .forward, limit: 0)

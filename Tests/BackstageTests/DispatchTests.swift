@@ -99,12 +99,15 @@ struct DispatchTests {
                 == EventMetadata(
                     commandID: plain.commandID, causationID: plain.commandID, correlationID: plain.commandID,
                     fields: ["tenant": "t1"]))
+        // An explicit command id stores the command's fingerprint with the fields.
+        let fingerprint = try #require(stored[1].metadata.fields[commandFingerprintField])
+        #expect(fingerprint.hasPrefix("Deposit:"))
         for e in stored[1...] {
             #expect(
                 e.metadata
                     == EventMetadata(
                         commandID: commandID, causationID: commandID, correlationID: correlation,
-                        fields: ["user": "ana", "tenant": "t1"]))
+                        fields: ["user": "ana", "tenant": "t1", commandFingerprintField: fingerprint]))
         }
         #expect(plain.commandID != commandID)
     }

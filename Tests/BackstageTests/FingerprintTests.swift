@@ -29,3 +29,44 @@ struct FingerprintTests {
         #expect(appendFingerprint([a]) != appendFingerprint([b]))
     }
 }
+
+@Suite("Deterministic encoding")
+struct DeterministicEncodingTests {
+    struct Booked: Event, Equatable {
+        static let typeName = "Booked"
+        var show: String
+        var seat: String
+        var price: Int
+        var buyer: String
+        var notes: [String: String]
+    }
+
+    enum Booking: EventFamily {
+        case booked(Booked)
+        static let members: [EventMember<Booking>] = [.init(Booked.self, Booking.booked)]
+        var event: any Event {
+            switch self {
+            case .booked(let e): e
+            }
+        }
+    }
+
+    @Test("many encodings of one multi-field event are byte-identical, so are their fingerprints")
+    func sameBytes() throws {
+        let value = Booking.booked(
+            Booked(show: "s-1", seat: "A12", price: 4200, buyer: "ana", notes: ["z": "1", "a": "2", "m": "3"]))
+        var seen = Set<Data>()
+        var prints = Set<String>()
+        for _ in 0..<200 {
+            // A fresh codec each time, as a fresh process would have.
+            let event = try EventCodec<Booking>().encode(value, metadata: EventMetadata())
+            seen.insert(event.data)
+            prints.insert(appendFingerprint([event]))
+        }
+        #expect(seen.count == 1, "\(seen.map { String(decoding: $0, as: UTF8.self) })")
+        #expect(prints.count == 1)
+        #expect(
+            seen.first.map { String(decoding: $0, as: UTF8.self) }
+                == #"{"buyer":"ana","notes":{"a":"2","m":"3","z":"1"},"price":4200,"seat":"A12","show":"s-1"}"#)
+    }
+}

@@ -1,5 +1,6 @@
 import Backstage
 import Foundation
+import Synchronization
 import Testing
 
 @Suite("Aggregate runtime")
@@ -71,8 +72,8 @@ struct RuntimeTests {
         #expect(app.cachedAggregateCount >= capacity)
 
         store.forget()
-        try await app.dispatch(Increment(id: "n99"))  // recently used: still hydrated
-        #expect(store.readsFrom("counter-n99") == [])
+        try await app.dispatch(Increment(id: "n99"))  // recently used: still hydrated, reads only the tail
+        #expect(store.readsFrom("counter-n99") == [2])
         try await app.dispatch(Increment(id: "n0"))  // evicted long ago: loaded again
         #expect(store.readsFrom("counter-n0") == [1])
         #expect(try await app.load(Counter.self, id: "n0").state.count == 2)
@@ -112,22 +113,23 @@ struct RuntimeTests {
         #expect(try await app.load(Counter.self, id: "i0").state.count == 2)
     }
 
-    @Test("a cached aggregate reads only the events it has not seen")
+    @Test("a cached aggregate reads only the events it has not seen, before every command")
     func cachedReadsTail() async throws {
         let shared = InMemoryEventStore()
         let store = RecordingStore(shared)
         let app = try makeApp(store)
         let other = try makeApp(shared)  // a second process on the same store
         for _ in 0..<3 { try await app.dispatch(Increment(id: "t")) }
-        #expect(store.readsFrom("counter-t") == [1])  // loaded once, then served from the cache
+        // Loaded once, then each command reads only the tail after the cached version.
+        #expect(store.readsFrom("counter-t") == [1, 2, 3])
 
         try await other.dispatch(Increment(id: "t"))
         try await other.dispatch(Increment(id: "t", events: 2))
         let result = try await app.dispatch(Increment(id: "t"))
-        #expect(result.retries == 1)  // the cached version 3 conflicted with version 6
+        #expect(result.retries == 0)  // caught up on versions 4...6 before deciding
         #expect(result.version == 7)
         #expect(result.state.count == 7)
-        #expect(store.readsFrom("counter-t") == [1, 4])  // the retry read from version 4 only
+        #expect(store.readsFrom("counter-t") == [1, 2, 3, 4])
     }
 
     // MARK: Conflicts between processes
@@ -164,10 +166,26 @@ struct RuntimeTests {
     @Test("with no retries the typed conflict surfaces, and the next command recovers")
     func conflictSurfaces() async throws {
         let shared = InMemoryEventStore()
-        let app = try makeApp(shared) { $0.maxConflictRetries = 0 }
-        let other = try makeApp(shared)
+        let interfere = Mutex(false)
+        // Another writer gets in between the catch-up and the append, once.
+        let store = RecordingStore(
+            shared,
+            beforeAppend: { stream in
+                guard
+                    interfere.withLock({ v in
+                        v
+                            ? {
+                                v = false
+                                return true
+                            }() : false
+                    })
+                else { return }
+                let foreign = EventData(type: "CounterIncremented", data: Data(#"{"by":1}"#.utf8))
+                _ = try await shared.append([foreign], to: stream, expected: .any, commandID: nil)
+            })
+        let app = try makeApp(store) { $0.maxConflictRetries = 0 }
         try await app.dispatch(Increment(id: "k"))
-        try await other.dispatch(Increment(id: "k"))
+        interfere.withLock { $0 = true }
         await #expect(throws: EventStoreError.wrongExpectedVersion(stream: "counter-k", expected: .exact(1), actual: 2))
         {
             try await app.dispatch(Increment(id: "k"))

@@ -1,9 +1,22 @@
-// A child process for the crash tests: appends to an SQLite event store from many tasks until it
-// is killed, printing one line per acknowledged append:
-//   ok <command id> <stream> <first position> <last position> <event count>
+// A child process for the SQLite multi-process tests. Modes:
+//
+//   <path>
+//       The crash test: appends to an SQLite event store from many tasks until it is killed,
+//       printing one line per acknowledged append:
+//         ok <command id> <stream> <first position> <last position> <event count>
+//   append <path> <stream> <type> <json>
+//       Appends one event (expected version: any) and prints `appended <stream version>`.
+//   sell <path> <shows> <capacity> <attempts> [<start at, ms since 1970>]
+//       A BackstageApp dispatching <attempts> SellTicket commands (8 at a time) to random shows;
+//       prints `result sold=<n> soldOut=<n> conflicts=<n> errors=<n>` (see RuntimeModes.swift).
 import Backstage
 import BackstageSQLite
 import Foundation
+
+if CommandLine.arguments.count > 1, let mode = runtimeModes[CommandLine.arguments[1]] {
+    try await mode(Array(CommandLine.arguments.dropFirst(2)))
+    exit(0)
+}
 
 let path = CommandLine.arguments[1]
 let store = try SQLiteEventStore(path: path)

@@ -9,6 +9,12 @@
 //       Runs the `counts` projection (PostgresProjection + PostgresLeadership) in a
 //       PipelineService until killed; prints `started`.
 //
+//   append <url> <schema> <stream> <type> <json>
+//       Appends one event from this process; prints `appended <stream version>` (RuntimeModes.swift).
+//
+//   race <url> <schema> <shows> <capacity> <attempts> <start at, ms since 1970>
+//       `sell`, started at a wall-clock instant so that the processes race (RuntimeModes.swift).
+//
 //   bench <url> <schema>
 //       Prints append throughput (events/s) with 1 and 8 concurrent writers, and the subscriber
 //       lag from commit to delivery (median, p99, ms). Build it in release mode to measure.
@@ -115,6 +121,12 @@ case "sell":
     let c = tally.counts.withLock { $0 }
     emit("result sold=\(c.sold) soldOut=\(c.soldOut) conflicts=\(c.conflicts) errors=\(c.errors)")
     await store.close()
+
+case "append":
+    try await runAppendMode(arguments)
+
+case "race":
+    try await runRaceMode(arguments)
 
 case "bench":
     guard arguments.count >= 4 else { fail("usage: bench <url> <schema> [append|lag]") }

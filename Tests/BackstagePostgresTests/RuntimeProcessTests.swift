@@ -1,0 +1,157 @@
+import Backstage
+import Foundation
+import Synchronization
+import Testing
+
+@testable import BackstagePostgres
+
+// A wallet whose first command is cached in this process while a worker process appends.
+
+private struct Credited: Event, Equatable {
+    static let typeName = "Credited"
+    var amount: Int
+    var reference: String
+    var note: String
+}
+
+private struct Debited: Event, Equatable {
+    static let typeName = "Debited"
+    var amount: Int
+}
+
+private enum WalletEvent: EventFamily {
+    case credited(Credited)
+    case debited(Debited)
+    static let members: [EventMember<WalletEvent>] = [
+        .init(Credited.self, WalletEvent.credited), .init(Debited.self, WalletEvent.debited),
+    ]
+    var event: any Event {
+        switch self {
+        case .credited(let e): e
+        case .debited(let e): e
+        }
+    }
+}
+
+private struct Wallet: Aggregate {
+    typealias Event = WalletEvent
+    enum Rejection: Error, Equatable { case insufficientFunds(balance: Int) }
+    static let category = "wallet"
+    var balance = 0
+    init() {}
+    mutating func apply(_ event: WalletEvent) {
+        switch event {
+        case .credited(let e): balance += e.amount
+        case .debited(let e): balance -= e.amount
+        }
+    }
+}
+
+private struct Credit: Command {
+    typealias Target = Wallet
+    var id: String
+    var amount: Int
+    var reference: String
+}
+
+private struct Debit: Command {
+    typealias Target = Wallet
+    var id: String
+    var amount: Int
+}
+
+private func walletApp(_ store: any EventStore) throws -> BackstageApp {
+    var router = Router()
+    try router.route(Credit.self, id: \.id) { _, c in
+        [.credited(Credited(amount: c.amount, reference: c.reference, note: "credit of \(c.amount)"))]
+    }
+    try router.route(Debit.self, id: \.id) { wallet, c throws(Wallet.Rejection) in
+        guard wallet.balance >= c.amount else { throw .insufficientFunds(balance: wallet.balance) }
+        return [.debited(Debited(amount: c.amount))]
+    }
+    return BackstageApp(store: store, router: router)
+}
+
+extension PostgresTests {
+    @Suite("Aggregate runtime across PostgreSQL processes")
+    struct RuntimeProcesses {
+        @Test("a cached aggregate decides on what another process appended before the command started")
+        func staleCacheAcrossProcesses() async throws {
+            let url = try PostgresTestEnvironment.requireURL()
+            try await withFreshStore { store in
+                let app = try walletApp(store)
+                try await app.dispatch(Credit(id: "w", amount: 10, reference: "r1"))  // cached: balance 10
+                let worker = try WorkerProcess(arguments: [
+                    "append", url, store.schema.rawValue, "wallet-w", "Credited",
+                    #"{"amount":100,"note":"from another process","reference":"r2"}"#,
+                ])
+                defer { worker.kill() }
+                #expect(await worker.allLines() == ["appended 2"])
+                let result = try await app.dispatch(Debit(id: "w", amount: 50))
+                #expect(result.state.balance == 60)
+                #expect(result.version == 3)
+                #expect(result.retries == 0)
+            }
+        }
+
+        @Test("8 processes racing 64 commands for 10 seats end in domain answers only", .timeLimit(.minutes(3)))
+        func hotAggregate() async throws {
+            let url = try PostgresTestEnvironment.requireURL()
+            try await withFreshStore { store in
+                // Every process starts selling at the same instant, a moment after all were launched.
+                let start = "\(Int64((Date().timeIntervalSince1970 + 3) * 1000))"
+                let sellers = try (0..<8).map { _ in
+                    try WorkerProcess(arguments: ["race", url, store.schema.rawValue, "1", "10", "8", start])
+                }
+                defer { for s in sellers { s.kill() } }
+                var totals: [String: Int] = [:]
+                var lines: [String] = []
+                for s in sellers {
+                    let line = try #require(await s.waitForLine { $0.hasPrefix("result ") })
+                    lines.append(line)
+                    for part in line.split(separator: " ").dropFirst() {
+                        let kv = part.split(separator: "=")
+                        if kv.count == 2 { totals[String(kv[0]), default: 0] += Int(kv[1]) ?? 0 }
+                    }
+                }
+                #expect(totals["sold"] == 10, "\(lines)")
+                #expect(totals["soldOut"] == 54, "\(lines)")
+                #expect(totals["conflicts"] == 0, "\(lines)")
+                #expect(totals["errors"] == 0, "\(lines)")
+                let sold = try await store.readStream("show-s0", from: 1, direction: .forward, limit: 100)
+                #expect(sold.map(\.streamVersion) == Array(1...10))
+            }
+        }
+
+        @Test("a retried command reaching the store through several app instances is never a conflict")
+        func honestRetries() async throws {
+            try await withFreshStore { store in
+                var peers: [PostgresEventStore] = [store]
+                for _ in 0..<4 { peers.append(try await openPeer(of: store)) }
+                let apps = try peers.map { try walletApp($0) }
+                for round in 0..<3 {
+                    let id = UUIDv7.next()
+                    let command = Credit(id: "retried\(round)", amount: 42, reference: "order-\(round)")
+                    let outcomes = await withTaskGroup(of: Result<Dispatched<Wallet>, any Error>.self) { group in
+                        for i in 0..<50 {
+                            let app = apps[i % apps.count]
+                            group.addTask {
+                                do {
+                                    return .success(
+                                        try await app.dispatch(command, options: DispatchOptions(commandID: id)))
+                                } catch { return .failure(error) }
+                            }
+                        }
+                        return await group.reduce(into: []) { $0.append($1) }
+                    }
+                    let failures = outcomes.compactMap { if case .failure(let e) = $0 { "\(e)" } else { nil } }
+                    #expect(failures.isEmpty, "\(failures)")
+                    let results = outcomes.compactMap { try? $0.get() }
+                    #expect(results.filter { !$0.isDuplicate }.count == 1)
+                    #expect(results.allSatisfy { $0.version == 1 && $0.state.balance == 42 })
+                }
+                for peer in peers.dropFirst() { await peer.close() }
+            }
+        }
+    }
+}
