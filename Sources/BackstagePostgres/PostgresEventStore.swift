@@ -320,7 +320,7 @@ public final class PostgresEventStore: EventStore {
             sql.appendInterpolation(row.fields)
             sql.appendLiteral("::jsonb)")
         }
-        sql.appendLiteral(" RETURNING position), upd AS (UPDATE ")
+        sql.appendLiteral(" RETURNING position, recorded_at), upd AS (UPDATE ")
         sql.appendInterpolation(unescaped: s)
         sql.appendLiteral(".streams SET version = ")
         sql.appendInterpolation(lastVersion)
@@ -344,15 +344,15 @@ public final class PostgresEventStore: EventStore {
             sql.appendInterpolation(fingerprint)
             sql.appendLiteral(" FROM ins)")
         }
-        sql.appendLiteral(" SELECT min(position), max(position), pg_current_xact_id()::text, pg_notify(")
+        sql.appendLiteral(" SELECT min(position), max(position), pg_current_xact_id()::text, max(recorded_at), pg_notify(")
         sql.appendInterpolation(notificationChannel)
         sql.appendLiteral(", '') FROM ins")
         let inserted = try await conn.query(PostgresQuery(stringInterpolation: sql), logger: queryLogger)
         var result: AppendResult?
-        for try await (first, last, transaction) in inserted.decode((Int64, Int64, String).self) {
+        for try await (first, last, transaction, recordedAt) in inserted.decode((Int64, Int64, String, Date).self) {
             result = AppendResult(
                 stream: stream, firstVersion: actual + 1, lastVersion: lastVersion, firstPosition: first,
-                lastPosition: last, transaction: try Self.parseTransaction(transaction))
+                lastPosition: last, transaction: try Self.parseTransaction(transaction), recordedAt: recordedAt)
         }
         guard let result else { throw PostgresStoreError.unexpectedResult("the append inserted no rows") }
         if let hook { try await hook(.inserted(transaction: result.transaction)) }
