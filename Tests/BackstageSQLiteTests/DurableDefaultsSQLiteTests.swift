@@ -137,8 +137,9 @@ struct DurableDefaultsSQLiteTests {
         let a = try SQLiteEventStore(path: file.path)
         let b = try SQLiteEventStore(path: file.path)
         var fast = SQLiteLeadership.Configuration()
-        fast.leaseDuration = .milliseconds(600)
-        fast.heartbeatInterval = .milliseconds(100)
+        // Generous against a loaded machine (a renewal is a synced write): 10 heartbeats per lease.
+        fast.leaseDuration = .seconds(2)
+        fast.heartbeatInterval = .milliseconds(200)
         fast.retryInterval = .milliseconds(50)
         let electionA = try SQLiteLeadership(database: a.database, configuration: fast)
         let electionB = try SQLiteLeadership(database: b.database, configuration: fast)
@@ -151,8 +152,8 @@ struct DurableDefaultsSQLiteTests {
         }
         defer { for r in racers { r.cancel() } }
         #expect(try await pollUntil(timeout: .seconds(10)) { won.withLock { !$0.isEmpty } })
-        // Three lease durations later, still one leader: the heartbeat renews the lease.
-        try await Task.sleep(for: .milliseconds(1_800))
+        // Two lease durations later, still one leader: the heartbeat renews the lease.
+        try await Task.sleep(for: .seconds(4))
         let first = won.withLock { $0 }
         try #require(first.count == 1, "both took the lease: \(first)")
         let (leaderName, leaderToken) = first[0]

@@ -212,7 +212,9 @@ struct SQLiteEventStoreTests {
             return await group.reduce(into: [(accepted: Bool, retries: Int)]()) { $0.append($1) }
         }
         #expect(outcomes.filter(\.accepted).count == limit - 2)
-        #expect(outcomes.map(\.retries).reduce(0, +) > 0)
+        // Conflicts are rarer than before 'catch up before deciding' (an instance reads the other's
+        // appends first), so how many commands retried depends on timing; the rules must hold
+        // whatever the count. Conflicts surfacing and retrying are pinned down in RuntimeTests.
         let loaded = try await apps[0].load(Counter.self, id: "c")
         #expect(loaded.state.value == limit)
         #expect(loaded.version == Int64(limit))
