@@ -1,4 +1,5 @@
 import Backstage
+import BackstageTesting
 import Foundation
 import PostgresNIO
 import Synchronization
@@ -149,7 +150,7 @@ extension PostgresTests {
                 running.cancel()
                 try? await running.value
                 worker.kill()
-                worker.process.waitUntilExit()
+                await worker.process.exited()
                 await #expect {
                     try await app.dispatch(
                         PGNote(id: "a", n: 7),

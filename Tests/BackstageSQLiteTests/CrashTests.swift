@@ -1,5 +1,6 @@
 import Backstage
 import BackstageSQLite
+import BackstageTesting
 import Foundation
 import Synchronization
 import Testing
@@ -19,7 +20,7 @@ func runUntilKilled(_ executable: URL, arguments: [String], lines enough: Int) a
     process.standardOutput = pipe
     try process.run()
     let handle = pipe.fileHandleForReading
-    let lines = await Task.detached { () -> [String] in
+    let lines = await onOwnThread { () -> [String] in
         var buffer = Data()
         var lines: [String] = []
         var killed = false
@@ -37,8 +38,8 @@ func runUntilKilled(_ executable: URL, arguments: [String], lines enough: Int) a
             }
         }
         return lines
-    }.value
-    process.waitUntilExit()
+    }
+    await process.exited()
     #expect(process.terminationReason == .uncaughtSignal, "the worker was meant to be killed, not to exit")
     return lines
 }

@@ -1,4 +1,5 @@
 import Backstage
+import BackstageTesting
 import Foundation
 import GRDB
 import Synchronization
@@ -219,7 +220,7 @@ struct DurableDefaultsSQLiteTests {
         // the lease would expire (10 s).
         let leader = try #require(workers.firstIndex { !$0.handled.isEmpty })
         workers[leader].kill()
-        workers[leader].process.waitUntilExit()
+        await workers[leader].process.exited()
         let killedAt = ContinuousClock.now
         try await appendSQLiteTicks(store, count: 10, streams: 4, prefix: "later")
         let survivor = workers[1 - leader]
@@ -265,7 +266,7 @@ struct DurableDefaultsSQLiteTests {
         running.cancel()
         try? await running.value
         worker.kill()
-        worker.process.waitUntilExit()
+        await worker.process.exited()
         let before = try await store.streamVersion("sqltally-s")
         await #expect {
             try await app.dispatch(

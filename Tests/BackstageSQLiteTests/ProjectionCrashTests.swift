@@ -1,5 +1,6 @@
 import Backstage
 import BackstageSQLite
+import BackstageTesting
 import Foundation
 import GRDB
 import Testing
@@ -81,8 +82,9 @@ struct ProjectionCrashTests {
         let pipe = Pipe()
         finish.standardOutput = pipe
         try finish.run()
-        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        finish.waitUntilExit()
+        let handle = pipe.fileHandleForReading
+        let output = String(decoding: await onOwnThread { handle.readDataToEndOfFile() }, as: UTF8.self)
+        await finish.exited()
         #expect(finish.terminationStatus == 0)
         #expect(output.contains("done \(total)"), "\(output)")
 

@@ -1,5 +1,6 @@
 import Backstage
 import BackstageSQLite
+import BackstageTesting
 import Foundation
 import Synchronization
 import Testing
@@ -80,8 +81,8 @@ func runAppendWorker(_ arguments: [String]) async throws -> [String] {
     process.standardOutput = pipe
     try process.run()
     let handle = pipe.fileHandleForReading
-    let output = await Task.detached { handle.readDataToEndOfFile() }.value
-    process.waitUntilExit()
+    let output = await onOwnThread { handle.readDataToEndOfFile() }
+    await process.exited()
     #expect(process.terminationStatus == 0, "worker \(arguments.first ?? "") exited with \(process.terminationStatus)")
     return String(decoding: output, as: UTF8.self).split(separator: "\n").map(String.init)
 }
