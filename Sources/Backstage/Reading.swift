@@ -17,8 +17,9 @@ public enum LogReadMode: Sendable, Hashable {
 /// `next()` reads a page when the previous one is used up; nothing runs in the background.
 /// The sequence resumes after the last event it delivered, so it never skips or repeats one.
 ///
-/// - Cancellation: when the iterating task is cancelled, `next()` throws `CancellationError`
-///   (also while it waits for new events in ``LogReadMode/follow(pollInterval:)`` mode).
+/// - Cancellation: when the iterating task is cancelled, `next()` returns the events of the page
+///   already read, then throws `CancellationError` instead of reading another page (also while it
+///   waits for new events in ``LogReadMode/follow(pollInterval:)`` mode).
 /// - Errors: the store's errors are thrown; an invalid page size throws
 ///   ``EventStoreError/invalidInput(_:)`` from the first `next()`.
 public struct LogEvents: AsyncSequence, Sendable {
@@ -146,7 +147,7 @@ public struct LogEvents: AsyncSequence, Sendable {
 /// Made by ``EventStore/events(inStream:from:through:direction:pageSize:)``. Pages are read
 /// lazily by `next()`. The sequence ends (returns nil) at the end of the stream (or at the
 /// `through` version). When the iterating task is cancelled, `next()` throws
-/// `CancellationError`; the store's errors are thrown.
+/// `CancellationError` instead of reading another page; the store's errors are thrown.
 public struct StreamEvents: AsyncSequence, Sendable {
     public typealias Element = RecordedEvent
 
