@@ -64,6 +64,35 @@ public struct HistoricalEvent<A: Aggregate>: Sendable {
     public let event: A.Event
 }
 
+/// The events of one aggregate instance, stored and typed, read in pages as an `AsyncSequence`
+/// (made by ``BackstageApp/streamHistory(_:id:from:through:)``).
+///
+/// Each `next()` decodes one event with the aggregate's codec and throws its error when it does
+/// not decode; the store's errors are thrown; when the iterating task is cancelled, `next()`
+/// throws `CancellationError`.
+public struct AggregateHistory<A: Aggregate>: AsyncSequence, Sendable {
+    public typealias Element = HistoricalEvent<A>
+
+    let events: StreamEvents
+    let codec: EventCodec<A.Event>
+
+    public func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(events: events.makeAsyncIterator(), codec: codec)
+    }
+
+    /// Reads and decodes for ``AggregateHistory``.
+    public struct AsyncIterator: AsyncIteratorProtocol, Sendable {
+        var events: StreamEvents.AsyncIterator
+        let codec: EventCodec<A.Event>
+
+        /// The next event; nil at the end of the stream.
+        public mutating func next() async throws -> HistoricalEvent<A>? {
+            guard let recorded = try await events.next() else { return nil }
+            return HistoricalEvent(recorded: recorded, event: try codec.decode(recorded))
+        }
+    }
+}
+
 /// A loaded aggregate state and the stream version it includes.
 public struct LoadedAggregate<A: Aggregate>: Sendable {
     /// The state.
@@ -407,29 +436,57 @@ public final class BackstageApp: Sendable {
 
     // MARK: Reading aggregates
 
-    /// The current state of the instance `id` of `type`, read from the store (not the cache).
+    /// The current state of the instance `id` of `type`, read from the store (not the cache),
+    /// from its snapshot when one is stored (and snapshots are configured for its category).
     public func load<A: Aggregate>(_ type: A.Type, id: String) async throws -> LoadedAggregate<A> {
-        try await load(type, id: id) { _ in true }
+        let start = await snapshotState(A.self, stream: A.streamID(id)) { _ in true }
+        return try await replay(
+            A.self, id: id, from: start, events: streamHistory(A.self, id: id, from: start.version + 1)
+        ) { _ in true }
     }
 
     /// The state of the instance `id` as it was after stream version `version`: any page of the script.
+    ///
+    /// Starts from the aggregate's snapshot when one is stored at or below `version` (and
+    /// snapshots are configured for its category), then streams the events after it in pages.
     public func load<A: Aggregate>(_ type: A.Type, id: String, atVersion version: Int64) async throws
         -> LoadedAggregate<A>
     {
-        try await load(type, id: id) { $0.streamVersion <= version }
+        let stream = A.streamID(id)
+        let start = await snapshotState(A.self, stream: stream) { snapshot in snapshot.version <= version }
+        return try await replay(
+            A.self, id: id, from: start,
+            events: streamHistory(A.self, id: id, from: start.version + 1, through: version)
+        ) { _ in true }
     }
 
     /// The state of the instance `id` as it was at `date` (events recorded at or before it).
+    ///
+    /// Starts from the aggregate's snapshot when it was taken at or before `date` and the last
+    /// event it includes was recorded at or before `date` (stored times of one stream are taken
+    /// to ascend, as they do on every store with a sane clock), then streams the later events.
     public func load<A: Aggregate>(_ type: A.Type, id: String, at date: Date) async throws -> LoadedAggregate<A> {
-        try await load(type, id: id) { $0.recordedAt <= date }
+        let stream = A.streamID(id)
+        var start = await snapshotState(A.self, stream: stream) { snapshot in snapshot.recordedAt <= date }
+        if start.version > 0 {
+            let last = try await store.readStream(stream, from: start.version, direction: .forward, limit: 1)
+            if last.first?.streamVersion != start.version || last[0].recordedAt > date {
+                start = LoadedAggregate(state: A(), version: 0)
+            }
+        }
+        return try await replay(
+            A.self, id: id, from: start, events: streamHistory(A.self, id: id, from: start.version + 1)
+        ) { $0.recordedAt <= date }
     }
 
-    private func load<A: Aggregate>(
-        _ type: A.Type, id: String, while include: (RecordedEvent) -> Bool
+    /// Applies the events of `events` to `start` while `include` accepts them.
+    private func replay<A: Aggregate>(
+        _ type: A.Type, id: String, from start: LoadedAggregate<A>, events: AggregateHistory<A>,
+        while include: (RecordedEvent) -> Bool
     ) async throws -> LoadedAggregate<A> {
-        var state = A()
-        var version: Int64 = 0
-        for entry in try await history(type, id: id) {
+        var state = start.state
+        var version = start.version
+        for try await entry in events {
             guard include(entry.recorded) else { break }
             state.apply(entry.event)
             version = entry.recorded.streamVersion
@@ -437,19 +494,47 @@ public final class BackstageApp: Sendable {
         return LoadedAggregate(state: state, version: version)
     }
 
-    /// Every event of the instance `id`, in order, stored and typed.
-    public func history<A: Aggregate>(_ type: A.Type, id: String) async throws -> [HistoricalEvent<A>] {
-        let codec = try router.aggregate(A.self).codec
-        let stream = A.streamID(id)
-        var result: [HistoricalEvent<A>] = []
-        while true {
-            let page = try await store.readStream(
-                stream, from: Int64(result.count) + 1, direction: .forward, limit: configuration.loadPageSize)
-            for recorded in page {
-                result.append(HistoricalEvent(recorded: recorded, event: try codec.decode(recorded)))
-            }
-            if page.count < configuration.loadPageSize { return result }
+    /// The state in the stored snapshot of `stream` when snapshots are configured for `A`'s
+    /// category, `A` is `Decodable` and `usable` accepts the snapshot; the empty state otherwise.
+    private func snapshotState<A: Aggregate>(
+        _ type: A.Type, stream: String, usable: (Snapshot) -> Bool
+    ) async -> LoadedAggregate<A> {
+        let empty = LoadedAggregate(state: A(), version: 0)
+        guard snapshotInterval(A.category) != nil, let decodable = A.self as? any Decodable.Type else { return empty }
+        do {
+            guard let snapshot = try await store.loadSnapshot(stream, schemaVersion: A.snapshotSchemaVersion),
+                usable(snapshot), snapshot.version > 0,
+                let state = try JSONDecoder().decode(decodable, from: snapshot.data) as? A
+            else { return empty }
+            return LoadedAggregate(state: state, version: snapshot.version)
+        } catch {
+            // A snapshot is an optimisation: replay from the start instead.
+            configuration.logger.warning("ignoring snapshot of \(stream) that does not load: \(error)")
+            return empty
         }
+    }
+
+    /// Every event of the instance `id`, in order, stored and typed (collected from
+    /// ``streamHistory(_:id:from:through:)``).
+    public func history<A: Aggregate>(_ type: A.Type, id: String) async throws -> [HistoricalEvent<A>] {
+        var result: [HistoricalEvent<A>] = []
+        for try await entry in try streamHistory(type, id: id) { result.append(entry) }
+        return result
+    }
+
+    /// The events of the instance `id` from stream version `version` through `last` (default:
+    /// the end), stored and typed, as an `AsyncSequence` read in pages of
+    /// ``Configuration/loadPageSize``. See ``AggregateHistory``.
+    ///
+    /// - Throws: ``RoutingError`` when `A` is not routed.
+    public func streamHistory<A: Aggregate>(
+        _ type: A.Type, id: String, from version: Int64 = 1, through last: Int64? = nil
+    ) throws -> AggregateHistory<A> {
+        let codec = try router.aggregate(A.self).codec
+        return AggregateHistory(
+            events: store.events(
+                inStream: A.streamID(id), from: version, through: last, pageSize: configuration.loadPageSize),
+            codec: codec)
     }
 
     /// The number of hydrated aggregates in the cache.

@@ -32,8 +32,8 @@ extension PostgresTests {
             try await withFreshStore(configure: { $0.listenerReconnectDelay = .seconds(4) }) { store in
                 let delivered = Locked<[UUID: Date]>([:])
                 let subscriber = Task {
-                    let follower = LogFollower(store: store, pollInterval: poll)
-                    for try await e in follower.events(after: .start) {
+                    let follower = store.events(mode: .follow(pollInterval: poll))
+                    for try await e in follower {
                         delivered.value.withLock { $0[e.id] = Date() }
                     }
                 }

@@ -174,8 +174,8 @@ extension PostgresTests {
                 let deliveries = [Locked<[Delivered]>([]), Locked<[Delivered]>([])]
                 let subscribers = deliveries.map { box in
                     Task {
-                        let follower = LogFollower(store: store, pollInterval: .milliseconds(500))
-                        for try await e in follower.events(after: .start) {
+                        let follower = store.events(mode: .follow(pollInterval: .milliseconds(500)))
+                        for try await e in follower {
                             box.value.withLock { $0.append(Delivered(e)) }
                             if e.type == "end" { return }
                         }

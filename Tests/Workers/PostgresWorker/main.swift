@@ -73,12 +73,12 @@ case "subscribe":
         fail("usage: subscribe <url> <schema> <poll ms>")
     }
     let store = try await PostgresEventStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3]))
-    let follower = LogFollower(store: store, pageSize: 1_000, pollInterval: .milliseconds(pollMillis))
+    let follower = store.events(pageSize: 1_000, mode: .follow(pollInterval: .milliseconds(pollMillis)))
     _ = try await store.headPosition()
     emit("ready")
     var buffer = ""
     var count = 0
-    for try await event in follower.events(after: .start) {
+    for try await event in follower {
         let now = Date().timeIntervalSince1970
         buffer += "E \(event.transaction) \(event.position) \(event.stream) \(event.streamVersion) \(event.id) \(Int64(now * 1e9))\n"
         count += 1
@@ -171,11 +171,11 @@ func bench(_ store: PostgresEventStore, only: String?) async throws {
     // Lag: a follower (notifications + 1 s polling) in this process, 4 writers at a steady pace.
     let head = try await store.headPosition()
     let committed = LagBook()
-    let follower = LogFollower(store: store, pageSize: 500, pollInterval: .seconds(1))
+    let follower = store.events(after: head, pageSize: 500, mode: .follow(pollInterval: .seconds(1)))
     let total = 2_000
     let reader = Task {
         var count = 0
-        for try await e in follower.events(after: head) {
+        for try await e in follower {
             committed.delivered(e.id)
             count += 1
             if count == total { return }
