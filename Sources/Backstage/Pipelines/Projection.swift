@@ -92,6 +92,9 @@ public struct ProjectionOptions: Sendable {
 ///     if let sold = try event.decode(as: TicketSold.self) { totals[sold.showID, default: 0] += sold.price }
 /// }
 /// ```
+///
+/// To receive typed events (decoded and upcast by the family's codec, filter derived from the
+/// family), use ``init(name:consuming:options:decodeFailure:initial:apply:)``.
 public final class InMemoryProjection<State: Sendable>: Projection {
     private struct Storage {
         var versions: [Int: State] = [:]
