@@ -68,6 +68,19 @@ struct DepositLog: TypedEventHandler {
     }
 }
 
+/// A typed handler that reads a whole category, so types its family does not know reach it.
+struct CategoryDepositLog: TypedEventHandler {
+    let name: String
+    let seen: PipeBox<[Int]>
+    var decodeFailure: DecodeFailurePolicy = .fail
+    var filter: EventFilter { EventFilter(categories: [Account.category]) }
+    var options = HandlerOptions(failurePolicy: FailurePolicy(maxRetries: 0, finalAction: .park))
+
+    func handle(_ envelope: Envelope<AccountEvent>) async throws {
+        if case .deposited(let d) = envelope.event { seen.with { $0.append(d.amount) } }
+    }
+}
+
 @Suite("Codec: typed consumption and schema evolution")
 struct TypedConsumptionTests {
     @Test("upcasters chain v1 -> v2 -> v3 and read a renamed type")
@@ -147,7 +160,9 @@ struct TypedConsumptionTests {
         #expect(try await service.parkedEvents().isEmpty)
     }
 
-    @Test("unknown types and malformed JSON: .fail parks them with an error naming the position; .skip moves on")
+    @Test(
+        "unknown types and versions and malformed JSON: .fail parks them with an error naming the position; .skip moves on"
+    )
     func decodeFailurePolicies() async throws {
         let store = InMemoryEventStore()
         let stream = Account.streamID("bad")
@@ -157,6 +172,7 @@ struct TypedConsumptionTests {
                 EventData(type: "MoneyDeposited", schemaVersion: 7, data: Data("{}".utf8)),  // unknown version
                 EventData(type: "MoneyDeposited", schemaVersion: 2, data: Data("{not json".utf8)),  // malformed
                 EventData(type: "MoneyDeposited", schemaVersion: 2, data: Data(#"{"amount":2,"note":""}"#.utf8)),
+                EventData(type: "Stranger", data: Data("{}".utf8)),  // unknown type
             ], to: stream, expected: .noStream, commandID: nil)
         let failing = PipeBox<[Int]>([])
         let skipping = PipeBox<[Int]>([])
@@ -170,6 +186,8 @@ struct TypedConsumptionTests {
             handlers: [
                 DepositLog(name: "failer", seen: failing),
                 DepositLog(name: "skipper-handler", seen: skipping, decodeFailure: .skip),
+                CategoryDepositLog(name: "category-failer", seen: PipeBox([])),
+                CategoryDepositLog(name: "category-skipper", seen: PipeBox([]), decodeFailure: .skip),
             ], projections: [projected])
         let running = RunningService(service)
         try await service.waitUntilProcessed()
@@ -180,6 +198,11 @@ struct TypedConsumptionTests {
         #expect(parked.map(\.event.position) == [2, 3])
         #expect(parked.allSatisfy { $0.error.contains("position \($0.event.position)") })
         #expect(try await service.parkedEvents(subscription: "skipper-handler").isEmpty)
+        // An unknown type (here only when the filter lets it through) follows the same policy.
+        let unknown = try await service.parkedEvents(subscription: "category-failer")
+        #expect(unknown.map(\.event.position) == [2, 3, 5])
+        #expect(unknown.last?.error.contains("'Stranger'") == true)
+        #expect(try await service.parkedEvents(subscription: "category-skipper").isEmpty)
         try await running.stop()
     }
 }

@@ -112,7 +112,8 @@ public final class InMemoryProjection<State: Sendable>: Projection {
         }
         func commit(_ subscription: String, expected: LogPosition?, new: LogPosition, token: Int64) async throws {
             try box.storage.withLock { s throws(CheckpointError) in
-                try checkCheckpointCommit(subscription, stored: s.checkpoints[subscription], expected: expected, token: token)
+                try checkCheckpointCommit(
+                    subscription, stored: s.checkpoints[subscription], expected: expected, token: token)
                 s.checkpoints[subscription] = Checkpoint(subscription: subscription, position: new, token: token)
             }
         }
