@@ -22,27 +22,35 @@ public enum CodecError: Error, Sendable, Hashable, CustomStringConvertible {
 }
 
 /// Encodes and decodes the events of one ``EventFamily``, applying its upcasters on read.
+///
+/// The same codec decodes for aggregates, history, time travel, handlers and projections, so an
+/// upcaster runs on every read path. Upcasters chain (see ``Upcaster``): a stored event is read
+/// by following upcasters until a member of the family reads its shape.
 public struct EventCodec<Family: EventFamily>: Sendable {
     private struct Key: Hashable {
         var type: String
         var version: Int
     }
-    private let decoders: [Key: @Sendable (JSONDecoder, Data) throws -> Family]
+    private enum Reader: Sendable {
+        case member(@Sendable (JSONDecoder, Data) throws -> Family)
+        case upcaster(@Sendable (JSONDecoder, Data) throws -> Upcaster<Family>.Step)
+    }
+    private let readers: [Key: Reader]
     private let encoder: JSONEncoder
     private let decoder: JSONDecoder
 
     /// Builds the codec; fails when two members or upcasters read the same type and version.
     public init() throws(CodecError) {
-        var decoders: [Key: @Sendable (JSONDecoder, Data) throws -> Family] = [:]
+        var readers: [Key: Reader] = [:]
         let entries =
-            Family.members.map { (Key(type: $0.typeName, version: $0.schemaVersion), $0.decode) }
-            + Family.upcasters.map { (Key(type: $0.typeName, version: $0.schemaVersion), $0.decode) }
-        for (key, decode) in entries {
-            if decoders.updateValue(decode, forKey: key) != nil {
+            Family.members.map { (Key(type: $0.typeName, version: $0.schemaVersion), Reader.member($0.decode)) }
+            + Family.upcasters.map { (Key(type: $0.typeName, version: $0.schemaVersion), Reader.upcaster($0.step)) }
+        for (key, reader) in entries {
+            if readers.updateValue(reader, forKey: key) != nil {
                 throw .duplicateMember(family: "\(Family.self)", type: key.type, schemaVersion: key.version)
             }
         }
-        self.decoders = decoders
+        self.readers = readers
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
         self.encoder = encoder
@@ -50,10 +58,13 @@ public struct EventCodec<Family: EventFamily>: Sendable {
     }
 
     /// The type names this codec reads (current and upcast), for filtering the log in the database.
-    public var typeNames: Set<String> { Set(decoders.keys.map(\.type)) }
+    public var typeNames: Set<String> { Set(readers.keys.map(\.type)) }
+
+    /// The filter of a subscription that consumes this family: its type names (upcast ones included).
+    public var filter: EventFilter { EventFilter(types: typeNames) }
 
     /// Whether the codec reads events of this type name at some version.
-    public func reads(type: String) -> Bool { decoders.keys.contains { $0.type == type } }
+    public func reads(type: String) -> Bool { readers.keys.contains { $0.type == type } }
 
     /// Turns a family value into an event to append.
     ///
@@ -71,31 +82,93 @@ public struct EventCodec<Family: EventFamily>: Sendable {
             data: try encoder.encode(event), metadata: metadata)
     }
 
-    /// Decodes a stored event into the family, upcasting older shapes.
+    /// Decodes a stored event into the family, following upcasters from older shapes and names.
+    /// - Throws: ``CodecError/unknownEvent(family:type:schemaVersion:position:)`` when nothing
+    ///   reads the stored type and version (or a shape an upcaster leads to);
+    ///   ``CodecError/malformed(type:schemaVersion:position:reason:)`` when the JSON does not
+    ///   decode or an upcaster throws. Both name the event's position.
     public func decode(_ recorded: RecordedEvent) throws(CodecError) -> Family {
-        guard let decode = decoders[Key(type: recorded.type, version: recorded.schemaVersion)] else {
-            throw .unknownEvent(
-                family: "\(Family.self)", type: recorded.type, schemaVersion: recorded.schemaVersion,
-                position: recorded.position)
+        var key = Key(type: recorded.type, version: recorded.schemaVersion)
+        var data = recorded.data
+        var seen: Set<Key> = []
+        while true {
+            guard let reader = readers[key] else {
+                throw .unknownEvent(
+                    family: "\(Family.self)", type: key.type, schemaVersion: key.version, position: recorded.position)
+            }
+            guard seen.insert(key).inserted else {
+                throw .malformed(
+                    type: recorded.type, schemaVersion: recorded.schemaVersion, position: recorded.position,
+                    reason: "the upcasters of \(Family.self) loop back to '\(key.type)' version \(key.version)")
+            }
+            do {
+                switch reader {
+                case .member(let decode):
+                    return try decode(decoder, data)
+                case .upcaster(let step):
+                    switch try step(decoder, data) {
+                    case .value(let value): return value
+                    case .next(let type, let version, let next):
+                        key = Key(type: type, version: version)
+                        data = next
+                    }
+                }
+            } catch {
+                throw .malformed(
+                    type: recorded.type, schemaVersion: recorded.schemaVersion, position: recorded.position,
+                    reason: key.type == recorded.type && key.version == recorded.schemaVersion
+                        ? "\(error)" : "as '\(key.type)' version \(key.version): \(error)")
+            }
         }
-        do {
-            return try decode(decoder, recorded.data)
-        } catch {
-            throw .malformed(
-                type: recorded.type, schemaVersion: recorded.schemaVersion, position: recorded.position,
-                reason: "\(error)")
-        }
+    }
+
+    /// Decodes a stored event into an ``Envelope``: the family value with where and when it was stored.
+    /// - Throws: the errors of ``decode(_:)``.
+    public func envelope(_ recorded: RecordedEvent) throws(CodecError) -> Envelope<Family> {
+        Envelope(event: try decode(recorded), recorded: recorded)
     }
 }
 
 extension RecordedEvent {
-    /// Decodes this event as `E` when its type name and schema version are `E`'s; nil otherwise.
+    /// Decodes this event as `E`, without upcasting (there is no family to take upcasters from).
+    ///
+    /// - Returns: the event when it is stored as `E`'s type name and schema version; nil when it
+    ///   is stored under another type name (another kind of event).
+    /// - Throws: ``CodecError/unknownEvent(family:type:schemaVersion:position:)`` when it is
+    ///   stored as `E`'s type name at another schema version (use ``decode(as:in:)`` or
+    ///   ``decode(_:)`` with the family, whose upcasters read it);
+    ///   ``CodecError/malformed(type:schemaVersion:position:reason:)`` when the JSON does not decode.
+    ///   It never returns nil for an event stored under `E`'s name.
     public func decode<E: Event>(as type: E.Type) throws(CodecError) -> E? {
-        guard self.type == E.typeName, schemaVersion == E.schemaVersion else { return nil }
+        guard self.type == E.typeName else { return nil }
+        guard schemaVersion == E.schemaVersion else {
+            throw .unknownEvent(
+                family: "\(E.self)", type: self.type, schemaVersion: schemaVersion, position: position)
+        }
         do {
             return try JSONDecoder().decode(E.self, from: data)
         } catch {
             throw .malformed(type: self.type, schemaVersion: schemaVersion, position: position, reason: "\(error)")
         }
+    }
+
+    /// Decodes this event as `E` through `family`'s codec, upcasting older shapes and renamed types.
+    ///
+    /// - Returns: the event when, after upcasting, it is an `E`; nil when it is another event
+    ///   (another member of the family, or a type the family does not read at all).
+    /// - Throws: ``CodecError`` when it is stored under a name the family reads, or under `E`'s
+    ///   name, and cannot be read (unknown version, malformed JSON).
+    public func decode<E: Event, Family: EventFamily>(as type: E.Type, in family: Family.Type) throws(CodecError)
+        -> E?
+    {
+        let codec = try EventCodec<Family>.shared()
+        guard codec.reads(type: self.type) || self.type == E.typeName else { return nil }
+        return try codec.decode(self).event as? E
+    }
+
+    /// Decodes this event into `family`, upcasting older shapes and renamed types.
+    /// - Throws: the errors of ``EventCodec/decode(_:)``.
+    public func decode<Family: EventFamily>(_ family: Family.Type) throws(CodecError) -> Family {
+        try EventCodec<Family>.shared().decode(self)
     }
 }

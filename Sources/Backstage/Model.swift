@@ -81,28 +81,79 @@ public struct EventMember<Family: EventFamily>: Sendable {
     }
 }
 
-/// Turns an old stored shape of an event into the family's current event, on read.
+/// Reads an old stored shape of an event, on read: into the family's current event, or into a
+/// newer stored shape (or another type name) that another upcaster or member reads.
+///
+/// Upcasters chain: the codec follows `to:` steps until a member of the family reads the shape,
+/// so each schema bump adds one upcaster for the version it replaces and older ones keep working:
 ///
 /// ```swift
-/// Upcaster(from: "TicketAdded", version: 1, as: TicketAddedV1.self) { old in
-///     .ticketAdded(TicketAdded(showID: old.show, ticketID: old.id, price: 0))
-/// }
+/// static let upcasters: [Upcaster<ShowEvent>] = [
+///     // v1 -> v2: v1 had no price.
+///     Upcaster(from: "TicketAdded", version: 1, as: TicketAddedV1.self,
+///              to: "TicketAdded", version: 2) { old in TicketAddedV2(showID: old.showID, ticketID: old.ticketID, price: 0) },
+///     // v2 -> v3 (the current `TicketAdded`): straight into the family.
+///     Upcaster(from: "TicketAdded", version: 2, as: TicketAddedV2.self) { old in
+///         .ticketAdded(TicketAdded(showID: old.showID, ticketID: old.ticketID, price: old.price, currency: "EUR"))
+///     },
+///     // A renamed type: events stored as "SeatSold" v1 are read as "TicketSold" v1.
+///     .renamed(from: "SeatSold", version: 1, to: "TicketSold", version: 1),
+/// ]
 /// ```
 public struct Upcaster<Family: EventFamily>: Sendable {
     /// The stored type name this upcaster reads.
     public let typeName: String
     /// The stored schema version this upcaster reads.
     public let schemaVersion: Int
-    let decode: @Sendable (JSONDecoder, Data) throws -> Family
+    /// Where the upcaster leads: a family value, or another stored shape.
+    enum Step: Sendable {
+        case value(Family)
+        case next(type: String, schemaVersion: Int, data: Data)
+    }
+    let step: @Sendable (JSONDecoder, Data) throws -> Step
 
-    /// Reads events stored as `typeName` at `version` with the old shape `Old` and converts them.
+    /// Reads events stored as `typeName` at `version` with the old shape `Old` and converts them
+    /// into the family.
     public init<Old: Decodable & Sendable>(
         from typeName: String, version: Int, as old: Old.Type,
         convert: @escaping @Sendable (Old) throws -> Family
     ) {
         self.typeName = typeName
         self.schemaVersion = version
-        self.decode = { decoder, data in try convert(decoder.decode(Old.self, from: data)) }
+        self.step = { decoder, data in .value(try convert(decoder.decode(Old.self, from: data))) }
+    }
+
+    /// Reads events stored as `typeName` at `version` with the old shape `Old` and converts them
+    /// into the shape stored as `newType` at `newVersion`, which another upcaster or a member of
+    /// the family reads next (a chain: v1 -> v2 -> current).
+    public init<Old: Decodable & Sendable, New: Encodable & Sendable>(
+        from typeName: String, version: Int, as old: Old.Type, to newType: String, version newVersion: Int,
+        convert: @escaping @Sendable (Old) throws -> New
+    ) {
+        self.typeName = typeName
+        self.schemaVersion = version
+        self.step = { decoder, data in
+            let new = try convert(decoder.decode(Old.self, from: data))
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = .sortedKeys
+            return .next(type: newType, schemaVersion: newVersion, data: try encoder.encode(new))
+        }
+    }
+
+    /// Reads events stored as `typeName` at `version` as if they were stored as `newType` at
+    /// `newVersion`, unchanged: a renamed event type whose shape did not change.
+    public static func renamed(from typeName: String, version: Int, to newType: String, version newVersion: Int)
+        -> Upcaster
+    {
+        Upcaster(typeName: typeName, schemaVersion: version) { _, data in
+            .next(type: newType, schemaVersion: newVersion, data: data)
+        }
+    }
+
+    private init(typeName: String, schemaVersion: Int, step: @escaping @Sendable (JSONDecoder, Data) throws -> Step) {
+        self.typeName = typeName
+        self.schemaVersion = schemaVersion
+        self.step = step
     }
 }
 

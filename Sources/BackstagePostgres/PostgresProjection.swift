@@ -48,6 +48,56 @@ extension PostgresReadModel {
     public var filter: EventFilter { .all }
 }
 
+/// A ``PostgresReadModel`` that consumes one `EventFamily` and receives typed `Envelope`s.
+///
+/// Its filter is derived from the family (upcast type names included) and each event is decoded
+/// once by the family's shared codec, upcasters included. Run it with ``PostgresProjection``.
+///
+/// ```swift
+/// struct SalesReadModel: TypedPostgresReadModel {
+///     let name = "sales"
+///     let tables = ["sales"]
+///     func createTables(on connection: PostgresConnection, tables: PostgresProjectionTables) async throws {
+///         try await connection.query(
+///             "CREATE TABLE \(unescaped: try tables.table("sales")) (show text PRIMARY KEY, total bigint)", logger: logger)
+///     }
+///     func apply(_ envelope: Envelope<ShowEvent>, on connection: PostgresConnection, tables: PostgresProjectionTables) async throws {
+///         guard case .ticketSold(let sold) = envelope.event else { return }
+///         let table = try tables.table("sales")
+///         try await connection.query(
+///             "INSERT INTO \(unescaped: table) VALUES (\(sold.showID), \(sold.price)) ON CONFLICT (show) DO UPDATE SET total = \(unescaped: table).total + excluded.total",
+///             logger: logger)
+///     }
+/// }
+/// ```
+public protocol TypedPostgresReadModel: PostgresReadModel {
+    /// The events the read model consumes.
+    associatedtype Family: EventFamily
+    /// What happens to an event the family cannot read. Defaults to `DecodeFailurePolicy.fail`.
+    var decodeFailure: DecodeFailurePolicy { get }
+    /// Applies one event inside the batch's transaction. Throw to roll the batch back.
+    func apply(_ envelope: Envelope<Family>, on connection: PostgresConnection, tables: PostgresProjectionTables)
+        async throws
+}
+
+extension TypedPostgresReadModel {
+    /// Fail: an undecodable event goes through the projection's failure policy.
+    public var decodeFailure: DecodeFailurePolicy { .fail }
+
+    /// The family's type names (upcast ones included); every event when the family is invalid
+    /// (each event then fails with the codec's error).
+    public var filter: EventFilter { (try? EventCodec<Family>.shared().filter) ?? .all }
+
+    /// Decodes the event with the family's codec and applies the envelope.
+    public func apply(_ event: RecordedEvent, on connection: PostgresConnection, tables: PostgresProjectionTables)
+        async throws
+    {
+        guard let envelope = try EventCodec<Family>.shared().envelope(event, policy: decodeFailure, subscription: name)
+        else { return }
+        try await apply(envelope, on: connection, tables: tables)
+    }
+}
+
 /// The table names of one version of a PostgreSQL projection; only declared names come out.
 public struct PostgresProjectionTables: Sendable, Hashable {
     /// The schema holding the tables.

@@ -175,13 +175,18 @@ struct CodecTests {
         }
     }
 
-    @Test("RecordedEvent.decode(as:) reads only its own type and version")
+    @Test("RecordedEvent.decode(as:) reads its own type, throws for its other versions, upcasts with a family")
     func decodeAs() throws {
         let e = recorded("AccountOpened", version: 1, json: #"{"owner":"ana"}"#)
         #expect(try e.decode(as: AccountOpened.self) == AccountOpened(owner: "ana"))
         #expect(try e.decode(as: MoneyWithdrawn.self) == nil)
+        // Its own type at another version: never nil; it throws without the family and upcasts with it.
+        #expect(throws: CodecError.self) {
+            try recorded("MoneyDeposited", version: 1, json: #"{"cents":1}"#).decode(as: MoneyDeposited.self)
+        }
         #expect(
-            try recorded("MoneyDeposited", version: 1, json: #"{"cents":1}"#).decode(as: MoneyDeposited.self) == nil)
+            try recorded("MoneyDeposited", version: 1, json: #"{"cents":1}"#).decode(
+                as: MoneyDeposited.self, in: AccountEvent.self) == MoneyDeposited(amount: 1, note: "upcast from v1"))
         #expect(throws: CodecError.self) {
             try recorded("AccountOpened", version: 1, json: "{").decode(as: AccountOpened.self)
         }

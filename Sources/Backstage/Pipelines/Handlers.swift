@@ -13,6 +13,9 @@ import Foundation
 ///     func handle(_ event: RecordedEvent) async throws { try await mailer.send(...) }
 /// }
 /// ```
+///
+/// To receive typed events of an ``EventFamily`` (decoded and upcast by its codec, with the
+/// filter derived from it), conform to ``TypedEventHandler`` instead.
 public protocol EventHandler: Sendable {
     /// The subscription id: stable, `[A-Za-z0-9_.-]`, at most 100 characters.
     var name: String { get }

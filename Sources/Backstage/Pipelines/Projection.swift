@@ -92,6 +92,9 @@ public struct ProjectionOptions: Sendable {
 ///     if let sold = try event.decode(as: TicketSold.self) { totals[sold.showID, default: 0] += sold.price }
 /// }
 /// ```
+///
+/// To receive typed events (decoded and upcast by the family's codec, filter derived from the
+/// family), use ``init(name:consuming:options:decodeFailure:initial:apply:)``.
 public final class InMemoryProjection<State: Sendable>: Projection {
     private struct Storage {
         var versions: [Int: State] = [:]
@@ -109,7 +112,8 @@ public final class InMemoryProjection<State: Sendable>: Projection {
         }
         func commit(_ subscription: String, expected: LogPosition?, new: LogPosition, token: Int64) async throws {
             try box.storage.withLock { s throws(CheckpointError) in
-                try checkCheckpointCommit(subscription, stored: s.checkpoints[subscription], expected: expected, token: token)
+                try checkCheckpointCommit(
+                    subscription, stored: s.checkpoints[subscription], expected: expected, token: token)
                 s.checkpoints[subscription] = Checkpoint(subscription: subscription, position: new, token: token)
             }
         }

@@ -43,6 +43,50 @@ extension SQLiteReadModel {
     public var filter: EventFilter { .all }
 }
 
+/// An ``SQLiteReadModel`` that consumes one `EventFamily` and receives typed `Envelope`s.
+///
+/// Its filter is derived from the family (upcast type names included) and each event is decoded
+/// once by the family's shared codec, upcasters included. Run it with ``SQLiteProjection``.
+///
+/// ```swift
+/// struct SalesReadModel: TypedSQLiteReadModel {
+///     let name = "sales"
+///     let tables = ["sales"]
+///     func createTables(in db: Database, tables: ProjectionTables) throws {
+///         try db.execute(sql: "CREATE TABLE \(try tables.table("sales")) (show TEXT PRIMARY KEY, total INTEGER)")
+///     }
+///     func apply(_ envelope: Envelope<ShowEvent>, in db: Database, tables: ProjectionTables) throws {
+///         guard case .ticketSold(let sold) = envelope.event else { return }
+///         try db.execute(sql: "INSERT INTO \(try tables.table("sales")) VALUES (?, ?) ON CONFLICT (show) DO UPDATE SET total = total + excluded.total",
+///                        arguments: [sold.showID, sold.price])
+///     }
+/// }
+/// ```
+public protocol TypedSQLiteReadModel: SQLiteReadModel {
+    /// The events the read model consumes.
+    associatedtype Family: EventFamily
+    /// What happens to an event the family cannot read. Defaults to `DecodeFailurePolicy.fail`.
+    var decodeFailure: DecodeFailurePolicy { get }
+    /// Applies one event, inside the batch's transaction. Throw to roll the batch back.
+    func apply(_ envelope: Envelope<Family>, in db: Database, tables: ProjectionTables) throws
+}
+
+extension TypedSQLiteReadModel {
+    /// Fail: an undecodable event goes through the projection's failure policy.
+    public var decodeFailure: DecodeFailurePolicy { .fail }
+
+    /// The family's type names (upcast ones included); every event when the family is invalid
+    /// (each event then fails with the codec's error).
+    public var filter: EventFilter { (try? EventCodec<Family>.shared().filter) ?? .all }
+
+    /// Decodes the event with the family's codec and applies the envelope.
+    public func apply(_ event: RecordedEvent, in db: Database, tables: ProjectionTables) throws {
+        guard let envelope = try EventCodec<Family>.shared().envelope(event, policy: decodeFailure, subscription: name)
+        else { return }
+        try apply(envelope, in: db, tables: tables)
+    }
+}
+
 /// The table names of one version of a projection; only declared, checked names come out.
 public struct ProjectionTables: Sendable, Hashable {
     /// The version.

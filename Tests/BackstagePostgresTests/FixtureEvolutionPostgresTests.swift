@@ -1,0 +1,157 @@
+import Backstage
+import BackstagePostgres
+import Foundation
+import Logging
+import PostgresNIO
+import Testing
+
+// The box office's show events as they are today; Tests/Fixtures/evolution-v1.postgres.sql holds
+// older shapes: "SeatSold" v1 (the old name of "TicketSold"), "TicketSold" v1 {show, seat} and
+// v2 {showID, ticketID, price}; the current "TicketSold" is v3 (adds currency).
+
+struct PGShowScheduled: Event, Equatable {
+    static let typeName = "ShowScheduled"
+    var showID: String
+    var title: String
+}
+
+struct PGTicketSold: Event, Equatable {
+    static let typeName = "TicketSold"
+    static let schemaVersion = 3
+    var showID: String
+    var ticketID: String
+    var price: Int
+    var currency: String
+}
+
+struct PGTicketSoldV1: Codable, Sendable {
+    var show: String
+    var seat: String
+}
+
+struct PGTicketSoldV2: Codable, Sendable {
+    var showID: String
+    var ticketID: String
+    var price: Int
+}
+
+enum PGShowEvent: EventFamily, Equatable {
+    case scheduled(PGShowScheduled)
+    case ticketSold(PGTicketSold)
+
+    static let members: [EventMember<PGShowEvent>] = [
+        .init(PGShowScheduled.self, PGShowEvent.scheduled),
+        .init(PGTicketSold.self, PGShowEvent.ticketSold),
+    ]
+
+    static let upcasters: [Upcaster<PGShowEvent>] = [
+        .renamed(from: "SeatSold", version: 1, to: "TicketSold", version: 1),
+        Upcaster(from: "TicketSold", version: 1, as: PGTicketSoldV1.self, to: "TicketSold", version: 2) { old in
+            PGTicketSoldV2(showID: old.show, ticketID: old.seat, price: 0)
+        },
+        Upcaster(from: "TicketSold", version: 2, as: PGTicketSoldV2.self) { old in
+            .ticketSold(PGTicketSold(showID: old.showID, ticketID: old.ticketID, price: old.price, currency: "EUR"))
+        },
+    ]
+}
+
+struct PGShow: Aggregate {
+    static let category = "show"
+    var title = ""
+    var tickets: [String] = []
+    var revenue = 0
+    init() {}
+    mutating func apply(_ event: PGShowEvent) {
+        switch event {
+        case .scheduled(let e): title = e.title
+        case .ticketSold(let e):
+            tickets.append(e.ticketID)
+            revenue += e.price
+        }
+    }
+}
+
+struct PGSellTicket: Command {
+    typealias Target = PGShow
+    var showID: String
+    var ticketID: String
+    var price: Int
+}
+
+/// Sales per show, from typed envelopes.
+struct PGSalesReadModel: TypedPostgresReadModel {
+    let name = "pg-sales"
+    let tables = ["pg_sales"]
+    let logger = Logger(label: "pg-sales")
+
+    func createTables(on connection: PostgresConnection, tables: PostgresProjectionTables) async throws {
+        _ = try await connection.query(
+            """
+            CREATE TABLE \(unescaped: try tables.table("pg_sales")) (
+                show text PRIMARY KEY, sold bigint NOT NULL, revenue bigint NOT NULL
+            )
+            """, logger: logger)
+    }
+
+    func apply(_ envelope: Envelope<PGShowEvent>, on connection: PostgresConnection, tables: PostgresProjectionTables)
+        async throws
+    {
+        guard case .ticketSold(let sold) = envelope.event else { return }
+        _ = try await connection.query(
+            """
+            INSERT INTO \(unescaped: try tables.table("pg_sales")) AS s (show, sold, revenue)
+            VALUES (\(sold.showID), 1, \(sold.price))
+            ON CONFLICT (show) DO UPDATE SET sold = s.sold + 1, revenue = s.revenue + excluded.revenue
+            """, logger: logger)
+    }
+}
+
+extension PostgresTests {
+    @Suite("PostgreSQL fixture: events stored in older shapes")
+    struct FixtureEvolution {
+        @Test("a SQL dump of old shapes, loaded into a migrated schema, reads as the current shapes")
+        func readsOldDump() async throws {
+            let dump = try String(
+                contentsOf: URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+                    .appendingPathComponent("Fixtures/evolution-v1.postgres.sql"), encoding: .utf8)
+            try await withFreshStore { store in
+                let statements =
+                    dump.split(separator: "\n").filter { !$0.hasPrefix("--") }.joined(separator: "\n")
+                    .replacingOccurrences(of: "__SCHEMA__", with: store.schema.rawValue)
+                    .components(separatedBy: ";\n").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+                    .filter { !$0.isEmpty }
+                #expect(statements.count == 2)
+                for statement in statements {
+                    let sql = statement.hasSuffix(";") ? String(statement.dropLast()) : statement
+                    _ = try await store.client.query(PostgresQuery(unsafeSQL: sql))
+                }
+
+                var router = Router()
+                try router.route(PGSellTicket.self, id: \.showID) { _, c in
+                    [.ticketSold(PGTicketSold(showID: c.showID, ticketID: c.ticketID, price: c.price, currency: "USD"))]
+                }
+                let app = BackstageApp(store: store, router: router)
+                try await app.dispatch(PGSellTicket(showID: "s1", ticketID: "A4", price: 50))
+                let show = try await app.load(PGShow.self, id: "s1").state
+                #expect(show.title == "Hamlet")
+                #expect(show.tickets == ["A1", "A2", "A3", "A4"])
+                #expect(show.revenue == 90)
+
+                let model = PGSalesReadModel()
+                #expect(model.filter == EventFilter(types: ["ShowScheduled", "SeatSold", "TicketSold"]))
+                let projection = try PostgresProjection(model, store: store)
+                let service = try PipelineService(app: app, projections: [projection])
+                let running = Task { try await service.run() }
+                try await service.waitUntilProcessed()
+                service.stop()
+                try await running.value
+                let rows = try await store.client.query(
+                    "SELECT sold, revenue FROM \(unescaped: store.schema.rawValue).pg_sales WHERE show = 's1'")
+                var found: [[Int64]] = []
+                for try await (sold, revenue) in rows.decode((Int64, Int64).self) { found.append([sold, revenue]) }
+                #expect(found == [[4, 90]])
+                #expect(try await service.parkedEvents().isEmpty)
+            }
+        }
+    }
+}

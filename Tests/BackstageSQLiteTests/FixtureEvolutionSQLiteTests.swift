@@ -1,0 +1,170 @@
+import Backstage
+import BackstageSQLite
+import Foundation
+import GRDB
+import Testing
+
+// The box office's show events as they are today, and the older shapes stored in
+// Tests/Fixtures/evolution-v1.sqlite (written by `writeFixture` below):
+// - "ShowScheduled" v1 {showID, title}: current.
+// - "SeatSold" v1 {show, seat}: the old name of "TicketSold" v1.
+// - "TicketSold" v1 {show, seat} -> v2 {showID, ticketID, price} -> v3 (current, adds currency).
+
+struct FixShowScheduled: Event, Equatable {
+    static let typeName = "ShowScheduled"
+    var showID: String
+    var title: String
+}
+
+struct FixTicketSold: Event, Equatable {
+    static let typeName = "TicketSold"
+    static let schemaVersion = 3
+    var showID: String
+    var ticketID: String
+    var price: Int
+    var currency: String
+}
+
+struct FixTicketSoldV1: Codable, Sendable {
+    var show: String
+    var seat: String
+}
+
+struct FixTicketSoldV2: Codable, Sendable {
+    var showID: String
+    var ticketID: String
+    var price: Int
+}
+
+enum FixShowEvent: EventFamily, Equatable {
+    case scheduled(FixShowScheduled)
+    case ticketSold(FixTicketSold)
+
+    static let members: [EventMember<FixShowEvent>] = [
+        .init(FixShowScheduled.self, FixShowEvent.scheduled),
+        .init(FixTicketSold.self, FixShowEvent.ticketSold),
+    ]
+
+    static let upcasters: [Upcaster<FixShowEvent>] = [
+        .renamed(from: "SeatSold", version: 1, to: "TicketSold", version: 1),
+        Upcaster(from: "TicketSold", version: 1, as: FixTicketSoldV1.self, to: "TicketSold", version: 2) { old in
+            FixTicketSoldV2(showID: old.show, ticketID: old.seat, price: 0)
+        },
+        Upcaster(from: "TicketSold", version: 2, as: FixTicketSoldV2.self) { old in
+            .ticketSold(FixTicketSold(showID: old.showID, ticketID: old.ticketID, price: old.price, currency: "EUR"))
+        },
+    ]
+}
+
+struct FixShow: Aggregate {
+    static let category = "show"
+    var title = ""
+    var tickets: [String] = []
+    var revenue = 0
+    init() {}
+    mutating func apply(_ event: FixShowEvent) {
+        switch event {
+        case .scheduled(let e): title = e.title
+        case .ticketSold(let e):
+            tickets.append(e.ticketID)
+            revenue += e.price
+        }
+    }
+}
+
+struct FixSellTicket: Command {
+    typealias Target = FixShow
+    var showID: String
+    var ticketID: String
+    var price: Int
+}
+
+/// Sales per show, from typed envelopes.
+struct FixSalesReadModel: TypedSQLiteReadModel {
+    let name = "fix-sales"
+    let tables = ["fix_sales"]
+
+    func createTables(in db: Database, tables: ProjectionTables) throws {
+        try db.execute(
+            sql:
+                "CREATE TABLE \(try tables.table("fix_sales")) (show TEXT PRIMARY KEY, sold INTEGER NOT NULL, revenue INTEGER NOT NULL, currency TEXT NOT NULL)"
+        )
+    }
+
+    func apply(_ envelope: Envelope<FixShowEvent>, in db: Database, tables: ProjectionTables) throws {
+        guard case .ticketSold(let sold) = envelope.event else { return }
+        try db.execute(
+            sql: """
+                INSERT INTO \(try tables.table("fix_sales")) (show, sold, revenue, currency) VALUES (?, 1, ?, ?)
+                ON CONFLICT (show) DO UPDATE SET sold = sold + 1, revenue = revenue + excluded.revenue
+                """, arguments: [sold.showID, sold.price, sold.currency])
+    }
+}
+
+/// The committed fixture, next to the test sources.
+let sqliteFixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .appendingPathComponent("Fixtures/evolution-v1.sqlite")
+
+@Suite("SQLite fixture: events stored in older shapes", .serialized)
+struct FixtureEvolutionSQLiteTests {
+    /// Writes Tests/Fixtures/evolution-v1.sqlite: run once with
+    /// `BACKSTAGE_WRITE_FIXTURES=1 swift test --filter FixtureEvolutionSQLiteTests/writeFixture`.
+    /// The events are appended raw, with the type names, versions and JSON of the old code.
+    @Test(.enabled(if: ProcessInfo.processInfo.environment["BACKSTAGE_WRITE_FIXTURES"] != nil))
+    func writeFixture() async throws {
+        try? FileManager.default.removeItem(at: sqliteFixture)
+        let store = try SQLiteEventStore(path: sqliteFixture.path)
+        func raw(_ type: String, _ version: Int, _ json: String) -> EventData {
+            EventData(type: type, schemaVersion: version, data: Data(json.utf8))
+        }
+        _ = try await store.append(
+            [
+                raw("ShowScheduled", 1, #"{"showID":"s1","title":"Hamlet"}"#),
+                raw("SeatSold", 1, #"{"show":"s1","seat":"A1"}"#),
+                raw("TicketSold", 1, #"{"show":"s1","seat":"A2"}"#),
+                raw("TicketSold", 2, #"{"showID":"s1","ticketID":"A3","price":40}"#),
+            ], to: "show-s1", expected: .noStream, commandID: nil)
+        try await store.database.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA wal_checkpoint(TRUNCATE)")
+        }
+        try store.close()
+    }
+
+    @Test(
+        "a committed SQLite file with old shapes reads as the current ones: aggregate, history and a typed read model")
+    func readsOldFixture() async throws {
+        let file = try TemporaryDatabase()
+        try FileManager.default.copyItem(at: sqliteFixture, to: URL(fileURLWithPath: file.path))
+        let store = try SQLiteEventStore(path: file.path)
+        var router = Router()
+        try router.route(FixSellTicket.self, id: \.showID) { _, c in
+            [.ticketSold(FixTicketSold(showID: c.showID, ticketID: c.ticketID, price: c.price, currency: "USD"))]
+        }
+        let app = BackstageApp(store: store, router: router)
+        try await app.dispatch(FixSellTicket(showID: "s1", ticketID: "A4", price: 50))
+
+        let show = try await app.load(FixShow.self, id: "s1").state
+        #expect(show.title == "Hamlet")
+        #expect(show.tickets == ["A1", "A2", "A3", "A4"])
+        #expect(show.revenue == 90)
+        let history = try await app.history(FixShow.self, id: "s1").map(\.event)
+        #expect(history.last == .ticketSold(FixTicketSold(showID: "s1", ticketID: "A4", price: 50, currency: "USD")))
+
+        let model = FixSalesReadModel()
+        #expect(model.filter == EventFilter(types: ["ShowScheduled", "SeatSold", "TicketSold"]))
+        let projection = try SQLiteProjection(model, database: store.database)
+        let service = try PipelineService(app: app, projections: [projection])
+        let running = Task { try await service.run() }
+        try await service.waitUntilProcessed()
+        service.stop()
+        try await running.value
+        let row = try await store.database.read { db -> [Int] in
+            guard let row = try Row.fetchOne(db, sql: "SELECT sold, revenue FROM fix_sales WHERE show = 's1'") else {
+                return []
+            }
+            return [row["sold"], row["revenue"]]
+        }
+        #expect(row == [4, 90])
+        #expect(try await service.parkedEvents().isEmpty)
+        try store.close()
+    }
+}
