@@ -9,18 +9,9 @@ import Synchronization
 // projections; and an event handler that sends receipts. They run in a PipelineService next to
 // the application.
 
-private func decodeShowEvent(_ event: RecordedEvent) throws -> ShowEvent? {
-    switch event.type {
-    case ShowScheduled.typeName: try event.decode(as: ShowScheduled.self).map(ShowEvent.scheduled)
-    case TicketAdded.typeName: try event.decode(as: TicketAdded.self).map(ShowEvent.ticketAdded)
-    case TicketSold.typeName: try event.decode(as: TicketSold.self).map(ShowEvent.ticketSold)
-    case TicketRefunded.typeName: try event.decode(as: TicketRefunded.self).map(ShowEvent.ticketRefunded)
-    default: nil
-    }
-}
-
 /// The `tickets` table: one row per ticket, with its show, status and buyer.
-public struct TicketsReadModel: SQLiteReadModel {
+public struct TicketsReadModel: TypedSQLiteReadModel {
+    public typealias Family = ShowEvent
     public let name = "tickets"
     public let tables = ["tickets"]
     public let filter = EventFilter(types: [TicketAdded.typeName, TicketSold.typeName, TicketRefunded.typeName])
@@ -39,10 +30,10 @@ public struct TicketsReadModel: SQLiteReadModel {
                 """)
     }
 
-    public func apply(_ event: RecordedEvent, in db: Database, tables: ProjectionTables) throws {
+    public func apply(_ event: Envelope<ShowEvent>, in db: Database, tables: ProjectionTables) throws {
         let t = try tables.table("tickets")
         let at = event.recordedAt.timeIntervalSince1970
-        switch try decodeShowEvent(event) {
+        switch event.event {
         case .ticketAdded(let e):
             try db.executeCached(
                 sql: "INSERT INTO \(t) (ticket_id, show_id, status, buyer, updated_at) VALUES (?, ?, 'onSale', NULL, ?)",
@@ -55,13 +46,14 @@ public struct TicketsReadModel: SQLiteReadModel {
             try db.executeCached(
                 sql: "UPDATE \(t) SET status = 'refunded', buyer = NULL, updated_at = ? WHERE ticket_id = ?",
                 arguments: [at, e.ticketID])
-        case .scheduled, nil: break
+        case .scheduled: break
         }
     }
 }
 
 /// The `show_seats` table: seats available per show (capacity minus tickets sold and not refunded).
-public struct SeatsReadModel: SQLiteReadModel {
+public struct SeatsReadModel: TypedSQLiteReadModel {
+    public typealias Family = ShowEvent
     public let name = "seats"
     public let tables = ["show_seats"]
     public let filter = EventFilter(types: [ShowScheduled.typeName, TicketSold.typeName, TicketRefunded.typeName])
@@ -78,9 +70,9 @@ public struct SeatsReadModel: SQLiteReadModel {
                 """)
     }
 
-    public func apply(_ event: RecordedEvent, in db: Database, tables: ProjectionTables) throws {
+    public func apply(_ event: Envelope<ShowEvent>, in db: Database, tables: ProjectionTables) throws {
         let t = try tables.table("show_seats")
-        switch try decodeShowEvent(event) {
+        switch event.event {
         case .scheduled(let e):
             try db.executeCached(
                 sql: "INSERT INTO \(t) (show_id, title, capacity, taken, available) VALUES (?, ?, ?, 0, ?)",
@@ -93,13 +85,14 @@ public struct SeatsReadModel: SQLiteReadModel {
             try db.executeCached(
                 sql: "UPDATE \(t) SET taken = taken - 1, available = available + 1 WHERE show_id = ?",
                 arguments: [e.showID])
-        case .ticketAdded, nil: break
+        case .ticketAdded: break
         }
     }
 }
 
 /// The `show_sales` table: sales per show (sold, refunded, net).
-public struct SalesReadModel: SQLiteReadModel {
+public struct SalesReadModel: TypedSQLiteReadModel {
+    public typealias Family = ShowEvent
     public let name = "sales"
     public let tables = ["show_sales"]
     public let filter = EventFilter(types: [TicketSold.typeName, TicketRefunded.typeName])
@@ -116,9 +109,9 @@ public struct SalesReadModel: SQLiteReadModel {
                 """)
     }
 
-    public func apply(_ event: RecordedEvent, in db: Database, tables: ProjectionTables) throws {
+    public func apply(_ event: Envelope<ShowEvent>, in db: Database, tables: ProjectionTables) throws {
         let t = try tables.table("show_sales")
-        switch try decodeShowEvent(event) {
+        switch event.event {
         case .ticketSold(let e):
             try db.executeCached(
                 sql: """
@@ -131,7 +124,7 @@ public struct SalesReadModel: SQLiteReadModel {
                     INSERT INTO \(t) (show_id, sold, refunded, net) VALUES (?, 0, 1, -1)
                     ON CONFLICT (show_id) DO UPDATE SET refunded = refunded + 1, net = net - 1
                     """, arguments: [e.showID])
-        case .scheduled, .ticketAdded, nil: break
+        case .scheduled, .ticketAdded: break
         }
     }
 }
@@ -145,7 +138,8 @@ extension Database {
 
 /// Sends a receipt for every ticket sold. The mail server of the demo is flaky: the first attempt
 /// of every `failEvery`-th receipt fails, and the retry policy sends it on a later attempt.
-public final class TicketHandler: EventHandler {
+public final class TicketHandler: TypedEventHandler {
+    public typealias Family = ShowEvent
     private struct State {
         var attempts: [String: Int] = [:]
         var sent = 0
@@ -174,8 +168,8 @@ public final class TicketHandler: EventHandler {
     /// Attempts that failed and were retried.
     public var transientFailures: Int { state.withLock { $0.transientFailures } }
 
-    public func handle(_ event: RecordedEvent) async throws {
-        guard let sold = try event.decode(as: TicketSold.self) else { return }
+    public func handle(_ event: Envelope<ShowEvent>) async throws {
+        guard case .ticketSold(let sold) = event.event else { return }
         let key = "\(event.position)"
         let fail = state.withLock { s -> Bool in
             let attempt = s.attempts[key, default: 0] + 1
