@@ -52,9 +52,11 @@ let package = Package(
             name: "ReadmeTests",
             dependencies: ["Backstage", "BackstageSQLite", "BackstageTesting"]
         ),
+        // Test doubles and fixture domains shared by the test targets; not part of any product.
+        .target(name: "BackstageTestSupport", dependencies: ["Backstage"], path: "Tests/Support"),
         .testTarget(
             name: "BackstageSQLiteTests",
-            dependencies: ["Backstage", "BackstageSQLite", "BackstageTesting"]
+            dependencies: ["Backstage", "BackstageSQLite", "BackstageTesting", "BackstageTestSupport"]
         ),
         // A child process for the SQLite crash test; not part of any product.
         .executableTarget(
@@ -86,7 +88,7 @@ let package = Package(
         ),
         .testTarget(
             name: "BackstagePostgresTests",
-            dependencies: ["Backstage", "BackstagePostgres", "BackstageTesting"]
+            dependencies: ["Backstage", "BackstagePostgres", "BackstageTesting", "BackstageTestSupport"]
         ),
     ],
     swiftLanguageModes: [.v6]

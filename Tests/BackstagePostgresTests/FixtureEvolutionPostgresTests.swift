@@ -1,5 +1,6 @@
 import Backstage
 import BackstagePostgres
+import BackstageTestSupport
 import Foundation
 import Logging
 import PostgresNIO
@@ -8,75 +9,6 @@ import Testing
 // The box office's show events as they are today; Tests/Fixtures/evolution-v1.postgres.sql holds
 // older shapes: "SeatSold" v1 (the old name of "TicketSold"), "TicketSold" v1 {show, seat} and
 // v2 {showID, ticketID, price}; the current "TicketSold" is v3 (adds currency).
-
-struct PGShowScheduled: Event, Equatable {
-    static let typeName = "ShowScheduled"
-    var showID: String
-    var title: String
-}
-
-struct PGTicketSold: Event, Equatable {
-    static let typeName = "TicketSold"
-    static let schemaVersion = 3
-    var showID: String
-    var ticketID: String
-    var price: Int
-    var currency: String
-}
-
-struct PGTicketSoldV1: Codable, Sendable {
-    var show: String
-    var seat: String
-}
-
-struct PGTicketSoldV2: Codable, Sendable {
-    var showID: String
-    var ticketID: String
-    var price: Int
-}
-
-enum PGShowEvent: EventFamily, Equatable {
-    case scheduled(PGShowScheduled)
-    case ticketSold(PGTicketSold)
-
-    static let members: [EventMember<PGShowEvent>] = [
-        .init(PGShowScheduled.self, PGShowEvent.scheduled),
-        .init(PGTicketSold.self, PGShowEvent.ticketSold),
-    ]
-
-    static let upcasters: [Upcaster<PGShowEvent>] = [
-        .renamed(from: "SeatSold", version: 1, to: "TicketSold", version: 1),
-        Upcaster(from: "TicketSold", version: 1, as: PGTicketSoldV1.self, to: "TicketSold", version: 2) { old in
-            PGTicketSoldV2(showID: old.show, ticketID: old.seat, price: 0)
-        },
-        Upcaster(from: "TicketSold", version: 2, as: PGTicketSoldV2.self) { old in
-            .ticketSold(PGTicketSold(showID: old.showID, ticketID: old.ticketID, price: old.price, currency: "EUR"))
-        },
-    ]
-}
-
-struct PGShow: Aggregate {
-    static let category = "show"
-    var title = ""
-    var tickets: [String] = []
-    var revenue = 0
-    init() {}
-    mutating func apply(_ event: PGShowEvent) {
-        switch event {
-        case .scheduled(let e): title = e.title
-        case .ticketSold(let e):
-            tickets.append(e.ticketID)
-            revenue += e.price
-        }
-    }
-}
-
-struct PGSellTicket: Command {
-    typealias Target = PGShow
-    var showID: String
-    var ticketID: String
-    var price: Int
-}
 
 /// Sales per show, from typed envelopes.
 struct PGSalesReadModel: TypedPostgresReadModel {
@@ -93,7 +25,7 @@ struct PGSalesReadModel: TypedPostgresReadModel {
             """, logger: logger)
     }
 
-    func apply(_ envelope: Envelope<PGShowEvent>, on connection: PostgresConnection, tables: PostgresProjectionTables)
+    func apply(_ envelope: Envelope<FixShowEvent>, on connection: PostgresConnection, tables: PostgresProjectionTables)
         async throws
     {
         guard case .ticketSold(let sold) = envelope.event else { return }
@@ -127,12 +59,15 @@ extension PostgresTests {
                 }
 
                 var router = Router()
-                try router.route(PGSellTicket.self, id: \.showID) { _, c in
-                    [.ticketSold(PGTicketSold(showID: c.showID, ticketID: c.ticketID, price: c.price, currency: "USD"))]
+                try router.route(FixSellTicket.self, id: \.showID) { _, c in
+                    [
+                        .ticketSold(
+                            FixTicketSold(showID: c.showID, ticketID: c.ticketID, price: c.price, currency: "USD"))
+                    ]
                 }
                 let app = BackstageApp(store: store, router: router)
-                try await app.dispatch(PGSellTicket(showID: "s1", ticketID: "A4", price: 50))
-                let show = try await app.load(PGShow.self, id: "s1").state
+                try await app.dispatch(FixSellTicket(showID: "s1", ticketID: "A4", price: 50))
+                let show = try await app.load(FixShow.self, id: "s1").state
                 #expect(show.title == "Hamlet")
                 #expect(show.tickets == ["A1", "A2", "A3", "A4"])
                 #expect(show.revenue == 90)

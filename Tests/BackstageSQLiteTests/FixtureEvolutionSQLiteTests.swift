@@ -1,83 +1,12 @@
 import Backstage
 import BackstageSQLite
+import BackstageTestSupport
 import Foundation
 import GRDB
 import Testing
 
-// The box office's show events as they are today, and the older shapes stored in
-// Tests/Fixtures/evolution-v1.sqlite (written by `writeFixture` below):
-// - "ShowScheduled" v1 {showID, title}: current.
-// - "SeatSold" v1 {show, seat}: the old name of "TicketSold" v1.
-// - "TicketSold" v1 {show, seat} -> v2 {showID, ticketID, price} -> v3 (current, adds currency).
-
-struct FixShowScheduled: Event, Equatable {
-    static let typeName = "ShowScheduled"
-    var showID: String
-    var title: String
-}
-
-struct FixTicketSold: Event, Equatable {
-    static let typeName = "TicketSold"
-    static let schemaVersion = 3
-    var showID: String
-    var ticketID: String
-    var price: Int
-    var currency: String
-}
-
-struct FixTicketSoldV1: Codable, Sendable {
-    var show: String
-    var seat: String
-}
-
-struct FixTicketSoldV2: Codable, Sendable {
-    var showID: String
-    var ticketID: String
-    var price: Int
-}
-
-enum FixShowEvent: EventFamily, Equatable {
-    case scheduled(FixShowScheduled)
-    case ticketSold(FixTicketSold)
-
-    static let members: [EventMember<FixShowEvent>] = [
-        .init(FixShowScheduled.self, FixShowEvent.scheduled),
-        .init(FixTicketSold.self, FixShowEvent.ticketSold),
-    ]
-
-    static let upcasters: [Upcaster<FixShowEvent>] = [
-        .renamed(from: "SeatSold", version: 1, to: "TicketSold", version: 1),
-        Upcaster(from: "TicketSold", version: 1, as: FixTicketSoldV1.self, to: "TicketSold", version: 2) { old in
-            FixTicketSoldV2(showID: old.show, ticketID: old.seat, price: 0)
-        },
-        Upcaster(from: "TicketSold", version: 2, as: FixTicketSoldV2.self) { old in
-            .ticketSold(FixTicketSold(showID: old.showID, ticketID: old.ticketID, price: old.price, currency: "EUR"))
-        },
-    ]
-}
-
-struct FixShow: Aggregate {
-    static let category = "show"
-    var title = ""
-    var tickets: [String] = []
-    var revenue = 0
-    init() {}
-    mutating func apply(_ event: FixShowEvent) {
-        switch event {
-        case .scheduled(let e): title = e.title
-        case .ticketSold(let e):
-            tickets.append(e.ticketID)
-            revenue += e.price
-        }
-    }
-}
-
-struct FixSellTicket: Command {
-    typealias Target = FixShow
-    var showID: String
-    var ticketID: String
-    var price: Int
-}
+// Tests/Fixtures/evolution-v1.sqlite (written by `writeFixture` below) holds older shapes of the
+// show events of BackstageTestSupport's EvolutionFixtureDomain.swift.
 
 /// Sales per show, from typed envelopes.
 struct FixSalesReadModel: TypedSQLiteReadModel {
