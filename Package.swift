@@ -61,7 +61,7 @@ let package = Package(
         // A child process for the SQLite crash test; not part of any product.
         .executableTarget(
             name: "backstage-append-worker",
-            dependencies: ["Backstage", "BackstageSQLite"],
+            dependencies: ["Backstage", "BackstageSQLite", "BackstageTestSupport"],
             path: "Tests/Workers/AppendWorker"
         ),
         // A child process for the projection crash test; not part of any product.
@@ -80,7 +80,7 @@ let package = Package(
         .executableTarget(
             name: "backstage-postgres-worker",
             dependencies: [
-                "Backstage", "BackstagePostgres", .product(name: "Logging", package: "swift-log"),
+                "Backstage", "BackstagePostgres", "BackstageTestSupport", .product(name: "Logging", package: "swift-log"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],

@@ -1,6 +1,7 @@
 // Modes of the PostgreSQL worker for the aggregate runtime (issue 8: stale caches).
 import Backstage
 import BackstagePostgres
+import BackstageTestSupport
 import Foundation
 
 /// `append <url> <schema> <stream> <type> <json>`: appends one event (expected version: any)
@@ -25,13 +26,13 @@ func runRaceMode(_ arguments: [String]) async throws {
     let store = try await PostgresEventStore(
         url: arguments[2], configuration: storeConfiguration(schema: arguments[3]))
     var router = Router()
-    try router.route(SellTicket.self, id: { $0.show }) { show, command in try show.sell(command) }
+    try router.route(RaceSellTicket.self, id: { $0.show }) { show, command in try show.sell(command) }
     let app = BackstageApp(store: store, router: router)
     _ = try await store.headPosition()  // the pool is connected before the start
     let wait = start / 1000 - Date().timeIntervalSince1970
     if wait > 0 { try await Task.sleep(for: .milliseconds(Int(wait * 1000))) }
-    let tally = Tally()
-    try await sell(app: app, shows: shows, capacity: capacity, attempts: attempts, tally: tally)
+    let tally = RaceTally()
+    try await runSellers(app: app, shows: shows, capacity: capacity, attempts: attempts, tally: tally)
     let c = tally.counts.withLock { $0 }
     emit("result sold=\(c.sold) soldOut=\(c.soldOut) conflicts=\(c.conflicts) errors=\(c.errors)")
     await store.close()
