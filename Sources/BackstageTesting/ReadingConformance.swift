@@ -238,49 +238,8 @@ private struct AddToTally: Command {
     var amount: Int
 }
 
-/// Forwards to a store and counts the events its stream reads return.
-private final class CountingStore: EventStore {
-    let inner: any EventStore
-    let eventsRead = Atomic<Int>(0)
-    init(_ inner: any EventStore) { self.inner = inner }
-
-    var limits: StoreLimits { inner.limits }
-    func append(_ events: [EventData], to stream: String, expected: ExpectedVersion, commandID: UUID?)
-        async throws -> AppendResult
-    {
-        try await inner.append(events, to: stream, expected: expected, commandID: commandID)
-    }
-    func readStream(_ stream: String, from version: Int64, direction: ReadDirection, limit: Int) async throws
-        -> [RecordedEvent]
-    {
-        let page = try await inner.readStream(stream, from: version, direction: direction, limit: limit)
-        eventsRead.add(page.count, ordering: .relaxed)
-        return page
-    }
-    func readAll(after position: LogPosition, limit: Int, filter: EventFilter) async throws -> [RecordedEvent] {
-        try await inner.readAll(after: position, limit: limit, filter: filter)
-    }
-    func streamVersion(_ stream: String) async throws -> Int64 { try await inner.streamVersion(stream) }
-    func headPosition() async throws -> LogPosition { try await inner.headPosition() }
-    func appendResult(forCommand commandID: UUID) async throws -> AppendResult? {
-        try await inner.appendResult(forCommand: commandID)
-    }
-    func saveSnapshot(_ snapshot: Snapshot) async throws { try await inner.saveSnapshot(snapshot) }
-    func loadSnapshot(_ stream: String, schemaVersion: Int) async throws -> Snapshot? {
-        try await inner.loadSnapshot(stream, schemaVersion: schemaVersion)
-    }
-    func appendNotifications() -> AsyncStream<Void> { inner.appendNotifications() }
-
-    /// The events read while `body` ran.
-    func counting<T>(_ body: () async throws -> T) async rethrows -> (T, Int) {
-        let before = eventsRead.load(ordering: .relaxed)
-        let value = try await body()
-        return (value, eventsRead.load(ordering: .relaxed) - before)
-    }
-}
-
 private func timeTravel(_ base: any EventStore) async throws {
-    let store = CountingStore(base)
+    let store = RecordingEventStore(base)
     var router = Router()
     try router.route(AddToTally.self, id: \.id) { _, c in [.tallied(Tallied(amount: c.amount))] }
     var snapshotting = BackstageApp.Configuration()
@@ -297,10 +256,10 @@ private func timeTravel(_ base: any EventStore) async throws {
         snapshot?.version == 30, "expected the snapshot at version 30, found \(String(describing: snapshot?.version))")
 
     for version: Int64 in [33, 30, 35, 40] {
-        let (fromSnapshot, read) = try await store.counting {
+        let (fromSnapshot, read) = try await store.countingStreamReads {
             try await app.load(Tally.self, id: id, atVersion: version)
         }
-        let (replayed, replayRead) = try await store.counting {
+        let (replayed, replayRead) = try await store.countingStreamReads {
             try await replayer.load(Tally.self, id: id, atVersion: version)
         }
         try require(
@@ -311,15 +270,15 @@ private func timeTravel(_ base: any EventStore) async throws {
         try require(read == Int(min(version, 35)) - 30, "a load at \(version) from the snapshot read \(read) events")
     }
     // Below the snapshot: replayed from the start, and still right.
-    let (early, earlyRead) = try await store.counting { try await app.load(Tally.self, id: id, atVersion: 25) }
+    let (early, earlyRead) = try await store.countingStreamReads { try await app.load(Tally.self, id: id, atVersion: 25) }
     try require(early.version == 25 && early.state.amounts == Array(1...25), "at version 25: \(early.state.amounts)")
     try require(earlyRead == 25, "a load at 25 read \(earlyRead) events")
     // The current state, from the snapshot.
-    let (current, currentRead) = try await store.counting { try await app.load(Tally.self, id: id) }
+    let (current, currentRead) = try await store.countingStreamReads { try await app.load(Tally.self, id: id) }
     try require(current.version == 35 && current.state.total == (1...35).reduce(0, +), "current: \(current.version)")
     try require(currentRead == 5, "the current state from the snapshot read \(currentRead) events")
     // By date: now is after every event and the snapshot.
-    let (now, nowRead) = try await store.counting { try await app.load(Tally.self, id: id, at: Date()) }
+    let (now, nowRead) = try await store.countingStreamReads { try await app.load(Tally.self, id: id, at: Date()) }
     try require(now.version == 35 && now.state == current.state, "at now: version \(now.version)")
     try require(nowRead <= 6, "a load at now from the snapshot read \(nowRead) events")
     // Before the snapshot: replayed from the start.

@@ -1,37 +1,9 @@
 import Backstage
 import BackstageSQLite
+import BackstageTesting
 import Foundation
 import GRDB
 import Testing
-
-/// Wraps a store and counts the events `readAll` hands out.
-final class SQLiteCountingStore: EventStore {
-    let inner: SQLiteEventStore
-    let read = SQLBox(0)
-    init(_ inner: SQLiteEventStore) { self.inner = inner }
-    var limits: StoreLimits { inner.limits }
-    func append(_ events: [EventData], to stream: String, expected: ExpectedVersion, commandID: UUID?) async throws
-        -> AppendResult
-    { try await inner.append(events, to: stream, expected: expected, commandID: commandID) }
-    func readStream(_ stream: String, from version: Int64, direction: ReadDirection, limit: Int) async throws
-        -> [RecordedEvent]
-    { try await inner.readStream(stream, from: version, direction: direction, limit: limit) }
-    func readAll(after position: LogPosition, limit: Int, filter: EventFilter) async throws -> [RecordedEvent] {
-        let page = try await inner.readAll(after: position, limit: limit, filter: filter)
-        read.withLock { $0 += page.count }
-        return page
-    }
-    func streamVersion(_ stream: String) async throws -> Int64 { try await inner.streamVersion(stream) }
-    func headPosition() async throws -> LogPosition { try await inner.headPosition() }
-    func appendResult(forCommand commandID: UUID) async throws -> AppendResult? {
-        try await inner.appendResult(forCommand: commandID)
-    }
-    func saveSnapshot(_ snapshot: Snapshot) async throws { try await inner.saveSnapshot(snapshot) }
-    func loadSnapshot(_ stream: String, schemaVersion: Int) async throws -> Snapshot? {
-        try await inner.loadSnapshot(stream, schemaVersion: schemaVersion)
-    }
-    func appendNotifications() -> AsyncStream<Void> { inner.appendNotifications() }
-}
 
 /// A handler defined by a closure.
 struct SQLiteClosureHandler: EventHandler {
@@ -48,13 +20,13 @@ struct ProjectionSQLitePipelineTests {
     func backPressure() async throws {
         let file = try TemporaryDatabase()
         let sqlite = try SQLiteEventStore(path: file.path)
-        let store = SQLiteCountingStore(sqlite)
+        let store = RecordingEventStore(sqlite)
         let handled = SQLBox(0)
         let worst = SQLBox(0)
         var options = HandlerOptions(concurrency: 2, batchSize: 4, maxInFlight: 50)
         options.pageSize = 20
         let handler = SQLiteClosureHandler(name: "slow", options: options) { batch in
-            let held = store.read.withLock { $0 } - handled.withLock { $0 }
+            let held = store.eventsReadFromLog - handled.withLock { $0 }
             worst.withLock { $0 = max($0, held) }
             try await Task.sleep(for: .milliseconds(2))
             handled.withLock { $0 += batch.count }

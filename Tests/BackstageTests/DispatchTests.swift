@@ -1,4 +1,5 @@
 import Backstage
+import BackstageTesting
 import Foundation
 import Testing
 
@@ -163,7 +164,7 @@ struct DispatchTests {
     @Test("a middleware that rejects stops the dispatch before the aggregate is loaded")
     func middlewareRejects() async throws {
         let journal = Journal()
-        let store = RecordingStore()
+        let store = RecordingEventStore()
         let refusal = InvalidCommand(reason: "not today")
         let app = try makeApp(
             store,
@@ -180,7 +181,7 @@ struct DispatchTests {
 
     @Test("ValidationMiddleware rejects invalid commands before anything is read or stored")
     func validation() async throws {
-        let store = RecordingStore()
+        let store = RecordingEventStore()
         let app = try makeApp(store)  // ValidationMiddleware is the default
         try await app.dispatch(OpenAccount(id: "a", owner: "Ana"))
         store.forget()

@@ -111,35 +111,6 @@ final class AuditingCheckpointStore: CheckpointStore {
     }
 }
 
-/// An event store wrapper counting the events `readAll` hands out.
-final class CountingStore: EventStore {
-    let inner: any EventStore
-    let read = PipeBox(0)
-    init(_ inner: any EventStore) { self.inner = inner }
-    var limits: StoreLimits { inner.limits }
-    func append(_ events: [EventData], to stream: String, expected: ExpectedVersion, commandID: UUID?) async throws
-        -> AppendResult
-    { try await inner.append(events, to: stream, expected: expected, commandID: commandID) }
-    func readStream(_ stream: String, from version: Int64, direction: ReadDirection, limit: Int) async throws
-        -> [RecordedEvent]
-    { try await inner.readStream(stream, from: version, direction: direction, limit: limit) }
-    func readAll(after position: LogPosition, limit: Int, filter: EventFilter) async throws -> [RecordedEvent] {
-        let page = try await inner.readAll(after: position, limit: limit, filter: filter)
-        read.with { $0 += page.count }
-        return page
-    }
-    func streamVersion(_ stream: String) async throws -> Int64 { try await inner.streamVersion(stream) }
-    func headPosition() async throws -> LogPosition { try await inner.headPosition() }
-    func appendResult(forCommand commandID: UUID) async throws -> AppendResult? {
-        try await inner.appendResult(forCommand: commandID)
-    }
-    func saveSnapshot(_ snapshot: Snapshot) async throws { try await inner.saveSnapshot(snapshot) }
-    func loadSnapshot(_ stream: String, schemaVersion: Int) async throws -> Snapshot? {
-        try await inner.loadSnapshot(stream, schemaVersion: schemaVersion)
-    }
-    func appendNotifications() -> AsyncStream<Void> { inner.appendNotifications() }
-}
-
 /// A handler defined by a closure.
 struct ClosureHandler: EventHandler {
     let name: String

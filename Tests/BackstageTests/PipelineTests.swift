@@ -1,4 +1,5 @@
 import Backstage
+import BackstageTesting
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -176,14 +177,14 @@ struct PipelineTests {
     @Test("back-pressure: with a handler slower than the writers, events in memory stay under the bound")
     func backPressure() async throws {
         let inner = InMemoryEventStore()
-        let store = CountingStore(inner)
+        let store = RecordingEventStore(inner)
         let handledCount = PipeBox(0)
         let progress = PipeCounter()
         let worst = PipeBox(0)
         var options = HandlerOptions(concurrency: 2, batchSize: 4, maxInFlight: 64)
         options.pageSize = 32
         let handler = ClosureHandler(name: "slow", options: options) { batch in
-            let held = store.read.value - handledCount.value
+            let held = store.eventsReadFromLog - handledCount.value
             worst.with { $0 = max($0, held) }
             try await Task.sleep(for: .milliseconds(2))
             handledCount.with { $0 += batch.count }
@@ -204,7 +205,7 @@ struct PipelineTests {
         try await service.waitUntilProcessed(LogPosition(position: 2_000), timeout: .seconds(60))
         try await running.stop()
         #expect(handledCount.value == 2_000)
-        #expect(store.read.value == 2_000)
+        #expect(store.eventsReadFromLog == 2_000)
         #expect(worst.value <= 64, "held \(worst.value) events")
         #expect(worst.value > 8, "the bound was actually reached")
         #expect(try #require(service.status(of: "slow")).peakInFlight <= 64)

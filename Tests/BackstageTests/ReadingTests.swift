@@ -26,9 +26,9 @@ struct InMemoryReadingTests {
 
     @Test(
         "without notifications a follower finds new events by polling",
-        arguments: [DeafStore.Hints.silent, .finished])
-    func followerPolls(_ hints: DeafStore.Hints) async throws {
-        let store = DeafStore(hints: hints)
+        arguments: [RecordingEventStore.Notifications.silent, .finished])
+    func followerPolls(_ hints: RecordingEventStore.Notifications) async throws {
+        let store = RecordingEventStore(notifications: hints)
         let seen = Mutex<[Int64]>([])
         let follower = Task {
             for try await event in store.events(mode: .follow(pollInterval: .milliseconds(50))) {
@@ -50,42 +50,3 @@ struct InMemoryReadingTests {
     }
 }
 
-/// An in-memory store whose append notifications never come: a stream that stays silent, or one
-/// that ends at once.
-struct DeafStore: EventStore {
-    enum Hints: Sendable, CustomStringConvertible {
-        case silent, finished
-        var description: String { self == .silent ? "silent" : "finished" }
-    }
-    let inner = InMemoryEventStore()
-    let hints: Hints
-
-    var limits: StoreLimits { inner.limits }
-    func append(_ events: [EventData], to stream: String, expected: ExpectedVersion, commandID: UUID?)
-        async throws -> AppendResult
-    {
-        try await inner.append(events, to: stream, expected: expected, commandID: commandID)
-    }
-    func readStream(_ stream: String, from version: Int64, direction: ReadDirection, limit: Int) async throws
-        -> [RecordedEvent]
-    {
-        try await inner.readStream(stream, from: version, direction: direction, limit: limit)
-    }
-    func readAll(after position: LogPosition, limit: Int, filter: EventFilter) async throws -> [RecordedEvent] {
-        try await inner.readAll(after: position, limit: limit, filter: filter)
-    }
-    func streamVersion(_ stream: String) async throws -> Int64 { try await inner.streamVersion(stream) }
-    func headPosition() async throws -> LogPosition { try await inner.headPosition() }
-    func appendResult(forCommand commandID: UUID) async throws -> AppendResult? {
-        try await inner.appendResult(forCommand: commandID)
-    }
-    func saveSnapshot(_ snapshot: Snapshot) async throws { try await inner.saveSnapshot(snapshot) }
-    func loadSnapshot(_ stream: String, schemaVersion: Int) async throws -> Snapshot? {
-        try await inner.loadSnapshot(stream, schemaVersion: schemaVersion)
-    }
-    func appendNotifications() -> AsyncStream<Void> {
-        let (stream, continuation) = AsyncStream<Void>.makeStream()
-        if hints == .finished { continuation.finish() }
-        return stream
-    }
-}

@@ -1,36 +1,8 @@
 import Backstage
+import BackstageTesting
 import Foundation
 import Synchronization
 import Testing
-
-/// Forwards to a store but never finds a stored command id, so duplicates reach the append and
-/// come back as `isDuplicate` results (what a concurrent retry in another process sees).
-final class NoLookupStore: EventStore {
-    let inner: any EventStore
-    init(_ inner: any EventStore) { self.inner = inner }
-    var limits: StoreLimits { inner.limits }
-    func append(_ events: [EventData], to stream: String, expected: ExpectedVersion, commandID: UUID?) async throws
-        -> AppendResult
-    {
-        try await inner.append(events, to: stream, expected: expected, commandID: commandID)
-    }
-    func readStream(_ stream: String, from version: Int64, direction: ReadDirection, limit: Int) async throws
-        -> [RecordedEvent]
-    {
-        try await inner.readStream(stream, from: version, direction: direction, limit: limit)
-    }
-    func readAll(after position: LogPosition, limit: Int, filter: EventFilter) async throws -> [RecordedEvent] {
-        try await inner.readAll(after: position, limit: limit, filter: filter)
-    }
-    func streamVersion(_ stream: String) async throws -> Int64 { try await inner.streamVersion(stream) }
-    func headPosition() async throws -> LogPosition { try await inner.headPosition() }
-    func appendResult(forCommand commandID: UUID) async throws -> AppendResult? { nil }
-    func saveSnapshot(_ snapshot: Snapshot) async throws { try await inner.saveSnapshot(snapshot) }
-    func loadSnapshot(_ stream: String, schemaVersion: Int) async throws -> Snapshot? {
-        try await inner.loadSnapshot(stream, schemaVersion: schemaVersion)
-    }
-    func appendNotifications() -> AsyncStream<Void> { inner.appendNotifications() }
-}
 
 @Suite("Runtime correctness")
 struct RuntimeCorrectnessTests {
@@ -48,7 +20,7 @@ struct RuntimeCorrectnessTests {
             try await app.dispatch(Deposit(id: "b", amount: 500), options: DispatchOptions(commandID: id))
         }
         // The same through the append (the id not found before deciding): same event bytes, other stream.
-        let racing = try makeApp(NoLookupStore(store))
+        let racing = try makeApp(RecordingEventStore(store, hidesStoredCommands: true))
         await #expect(throws: EventStoreError.idempotencyConflict(commandID: id, stream: "account-a")) {
             try await racing.dispatch(Deposit(id: "b", amount: 7), options: DispatchOptions(commandID: id))
         }
@@ -79,7 +51,7 @@ struct RuntimeCorrectnessTests {
         let id = UUIDv7.next()
         let first = try await app.dispatch(Deposit(id: "a", amount: 7), options: DispatchOptions(commandID: id))
         try await app.dispatch(Deposit(id: "a", amount: 100))
-        for other in [app, try makeApp(store), try makeApp(NoLookupStore(store))] {
+        for other in [app, try makeApp(store), try makeApp(RecordingEventStore(store, hidesStoredCommands: true))] {
             let again = try await other.dispatch(Deposit(id: "a", amount: 7), options: DispatchOptions(commandID: id))
             #expect(again.isDuplicate)
             #expect(again.version == 2)
@@ -143,7 +115,7 @@ struct RuntimeCorrectnessTests {
         let foreign = EventData(type: "CounterIncremented", data: Data(#"{"by":1}"#.utf8))
         let remaining = Mutex(3)
         // Another writer gets in first three times.
-        let store = RecordingStore(
+        let store = RecordingEventStore(
             shared,
             beforeAppend: { stream in
                 guard

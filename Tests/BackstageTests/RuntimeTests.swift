@@ -1,4 +1,5 @@
 import Backstage
+import BackstageTesting
 import Foundation
 import Synchronization
 import Testing
@@ -10,7 +11,7 @@ struct RuntimeTests {
     @Test("commands for one aggregate run one at a time")
     func oneAtATime() async throws {
         let probe = DecideProbe()
-        let store = RecordingStore(
+        let store = RecordingEventStore(
             beforeAppend: { _ in
                 // Widen the window in which a second decision could slip in.
                 for _ in 0..<5 { await Task.yield() }
@@ -37,7 +38,7 @@ struct RuntimeTests {
         let aggregates = 8
         let rendezvous = Rendezvous(parties: aggregates)
         let met = Journal()
-        let store = RecordingStore(beforeAppend: { stream in
+        let store = RecordingEventStore(beforeAppend: { stream in
             // Every append waits until all eight are in flight at once: only possible in parallel.
             met.record(await rendezvous.arrive() ? "met" : "alone \(stream)")
         })
@@ -60,7 +61,7 @@ struct RuntimeTests {
 
     @Test("the cache is bounded by count and keeps the most recently used")
     func cacheBoundedByCount() async throws {
-        let store = RecordingStore()
+        let store = RecordingEventStore()
         let capacity = 10
         let app = try makeApp(store) { $0.cacheCapacity = capacity }
         var largest = 0
@@ -89,7 +90,7 @@ struct RuntimeTests {
 
     @Test("a capacity of 0 disables the cache")
     func noCache() async throws {
-        let store = RecordingStore()
+        let store = RecordingEventStore()
         let app = try makeApp(store) { $0.cacheCapacity = 0 }
         for _ in 0..<3 { try await app.dispatch(Increment(id: "x")) }
         #expect(app.cachedAggregateCount == 0)
@@ -99,7 +100,7 @@ struct RuntimeTests {
 
     @Test("idle aggregates leave the cache")
     func cacheIdleTimeout() async throws {
-        let store = RecordingStore()
+        let store = RecordingEventStore()
         let app = try makeApp(store) { $0.cacheIdleTimeout = .milliseconds(500) }
         for i in 0..<5 { try await app.dispatch(Increment(id: "i\(i)")) }
         #expect(app.cachedAggregateCount == 5)
@@ -116,7 +117,7 @@ struct RuntimeTests {
     @Test("a cached aggregate reads only the events it has not seen, before every command")
     func cachedReadsTail() async throws {
         let shared = InMemoryEventStore()
-        let store = RecordingStore(shared)
+        let store = RecordingEventStore(shared)
         let app = try makeApp(store)
         let other = try makeApp(shared)  // a second process on the same store
         for _ in 0..<3 { try await app.dispatch(Increment(id: "t")) }
@@ -168,7 +169,7 @@ struct RuntimeTests {
         let shared = InMemoryEventStore()
         let interfere = Mutex(false)
         // Another writer gets in between the catch-up and the append, once.
-        let store = RecordingStore(
+        let store = RecordingEventStore(
             shared,
             beforeAppend: { stream in
                 guard
@@ -201,7 +202,7 @@ struct RuntimeTests {
         let shared = InMemoryEventStore()
         let foreign = EventData(type: "CounterIncremented", data: Data(#"{"by":1}"#.utf8))
         // Another writer always gets in first.
-        let store = RecordingStore(
+        let store = RecordingEventStore(
             shared,
             beforeAppend: { stream in
                 var event = foreign
@@ -222,7 +223,7 @@ struct RuntimeTests {
     @Test("snapshots are saved every N events and used on load")
     func snapshots() async throws {
         let shared = InMemoryEventStore()
-        let store = RecordingStore(shared)
+        let store = RecordingEventStore(shared)
         let app = try makeApp(store) { $0.snapshotEvery = 5 }
         for _ in 0..<16 { try await app.dispatch(Increment(id: "s")) }
         #expect(store.savedSnapshotVersions("counter-s") == [5, 10, 15])
@@ -233,7 +234,7 @@ struct RuntimeTests {
         #expect(try JSONDecoder().decode(Counter.self, from: snapshot.data) == Counter.replayed(22))
 
         // A fresh application starts from the snapshot and reads only the events after it.
-        let fresh = RecordingStore(shared)
+        let fresh = RecordingEventStore(shared)
         let second = try makeApp(fresh) { $0.snapshotEvery = 5 }
         let result = try await second.dispatch(Increment(id: "s"))
         #expect(fresh.snapshotLoads("counter-s") == 1)
@@ -242,7 +243,7 @@ struct RuntimeTests {
         #expect(result.state == Counter.replayed(23))
 
         // Without snapshots configured, the whole stream is read.
-        let plain = RecordingStore(shared)
+        let plain = RecordingEventStore(shared)
         let third = try makeApp(plain)
         #expect(try await third.dispatch(Increment(id: "s")).state.count == 24)
         #expect(plain.readsFrom("counter-s") == [1])
@@ -252,7 +253,7 @@ struct RuntimeTests {
 
     @Test("per-category snapshot intervals win over the default")
     func snapshotIntervals() async throws {
-        let store = RecordingStore()
+        let store = RecordingEventStore()
         let app = try makeApp(store) {
             $0.snapshotEvery = 100
             $0.snapshotIntervals = ["counter": 3]
@@ -274,7 +275,7 @@ struct RuntimeTests {
         try router.route(IncrementV2.self, id: \.id) { _, _ in [.incremented(CounterIncremented(by: 1))] }
         var configuration = BackstageApp.Configuration()
         configuration.snapshotEvery = 4
-        let store = RecordingStore(shared)
+        let store = RecordingEventStore(shared)
         let upgraded = BackstageApp(store: store, router: router, configuration: configuration)
         let result = try await upgraded.dispatch(IncrementV2(id: "v"))
         #expect(store.readsFrom("counter-v") == [1])  // the version-1 snapshot was not used
