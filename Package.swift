@@ -73,7 +73,9 @@ let package = Package(
         // A child process for the SQLite multi-process pipeline tests; not part of any product.
         .executableTarget(
             name: "backstage-sqlite-worker",
-            dependencies: ["Backstage", "BackstageSQLite", .product(name: "GRDB", package: "GRDB.swift")],
+            dependencies: [
+                "Backstage", "BackstageSQLite", "BackstageTestSupport", .product(name: "GRDB", package: "GRDB.swift"),
+            ],
             path: "Tests/Workers/SQLiteWorker"
         ),
         // A child process for the PostgreSQL multi-process tests; not part of any product.

@@ -6,10 +6,6 @@ import BackstageTestSupport
 import Foundation
 import Synchronization
 
-func emit(_ line: String) {
-    FileHandle.standardOutput.write(Data((line + "\n").utf8))
-}
-
 func usage(_ message: String) -> Never {
     FileHandle.standardError.write(Data("backstage-append-worker: usage: \(message)\n".utf8))
     exit(2)

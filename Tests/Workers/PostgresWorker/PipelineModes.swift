@@ -1,5 +1,6 @@
 import Backstage
 import BackstagePostgres
+import BackstageTestSupport
 import Foundation
 import Logging
 import ServiceLifecycle

@@ -40,23 +40,10 @@ LoggingSystem.bootstrap { label in
     return handler
 }
 
-func emit(_ line: String) {
-    FileHandle.standardOutput.write(Data((line + "\n").utf8))
-}
-
-func fail(_ message: String) -> Never {
-    FileHandle.standardError.write(Data("backstage-postgres-worker: \(message)\n".utf8))
-    exit(2)
-}
+func fail(_ message: String) -> Never { fail(message, worker: "backstage-postgres-worker") }
 
 // Exit with the test process that started us (a killed test must not leave workers behind).
-let parent = getppid()
-Thread.detachNewThread {
-    while true {
-        Thread.sleep(forTimeInterval: 0.5)
-        if getppid() != parent { exit(3) }
-    }
-}
+exitWithParent()
 
 let arguments = CommandLine.arguments
 guard arguments.count >= 2 else { fail("usage: backstage-postgres-worker <mode> ...") }

@@ -11,26 +11,14 @@
 //       SIGTERM; prints `started`.
 import Backstage
 import BackstageSQLite
+import BackstageTestSupport
 import Foundation
 import GRDB
 
-func emit(_ line: String) {
-    FileHandle.standardOutput.write(Data((line + "\n").utf8))
-}
-
-func fail(_ message: String) -> Never {
-    FileHandle.standardError.write(Data("backstage-sqlite-worker: \(message)\n".utf8))
-    exit(2)
-}
+func fail(_ message: String) -> Never { fail(message, worker: "backstage-sqlite-worker") }
 
 // Exit with the test process that started us (a killed test must not leave workers behind).
-let parent = getppid()
-Thread.detachNewThread {
-    while true {
-        Thread.sleep(forTimeInterval: 0.5)
-        if getppid() != parent { exit(3) }
-    }
-}
+exitWithParent()
 
 struct SumsModel: SQLiteReadModel {
     let name = "sums"
