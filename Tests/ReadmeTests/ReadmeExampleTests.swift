@@ -86,6 +86,22 @@ func boxOffice(path: String = "box-office.sqlite") async throws {
     }
     let earlier = try await app.load(Show.self, id: "hamlet", atVersion: 2)
     print(earlier.state.tickets)                           // ["A1"]: any page of the script
+    print(try await ticketsPerShow(app))                   // ["hamlet": 2]
+}
+
+// A read model: tickets per show, kept up to date from the log by a typed projection.
+func ticketsPerShow(_ app: BackstageApp) async throws -> [String: Int] {
+    let tickets = try InMemoryProjection(name: "tickets", consuming: ShowEvent.self, initial: [String: Int]()) {
+        counts, envelope in
+        if case .ticketAdded(let added) = envelope.event { counts[added.showID, default: 0] += 1 }
+    }
+    let pipelines = try PipelineService(app: app, projections: [tickets])
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { try await pipelines.run() }   // a swift-service-lifecycle Service
+        try await pipelines.waitUntilProcessed()      // caught up with the log
+        pipelines.stop()
+    }
+    return tickets.state
 }
 
 // MARK: - The README's scenario test
@@ -112,4 +128,5 @@ func readmeExample() async throws {
     let store = try SQLiteEventStore(path: path)
     let events = try await store.readStream("show-hamlet", from: 1, direction: .forward, limit: 10)
     #expect(events.map(\.type) == ["ShowScheduled", "TicketAdded", "TicketAdded"])
+    #expect(try await ticketsPerShow(BackstageApp(store: store, router: try showRouter())) == ["hamlet": 2])
 }
