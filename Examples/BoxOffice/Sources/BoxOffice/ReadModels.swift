@@ -36,7 +36,8 @@ public struct TicketsReadModel: TypedSQLiteReadModel {
         switch event.event {
         case .ticketAdded(let e):
             try db.executeCached(
-                sql: "INSERT INTO \(t) (ticket_id, show_id, status, buyer, updated_at) VALUES (?, ?, 'onSale', NULL, ?)",
+                sql:
+                    "INSERT INTO \(t) (ticket_id, show_id, status, buyer, updated_at) VALUES (?, ?, 'onSale', NULL, ?)",
                 arguments: [e.ticketID, e.showID, at])
         case .ticketSold(let e):
             try db.executeCached(
@@ -215,6 +216,16 @@ public struct BoxOfficeReadModels: Sendable {
         self.receipts = TicketHandler(failEvery: failEvery)
     }
 
+    /// The read models for an opened box-office database.
+    public init(database: BoxOfficeDatabase, options: ProjectionOptions = ProjectionOptions(), failEvery: Int = 10)
+        async throws
+    {
+        try self.init(store: database.store, options: options, failEvery: failEvery)
+    }
+
+    /// Releases what the read models hold (nothing for SQLite: the tables live in the store's file).
+    public func close() async throws {}
+
     /// A pipeline service over the app's store running the projections and the receipt sender.
     ///
     /// It gets the store's durable pipeline defaults (`EventStore.pipelineDefaults`): on SQLite the
@@ -225,7 +236,8 @@ public struct BoxOfficeReadModels: Sendable {
     public func pipelines(
         app: BackstageApp, receipts: Bool = true, logger: Logger = Logger(label: "box-office.pipelines")
     ) throws -> PipelineService {
-        try PipelineService(app: app, handlers: receipts ? [self.receipts] : [], projections: projections, logger: logger)
+        try PipelineService(
+            app: app, handlers: receipts ? [self.receipts] : [], projections: projections, logger: logger)
     }
 
     /// One show as the read models see it.
@@ -260,6 +272,26 @@ public struct BoxOfficeReadModels: Sendable {
             return ShowRow(
                 showID: showID, capacity: seats[0], available: seats[1], sold: sales?[0] ?? 0,
                 refunded: sales?[1] ?? 0, net: sales?[2] ?? 0, tickets: tickets)
+        }
+    }
+
+    /// Seats of one show, from the `show_seats` table; nil before the show's `ShowScheduled` is projected.
+    public func seats(_ showID: String) async throws -> SeatsView? {
+        try await database.read { db in
+            try Row.fetchOne(
+                db, sql: "SELECT title, capacity, taken, available FROM show_seats WHERE show_id = ?",
+                arguments: [showID]
+            ).map { SeatsView(showID: showID, title: $0[0], capacity: $0[1], taken: $0[2], available: $0[3]) }
+        }
+    }
+
+    /// Sales of one show, from the `show_sales` table (zeros before its first sale is projected).
+    public func sales(_ showID: String) async throws -> SalesView {
+        try await database.read { db in
+            try Row.fetchOne(
+                db, sql: "SELECT sold, refunded, net FROM show_sales WHERE show_id = ?", arguments: [showID]
+            ).map { SalesView(showID: showID, sold: $0[0], refunded: $0[1], net: $0[2]) }
+                ?? SalesView(showID: showID, sold: 0, refunded: 0, net: 0)
         }
     }
 
@@ -323,7 +355,8 @@ public struct ReadModelReport: Sendable {
         let end = ContinuousClock.now
         var atEnd: [String: Int64] = [:]
         for status in pipelines.status() where status.subscription.contains("@") {
-            atEnd[status.name] = max(0, (try await app.store.headPosition()).position - (status.checkpoint?.position ?? 0))
+            atEnd[status.name] = max(
+                0, (try await app.store.headPosition()).position - (status.checkpoint?.position ?? 0))
         }
         try await pipelines.waitUntilProcessed(timeout: .seconds(120))
         let catchUp = ContinuousClock.now - end
@@ -348,7 +381,8 @@ public struct ReadModelReport: Sendable {
             "  tickets table: \(tickets) rows; shows: \(shows); net sales: \(netSales)",
         ]
         if let show {
-            let statuses = show.tickets.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
+            let statuses = show.tickets.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(
+                separator: ", ")
             lines.append(
                 "  \(show.showID): \(show.available) of \(show.capacity) seats available; sold \(show.sold), "
                     + "refunded \(show.refunded), net \(show.net); tickets: \(statuses)")
@@ -365,4 +399,22 @@ public struct ReadModelReport: Sendable {
 
 private final class LagBox: Sendable {
     let value = Mutex<Int64>(0)
+}
+
+/// A row of the `show_seats` read model, as `GET /shows/{id}/seats` answers it.
+public struct SeatsView: Codable, Sendable, Hashable {
+    /// The show.
+    public var showID: String
+    /// Its title.
+    public var title: String
+    /// Seats, seats taken (sold and not refunded), seats available.
+    public var capacity: Int, taken: Int, available: Int
+}
+
+/// A row of the `show_sales` read model, as `GET /shows/{id}/sales` answers it.
+public struct SalesView: Codable, Sendable, Hashable {
+    /// The show.
+    public var showID: String
+    /// Tickets sold, tickets refunded, net sales.
+    public var sold: Int, refunded: Int, net: Int
 }

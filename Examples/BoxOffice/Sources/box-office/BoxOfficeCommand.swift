@@ -4,6 +4,7 @@ import BoxOffice
 import Foundation
 import Hummingbird
 import Logging
+import ServiceLifecycle
 
 /// `box-office`: the Backstage example application.
 @main
@@ -70,7 +71,11 @@ struct DemoCommand: AsyncParsableCommand {
 
 struct ServeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "serve", abstract: "Serve the box office over HTTP.")
+        commandName: "serve", abstract: "Serve the box office over HTTP, with its read models and receipt sender.",
+        discussion: """
+            The HTTP server, the read models (tickets, seats, sales) and the receipt sender run in one \
+            service group; SIGTERM or SIGINT stops the server, then the pipelines, and exits 0.
+            """)
 
     @OptionGroup var options: DatabaseOptions
 
@@ -84,9 +89,25 @@ struct ServeCommand: AsyncParsableCommand {
         let database = try await BoxOfficeDatabase.open(try options.location())
         let logger = Logger(label: "box-office")
         let app = BackstageApp(store: database.store, router: try .boxOffice())
-        let server = BoxOfficeAPI.application(app: app, host: host, port: port, logger: logger)
+        let readModels = try await BoxOfficeReadModels(database: database)
+        let pipelines = try readModels.pipelines(app: app)
+        let server = BoxOfficeAPI.application(
+            app: app, readModels: readModels, host: host, port: port, logger: logger)
+        // Services stop in reverse order: the server first (no new commands), then the pipelines.
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: [.init(service: pipelines), .init(service: server)],
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         logger.info("serving the box office on \(database.location)")
-        try await server.runService()
+        do {
+            try await group.run()
+        } catch {
+            try? await readModels.close()
+            try? await database.close()
+            throw error
+        }
+        try await readModels.close()
         try await database.close()
+        logger.info("stopped")
     }
 }
