@@ -48,6 +48,7 @@ let package = Package(
                 "BoxOffice",
                 .product(name: "BackstageTesting", package: "Backstage"),
                 .product(name: "BackstagePostgres", package: "Backstage"),
+                .product(name: "BackstageSQLite", package: "Backstage"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),

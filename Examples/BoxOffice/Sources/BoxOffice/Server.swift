@@ -28,10 +28,11 @@ import Logging
 /// with `{"error": code, "message": text}`.
 public enum BoxOfficeAPI {
     /// The HTTP application serving `app` on `host`:`port` (port 0 picks a free port); the
-    /// read-model routes answer from `readModels` (404 without them).
+    /// read-model routes answer from `readModels` (404 without them). `onListening` gets the
+    /// port the server listens on once it accepts connections.
     public static func application(
         app: BackstageApp, readModels: BoxOfficeReadModels? = nil, host: String = "127.0.0.1", port: Int = 8080,
-        logger: Logger = Logger(label: "box-office")
+        logger: Logger = Logger(label: "box-office"), onListening: @escaping @Sendable (Int) async -> Void = { _ in }
     ) -> some ApplicationProtocol {
         let router = Hummingbird.Router()
         router.add(middleware: ErrorMiddleware())
@@ -82,6 +83,7 @@ public enum BoxOfficeAPI {
         return Application(
             router: router,
             configuration: .init(address: .hostname(host, port: port), serverName: "box-office"),
+            onServerRunning: { channel in await onListening(channel.localAddress?.port ?? port) },
             logger: logger)
     }
 

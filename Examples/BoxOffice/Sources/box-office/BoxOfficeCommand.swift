@@ -82,7 +82,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "The address to listen on.")
     var host = "127.0.0.1"
 
-    @Option(help: "The port to listen on.")
+    @Option(help: "The port to listen on (0: any free port; the line 'listening on HOST:PORT' tells which).")
     var port = 8080
 
     func run() async throws {
@@ -92,7 +92,11 @@ struct ServeCommand: AsyncParsableCommand {
         let readModels = try await BoxOfficeReadModels(database: database)
         let pipelines = try readModels.pipelines(app: app)
         let server = BoxOfficeAPI.application(
-            app: app, readModels: readModels, host: host, port: port, logger: logger)
+            app: app, readModels: readModels, host: host, port: port, logger: logger,
+            onListening: { port in
+                // One line on stdout, for scripts (and the tests) that start the server on port 0.
+                FileHandle.standardOutput.write(Data("listening on \(host):\(port)\n".utf8))
+            })
         // Services stop in reverse order: the server first (no new commands), then the pipelines.
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
