@@ -17,8 +17,12 @@ struct BoxOfficeCommand: AsyncParsableCommand {
 
 /// Options shared by the subcommands.
 struct DatabaseOptions: ParsableArguments {
-    @Option(help: "The event store: an SQLite file path, sqlite:PATH, or memory.")
+    @Option(
+        help: "The event store: an SQLite file path, sqlite:PATH, postgres://USER:PASSWORD@HOST:PORT/DB, or memory.")
     var database = "box-office.sqlite"
+
+    @Option(help: "The PostgreSQL schema holding the events and the read models.")
+    var schema = "box_office"
 
     func location() throws -> DatabaseLocation {
         do {
@@ -52,7 +56,7 @@ struct DemoCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let database = try await BoxOfficeDatabase.open(try options.location(), fresh: fresh)
+        let database = try await BoxOfficeDatabase.open(try options.location(), fresh: fresh, schema: options.schema)
         let app = BackstageApp(store: database.store, router: try .boxOffice())
         var demo = Demo()
         demo.commands = commands
@@ -86,7 +90,7 @@ struct ServeCommand: AsyncParsableCommand {
     var port = 8080
 
     func run() async throws {
-        let database = try await BoxOfficeDatabase.open(try options.location())
+        let database = try await BoxOfficeDatabase.open(try options.location(), schema: options.schema)
         let logger = Logger(label: "box-office")
         let app = BackstageApp(store: database.store, router: try .boxOffice())
         let readModels = try await BoxOfficeReadModels(database: database)

@@ -1,3 +1,5 @@
+import BackstagePostgres
+import BoxOffice
 import Foundation
 import GRDB
 import Testing
@@ -40,12 +42,40 @@ struct ServeProcessTests {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         let databasePath = directory.appendingPathComponent("serve.sqlite").path
+        try await serveThenSIGTERM(arguments: ["--database", databasePath], directory: directory)
+
+        // The projections committed before exiting: the read model's row is in the file.
+        let database = try DatabaseQueue(path: databasePath)
+        let available = try await database.read { db in
+            try Int.fetchOne(db, sql: "SELECT available FROM show_seats WHERE show_id = 'gala'")
+        }
+        #expect(available == 5)
+    }
+
+    @Test(.needsPostgres) func onPostgresSigtermDrainsAndExitsZero() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("box-office-proc-\(UUID())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        try await BoxOfficePostgres.withDatabase { database in
+            let store = try #require(database.store as? PostgresEventStore)
+            try await serveThenSIGTERM(
+                arguments: ["--database", BoxOfficePostgres.url!, "--schema", store.schema.rawValue],
+                directory: directory)
+            // The read models live in the schema, where any process reads them.
+            let seats = try await BoxOfficeReadModels(store: store).seats("gala")
+            #expect(seats?.available == 5)
+        }
+    }
+
+    /// Starts `box-office serve` with `arguments` on a free port, schedules a show with a strong
+    /// command and reads it back from the read models, sends SIGTERM and expects exit status 0.
+    func serveThenSIGTERM(arguments: [String], directory: URL) async throws {
         let output = directory.appendingPathComponent("stdout.txt")
         #expect(FileManager.default.createFile(atPath: output.path, contents: nil))
 
         let process = Process()
         process.executableURL = try Self.executable()
-        process.arguments = ["serve", "--database", databasePath, "--port", "0"]
+        process.arguments = ["serve", "--port", "0"] + arguments
         process.standardOutput = try FileHandle(forWritingTo: output)
         process.standardError = FileHandle.nullDevice
         let exited = AsyncStream<Int32>.makeStream()
@@ -109,12 +139,5 @@ struct ServeProcessTests {
         #expect(ContinuousClock.now - sent < .seconds(10))
         let log = try String(contentsOf: output, encoding: .utf8)
         #expect(log.contains("listening on 127.0.0.1:"))
-
-        // The projections committed before exiting: the read model's row is in the file.
-        let database = try DatabaseQueue(path: databasePath)
-        let available = try await database.read { db in
-            try Int.fetchOne(db, sql: "SELECT available FROM show_seats WHERE show_id = 'gala'")
-        }
-        #expect(available == 5)
     }
 }
