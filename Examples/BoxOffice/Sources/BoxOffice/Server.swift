@@ -20,7 +20,9 @@ import Logging
 /// Queries of read models answer what the projections have applied so far (eventually
 /// consistent). A command sent with `Consistency: strong` (or `X-Read-Your-Writes: true`) is
 /// dispatched with `.strong` consistency: it answers once every projection has applied its events,
-/// so a query sent after the answer sees the write.
+/// so a query sent after the answer sees the write. If the read models do not catch up within the
+/// app's consistency timeout it answers 504 `readModelsBehind`: the command was stored, do not retry
+/// it as a new one.
 ///
 /// A command sent with an `Idempotency-Key` header (a UUID) runs once: a retry with the same key
 /// returns the original result (with `"duplicate": true`) and stores nothing. A rejected command
