@@ -64,8 +64,11 @@ public struct BoxOfficeDatabase: Sendable {
     public let store: any EventStore
     private let closeStore: @Sendable () async throws -> Void
 
-    /// Opens the store at `location`; `fresh` deletes an existing SQLite file first.
-    public static func open(_ location: DatabaseLocation, fresh: Bool = false) async throws -> BoxOfficeDatabase {
+    /// Opens the store at `location`; `fresh` deletes an existing SQLite file (or PostgreSQL
+    /// schema) first. On PostgreSQL everything lives in `schema`.
+    public static func open(_ location: DatabaseLocation, fresh: Bool = false, schema: String = "box_office")
+        async throws -> BoxOfficeDatabase
+    {
         switch location {
         case .memory:
             return BoxOfficeDatabase(location: location, store: InMemoryEventStore()) {}
@@ -79,11 +82,11 @@ public struct BoxOfficeDatabase: Sendable {
             return BoxOfficeDatabase(location: location, store: store) { try store.close() }
         case .postgres(let url):
             var configuration = PostgresEventStore.Configuration()
-            configuration.schema = "box_office"
+            configuration.schema = schema
             configuration.migrate = false
             let store = try await PostgresEventStore(url: url, configuration: configuration)
             if fresh {
-                _ = try await store.client.query("DROP SCHEMA IF EXISTS box_office CASCADE")
+                _ = try await store.client.query("DROP SCHEMA IF EXISTS \(unescaped: store.schema.rawValue) CASCADE")
             }
             try await store.migrate()
             return BoxOfficeDatabase(location: location, store: store) { await store.close() }

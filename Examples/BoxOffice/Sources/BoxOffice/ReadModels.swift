@@ -1,4 +1,5 @@
 import Backstage
+import BackstagePostgres
 import BackstageSQLite
 import Foundation
 import GRDB
@@ -36,7 +37,8 @@ public struct TicketsReadModel: TypedSQLiteReadModel {
         switch event.event {
         case .ticketAdded(let e):
             try db.executeCached(
-                sql: "INSERT INTO \(t) (ticket_id, show_id, status, buyer, updated_at) VALUES (?, ?, 'onSale', NULL, ?)",
+                sql:
+                    "INSERT INTO \(t) (ticket_id, show_id, status, buyer, updated_at) VALUES (?, ?, 'onSale', NULL, ?)",
                 arguments: [e.ticketID, e.showID, at])
         case .ticketSold(let e):
             try db.executeCached(
@@ -195,37 +197,69 @@ public struct ReceiptError: Error, CustomStringConvertible {
 }
 
 /// The box office's read models and receipt handler, ready to run next to an application.
+///
+/// On the SQLite store the tables live in the store's file; on PostgreSQL in the store's schema
+/// (typed ``PostgresTicketsReadModel`` and friends run by `PostgresProjection`); on the in-memory
+/// store in an in-memory SQLite database.
 public struct BoxOfficeReadModels: Sendable {
-    /// Where the tables live: the SQLite store's file, or an in-memory database for the in-memory store.
-    public let database: any DatabaseWriter
+    private enum Backend: Sendable {
+        case sqlite(any DatabaseWriter)
+        case postgres(PostgresQueries)
+    }
+    private let backend: Backend
+    /// The SQLite database holding the tables; nil on PostgreSQL.
+    public var database: (any DatabaseWriter)? {
+        if case .sqlite(let database) = backend { database } else { nil }
+    }
     /// The projections: tickets, seats, sales.
     public let projections: [any Projection]
     /// The receipt sender.
     public let receipts: TicketHandler
 
-    /// Read models in the store's database (SQLite), or in an in-memory SQLite database.
+    /// Read models in the store's database: its SQLite file, its PostgreSQL schema, or an
+    /// in-memory SQLite database for the in-memory store.
     public init(store: any EventStore, options: ProjectionOptions = ProjectionOptions(), failEvery: Int = 10) throws {
-        let database: any DatabaseWriter = try (store as? SQLiteEventStore)?.database ?? DatabaseQueue()
-        self.database = database
-        self.projections = [
-            try SQLiteProjection(TicketsReadModel(), database: database, options: options),
-            try SQLiteProjection(SeatsReadModel(), database: database, options: options),
-            try SQLiteProjection(SalesReadModel(), database: database, options: options),
-        ]
+        if let store = store as? PostgresEventStore {
+            self.backend = .postgres(PostgresQueries(store: store))
+            self.projections = [
+                try PostgresProjection(PostgresTicketsReadModel(), store: store, options: options),
+                try PostgresProjection(PostgresSeatsReadModel(), store: store, options: options),
+                try PostgresProjection(PostgresSalesReadModel(), store: store, options: options),
+            ]
+        } else {
+            let database: any DatabaseWriter = try (store as? SQLiteEventStore)?.database ?? DatabaseQueue()
+            self.backend = .sqlite(database)
+            self.projections = [
+                try SQLiteProjection(TicketsReadModel(), database: database, options: options),
+                try SQLiteProjection(SeatsReadModel(), database: database, options: options),
+                try SQLiteProjection(SalesReadModel(), database: database, options: options),
+            ]
+        }
         self.receipts = TicketHandler(failEvery: failEvery)
     }
+
+    /// The read models for an opened box-office database.
+    public init(database: BoxOfficeDatabase, options: ProjectionOptions = ProjectionOptions(), failEvery: Int = 10)
+        async throws
+    {
+        try self.init(store: database.store, options: options, failEvery: failEvery)
+    }
+
+    /// Releases what the read models hold (nothing: their tables live in the store's database,
+    /// closed with it).
+    public func close() async throws {}
 
     /// A pipeline service over the app's store running the projections and the receipt sender.
     ///
     /// It gets the store's durable pipeline defaults (`EventStore.pipelineDefaults`): on SQLite the
     /// receipt sender's checkpoint, its parked receipts and the leases live in the store's file, on
     /// PostgreSQL in its schema with lease leadership, so a restart sends no receipt twice and only
-    /// one process sends them. (With PostgreSQL the read models are still in an in-memory database
-    /// of this process, so only the process that leads them has them filled.)
+    /// one process sends them; the read models' tables, checkpoints and leases live there too.
     public func pipelines(
         app: BackstageApp, receipts: Bool = true, logger: Logger = Logger(label: "box-office.pipelines")
     ) throws -> PipelineService {
-        try PipelineService(app: app, handlers: receipts ? [self.receipts] : [], projections: projections, logger: logger)
+        try PipelineService(
+            app: app, handlers: receipts ? [self.receipts] : [], projections: projections, logger: logger)
     }
 
     /// One show as the read models see it.
@@ -244,33 +278,69 @@ public struct BoxOfficeReadModels: Sendable {
 
     /// The read models' view of one show.
     public func show(_ showID: String) async throws -> ShowRow? {
-        try await database.read { db in
-            guard
-                let seats = try Row.fetchOne(
-                    db, sql: "SELECT capacity, available FROM show_seats WHERE show_id = ?", arguments: [showID])
-            else { return nil }
-            let sales = try Row.fetchOne(
-                db, sql: "SELECT sold, refunded, net FROM show_sales WHERE show_id = ?", arguments: [showID])
-            var tickets: [String: Int] = [:]
-            for row in try Row.fetchAll(
-                db, sql: "SELECT status, COUNT(*) FROM tickets WHERE show_id = ? GROUP BY status", arguments: [showID])
-            {
-                tickets[row[0]] = row[1]
+        guard let seats = try await seats(showID) else { return nil }
+        let sales = try await sales(showID)
+        let tickets: [String: Int]
+        switch backend {
+        case .postgres(let queries):
+            tickets = try await queries.ticketsByStatus(showID)
+        case .sqlite(let database):
+            tickets = try await database.read { db in
+                var tickets: [String: Int] = [:]
+                for row in try Row.fetchAll(
+                    db, sql: "SELECT status, COUNT(*) FROM tickets WHERE show_id = ? GROUP BY status",
+                    arguments: [showID])
+                {
+                    tickets[row[0]] = row[1]
+                }
+                return tickets
             }
-            return ShowRow(
-                showID: showID, capacity: seats[0], available: seats[1], sold: sales?[0] ?? 0,
-                refunded: sales?[1] ?? 0, net: sales?[2] ?? 0, tickets: tickets)
+        }
+        return ShowRow(
+            showID: showID, capacity: seats.capacity, available: seats.available, sold: sales.sold,
+            refunded: sales.refunded, net: sales.net, tickets: tickets)
+    }
+
+    /// Seats of one show, from the `show_seats` table; nil before the show's `ShowScheduled` is projected.
+    public func seats(_ showID: String) async throws -> SeatsView? {
+        switch backend {
+        case .postgres(let queries): return try await queries.seats(showID)
+        case .sqlite(let database):
+            return try await database.read { db in
+                try Row.fetchOne(
+                    db, sql: "SELECT title, capacity, taken, available FROM show_seats WHERE show_id = ?",
+                    arguments: [showID]
+                ).map { SeatsView(showID: showID, title: $0[0], capacity: $0[1], taken: $0[2], available: $0[3]) }
+            }
+        }
+    }
+
+    /// Sales of one show, from the `show_sales` table (zeros before its first sale is projected).
+    public func sales(_ showID: String) async throws -> SalesView {
+        switch backend {
+        case .postgres(let queries): return try await queries.sales(showID)
+        case .sqlite(let database):
+            return try await database.read { db in
+                try Row.fetchOne(
+                    db, sql: "SELECT sold, refunded, net FROM show_sales WHERE show_id = ?", arguments: [showID]
+                ).map { SalesView(showID: showID, sold: $0[0], refunded: $0[1], net: $0[2]) }
+                    ?? SalesView(showID: showID, sold: 0, refunded: 0, net: 0)
+            }
         }
     }
 
     /// Totals over every show: tickets rows, shows, net sales.
     public func totals() async throws -> (tickets: Int, shows: Int, netSales: Int) {
-        try await database.read { db in
-            (
-                try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM tickets") ?? 0,
-                try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM show_seats") ?? 0,
-                try Int.fetchOne(db, sql: "SELECT COALESCE(SUM(net), 0) FROM show_sales") ?? 0
-            )
+        switch backend {
+        case .postgres(let queries): return try await queries.totals()
+        case .sqlite(let database):
+            return try await database.read { db in
+                (
+                    try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM tickets") ?? 0,
+                    try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM show_seats") ?? 0,
+                    try Int.fetchOne(db, sql: "SELECT COALESCE(SUM(net), 0) FROM show_sales") ?? 0
+                )
+            }
         }
     }
 }
@@ -323,7 +393,8 @@ public struct ReadModelReport: Sendable {
         let end = ContinuousClock.now
         var atEnd: [String: Int64] = [:]
         for status in pipelines.status() where status.subscription.contains("@") {
-            atEnd[status.name] = max(0, (try await app.store.headPosition()).position - (status.checkpoint?.position ?? 0))
+            atEnd[status.name] = max(
+                0, (try await app.store.headPosition()).position - (status.checkpoint?.position ?? 0))
         }
         try await pipelines.waitUntilProcessed(timeout: .seconds(120))
         let catchUp = ContinuousClock.now - end
@@ -348,7 +419,8 @@ public struct ReadModelReport: Sendable {
             "  tickets table: \(tickets) rows; shows: \(shows); net sales: \(netSales)",
         ]
         if let show {
-            let statuses = show.tickets.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
+            let statuses = show.tickets.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(
+                separator: ", ")
             lines.append(
                 "  \(show.showID): \(show.available) of \(show.capacity) seats available; sold \(show.sold), "
                     + "refunded \(show.refunded), net \(show.net); tickets: \(statuses)")
@@ -365,4 +437,22 @@ public struct ReadModelReport: Sendable {
 
 private final class LagBox: Sendable {
     let value = Mutex<Int64>(0)
+}
+
+/// A row of the `show_seats` read model, as `GET /shows/{id}/seats` answers it.
+public struct SeatsView: Codable, Sendable, Hashable {
+    /// The show.
+    public var showID: String
+    /// Its title.
+    public var title: String
+    /// Seats, seats taken (sold and not refunded), seats available.
+    public var capacity: Int, taken: Int, available: Int
+}
+
+/// A row of the `show_sales` read model, as `GET /shows/{id}/sales` answers it.
+public struct SalesView: Codable, Sendable, Hashable {
+    /// The show.
+    public var showID: String
+    /// Tickets sold, tickets refunded, net sales.
+    public var sold: Int, refunded: Int, net: Int
 }

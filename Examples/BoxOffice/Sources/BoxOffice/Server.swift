@@ -14,16 +14,27 @@ import Logging
 /// | `POST /shows/{id}/tickets/{ticketID}/refund` | ``RefundTicket`` |
 /// | `GET /shows/{id}` | the show's state |
 /// | `GET /shows/{id}/history` | the show's events |
+/// | `GET /shows/{id}/seats` | seats, from the `show_seats` read model |
+/// | `GET /shows/{id}/sales` | sales, from the `show_sales` read model |
+///
+/// Queries of read models answer what the projections have applied so far (eventually
+/// consistent). A command sent with `Consistency: strong` (or `X-Read-Your-Writes: true`) is
+/// dispatched with `.strong` consistency: it answers once every projection has applied its events,
+/// so a query sent after the answer sees the write. If the read models do not catch up within the
+/// app's consistency timeout it answers 504 `readModelsBehind`: the command was stored, do not retry
+/// it as a new one.
 ///
 /// A command sent with an `Idempotency-Key` header (a UUID) runs once: a retry with the same key
 /// returns the original result (with `"duplicate": true`) and stores nothing. A rejected command
 /// answers 404 (unknown show or ticket), 409 (the state does not allow it) or 422 (invalid input),
 /// with `{"error": code, "message": text}`.
 public enum BoxOfficeAPI {
-    /// The HTTP application serving `app` on `host`:`port` (port 0 picks a free port).
+    /// The HTTP application serving `app` on `host`:`port` (port 0 picks a free port); the
+    /// read-model routes answer from `readModels` (404 without them). `onListening` gets the
+    /// port the server listens on once it accepts connections.
     public static func application(
-        app: BackstageApp, host: String = "127.0.0.1", port: Int = 8080,
-        logger: Logger = Logger(label: "box-office")
+        app: BackstageApp, readModels: BoxOfficeReadModels? = nil, host: String = "127.0.0.1", port: Int = 8080,
+        logger: Logger = Logger(label: "box-office"), onListening: @escaping @Sendable (Int) async -> Void = { _ in }
     ) -> some ApplicationProtocol {
         let router = Hummingbird.Router()
         router.add(middleware: ErrorMiddleware())
@@ -61,9 +72,20 @@ public enum BoxOfficeAPI {
             guard !history.isEmpty else { throw APIError(ShowError.unknownShow(id)) }
             return HistoryView(show: id, events: history.map { EventView($0.recorded, $0.event) })
         }
+        if let readModels {
+            router.get("shows/:id/seats") { _, context in
+                let id = try context.parameters.require("id")
+                guard let seats = try await readModels.seats(id) else { throw APIError(ShowError.unknownShow(id)) }
+                return seats
+            }
+            router.get("shows/:id/sales") { _, context in
+                try await readModels.sales(try context.parameters.require("id"))
+            }
+        }
         return Application(
             router: router,
             configuration: .init(address: .hostname(host, port: port), serverName: "box-office"),
+            onServerRunning: { channel in await onListening(channel.localAddress?.port ?? port) },
             logger: logger)
     }
 
@@ -78,6 +100,11 @@ public enum BoxOfficeAPI {
             }
             options.commandID = id
         }
+        if request.headers[consistencyHeader]?.lowercased() == "strong"
+            || request.headers[readYourWritesHeader]?.lowercased() == "true"
+        {
+            options.consistency = .strong
+        }
         let result = try await app.dispatch(command, options: options)
         return EditedResponse(
             status: status,
@@ -90,6 +117,13 @@ public enum BoxOfficeAPI {
 
 /// The `Idempotency-Key` request header.
 let idempotencyKey = HTTPField.Name("Idempotency-Key")!
+/// The `Consistency` request header: `strong` dispatches with `.strong` consistency.
+let consistencyHeader = HTTPField.Name("Consistency")!
+/// The `X-Read-Your-Writes` request header: `true` dispatches with `.strong` consistency.
+let readYourWritesHeader = HTTPField.Name("X-Read-Your-Writes")!
+
+extension SeatsView: ResponseEncodable {}
+extension SalesView: ResponseEncodable {}
 
 // MARK: Request and response bodies
 
@@ -224,6 +258,9 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             return try await next(request, context)
         } catch let rejection as ShowError {
             throw APIError(rejection)
+        } catch let error as ConsistencyError {
+            // The command succeeded; its read models did not catch up in time.
+            throw APIError(.gatewayTimeout, "readModelsBehind", "\(error)")
         } catch let error as EventStoreError {
             switch error {
             case .wrongExpectedVersion:

@@ -4,6 +4,7 @@ import BoxOffice
 import Foundation
 import Hummingbird
 import Logging
+import ServiceLifecycle
 
 /// `box-office`: the Backstage example application.
 @main
@@ -16,8 +17,12 @@ struct BoxOfficeCommand: AsyncParsableCommand {
 
 /// Options shared by the subcommands.
 struct DatabaseOptions: ParsableArguments {
-    @Option(help: "The event store: an SQLite file path, sqlite:PATH, or memory.")
+    @Option(
+        help: "The event store: an SQLite file path, sqlite:PATH, postgres://USER:PASSWORD@HOST:PORT/DB, or memory.")
     var database = "box-office.sqlite"
+
+    @Option(help: "The PostgreSQL schema holding the events and the read models.")
+    var schema = "box_office"
 
     func location() throws -> DatabaseLocation {
         do {
@@ -51,7 +56,7 @@ struct DemoCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let database = try await BoxOfficeDatabase.open(try options.location(), fresh: fresh)
+        let database = try await BoxOfficeDatabase.open(try options.location(), fresh: fresh, schema: options.schema)
         let app = BackstageApp(store: database.store, router: try .boxOffice())
         var demo = Demo()
         demo.commands = commands
@@ -70,23 +75,47 @@ struct DemoCommand: AsyncParsableCommand {
 
 struct ServeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "serve", abstract: "Serve the box office over HTTP.")
+        commandName: "serve", abstract: "Serve the box office over HTTP, with its read models and receipt sender.",
+        discussion: """
+            The HTTP server, the read models (tickets, seats, sales) and the receipt sender run in one \
+            service group; SIGTERM or SIGINT stops the server, then the pipelines, and exits 0.
+            """)
 
     @OptionGroup var options: DatabaseOptions
 
     @Option(help: "The address to listen on.")
     var host = "127.0.0.1"
 
-    @Option(help: "The port to listen on.")
+    @Option(help: "The port to listen on (0: any free port; the line 'listening on HOST:PORT' tells which).")
     var port = 8080
 
     func run() async throws {
-        let database = try await BoxOfficeDatabase.open(try options.location())
+        let database = try await BoxOfficeDatabase.open(try options.location(), schema: options.schema)
         let logger = Logger(label: "box-office")
         let app = BackstageApp(store: database.store, router: try .boxOffice())
-        let server = BoxOfficeAPI.application(app: app, host: host, port: port, logger: logger)
+        let readModels = try await BoxOfficeReadModels(database: database)
+        let pipelines = try readModels.pipelines(app: app)
+        let server = BoxOfficeAPI.application(
+            app: app, readModels: readModels, host: host, port: port, logger: logger,
+            onListening: { port in
+                // One line on stdout, for scripts (and the tests) that start the server on port 0.
+                FileHandle.standardOutput.write(Data("listening on \(host):\(port)\n".utf8))
+            })
+        // Services stop in reverse order: the server first (no new commands), then the pipelines.
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: [.init(service: pipelines), .init(service: server)],
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         logger.info("serving the box office on \(database.location)")
-        try await server.runService()
+        do {
+            try await group.run()
+        } catch {
+            try? await readModels.close()
+            try? await database.close()
+            throw error
+        }
+        try await readModels.close()
         try await database.close()
+        logger.info("stopped")
     }
 }

@@ -145,9 +145,11 @@ struct APITests {
 extension TestClientProtocol {
     /// Sends a request with a JSON body and decodes the JSON reply.
     func send(
-        _ method: HTTPRequest.Method, _ uri: String, _ body: [String: any Sendable]? = nil, key: String? = nil
+        _ method: HTTPRequest.Method, _ uri: String, _ body: [String: any Sendable]? = nil, key: String? = nil,
+        headers extra: HTTPFields = [:]
     ) async throws -> APITests.Reply {
         var headers: HTTPFields = [.contentType: "application/json"]
+        headers.append(contentsOf: extra)
         if let key { headers[HTTPField.Name("Idempotency-Key")!] = key }
         let data = try body.map { try JSONSerialization.data(withJSONObject: $0) }
         let response = try await execute(

@@ -42,7 +42,8 @@ struct ReadModelTests {
     @Test func aStrongSaleIsVisibleInTheReadModelsAtOnce() async throws {
         let database = try await BoxOfficeDatabase.open(.memory)
         let app = BackstageApp(store: database.store, router: try .boxOffice())
-        let readModels = try BoxOfficeReadModels(store: database.store, options: ProjectionOptions(batchTimeout: .milliseconds(200)))
+        let readModels = try BoxOfficeReadModels(
+            store: database.store, options: ProjectionOptions(batchTimeout: .milliseconds(200)))
         let pipelines = try readModels.pipelines(app: app, receipts: false)
         let running = Task { try await pipelines.run() }
         try await app.dispatch(ScheduleShow(showID: "gala", title: "Gala", capacity: 3))
