@@ -5,8 +5,8 @@ import Foundation
 import GRDB
 import Testing
 
-// Tests/Fixtures/evolution-v1.sqlite (written by `writeFixture` below) holds older shapes of the
-// show events of BackstageTestSupport's EvolutionFixtureDomain.swift.
+// Tests/Fixtures/evolution-v1.sqlite.sql (the text dump of the file `writeFixture` below writes)
+// holds older shapes of the show events of BackstageTestSupport's EvolutionFixtureDomain.swift.
 
 /// Sales per show, from typed envelopes.
 struct FixSalesReadModel: TypedSQLiteReadModel {
@@ -30,19 +30,21 @@ struct FixSalesReadModel: TypedSQLiteReadModel {
     }
 }
 
-/// The committed fixture, next to the test sources.
+/// The committed fixture, next to the test sources: an SQL text dump of an older store's file
+/// (database files are not committed).
 let sqliteFixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-    .appendingPathComponent("Fixtures/evolution-v1.sqlite")
+    .appendingPathComponent("Fixtures/evolution-v1.sqlite.sql")
 
 @Suite("SQLite fixture: events stored in older shapes", .serialized)
 struct FixtureEvolutionSQLiteTests {
-    /// Writes Tests/Fixtures/evolution-v1.sqlite: run once with
-    /// `BACKSTAGE_WRITE_FIXTURES=1 swift test --filter FixtureEvolutionSQLiteTests/writeFixture`.
+    /// Writes the store file behind Tests/Fixtures/evolution-v1.sqlite.sql to the path in
+    /// `BACKSTAGE_WRITE_FIXTURES`; then `sqlite3 PATH .dump` gives the committed dump (keep its header).
     /// The events are appended raw, with the type names, versions and JSON of the old code.
     @Test(.enabled(if: ProcessInfo.processInfo.environment["BACKSTAGE_WRITE_FIXTURES"] != nil))
     func writeFixture() async throws {
-        try? FileManager.default.removeItem(at: sqliteFixture)
-        let store = try SQLiteEventStore(path: sqliteFixture.path)
+        let path = try #require(ProcessInfo.processInfo.environment["BACKSTAGE_WRITE_FIXTURES"])
+        try? FileManager.default.removeItem(atPath: path)
+        let store = try SQLiteEventStore(path: path)
         func raw(_ type: String, _ version: Int, _ json: String) -> EventData {
             EventData(type: type, schemaVersion: version, data: Data(json.utf8))
         }
@@ -62,7 +64,8 @@ struct FixtureEvolutionSQLiteTests {
         "a committed SQLite file with old shapes reads as the current ones: aggregate, history and a typed read model")
     func readsOldFixture() async throws {
         let file = try TemporaryDatabase()
-        try FileManager.default.copyItem(at: sqliteFixture, to: URL(fileURLWithPath: file.path))
+        let dump = try String(contentsOf: sqliteFixture, encoding: .utf8)
+        try await DatabaseQueue(path: file.path).writeWithoutTransaction { db in try db.execute(sql: dump) }
         let store = try SQLiteEventStore(path: file.path)
         var router = Router()
         try router.route(FixSellTicket.self, id: \.showID) { _, c in

@@ -2,7 +2,7 @@ import Backstage
 import Foundation
 
 // The box office's show events as they are today, and the older shapes stored in the fixtures
-// Tests/Fixtures/evolution-v1.sqlite and evolution-v1.postgres.sql, shared by the SQLite and
+// Tests/Fixtures/evolution-v1.sqlite.sql and evolution-v1.postgres.sql, shared by the SQLite and
 // PostgreSQL fixture tests:
 // - "ShowScheduled" v1 {showID, title}: current.
 // - "SeatSold" v1 {show, seat}: the old name of "TicketSold" v1.
