@@ -6,13 +6,9 @@ import Synchronization
 /// `wait` returns at once (one pending wake-up is kept). A sticky signal, once signalled, never
 /// blocks again (a latch).
 final class Signal: Sendable {
-    private struct Waiter {
-        var continuation: CheckedContinuation<Void, Never>
-        var timer: Task<Void, Never>?
-    }
     private struct State {
         var pending = false
-        var waiters: [UInt64: Waiter] = [:]
+        var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
         var next: UInt64 = 0
     }
     private let state = Mutex(State())
@@ -23,21 +19,30 @@ final class Signal: Sendable {
     }
 
     func signal() {
-        let woken = state.withLock { s -> [Waiter] in
+        let woken = state.withLock { s -> [CheckedContinuation<Void, Never>] in
             if s.waiters.isEmpty || sticky { s.pending = true }
             let all = Array(s.waiters.values)
             s.waiters.removeAll()
             return all
         }
-        for w in woken {
-            w.timer?.cancel()
-            w.continuation.resume()
-        }
+        for continuation in woken { continuation.resume() }
     }
 
     /// Returns after a signal, after `timeout` (nil: no timeout), or when the task is cancelled.
     func wait(timeout: Duration? = nil) async {
-        if let timeout, timeout <= .zero { return }
+        guard let timeout else { return await waitForSignal() }
+        if timeout <= .zero { return }
+        // The timeout races the signal in a task group: whichever ends first cancels the other.
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.waitForSignal() }
+            group.addTask { try? await Task.sleep(for: timeout) }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+
+    /// Returns after a signal or when the task is cancelled.
+    private func waitForSignal() async {
         let id = state.withLock { s -> UInt64 in
             s.next += 1
             return s.next
@@ -52,37 +57,14 @@ final class Signal: Sendable {
                     // Checked under the lock: a cancellation either happened before (seen here) or
                     // finds the waiter registered.
                     if Task.isCancelled { return false }
-                    s.waiters[id] = Waiter(continuation: c, timer: nil)
+                    s.waiters[id] = c
                     return true
                 }
-                guard registered else {
-                    c.resume()
-                    return
-                }
-                guard let timeout else { return }
-                let timer = Task { [weak self] in
-                    try? await Task.sleep(for: timeout)
-                    self?.fire(id)
-                }
-                let stillWaiting = state.withLock { s -> Bool in
-                    if s.waiters[id] != nil {
-                        s.waiters[id]!.timer = timer
-                        return true
-                    }
-                    return false
-                }
-                if !stillWaiting { timer.cancel() }
+                if !registered { c.resume() }
             }
         } onCancel: {
-            let w = state.withLock { $0.waiters.removeValue(forKey: id) }
-            w?.timer?.cancel()
-            w?.continuation.resume()
+            state.withLock { $0.waiters.removeValue(forKey: id) }?.resume()
         }
-    }
-
-    private func fire(_ id: UInt64) {
-        let w = state.withLock { $0.waiters.removeValue(forKey: id) }
-        w?.continuation.resume()
     }
 }
 
