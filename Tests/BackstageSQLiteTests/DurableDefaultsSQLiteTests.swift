@@ -151,7 +151,9 @@ struct DurableDefaultsSQLiteTests {
                 won.withLock { $0.append((name, token)) }
             }
         }
-        defer { for r in racers { r.cancel() } }
+        // Each election's heartbeat (PipelineService runs it for its lifetime).
+        let heartbeats = [electionA, electionB].map { election in Task { try await election.run() } }
+        defer { for t in racers + heartbeats { t.cancel() } }
         #expect(try await pollUntil(timeout: .seconds(10)) { won.withLock { !$0.isEmpty } })
         // Two lease durations later, still one leader: the heartbeat renews the lease.
         try await Task.sleep(for: .seconds(4))

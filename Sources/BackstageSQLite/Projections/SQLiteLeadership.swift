@@ -18,8 +18,9 @@ import Synchronization
 ///   renewing it for ``Configuration/leaseDuration``), or when its holder was a process of this
 ///   host that no longer exists (a crashed process is replaced at once). Taking it increments the
 ///   token (above every token stored in the file's checkpoints too) and returns it.
-/// - While leading, a heartbeat renews every lease held by this election each
-///   ``Configuration/heartbeatInterval``, in one short write transaction. ``isLeader(_:token:)``
+/// - While leading, ``run()`` (which `PipelineService` runs for its lifetime) renews every lease
+///   held by this election each ``Configuration/heartbeatInterval``, in one short write
+///   transaction; without it running, leases run out after ``Configuration/leaseDuration``. ``isLeader(_:token:)``
 ///   turns false when a renewal finds the lease taken over, or when the lease's time ran out
 ///   without a successful renewal (measured from before the renewal was written, so this process
 ///   gives up no later than another one may take over).
@@ -53,7 +54,6 @@ public final class SQLiteLeadership: LeaderElection {
     }
     private struct State {
         var held: [String: Held] = [:]
-        var heartbeatRunning = false
         var renewing = true
     }
 
@@ -85,12 +85,9 @@ public final class SQLiteLeadership: LeaderElection {
             if !heldHere {
                 let started = ContinuousClock.now
                 if let token = try await take(subscription) {
-                    let startHeartbeat = state.withLock { s -> Bool in
+                    state.withLock { s in
                         s.held[subscription] = Held(token: token, validUntil: started + configuration.leaseDuration)
-                        defer { s.heartbeatRunning = true }
-                        return !s.heartbeatRunning
                     }
-                    if startHeartbeat { Task { await self.heartbeat() } }
                     return token
                 }
             }
@@ -169,19 +166,15 @@ public final class SQLiteLeadership: LeaderElection {
         }
     }
 
-    /// Renews every held lease each heartbeat interval; ends when none is held.
-    private func heartbeat() async {
+    /// Renews every held lease each heartbeat interval until cancelled. Several concurrent runs
+    /// (two services over one store) only renew twice.
+    public func run() async throws {
         while true {
-            try? await Task.sleep(for: configuration.heartbeatInterval)
-            let snapshot = state.withLock { s -> [String: Held]? in
+            try await Task.sleep(for: configuration.heartbeatInterval)
+            let snapshot = state.withLock { s -> [String: Held] in
                 s.held = s.held.filter { $0.value.validUntil > .now }
-                if s.held.isEmpty {
-                    s.heartbeatRunning = false
-                    return nil
-                }
                 return s.renewing ? s.held : [:]
             }
-            guard let snapshot else { return }
             if snapshot.isEmpty { continue }
             let started = ContinuousClock.now
             let owner = configuration.owner
