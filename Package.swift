@@ -53,7 +53,11 @@ let package = Package(
             dependencies: ["Backstage", "BackstageSQLite", "BackstageTesting"]
         ),
         // Test doubles and fixture domains shared by the test targets; not part of any product.
-        .target(name: "BackstageTestSupport", dependencies: ["Backstage"], path: "Tests/Support"),
+        .target(
+            name: "BackstageTestSupport",
+            dependencies: ["Backstage", "BackstageSQLite", .product(name: "GRDB", package: "GRDB.swift")],
+            path: "Tests/Support"
+        ),
         .testTarget(
             name: "BackstageSQLiteTests",
             dependencies: ["Backstage", "BackstageSQLite", "BackstageTesting", "BackstageTestSupport"]

@@ -1,5 +1,6 @@
 import Backstage
 import BackstageTesting
+import BackstageTestSupport
 import Foundation
 import GRDB
 import Synchronization
@@ -19,27 +20,6 @@ struct RecordingHandler: EventHandler {
     func handle(_ event: RecordedEvent) async throws { handled.withLock { $0.append(event.position) } }
 }
 
-/// The SQLite worker's `sums` read model, for the test process (same name and tables).
-struct WorkerSumsModel: SQLiteReadModel {
-    let name = "sums"
-    let tables = ["sums"]
-    let filter = EventFilter(types: ["SQLBumped"])
-
-    func createTables(in db: Database, tables: ProjectionTables) throws {
-        try db.execute(
-            sql: "CREATE TABLE \(try tables.table("sums")) (stream TEXT PRIMARY KEY, total INTEGER NOT NULL)")
-    }
-
-    func apply(_ event: RecordedEvent, in db: Database, tables: ProjectionTables) throws {
-        struct Body: Decodable { var by: Int }
-        let body = try JSONDecoder().decode(Body.self, from: event.data)
-        try db.execute(
-            sql: """
-                INSERT INTO \(try tables.table("sums")) (stream, total) VALUES (?, ?)
-                ON CONFLICT (stream) DO UPDATE SET total = total + excluded.total
-                """, arguments: [event.stream, body.by])
-    }
-}
 
 /// A running `backstage-sqlite-worker` whose stdout lines are collected by a thread of its own.
 final class SQLiteWorkerProcess: Sendable {
@@ -245,7 +225,7 @@ struct DurableDefaultsSQLiteTests {
         var router = Router()
         try router.route(SQLBump.self, id: \.id) { _, c in [.bumped(SQLBumped(by: c.by))] }
         let app = BackstageApp(store: store, router: router)
-        let projection = try SQLiteProjection(WorkerSumsModel(), database: store.database)
+        let projection = try SQLiteProjection(SQLiteSumsModel(), database: store.database)
         let service = try PipelineService(app: app, projections: [projection])
         let running = Task { try await service.run() }
         try await Task.sleep(for: .milliseconds(500))

@@ -10,15 +10,7 @@ import ServiceLifecycle
 func serveMode(_ arguments: [String]) async throws {
     guard arguments.count == 4 else { fail("usage: serve <url> <schema>") }
     let store = try await PostgresEventStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3]))
-    var leaseSettings = PostgresLeadership.Configuration()
-    leaseSettings.retryInterval = .milliseconds(200)
-    leaseSettings.heartbeatInterval = .milliseconds(300)
-    leaseSettings.owner = "worker-\(ProcessInfo.processInfo.processIdentifier)"
-    let leadership = PostgresLeadership(store: store, configuration: leaseSettings)
-    var options = ProjectionOptions(batchSize: 50)
-    options.pollInterval = .milliseconds(200)
-    let projection = try PostgresProjection(StreamCounts(), store: store, options: options)
-    let service = try PipelineService(store: store, projections: [projection], leadership: leadership)
+    let service = try countsService(store)
     let group = ServiceGroup(
         services: [service], gracefulShutdownSignals: [.sigterm], logger: Logger(label: "backstage-postgres-worker"))
     emit("started")

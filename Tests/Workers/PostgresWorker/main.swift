@@ -83,15 +83,7 @@ case "subscribe":
 case "project":
     guard arguments.count == 4 else { fail("usage: project <url> <schema>") }
     let store = try await PostgresEventStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3]))
-    var leaseSettings = PostgresLeadership.Configuration()
-    leaseSettings.retryInterval = .milliseconds(200)
-    leaseSettings.heartbeatInterval = .milliseconds(300)
-    leaseSettings.owner = "worker-\(ProcessInfo.processInfo.processIdentifier)"
-    let leadership = PostgresLeadership(store: store, configuration: leaseSettings)
-    var options = ProjectionOptions(batchSize: 50)
-    options.pollInterval = .milliseconds(200)
-    let projection = try PostgresProjection(StreamCounts(), store: store, options: options)
-    let service = try PipelineService(store: store, projections: [projection], leadership: leadership)
+    let service = try countsService(store)
     emit("started")
     try await service.run()
     await store.close()
@@ -209,6 +201,20 @@ final class LagBook: Sendable {
             }
         }
     }
+}
+
+/// The `counts` projection in a PipelineService with fast lease settings (the `project` and
+/// `serve` modes).
+func countsService(_ store: PostgresEventStore) throws -> PipelineService {
+    var leaseSettings = PostgresLeadership.Configuration()
+    leaseSettings.retryInterval = .milliseconds(200)
+    leaseSettings.heartbeatInterval = .milliseconds(300)
+    leaseSettings.owner = "worker-\(ProcessInfo.processInfo.processIdentifier)"
+    let leadership = PostgresLeadership(store: store, configuration: leaseSettings)
+    var options = ProjectionOptions(batchSize: 50)
+    options.pollInterval = .milliseconds(200)
+    let projection = try PostgresProjection(StreamCounts(), store: store, options: options)
+    return try PipelineService(store: store, projections: [projection], leadership: leadership)
 }
 
 // MARK: The `counts` read model

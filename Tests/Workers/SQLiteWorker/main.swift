@@ -20,26 +20,6 @@ func fail(_ message: String) -> Never { fail(message, worker: "backstage-sqlite-
 // Exit with the test process that started us (a killed test must not leave workers behind).
 exitWithParent()
 
-struct SumsModel: SQLiteReadModel {
-    let name = "sums"
-    let tables = ["sums"]
-    let filter = EventFilter(types: ["SQLBumped"])
-
-    func createTables(in db: Database, tables: ProjectionTables) throws {
-        try db.execute(
-            sql: "CREATE TABLE \(try tables.table("sums")) (stream TEXT PRIMARY KEY, total INTEGER NOT NULL)")
-    }
-
-    func apply(_ event: RecordedEvent, in db: Database, tables: ProjectionTables) throws {
-        struct Body: Decodable { var by: Int }
-        let body = try JSONDecoder().decode(Body.self, from: event.data)
-        try db.execute(
-            sql: """
-                INSERT INTO \(try tables.table("sums")) (stream, total) VALUES (?, ?)
-                ON CONFLICT (stream) DO UPDATE SET total = total + excluded.total
-                """, arguments: [event.stream, body.by])
-    }
-}
 
 struct Receipts: EventHandler {
     let name = "receipts"
@@ -56,7 +36,7 @@ case "project":
     var options = ProjectionOptions(batchSize: 50)
     options.pollInterval = .milliseconds(100)
     service = try PipelineService(
-        store: store, projections: [try SQLiteProjection(SumsModel(), database: store.database, options: options)])
+        store: store, projections: [try SQLiteProjection(SQLiteSumsModel(), database: store.database, options: options)])
     Task {
         while service.status(of: "sums") == nil { try await Task.sleep(for: .milliseconds(20)) }
         emit("leading")
