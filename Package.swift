@@ -9,6 +9,8 @@ let package = Package(
         .library(name: "BackstageSQLite", targets: ["BackstageSQLite"]),
         .library(name: "BackstagePostgres", targets: ["BackstagePostgres"]),
         .library(name: "BackstageTesting", targets: ["BackstageTesting"]),
+        // The web console, a product of its own: only applications that mount it build Hummingbird.
+        .library(name: "BackstageConsole", targets: ["BackstageConsole"]),
     ],
     dependencies: [
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
@@ -19,6 +21,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-async-algorithms", from: "1.1.4"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", exact: "2.28.1"),
     ],
     targets: [
         .target(
@@ -46,6 +49,21 @@ let package = Package(
             ]
         ),
         .target(name: "BackstageTesting", dependencies: ["Backstage"]),
+        .target(
+            name: "BackstageConsole",
+            dependencies: [
+                "Backstage", .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "AsyncAlgorithms", package: "swift-async-algorithms"),
+            ]
+        ),
+        .testTarget(
+            name: "BackstageConsoleTests",
+            dependencies: [
+                "Backstage", "BackstageConsole", "BackstageTesting",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ]
+        ),
         .testTarget(name: "BackstageTests", dependencies: ["Backstage", "BackstageTesting"]),
         // The README's example, compiled and run as shown.
         .testTarget(

@@ -1,8 +1,10 @@
 import Backstage
+import BackstageConsole
 import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
+import Prometheus
 
 /// The box office over HTTP (Hummingbird 2).
 ///
@@ -12,11 +14,18 @@ import Logging
 /// | `POST /shows/{id}/tickets` `{"ticketID"?}` | ``AddTicket`` |
 /// | `POST /shows/{id}/sell` `{"buyer"}` | ``SellTicket`` |
 /// | `POST /shows/{id}/tickets/{ticketID}/refund` | ``RefundTicket`` |
-/// | `GET /shows/{id}` | the show's state |
+/// | `GET /shows/{id}` | the show's summary (no ticket list: it stays small as the show grows) |
+/// | `GET /shows/{id}/tickets` | every ticket and where it stands |
 /// | `GET /shows/{id}/history` | the show's events |
 /// | `GET /shows/{id}/seats` | seats, from the `show_seats` read model |
 /// | `GET /shows/{id}/sales` | sales, from the `show_sales` read model |
+/// | `GET /events` | the event log as server-sent events (`?after=`, `?type=`, `?category=`, `Last-Event-ID`) |
+/// | `GET /health` | 200 when the store answers and no pipeline failed, 503 otherwise |
+/// | `GET /metrics` | Prometheus metrics (with a registry) |
+/// | `/console` | the Backstage web console (with a console) |
 ///
+/// A command answers with a summary of the show and the events the command stored, never the
+/// show's whole ticket list.
 /// Queries of read models answer what the projections have applied so far (eventually
 /// consistent). A command sent with `Consistency: strong` (or `X-Read-Your-Writes: true`) is
 /// dispatched with `.strong` consistency: it answers once every projection has applied its events,
@@ -25,33 +34,40 @@ import Logging
 /// it as a new one.
 ///
 /// A command sent with an `Idempotency-Key` header (a UUID) runs once: a retry with the same key
-/// returns the original result (with `"duplicate": true`) and stores nothing. A rejected command
-/// answers 404 (unknown show or ticket), 409 (the state does not allow it) or 422 (invalid input),
-/// with `{"error": code, "message": text}`.
+/// returns the original result (with `"duplicate": true`) and stores nothing. Every error answers
+/// in one shape, `{"error": code, "message": text}`: 400 for a body that is not JSON or lacks a
+/// field (`malformedJSON`, `invalidRequest`, saying which field), 404 for an unknown show, ticket
+/// or route, 409 when the state does not allow the command, 422 for invalid input. A rejected
+/// request stores nothing.
 public enum BoxOfficeAPI {
     /// The HTTP application serving `app` on `host`:`port` (port 0 picks a free port); the
-    /// read-model routes answer from `readModels` (404 without them). `onListening` gets the
-    /// port the server listens on once it accepts connections.
+    /// read-model routes answer from `readModels` (404 without them). `pipelines` (the read models'
+    /// and handlers' service) is what `/health` checks; `metrics` is the registry `/metrics` serves
+    /// (bootstrap `MetricsSystem` with it); `console` is mounted at `/console`. `onListening` gets
+    /// the port the server listens on once it accepts connections.
     public static func application(
-        app: BackstageApp, readModels: BoxOfficeReadModels? = nil, host: String = "127.0.0.1", port: Int = 8080,
-        logger: Logger = Logger(label: "box-office"), onListening: @escaping @Sendable (Int) async -> Void = { _ in }
+        app: BackstageApp, readModels: BoxOfficeReadModels? = nil, pipelines: PipelineService? = nil,
+        metrics: PrometheusCollectorRegistry? = nil, console: BackstageConsole? = nil, host: String = "127.0.0.1",
+        port: Int = 8080, logger: Logger = Logger(label: "box-office"),
+        onListening: @escaping @Sendable (Int) async -> Void = { _ in }
     ) -> some ApplicationProtocol {
         let router = Hummingbird.Router()
         router.add(middleware: ErrorMiddleware())
+        if metrics != nil { router.add(middleware: MetricsMiddleware()) }
         router.post("shows") { request, context in
-            let body = try await request.decode(as: ScheduleRequest.self, context: context)
+            let body = try await decodeJSON(ScheduleRequest.self, from: request)
             let command = ScheduleShow(
                 showID: body.id ?? UUID().uuidString.lowercased(), title: body.title, capacity: body.capacity)
             return try await dispatch(command, request, on: app, status: .created)
         }
         router.post("shows/:id/tickets") { request, context in
-            let body = try await request.decode(as: AddTicketRequest.self, context: context)
+            let body = try await decodeJSON(AddTicketRequest.self, from: request)
             let command = AddTicket(
                 showID: try context.parameters.require("id"), ticketID: body.ticketID ?? UUID().uuidString.lowercased())
             return try await dispatch(command, request, on: app, status: .created)
         }
         router.post("shows/:id/sell") { request, context in
-            let body = try await request.decode(as: SellRequest.self, context: context)
+            let body = try await decodeJSON(SellRequest.self, from: request)
             let command = SellTicket(showID: try context.parameters.require("id"), buyer: body.buyer)
             return try await dispatch(command, request, on: app, status: .ok)
         }
@@ -65,6 +81,13 @@ public enum BoxOfficeAPI {
             let loaded = try await app.load(Show.self, id: id)
             guard loaded.version > 0 else { throw APIError(ShowError.unknownShow(id)) }
             return ShowView(loaded.state, version: loaded.version)
+        }
+        router.get("shows/:id/tickets") { _, context in
+            let id = try context.parameters.require("id")
+            let loaded = try await app.load(Show.self, id: id)
+            guard loaded.version > 0 else { throw APIError(ShowError.unknownShow(id)) }
+            return TicketsView(
+                show: id, version: loaded.version, onSale: loaded.state.onSale, tickets: loaded.state.tickets)
         }
         router.get("shows/:id/history") { _, context in
             let id = try context.parameters.require("id")
@@ -82,11 +105,35 @@ public enum BoxOfficeAPI {
                 try await readModels.sales(try context.parameters.require("id"))
             }
         }
+        router.get("events") { request, _ in ServerSentEvents.log(store: app.store, request: request) }
+        router.get("health") { _, _ in
+            let health = await HealthView.check(store: app.store, pipelines: pipelines)
+            return EditedResponse(status: health.healthy ? .ok : .serviceUnavailable, response: health)
+        }
+        if let metrics {
+            router.get("metrics") { _, _ in
+                Response(
+                    status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                    body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.emitToBuffer())))
+            }
+        }
+        console?.addRoutes(to: router, at: "/console")
         return Application(
             router: router,
             configuration: .init(address: .hostname(host, port: port), serverName: "box-office"),
             onServerRunning: { channel in await onListening(channel.localAddress?.port ?? port) },
             logger: logger)
+    }
+
+    /// A Prometheus metrics factory over `registry`, for `MetricsSystem.bootstrap`. Every metric
+    /// gets the label `service="box-office"`, so no metric family mixes labelled and unlabelled
+    /// series (which the Prometheus registry refuses).
+    public static func metricsFactory(registry: PrometheusCollectorRegistry) -> PrometheusMetricsFactory {
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.nameAndLabelSanitizer = { label, dimensions in
+            (label, dimensions.contains { $0.0 == "service" } ? dimensions : dimensions + [("service", "box-office")])
+        }
+        return factory
     }
 
     private static func dispatch<C: Command>(
@@ -141,7 +188,7 @@ struct SellRequest: Decodable {
     var buyer: String
 }
 
-/// A show's state, as the API returns it.
+/// A show's summary, as the API returns it: its size does not grow with the number of tickets.
 public struct ShowView: ResponseCodable, Equatable {
     /// The show's id.
     public var id: String?
@@ -151,22 +198,34 @@ public struct ShowView: ResponseCodable, Equatable {
     public var capacity: Int
     /// The stream version the state includes.
     public var version: Int64
+    /// Tickets added to the show.
+    public var tickets: Int
     /// Tickets sold and not refunded.
     public var ticketsSold: Int
-    /// Tickets on sale, in the order they will be sold.
-    public var onSale: [String]
-    /// Every ticket and where it stands.
-    public var tickets: [String: TicketStatus]
+    /// Tickets on sale.
+    public var ticketsOnSale: Int
 
     init(_ show: Show, version: Int64) {
         self.id = show.id
         self.title = show.title
         self.capacity = show.capacity
         self.version = version
+        self.tickets = show.tickets.count
         self.ticketsSold = show.ticketsSold
-        self.onSale = show.onSale
-        self.tickets = show.tickets
+        self.ticketsOnSale = show.onSale.count
     }
+}
+
+/// Every ticket of a show and where it stands (`GET /shows/{id}/tickets`).
+public struct TicketsView: ResponseCodable, Equatable {
+    /// The show.
+    public var show: String
+    /// The stream version the list includes.
+    public var version: Int64
+    /// Tickets on sale, in the order they will be sold.
+    public var onSale: [String]
+    /// Every ticket and where it stands.
+    public var tickets: [String: TicketStatus]
 }
 
 /// One stored event: `{"type", "version", "position", "recordedAt", "data"}`.
@@ -192,9 +251,9 @@ public struct EventView: Encodable, Sendable {
     }
 }
 
-/// The answer to a command.
+/// The answer to a command: what it changed, not the whole show.
 public struct DispatchView: ResponseEncodable {
-    /// The show after the command.
+    /// A summary of the show after the command.
     public var show: ShowView
     /// The events the command stored.
     public var events: [EventView]
@@ -214,7 +273,8 @@ public struct HistoryView: ResponseEncodable {
 
 // MARK: Errors
 
-/// An error answered as `{"error": code, "message": text}` with an HTTP status.
+/// An error answered as `{"error": code, "message": text}` with an HTTP status: the one shape of
+/// every error the API answers.
 struct APIError: Error, HTTPResponseError {
     var status: HTTPResponse.Status
     var code: String
@@ -236,26 +296,72 @@ struct APIError: Error, HTTPResponseError {
         self.init(status, rejection.code, rejection.description)
     }
 
-    struct Body: Encodable {
+    /// The body of every error.
+    struct Body: Codable, Equatable {
         var error: String
         var message: String
     }
 
     func response(from request: Request, context: some RequestContext) throws -> Response {
-        var response = try context.responseEncoder.encode(
-            Body(error: code, message: message), from: request, context: context)
-        response.status = status
-        return response
+        let data = (try? JSONEncoder().encode(Body(error: code, message: message))) ?? Data()
+        return Response(
+            status: status, headers: [.contentType: "application/json; charset=utf-8"],
+            body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
     }
 }
 
-/// Turns the errors of dispatch into ``APIError``s.
+/// Decodes a request's JSON body (an empty body is `{}`), or throws an ``APIError`` that says what
+/// is wrong with it: not JSON, a missing field, a field of the wrong type.
+func decodeJSON<T: Decodable>(_ type: T.Type, from request: Request) async throws -> T {
+    let body = try await request.body.collect(upTo: 1 << 20)
+    let data = body.readableBytes == 0 ? Data("{}".utf8) : Data(buffer: body)
+    do {
+        return try JSONDecoder().decode(T.self, from: data)
+    } catch let error as DecodingError {
+        func path(_ context: DecodingError.Context, _ key: (any CodingKey)? = nil) -> String {
+            let keys = context.codingPath + (key.map { [$0] } ?? [])
+            return keys.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
+        }
+        switch error {
+        case .keyNotFound(let key, let context):
+            throw APIError(.badRequest, "invalidRequest", "the field '\(path(context, key))' is missing")
+        case .typeMismatch(let expected, let context):
+            throw APIError(
+                .badRequest, "invalidRequest", "the field '\(path(context))' must be \(jsonKind(expected))")
+        case .valueNotFound(let expected, let context):
+            throw APIError(
+                .badRequest, "invalidRequest", "the field '\(path(context))' must be \(jsonKind(expected)), not null")
+        case .dataCorrupted(let context) where context.codingPath.isEmpty:
+            throw APIError(.badRequest, "malformedJSON", "the body is not valid JSON")
+        case .dataCorrupted(let context):
+            throw APIError(
+                .badRequest, "invalidRequest", "the field '\(path(context))' is invalid: \(context.debugDescription)")
+        @unknown default:
+            throw APIError(.badRequest, "invalidRequest", "the body does not match the request: \(error)")
+        }
+    }
+}
+
+/// How a JSON value of `type` is written, for error messages.
+private func jsonKind(_ type: Any.Type) -> String {
+    switch type {
+    case is String.Type: "a string"
+    case is Int.Type, is Int64.Type, is Double.Type: "a number"
+    case is Bool.Type: "true or false"
+    default: "a JSON object"
+    }
+}
+
+/// Turns every error into an ``APIError``: the rejections and failures of dispatch, and
+/// Hummingbird's own (unknown route, body too large).
 struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response)
         async throws -> Response
     {
         do {
             return try await next(request, context)
+        } catch let error as APIError {
+            throw error
         } catch let rejection as ShowError {
             throw APIError(rejection)
         } catch let error as ConsistencyError {
@@ -272,6 +378,107 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             case .invalidInput:
                 throw APIError(.badRequest, "invalidInput", "\(error)")
             }
+        } catch let error as HTTPError {
+            switch error.status {
+            case .notFound:
+                throw APIError(.notFound, "notFound", "no route for \(request.method) \(request.uri.path)")
+            case .contentTooLarge:
+                throw APIError(.contentTooLarge, "bodyTooLarge", "the body is larger than the API accepts")
+            default:
+                throw APIError(
+                    error.status, error.status.code < 500 ? "invalidRequest" : "internalError",
+                    error.body ?? error.status.reasonPhrase)
+            }
         }
+    }
+}
+
+// MARK: Health
+
+/// The answer of `GET /health`: whether the store answers and how each pipeline is doing.
+public struct HealthView: ResponseEncodable, Sendable {
+    /// `ok` or `unavailable`.
+    public var status: String
+    /// Whether the store answered, and its head position.
+    public var store: StoreHealth
+    /// The read models and handlers of this process.
+    public var subscriptions: [SubscriptionHealth]
+
+    /// The store's part.
+    public struct StoreHealth: Encodable, Sendable {
+        /// Whether it answered within two seconds.
+        public var reachable: Bool
+        /// The head of its log.
+        public var head: String?
+        /// Why it did not answer.
+        public var error: String?
+    }
+
+    /// One subscription's part.
+    public struct SubscriptionHealth: Encodable, Sendable {
+        /// The handler or projection.
+        public var name: String
+        /// `starting`, `catchingUp`, `live`, `stopped`, `failed` or `waiting` (not running in
+        /// this process: another process may lead it).
+        public var state: String
+        /// Its committed checkpoint.
+        public var checkpoint: String?
+        /// Events between its checkpoint and the head.
+        public var lagEvents: Int64?
+        /// Why it failed.
+        public var error: String?
+    }
+
+    /// Healthy: the store answered and no subscription failed or stopped.
+    public var healthy: Bool { status == "ok" }
+
+    /// Asks the store for its head (with a two-second limit) and the pipelines for their status.
+    public static func check(store: any EventStore, pipelines: PipelineService?) async -> HealthView {
+        let storeHealth: StoreHealth
+        do {
+            let head = try await withThrowingTaskGroup(of: LogPosition?.self) { group in
+                group.addTask { try await store.headPosition() }
+                group.addTask {
+                    try await Task.sleep(for: .seconds(2))
+                    return nil
+                }
+                let first = try await group.next() ?? nil
+                group.cancelAll()
+                return first
+            }
+            storeHealth =
+                head.map { StoreHealth(reachable: true, head: $0.description) }
+                ?? StoreHealth(reachable: false, error: "no answer within 2 s")
+        } catch {
+            storeHealth = StoreHealth(reachable: false, error: "\(error)")
+        }
+        var subscriptions: [SubscriptionHealth] = []
+        var failed = false
+        if let pipelines {
+            for name in (Array(pipelines.handlers.keys) + Array(pipelines.projections.keys)).sorted() {
+                guard let status = pipelines.status(of: name) else {
+                    subscriptions.append(SubscriptionHealth(name: name, state: "waiting"))
+                    continue
+                }
+                var entry = SubscriptionHealth(
+                    name: name, state: "", checkpoint: status.checkpoint?.description, lagEvents: status.lagEvents)
+                switch status.state {
+                case .starting: entry.state = "starting"
+                case .catchingUp: entry.state = "catchingUp"
+                case .live: entry.state = "live"
+                case .stopped:
+                    entry.state = "stopped"
+                    failed = true
+                case .failed(let reason):
+                    entry.state = "failed"
+                    entry.error = reason
+                    failed = true
+                }
+                subscriptions.append(entry)
+            }
+        }
+        return HealthView(
+            status: storeHealth.reachable && !failed ? "ok" : "unavailable", store: storeHealth,
+            subscriptions: subscriptions)
     }
 }

@@ -1,9 +1,12 @@
 import ArgumentParser
 import Backstage
+import BackstageConsole
 import BoxOffice
 import Foundation
 import Hummingbird
 import Logging
+import Metrics
+import Prometheus
 import ServiceLifecycle
 
 /// `box-office`: the Backstage example application.
@@ -77,8 +80,10 @@ struct ServeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "serve", abstract: "Serve the box office over HTTP, with its read models and receipt sender.",
         discussion: """
-            The HTTP server, the read models (tickets, seats, sales) and the receipt sender run in one \
-            service group; SIGTERM or SIGINT stops the server, then the pipelines, and exits 0.
+            The HTTP server, the read models (tickets, seats, sales), the receipt sender and the web \
+            console (/console) run in one service group; SIGTERM or SIGINT stops the server, then the \
+            pipelines, and exits 0. /health answers 200 while the store answers and no pipeline failed; \
+            /metrics serves Prometheus metrics; /events streams the log as server-sent events.
             """)
 
     @OptionGroup var options: DatabaseOptions
@@ -89,14 +94,35 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "The port to listen on (0: any free port; the line 'listening on HOST:PORT' tells which).")
     var port = 8080
 
+    @Flag(
+        help: """
+            Let the web console replay and discard parked events (default: read-only). Only for a \
+            console that operators alone can reach.
+            """)
+    var consoleActions = false
+
+    @Option(help: "Every how many commands a receipt's first attempt fails (0: never), to show retries and parking.")
+    var failEvery = 10
+
     func run() async throws {
+        // Metrics go to a Prometheus registry that /metrics serves. Every metric gets the label
+        // service="box-office", so no metric family mixes labelled and unlabelled series.
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(BoxOfficeAPI.metricsFactory(registry: registry))
+
         let database = try await BoxOfficeDatabase.open(try options.location(), schema: options.schema)
         let logger = Logger(label: "box-office")
         let app = BackstageApp(store: database.store, router: try .boxOffice())
-        let readModels = try await BoxOfficeReadModels(database: database)
+        let readModels = try await BoxOfficeReadModels(database: database, failEvery: failEvery)
         let pipelines = try readModels.pipelines(app: app)
+        var configuration = BackstageConsole.Configuration()
+        configuration.title = "Box office"
+        configuration.actions = consoleActions ? .allowAll : .readOnly
+        var console = BackstageConsole(app: app, pipelines: pipelines, configuration: configuration)
+        console.register(Show.self)
         let server = BoxOfficeAPI.application(
-            app: app, readModels: readModels, host: host, port: port, logger: logger,
+            app: app, readModels: readModels, pipelines: pipelines, metrics: registry, console: console, host: host,
+            port: port, logger: logger,
             onListening: { port in
                 // One line on stdout, for scripts (and the tests) that start the server on port 0.
                 FileHandle.standardOutput.write(Data("listening on \(host):\(port)\n".utf8))

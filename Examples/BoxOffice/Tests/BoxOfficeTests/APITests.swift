@@ -50,6 +50,11 @@ struct APITests {
             reply = try await client.send(.get, "/shows/s1")
             #expect(reply.status == .ok)
             #expect(reply.json["version"] as? Int == 4)
+            #expect(reply.json["tickets"] as? Int == 1)
+            #expect(reply.json["ticketsOnSale"] as? Int == 1)
+
+            reply = try await client.send(.get, "/shows/s1/tickets")
+            #expect(reply.status == .ok)
             #expect(reply.json["onSale"] as? [String] == ["t1"])
             #expect(reply.json["tickets"] as? [String: String] == ["t1": "refunded"])
 
@@ -89,6 +94,8 @@ struct APITests {
 
             reply = try await client.send(.post, "/shows/s1/sell", ["nobody": "x"])
             #expect(reply.status == .badRequest, "a body that does not decode")
+            #expect(reply.json["error"] as? String == "invalidRequest")
+            #expect(reply.json["message"] as? String == "the field 'buyer' is missing")
         }
     }
 
