@@ -49,6 +49,7 @@ public enum ServerSentEvents {
                 await withTaskGroup(of: Void.self) { group in
                     group.addTask {
                         do {
+                            guard limit != 0 else { throw CancellationError() }
                             let events = store.events(
                                 after: start, filter: filter, pageSize: 200, mode: .follow(pollInterval: pollInterval))
                             var sent = 0
