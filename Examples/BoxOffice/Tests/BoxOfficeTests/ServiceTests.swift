@@ -31,6 +31,15 @@ struct ServiceTests {
         defer { try? FileManager.default.removeItem(at: directory) }
         let database = try await BoxOfficeDatabase.open(
             .sqlite(path: directory.appendingPathComponent("s.sqlite").path))
+        try await withService(database: database, test)
+        try await database.close()
+    }
+
+    /// Runs `test` against the full service over `database`.
+    func withService(
+        database: BoxOfficeDatabase,
+        _ test: @Sendable (any TestClientProtocol, BackstageApp, PipelineService) async throws -> Void
+    ) async throws {
         let app = BackstageApp(store: database.store, router: try .boxOffice())
         let readModels = try await BoxOfficeReadModels(database: database, failEvery: 0)
         var logger = Logger(label: "box-office-test")
@@ -51,7 +60,6 @@ struct ServiceTests {
         }
         pipelines.stop()
         try await running.value
-        try await database.close()
     }
 
     /// Sends a raw body.
@@ -186,6 +194,38 @@ struct ServiceTests {
             let show = try await client.execute(uri: "/console/aggregate?type=show&id=e1", method: .get)
             #expect(String(buffer: show.body).contains("Events &amp; &lt;Tags&gt;"))
             _ = app
+        }
+    }
+
+    @Test(.needsPostgres) func theConsoleHealthAndEventsOnPostgres() async throws {
+        try await BoxOfficePostgres.withDatabase { database in
+            try await withService(database: database) { client, _, pipelines in
+                _ = try await client.send(
+                    .post, "/shows", ["id": "pg", "title": "On <PostgreSQL>", "capacity": 2],
+                    headers: [HTTPField.Name("Consistency")!: "strong"])
+                try await pipelines.waitUntilProcessed(timeout: .seconds(60))
+
+                let overview = try await client.execute(uri: "/console", method: .get)
+                #expect(overview.status == .ok)
+                let page = String(buffer: overview.body)
+                #expect(page.contains("tickets@v1"))
+                #expect(page.contains("token"), "the lease of each subscription, from the store")
+                let streams = String(buffer: try await client.execute(uri: "/console/streams", method: .get).body)
+                #expect(streams.contains(">show-pg</a>"))
+                let log = String(buffer: try await client.execute(uri: "/console/log?after=0", method: .get).body)
+                #expect(log.contains("ShowScheduled") && log.contains("On &lt;PostgreSQL&gt;"))
+                let subscriptions = try await client.execute(uri: "/console/subscriptions", method: .get)
+                #expect(subscriptions.status == .ok)
+                let state = try await client.execute(uri: "/console/aggregate?stream=show-pg", method: .get)
+                #expect(String(buffer: state.body).contains("at version <b>1</b> of 1"))
+
+                let health = try await client.send(.get, "/health")
+                #expect(health.status == .ok)
+                let events = try await client.execute(uri: "/events?after=0&limit=1", method: .get)
+                let ids = String(buffer: events.body).split(separator: "\n").filter { $0.hasPrefix("id: ") }
+                #expect(ids.count == 1)
+                #expect(ids.first?.contains(":") == true, "a PostgreSQL log position: transaction:position")
+            }
         }
     }
 }
