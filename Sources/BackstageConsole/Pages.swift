@@ -70,7 +70,7 @@ struct ConsolePages: Sendable {
         .card b{display:block;font-size:1.5rem}form.inline{display:inline}button{cursor:pointer}
         .state-live{color:#1b7f3b}.state-failed{color:#a4161a}.pager{margin:.8rem 0;display:flex;gap:1rem}
         input,select{padding:.25rem}dl{margin:.2rem 0;display:grid;grid-template-columns:max-content auto;gap:0 .8rem}
-        dt{color:#6b7785}dd{margin:0}
+        dt{color:#6b7785}dd{margin:0}code.data{font-size:.85em;color:#39424e;word-break:break-all}
         """
 
     // MARK: Pieces
@@ -99,6 +99,18 @@ struct ConsolePages: Sendable {
         return String(decoding: pretty, as: UTF8.self)
     }
 
+    /// Event data on one line, cut at 120 characters: the table's glance; the details hold the rest.
+    func compactData(_ data: Data) -> String {
+        var text = String(decoding: data, as: UTF8.self)
+        if let object = try? JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]),
+            let compact = try? JSONSerialization.data(
+                withJSONObject: object, options: [.sortedKeys, .fragmentsAllowed, .withoutEscapingSlashes])
+        {
+            text = String(decoding: compact, as: UTF8.self)
+        }
+        return text.count > 120 ? String(text.prefix(119)) + "…" : text
+    }
+
     func metadata(_ event: RecordedEvent) -> HTML {
         var rows: [HTML] = ["<dt>event id</dt><dd><code>\(event.id.uuidString)</code></dd>"]
         if let id = event.metadata.commandID { rows.append("<dt>command</dt><dd>\(messageLink(id))</dd>") }
@@ -121,7 +133,7 @@ struct ConsolePages: Sendable {
             let streamCell: HTML = showStream ? "<td>\(streamLink(e.stream, version: e.streamVersion))</td>" : .empty
             return """
                 <tr id="v\(e.streamVersion)"><td class="n">\(e.logPosition)</td>\(streamCell)<td class="n">\(e.streamVersion)\(state)</td>
-                <td><b>\(e.type)</b></td><td>\(date(e.recordedAt))</td>
+                <td><b>\(e.type)</b></td><td><code class="data">\(compactData(e.data))</code></td><td>\(date(e.recordedAt))</td>
                 <td><details><summary>data &amp; metadata</summary><pre>\(prettyData(e.data))</pre>\(metadata(e))</details></td></tr>
                 """
         }
@@ -129,7 +141,7 @@ struct ConsolePages: Sendable {
         let body: HTML = tbodyID.map { "<tbody id=\"\($0)\">" } ?? "<tbody>"
         return """
             <table class="events"><thead><tr><th class="n">Position</th>\(streamHead)<th class="n">Version</th><th>Type</th>
-            <th>Recorded</th><th>Details</th></tr></thead>\(body)\(rows)</tbody></table>
+            <th>Data</th><th>Recorded</th><th>Details</th></tr></thead>\(body)\(rows)</tbody></table>
             """
     }
 
@@ -160,6 +172,10 @@ struct ConsolePages: Sendable {
                 streamCell.appendChild(a);
                 cell(row, e.version, "n");
                 const type = document.createElement("b"); type.textContent = e.type; cell(row, "").appendChild(type);
+                const data = JSON.stringify(e.data);
+                const code = document.createElement("code"); code.className = "data";
+                code.textContent = data.length > 120 ? data.slice(0, 119) + "…" : data;
+                cell(row, "").appendChild(code);
                 cell(row, e.recordedAt);
                 const details = document.createElement("details");
                 const summary = document.createElement("summary"); summary.textContent = "data & metadata";
