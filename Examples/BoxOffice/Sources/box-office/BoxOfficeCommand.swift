@@ -104,6 +104,13 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Every how many commands a receipt's first attempt fails (0: never), to show retries and parking.")
     var failEvery = 10
 
+    @Option(
+        help: """
+            Store a snapshot of a show every N events (0: never), so reading a show (GET /shows/ID, the \
+            console) replays at most N events.
+            """)
+    var snapshotEvery = 100
+
     func run() async throws {
         // Metrics go to a Prometheus registry that /metrics serves. Every metric gets the label
         // service="box-office", so no metric family mixes labelled and unlabelled series.
@@ -112,7 +119,9 @@ struct ServeCommand: AsyncParsableCommand {
 
         let database = try await BoxOfficeDatabase.open(try options.location(), schema: options.schema)
         let logger = Logger(label: "box-office")
-        let app = BackstageApp(store: database.store, router: try .boxOffice())
+        var appConfiguration = BackstageApp.Configuration()
+        appConfiguration.snapshotEvery = snapshotEvery > 0 ? snapshotEvery : nil
+        let app = BackstageApp(store: database.store, router: try .boxOffice(), configuration: appConfiguration)
         let readModels = try await BoxOfficeReadModels(database: database, failEvery: failEvery)
         let pipelines = try readModels.pipelines(app: app)
         var configuration = BackstageConsole.Configuration()
