@@ -405,6 +405,8 @@ struct ConsolePages: Sendable {
         var subscription: String
         var info: SubscriptionInfo?
         var live: SubscriptionStatus?
+        /// Parked events, counted through this process's pipelines when the store has no record.
+        var parked = 0
     }
 
     func subscriptionRows() async throws -> [SubscriptionRow] {
@@ -423,6 +425,15 @@ struct ConsolePages: Sendable {
         }
         for status in statuses {
             rows[status.subscription, default: SubscriptionRow(subscription: status.subscription)].live = status
+        }
+        for (subscription, row) in rows {
+            if let info = row.info {
+                rows[subscription]?.parked = info.parked
+            } else if row.live != nil, let pipelines = console.pipelines {
+                // The pipelines keep their parked events elsewhere (given by name): ask them.
+                rows[subscription]?.parked = try await pipelines.parkedEvents(subscription: subscription, limit: 1_000)
+                    .count
+            }
         }
         return rows.values.sorted { $0.subscription < $1.subscription }
     }
@@ -458,7 +469,7 @@ struct ConsolePages: Sendable {
             } else {
                 leader = "<span class=\"muted\">–</span>"
             }
-            let parked = row.info?.parked ?? 0
+            let parked = row.parked
             let parkedCell: HTML =
                 parked > 0
                 ? "<a class=\"problem\" href=\"\(link("\(base)/parked", [("subscription", row.subscription)]))\">\(parked)</a>"

@@ -128,6 +128,34 @@ struct ConsoleTests {
         }
     }
 
+    @Test func theLogAndTheStreamsArePagedAndFiltered() async throws {
+        let app = try makeApp()
+        for i in 1...5 { _ = try await app.dispatch(Increment(id: "c\(i)", by: i, note: "n")) }
+        _ = try await app.store.append(
+            [EventData(type: "Other", data: Data("{}".utf8), metadata: EventMetadata())], to: "misc-1", expected: .any,
+            commandID: nil)
+        var configuration = BackstageConsole.Configuration()
+        configuration.pageSize = 2
+        let console = BackstageConsole(app: app, configuration: configuration)
+        try await application(console).test(.router) { client in
+            let first = text(try await client.execute(uri: "/console/log?after=0", method: .get))
+            #expect(first.contains(">counter-c1</a>") && first.contains(">counter-c2</a>"))
+            #expect(!first.contains(">counter-c3</a>"))
+            #expect(first.contains("href=\"/console/log?after=2\">next page</a>"))
+            let filtered = text(try await client.execute(uri: "/console/log?after=0&type=Other", method: .get))
+            #expect(filtered.contains(">misc-1</a>") && !filtered.contains(">counter-c1</a>"))
+            let latest = text(try await client.execute(uri: "/console/log", method: .get))
+            #expect(latest.contains(">misc-1</a>") && latest.contains(">counter-c5</a>"), "the latest two events")
+            #expect(!latest.contains(">counter-c4</a>"))
+
+            let streams = text(try await client.execute(uri: "/console/streams?category=counter", method: .get))
+            #expect(streams.contains(">counter-c1</a>") && !streams.contains(">misc-1</a>"))
+            #expect(streams.contains("href=\"/console/streams?category=counter&amp;after=counter-c2\">next page</a>"))
+            let bad = try await client.execute(uri: "/console/log?after=x", method: .get)
+            #expect(bad.status == .badRequest)
+        }
+    }
+
     @Test func causationLinksLeadToTheCommandsEvents() async throws {
         let app = try makeApp()
         let commandID = UUID()
@@ -221,6 +249,12 @@ struct ConsoleTests {
         try await withParkedEvents(guard: guardian) { client, pipelines, handler, events in
             var headers = formHeaders
             headers[token] = "yes"
+            let subscriptions = text(try await client.execute(uri: "/console/subscriptions", method: .get))
+            #expect(subscriptions.contains("<b>flaky</b>"))
+            #expect(subscriptions.contains("live here"))
+            #expect(
+                subscriptions.contains("href=\"/console/parked?subscription=flaky\">3</a>"), "the parked count links")
+
             let page = text(try await client.execute(uri: "/console/parked", method: .get, headers: headers))
             #expect(page.contains("action=\"/console/parked/replay\""))
             #expect(page.contains("action=\"/console/parked/discard\""))
