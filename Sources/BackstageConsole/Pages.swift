@@ -196,12 +196,41 @@ struct ConsolePages: Sendable {
         return String(array.dropFirst().dropLast()).replacingOccurrences(of: "<", with: "\\u003c")
     }
 
-    /// The last `count` events of the log when positions are dense enough to find them (single-writer
-    /// stores, transaction 0); nil otherwise.
+    /// The last `count` events of the log matching `filter`, newest first; nil when finding them
+    /// would mean paging through more than 20,000 events.
+    ///
+    /// The log reads forward only: this reads from a little before the head, and further back
+    /// (eight times as far each time) until it has `count` events. On single-writer stores the
+    /// distance is in positions; on PostgreSQL in transaction ids.
     func latestEvents(head: LogPosition, count: Int, filter: EventFilter = .all) async throws -> [RecordedEvent]? {
-        guard head.transaction == 0 else { return nil }
-        let from = LogPosition(position: max(0, head.position - Int64(count)))
-        return try await store.readAll(after: from, limit: count, filter: filter).reversed()
+        guard head.position > 0, count > 0 else { return [] }
+        let pageSize = min(500, store.limits.maxPageSize)
+        var span = UInt64(max(count, 16))
+        while true {
+            let from: LogPosition
+            if head.transaction == 0 {
+                from = LogPosition(position: max(0, head.position - Int64(clamping: span)))
+            } else {
+                from = head.transaction > span ? LogPosition(transaction: head.transaction - span, position: 0) : .start
+            }
+            var tail: [RecordedEvent] = []
+            var position = from
+            var complete = false
+            for _ in 0..<40 {
+                let page = try await store.readAll(after: position, limit: pageSize, filter: filter)
+                tail.append(contentsOf: page)
+                if tail.count > count { tail.removeFirst(tail.count - count) }
+                guard let last = page.last, page.count == pageSize else {
+                    complete = true
+                    break
+                }
+                position = last.logPosition
+            }
+            guard complete else { return nil }
+            if tail.count >= count || from == .start { return tail.reversed() }
+            let (wider, overflow) = span.multipliedReportingOverflow(by: 8)
+            span = overflow ? .max : wider
+        }
     }
 
     // MARK: Overview

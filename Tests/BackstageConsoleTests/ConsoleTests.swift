@@ -147,6 +147,9 @@ struct ConsoleTests {
             let latest = text(try await client.execute(uri: "/console/log", method: .get))
             #expect(latest.contains(">misc-1</a>") && latest.contains(">counter-c5</a>"), "the latest two events")
             #expect(!latest.contains(">counter-c4</a>"))
+            let latestCounters = text(try await client.execute(uri: "/console/log?category=counter", method: .get))
+            #expect(latestCounters.contains(">counter-c5</a>") && latestCounters.contains(">counter-c4</a>"))
+            #expect(!latestCounters.contains(">misc-1</a>") && !latestCounters.contains(">counter-c3</a>"))
 
             let streams = text(try await client.execute(uri: "/console/streams?category=counter", method: .get))
             #expect(streams.contains(">counter-c1</a>") && !streams.contains(">misc-1</a>"))
