@@ -389,6 +389,11 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
                     error.status, error.status.code < 500 ? "invalidRequest" : "internalError",
                     error.body ?? error.status.reasonPhrase)
             }
+        } catch {
+            // Anything else is the server's fault: logged in full, answered in the same shape
+            // without internals.
+            context.logger.error("\(request.method) \(request.uri.path) failed: \(String(reflecting: error))")
+            throw APIError(.internalServerError, "internalError", "the server could not answer; its log says why")
         }
     }
 }

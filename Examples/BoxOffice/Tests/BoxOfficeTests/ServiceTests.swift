@@ -110,6 +110,25 @@ struct ServiceTests {
         }
     }
 
+    /// A middleware that fails every dispatch with an error the API does not know.
+    struct Broken: Backstage.Middleware {
+        struct Secret: Error {}
+        func beforeDispatch(_ context: inout CommandContext) async throws { throw Secret() }
+    }
+
+    @Test func anUnexpectedFailureAnswers500InTheSameShapeWithoutInternals() async throws {
+        let app = BackstageApp(store: InMemoryEventStore(), router: try .boxOffice(), middleware: [Broken()])
+        var logger = Logger(label: "box-office-test")
+        logger.logLevel = .critical
+        try await BoxOfficeAPI.application(app: app, port: 0, logger: logger).test(.router) { client in
+            let reply = try await client.send(.post, "/shows", ["id": "x", "title": "X", "capacity": 1])
+            #expect(reply.status == .internalServerError)
+            #expect(Set(reply.json.keys) == ["error", "message"])
+            #expect(reply.json["error"] as? String == "internalError")
+            #expect((reply.json["message"] as? String)?.contains("Secret") == false)
+        }
+    }
+
     @Test func aCommandsAnswerStaysSmallAsTheShowGrows() async throws {
         try await withService { client, app, _ in
             _ = try await client.send(.post, "/shows", ["id": "big", "title": "Big", "capacity": 2_000])
