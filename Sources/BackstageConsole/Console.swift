@@ -10,7 +10,7 @@ import Hummingbird
 ///
 /// ```swift
 /// // Only requests carrying the operators' token may act.
-/// let guard = ConsoleGuard { request in request.headers[.authorization] == "Bearer \(token)" }
+/// let operators = ConsoleGuard { request in request.headers[.authorization] == "Bearer \(token)" }
 /// ```
 public struct ConsoleGuard: Sendable {
     /// Whether `request` may replay or discard.
