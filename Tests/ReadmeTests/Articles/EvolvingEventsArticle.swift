@@ -68,7 +68,7 @@ struct EvolvingEventsArticle {
     func upcasting() async throws {
         let store = InMemoryEventStore()
         let v1 = Data(#"{"buyer":"ada","showID":"hamlet","ticketID":"A1"}"#.utf8)
-        try await store.append(
+        _ = try await store.append(
             [
                 EventData(type: "TicketSold", schemaVersion: 1, data: v1),
                 EventData(type: "SeatSold", schemaVersion: 1, data: v1),
