@@ -22,6 +22,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-async-algorithms", from: "1.1.4"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", exact: "2.28.1"),
+        // `swift package generate-documentation`: the DocC catalogs under Sources/*/*.docc. A plugin:
+        // nothing of it is built unless documentation is generated.
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ],
     targets: [
         .target(
@@ -65,10 +68,13 @@ let package = Package(
             ]
         ),
         .testTarget(name: "BackstageTests", dependencies: ["Backstage", "BackstageTesting"]),
-        // The README's example, compiled and run as shown.
+        // The README's example and the code of the DocC articles, compiled and run as shown.
         .testTarget(
             name: "ReadmeTests",
-            dependencies: ["Backstage", "BackstageSQLite", "BackstageTesting"]
+            dependencies: [
+                "Backstage", "BackstageSQLite", "BackstagePostgres", "BackstageTesting",
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ]
         ),
         // Test doubles and fixture domains shared by the test targets; not part of any product.
         .target(

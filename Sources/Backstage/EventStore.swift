@@ -15,9 +15,12 @@ public protocol EventStore: Sendable {
 
     /// Appends `events` to `stream` atomically, if the stream is at `expected`.
     ///
-    /// - Parameter commandID: makes the append idempotent: a second append with the same id and
-    ///   the same events returns the first result (with ``AppendResult/isDuplicate`` set) and
-    ///   writes nothing.
+    /// - Parameters:
+    ///   - events: the events, in order (at most ``StoreLimits/maxEventsPerAppend``).
+    ///   - stream: the stream, `category-id` by convention.
+    ///   - expected: the version the stream must be at, or a weaker condition.
+    ///   - commandID: makes the append idempotent: a second append with the same id and the same
+    ///     events returns the first result (with ``AppendResult/isDuplicate`` set) and writes nothing.
     /// - Throws: ``EventStoreError``.
     func append(
         _ events: [EventData], to stream: String, expected: ExpectedVersion, commandID: UUID?

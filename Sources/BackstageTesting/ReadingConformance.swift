@@ -2,9 +2,9 @@ import Backstage
 import Foundation
 import Synchronization
 
-/// Checks of the streaming reads every store gets from core (``EventStore/events(after:filter:pageSize:mode:)``,
-/// ``EventStore/events(inStream:from:through:direction:pageSize:)``, ``BackstageApp/streamHistory(_:id:from:through:)``
-/// and the snapshot-based time travel of ``BackstageApp``), run against every backend like
+/// Checks of the streaming reads every store gets from core (`EventStore/events(after:filter:pageSize:mode:)`,
+/// `EventStore/events(inStream:from:through:direction:pageSize:)`, `BackstageApp/streamHistory(_:id:from:through:)`
+/// and the snapshot-based time travel of `BackstageApp`), run against every backend like
 /// ``StoreConformance``.
 public enum ReadingConformance {
     /// Every check, in a stable order.

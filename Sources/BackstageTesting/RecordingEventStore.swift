@@ -55,6 +55,7 @@ public final class RecordingEventStore: EventStore {
     /// Wraps `inner`.
     ///
     /// - Parameters:
+    ///   - inner: the store that does the work.
     ///   - beforeAppend: runs before each append with the stream's id; throwing fails the append.
     ///   - afterAppend: runs after each append, whether it succeeded or not.
     ///   - hidesStoredCommands: `appendResult(forCommand:)` finds nothing, so a retried command id

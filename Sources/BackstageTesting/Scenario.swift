@@ -4,7 +4,7 @@ import Foundation
 /// Given/when/then tests of an aggregate's decisions, with no store involved.
 ///
 /// A scenario applies the *given* events to a fresh aggregate, decides the *when* command with
-/// the decision function registered in the ``Router``, and checks the outcome: the events, the
+/// the decision function registered in the `Router`, and checks the outcome: the events, the
 /// rejection, or the state. Each check throws a ``ScenarioFailure`` with a readable message, so
 /// scenarios work with any test framework (Swift Testing, XCTest):
 ///
@@ -38,7 +38,7 @@ public struct Scenario: Sendable {
 
     /// Starts from a new instance of the command's aggregate (no events) and decides `command`.
     ///
-    /// - Throws: ``RoutingError/noRoute(command:)`` when the router has no route for the command.
+    /// - Throws: `RoutingError/noRoute(command:)` when the router has no route for the command.
     public func when<C: Command>(_ command: C) throws -> Outcome<C.Target> {
         try Given<C.Target>(router: router, events: []).when(command)
     }
@@ -58,7 +58,7 @@ public struct Scenario: Sendable {
 
         /// Decides `command` on the state built from the given events.
         ///
-        /// - Throws: ``RoutingError/noRoute(command:)`` when the router has no route for the command,
+        /// - Throws: `RoutingError/noRoute(command:)` when the router has no route for the command,
         ///   or the error `decide` threw when it is not the aggregate's `Rejection`.
         public func when<C: Command>(_ command: C) throws -> Outcome<A> where C.Target == A {
             let route = try router.route(for: C.self)

@@ -93,7 +93,7 @@ public struct ConformanceCheck: Sendable, CustomStringConvertible {
 /// The checks cover the "Store semantics" of the design: round trip of every field, expected
 /// versions and typed conflicts, idempotent appends by command id, paged stream and log reads
 /// with filters, snapshots, notifications, input limits (read from the store's own
-/// ``EventStore/limits``) and the ordering guarantees under concurrent writers.
+/// `EventStore/limits`) and the ordering guarantees under concurrent writers.
 ///
 /// Checks only read what they wrote themselves (unique stream ids, categories and type names,
 /// positions relative to the head when the check started), so a store that is not empty still
@@ -136,7 +136,7 @@ private func expectEqual<T: Equatable>(
     }
 }
 
-/// Runs `operation`, which must throw an ``EventStoreError``; returns it.
+/// Runs `operation`, which must throw an `EventStoreError`; returns it.
 private func expectStoreError<T>(
     _ what: String, fileID: String = #fileID, line: Int = #line, _ operation: () async throws -> T
 ) async throws -> EventStoreError {
