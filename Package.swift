@@ -72,8 +72,9 @@ let package = Package(
         .testTarget(
             name: "ReadmeTests",
             dependencies: [
-                "Backstage", "BackstageSQLite", "BackstagePostgres", "BackstageTesting",
+                "Backstage", "BackstageSQLite", "BackstagePostgres", "BackstageTesting", "BackstageConsole",
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
             ]
         ),
         // Test doubles and fixture domains shared by the test targets; not part of any product.
