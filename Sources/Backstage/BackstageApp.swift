@@ -224,11 +224,19 @@ public final class BackstageApp: Sendable {
             cache.release(stream, entry)
         }
         // Decide on the state committed before the command started: a cached aggregate reads
-        // the events appended after its version (by this or another process), others load.
+        // the events appended after its version (by this or another process). An aggregate that
+        // is not cached is first taken to be new: the command is decided on the empty state and
+        // appended expecting no stream, which the store checks, so a new aggregate's first
+        // command costs no read to learn that its stream is empty. When the stream exists after
+        // all (a conflict), or the empty state rejects the command or decides nothing, the
+        // aggregate is loaded and the command decided again.
+        var assumedNew = false
         if entry.loaded {
             try await catchUp(entry, stream: stream, codec: codec)
         } else {
-            try await load(entry, stream: stream, codec: codec)
+            entry.state = C.Target()
+            entry.version = 0
+            assumedNew = true
         }
         var fields = context.fields
         var fingerprint: String? = nil
@@ -245,7 +253,19 @@ public final class BackstageApp: Sendable {
             correlationID: context.correlationID, fields: fields)
         var retries = 0
         while true {
-            let decided = try route.decide(entry.state, command)
+            let decided: [A.Event]
+            do {
+                decided = try route.decide(entry.state, command)
+            } catch where assumedNew {
+                assumedNew = false
+                try await load(entry, stream: stream, codec: codec)
+                continue
+            }
+            if decided.isEmpty, assumedNew {
+                assumedNew = false
+                try await load(entry, stream: stream, codec: codec)
+                continue
+            }
             if decided.isEmpty {
                 return Dispatched(
                     commandID: context.commandID, stream: stream, events: [], recorded: [],
@@ -256,6 +276,11 @@ public final class BackstageApp: Sendable {
             do {
                 result = try await store.append(
                     data, to: stream, expected: .exact(entry.version), commandID: context.commandID)
+            } catch EventStoreError.wrongExpectedVersion where assumedNew {
+                // The stream exists: load it and decide again (not a retry: nothing was stale).
+                assumedNew = false
+                try await load(entry, stream: stream, codec: codec)
+                continue
             } catch EventStoreError.wrongExpectedVersion(let s, let expected, let actual) {
                 guard retries < configuration.maxConflictRetries else {
                     // The cached state is behind the store: reload it on the next command, or
@@ -271,12 +296,17 @@ public final class BackstageApp: Sendable {
             }
             if result.isDuplicate {
                 // Another process stored this command id while we decided: report its result.
-                try await catchUp(entry, stream: stream, codec: codec)
+                if assumedNew {
+                    try await load(entry, stream: stream, codec: codec)
+                } else {
+                    try await catchUp(entry, stream: stream, codec: codec)
+                }
                 return try await duplicate(
                     result, entry: entry, context: context, fingerprint: fingerprint, codec: codec)
             }
             for event in decided { entry.state.apply(event) }
             entry.version = result.lastVersion
+            entry.loaded = true
             let recorded = try await recordedEvents(data, stream: stream, result: result)
             await snapshotIfDue(entry, stream: stream)
             return Dispatched(

@@ -2,6 +2,7 @@ import Backstage
 import DequeModule
 import Foundation
 import GRDB
+import Metrics
 import Synchronization
 
 /// Errors of the SQLite backend (event store errors are ``EventStoreError``): what SQLite or
@@ -102,6 +103,7 @@ public final class SQLiteEventStore: EventStore {
     let configuration: Configuration
     private let notifier = AppendNotifier()
     private let queue = Mutex(WriteQueue())
+    private let metrics = SQLiteStoreMetrics()
 
     /// Opens (or creates) the store at `path` and migrates its schema.
     ///
@@ -196,31 +198,45 @@ public final class SQLiteEventStore: EventStore {
                     ) WITHOUT ROWID;
                     """)
         }
+        // Event data as JSON text (SQLite's JSON functions read it) instead of a blob: existing
+        // events whose data is valid JSON become text with the same bytes; other data stays a blob.
+        migrator.registerMigration("backstage-v2-json-text") { db in
+            try db.execute(
+                sql: """
+                    DROP TRIGGER backstage_events_no_update;
+                    UPDATE backstage_events SET data = CAST(data AS TEXT)
+                    WHERE typeof(data) = 'blob' AND instr(data, X'00') = 0 AND json_valid(CAST(data AS TEXT));
+                    CREATE TRIGGER backstage_events_no_update BEFORE UPDATE ON backstage_events
+                    BEGIN SELECT RAISE(ABORT, 'backstage: events are immutable'); END;
+                    """)
+        }
         return migrator
     }()
 
     // MARK: Appending (group commit)
 
+    /// One append waiting in the write queue. Its fields other than the inputs are guarded by
+    /// the queue's mutex.
     private final class PendingAppend: @unchecked Sendable {
         let events: [EventData]
         let stream: String
         let expected: ExpectedVersion
         let commandID: UUID?
         let fingerprint: String
-        let continuation: CheckedContinuation<AppendResult, any Error>
         // Set by the writer, read after the transaction.
         var outcome: Result<AppendResult, any Error>?
+        /// What the waiting caller does next, once decided: true = write the next group itself,
+        /// false = its `outcome` is set.
+        var turn: Bool?
+        /// The suspended caller, when it suspended before its turn was decided.
+        var waiter: CheckedContinuation<Bool, Never>?
 
-        init(
-            events: [EventData], stream: String, expected: ExpectedVersion, commandID: UUID?,
-            continuation: CheckedContinuation<AppendResult, any Error>
-        ) {
+        init(events: [EventData], stream: String, expected: ExpectedVersion, commandID: UUID?) {
             self.events = events
             self.stream = stream
             self.expected = expected
             self.commandID = commandID
             self.fingerprint = commandID == nil ? "" : appendFingerprint(events)
-            self.continuation = continuation
         }
     }
 
@@ -243,85 +259,132 @@ public final class SQLiteEventStore: EventStore {
     /// Counters of the writer since the store was opened: how well group commit is grouping.
     public var statistics: Statistics { queue.withLock { $0.statistics } }
 
+    /// Appends through group commit, without a writer task: the caller that finds nobody writing
+    /// writes the queued group itself (a lone append goes straight to the database, with no hop
+    /// and no wait for company); callers that arrive meanwhile queue up, and when a transaction
+    /// commits, the first of them writes the next group, which holds everything queued by then.
     public func append(
         _ events: [EventData], to stream: String, expected: ExpectedVersion, commandID: UUID?
     ) async throws -> AppendResult {
         try limits.validate(append: events, to: stream)
-        return try await withCheckedThrowingContinuation { continuation in
-            let item = PendingAppend(
-                events: events, stream: stream, expected: expected, commandID: commandID,
-                continuation: continuation)
-            let startWriter = queue.withLock { q in
-                q.pending.append(item)
-                if q.writing { return false }
-                q.writing = true
-                return true
+        let start = ContinuousClock.now
+        let item = PendingAppend(events: events, stream: stream, expected: expected, commandID: commandID)
+        let leads = queue.withLock { q -> Bool in
+            q.pending.append(item)
+            if q.writing { return false }
+            q.writing = true
+            return true
+        }
+        if !leads {
+            let writesNext = await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+                let decided = queue.withLock { q -> Bool? in
+                    if let turn = item.turn { return turn }
+                    item.waiter = c
+                    return nil
+                }
+                if let decided { c.resume(returning: decided) }
             }
-            if startWriter { Task { await self.drain() } }
+            if !writesNext { return try finish(item, since: start) }
+        }
+        writeGroup()
+        return try finish(item, since: start)
+    }
+
+    private func finish(_ item: PendingAppend, since start: ContinuousClock.Instant) throws -> AppendResult {
+        switch item.outcome {
+        case .success(let result)?:
+            metrics.appended(events: item.events.count, since: start)
+            return result
+        case .failure(let error)?: throw error
+        case nil: throw SQLiteStoreError.unexpectedResult("an append was not written")
         }
     }
 
-    /// Writes queued appends, a group per transaction, until the queue is empty.
-    private func drain() async {
+    /// Writes the group at the head of the queue (the caller's own append first) in one
+    /// transaction, hands each waiting caller its outcome, and hands the writer's turn to the
+    /// first caller still queued, if any.
+    ///
+    /// The transaction runs on the caller's thread (GRDB's synchronous writer access), so a lone
+    /// append costs what a raw transaction costs: no hop into a writer task or queue and back.
+    private func writeGroup() {
         let maxBatch = max(configuration.maxAppendsPerCommit, 1)
-        while true {
-            let batch = queue.withLock { q -> [PendingAppend] in
-                if q.pending.isEmpty {
-                    q.writing = false
-                    return []
-                }
-                let n = min(q.pending.count, maxBatch)
-                let batch = Array(q.pending.prefix(n))
-                q.pending.removeFirst(n)
-                return batch
-            }
-            if batch.isEmpty { return }
-            do {
-                try await database.writeWithoutTransaction { db in
-                    try db.inTransaction(.immediate) {
-                        for item in batch { item.outcome = Self.write(item, in: db) }
-                        return .commit
+        let batch = queue.withLock { q -> [PendingAppend] in
+            let n = min(q.pending.count, maxBatch)
+            let batch = Array(q.pending.prefix(n))
+            q.pending.removeFirst(n)
+            return batch
+        }
+        var wrote = false
+        do {
+            try database.writeWithoutTransaction { db in
+                try db.inTransaction(.immediate) {
+                    if batch.count == 1 {
+                        // A group of one needs no savepoint: a failed append rolls back the transaction.
+                        let outcome = Self.write(batch[0], in: db)
+                        batch[0].outcome = outcome
+                        if case .failure = outcome { return .rollback }
+                    } else {
+                        for item in batch { item.outcome = Self.writeInSavepoint(item, in: db) }
                     }
+                    return .commit
                 }
-                queue.withLock { q in
-                    q.statistics.transactions += 1
-                    q.statistics.appends += batch.count
-                    q.statistics.largestGroup = max(q.statistics.largestGroup, batch.count)
-                }
-                var wrote = false
-                for item in batch {
-                    switch item.outcome {
-                    case .success(let result)?:
-                        wrote = wrote || !result.isDuplicate
-                        item.continuation.resume(returning: result)
-                    case .failure(let error)?:
-                        item.continuation.resume(throwing: SQLiteStoreError.translate(error))
-                    case nil:
-                        item.continuation.resume(throwing: CancellationError())
-                    }
-                }
-                if wrote { notifier.notify() }
-            } catch {
-                // The transaction did not commit: nothing of the batch is stored.
-                let translated = SQLiteStoreError.translate(error)
-                for item in batch { item.continuation.resume(throwing: translated) }
             }
+            for item in batch {
+                if case .success(let result)? = item.outcome {
+                    wrote = wrote || !result.isDuplicate
+                } else if case .failure(let error)? = item.outcome {
+                    item.outcome = .failure(SQLiteStoreError.translate(error))
+                }
+            }
+        } catch {
+            // The transaction did not commit: nothing of the group is stored.
+            let translated = SQLiteStoreError.translate(error)
+            for item in batch { item.outcome = .failure(translated) }
+        }
+        metrics.committed(appends: batch.count)
+        // Outcomes first, then the next writer: every waiter is resumed exactly once.
+        var resume: [CheckedContinuation<Bool, Never>] = []
+        var next: CheckedContinuation<Bool, Never>?
+        queue.withLock { q in
+            q.statistics.transactions += 1
+            q.statistics.appends += batch.count
+            q.statistics.largestGroup = max(q.statistics.largestGroup, batch.count)
+            for item in batch.dropFirst() {
+                item.turn = false
+                if let w = item.waiter { resume.append(w) }
+                item.waiter = nil
+            }
+            if let first = q.pending.first {
+                first.turn = true
+                next = first.waiter
+                first.waiter = nil
+            } else {
+                q.writing = false
+            }
+        }
+        next?.resume(returning: true)
+        for w in resume { w.resume(returning: false) }
+        if wrote { notifier.notify() }
+    }
+
+    /// Writes one append of a group inside its own savepoint; a failure rolls back only this append.
+    private static func writeInSavepoint(_ item: PendingAppend, in db: Database) -> Result<AppendResult, any Error> {
+        do {
+            try db.cachedStatement(sql: "SAVEPOINT backstage_append").execute()
+            let outcome = write(item, in: db)
+            if case .failure = outcome {
+                try db.cachedStatement(sql: "ROLLBACK TO SAVEPOINT backstage_append").execute()
+            }
+            try db.cachedStatement(sql: "RELEASE SAVEPOINT backstage_append").execute()
+            return outcome
+        } catch {
+            return .failure(error)
         }
     }
 
-    /// Writes one append inside its own savepoint; a failure rolls back only this append.
     private static func write(_ item: PendingAppend, in db: Database) -> Result<AppendResult, any Error> {
         do {
-            try db.execute(sql: "SAVEPOINT backstage_append")
-            do {
-                let result = try insert(item, in: db)
-                try db.execute(sql: "RELEASE SAVEPOINT backstage_append")
-                return .success(result)
-            } catch {
-                try db.execute(sql: "ROLLBACK TO SAVEPOINT backstage_append")
-                try db.execute(sql: "RELEASE SAVEPOINT backstage_append")
-                return .failure(error)
-            }
+            return .success(try insert(item, in: db))
         } catch {
             return .failure(error)
         }
@@ -370,7 +433,7 @@ public final class SQLiteEventStore: EventStore {
                 ? nil : String(decoding: try encoder.encode(event.metadata.fields), as: UTF8.self)
             do {
                 try insert.execute(arguments: [
-                    item.stream, category, version, event.id, event.type, event.schemaVersion, event.data,
+                    item.stream, category, version, event.id, event.type, event.schemaVersion, storedData(event.data),
                     event.metadata.commandID, event.metadata.causationID, event.metadata.correlationID,
                     fields, now,
                 ])
@@ -394,6 +457,28 @@ public final class SQLiteEventStore: EventStore {
             ])
         }
         return result
+    }
+
+    /// The stored form of an event's data: JSON text (so SQLite's JSON functions read it, as in
+    /// `json_extract(data, '$.showID')`) when it is UTF-8 without NUL bytes, as every JSON
+    /// document is; a blob otherwise, so any bytes read back identical.
+    static func storedData(_ data: Data) -> any DatabaseValueConvertible {
+        let isText = data.withUnsafeBytes { raw -> Bool in
+            let bytes = raw.bindMemory(to: UInt8.self)
+            if bytes.contains(0) { return false }
+            // Pure ASCII, the usual case, is UTF-8; otherwise validate.
+            if !bytes.contains(where: { $0 >= 0x80 }) { return true }
+            var iterator = bytes.makeIterator()
+            var decoder = UTF8()
+            while true {
+                switch decoder.decode(&iterator) {
+                case .scalarValue: continue
+                case .emptyInput: return true
+                case .error: return false
+                }
+            }
+        }
+        return isText ? String(decoding: data, as: UTF8.self) : data
     }
 
     // MARK: Reading
@@ -547,4 +632,22 @@ public final class SQLiteEventStore: EventStore {
     }
 
     public func appendNotifications() -> AsyncStream<Void> { notifier.stream() }
+}
+
+/// The store metrics of ``SQLiteEventStore`` (swift-metrics), named as for every store:
+/// `backstage.store.append.duration` (Timer), `backstage.store.append.events` (events per
+/// append) and `backstage.store.commit.appends` (appends per transaction: the group-commit size),
+/// each with the dimension `store=sqlite`.
+struct SQLiteStoreMetrics: Sendable {
+    let duration = Metrics.Timer(label: "backstage.store.append.duration", dimensions: [("store", "sqlite")])
+    let events = Recorder(label: "backstage.store.append.events", dimensions: [("store", "sqlite")])
+    let appends = Recorder(label: "backstage.store.commit.appends", dimensions: [("store", "sqlite")])
+
+    func appended(events count: Int, since start: ContinuousClock.Instant) {
+        let d = ContinuousClock.now - start
+        duration.recordNanoseconds(d.components.seconds * 1_000_000_000 + d.components.attoseconds / 1_000_000_000)
+        events.record(count)
+    }
+
+    func committed(appends count: Int) { appends.record(count) }
 }

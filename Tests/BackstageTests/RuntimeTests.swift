@@ -94,7 +94,8 @@ struct RuntimeTests {
         let app = try makeApp(store) { $0.cacheCapacity = 0 }
         for _ in 0..<3 { try await app.dispatch(Increment(id: "x")) }
         #expect(app.cachedAggregateCount == 0)
-        #expect(store.readsFrom("counter-x") == [1, 1, 1])
+        // The first command takes the aggregate to be new (no read); the others load it.
+        #expect(store.readsFrom("counter-x") == [1, 1])
         #expect(try await app.load(Counter.self, id: "x").state.count == 3)
     }
 
@@ -121,8 +122,8 @@ struct RuntimeTests {
         let app = try makeApp(store)
         let other = try makeApp(shared)  // a second process on the same store
         for _ in 0..<3 { try await app.dispatch(Increment(id: "t")) }
-        // Loaded once, then each command reads only the tail after the cached version.
-        #expect(store.readsFrom("counter-t") == [1, 2, 3])
+        // New, so not read at first; then each command reads only the tail after the cached version.
+        #expect(store.readsFrom("counter-t") == [2, 3])
 
         try await other.dispatch(Increment(id: "t"))
         try await other.dispatch(Increment(id: "t", events: 2))
@@ -130,7 +131,7 @@ struct RuntimeTests {
         #expect(result.retries == 0)  // caught up on versions 4...6 before deciding
         #expect(result.version == 7)
         #expect(result.state.count == 7)
-        #expect(store.readsFrom("counter-t") == [1, 2, 3, 4])
+        #expect(store.readsFrom("counter-t") == [2, 3, 4])
     }
 
     // MARK: Conflicts between processes
@@ -201,21 +202,25 @@ struct RuntimeTests {
     func boundedRetries() async throws {
         let shared = InMemoryEventStore()
         let foreign = EventData(type: "CounterIncremented", data: Data(#"{"by":1}"#.utf8))
-        // Another writer always gets in first.
+        let armed = Mutex(false)
+        // Another writer always gets in first, once the aggregate exists.
         let store = RecordingEventStore(
             shared,
             beforeAppend: { stream in
+                guard armed.withLock({ $0 }) else { return }
                 var event = foreign
                 event.id = UUIDv7.next()
                 _ = try await shared.append([event], to: stream, expected: .any, commandID: nil)
             })
         let app = try makeApp(store) { $0.maxConflictRetries = 2 }
-        await #expect(throws: EventStoreError.wrongExpectedVersion(stream: "counter-r", expected: .exact(2), actual: 3))
+        try await app.dispatch(Increment(id: "r"))  // version 1, cached
+        armed.withLock { $0 = true }
+        await #expect(throws: EventStoreError.wrongExpectedVersion(stream: "counter-r", expected: .exact(3), actual: 4))
         {
             try await app.dispatch(Increment(id: "r"))
         }
-        #expect(store.appendCount("counter-r") == 3)  // the first attempt and two retries
-        #expect(try await shared.streamVersion("counter-r") == 3)  // only the other writer's events
+        #expect(store.appendCount("counter-r") == 4)  // the first command, then an attempt and two retries
+        #expect(try await shared.streamVersion("counter-r") == 4)  // then only the other writer's events
     }
 
     // MARK: Snapshots
