@@ -274,8 +274,13 @@ public final class BackstageApp: Sendable {
             let data = try decided.map { try codec.encode($0, metadata: metadata) }
             let result: AppendResult
             do {
+                // Only an explicit command id goes to the store's idempotency check: a generated
+                // one is new by construction (no caller can send it again), so storing it for
+                // lookups would cost a row and a fingerprint per append for nothing. The events
+                // carry it in their metadata either way.
                 result = try await store.append(
-                    data, to: stream, expected: .exact(entry.version), commandID: context.commandID)
+                    data, to: stream, expected: .exact(entry.version),
+                    commandID: explicitID ? context.commandID : nil)
             } catch EventStoreError.wrongExpectedVersion where assumedNew {
                 // The stream exists: load it and decide again (not a retry: nothing was stale).
                 assumedNew = false

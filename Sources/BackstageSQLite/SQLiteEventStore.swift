@@ -243,6 +243,8 @@ public final class SQLiteEventStore: EventStore {
     private struct WriteQueue {
         var pending: Deque<PendingAppend> = []
         var writing = false
+        /// Appends carried by the last transaction.
+        var lastGroup = 0
         var statistics = Statistics()
     }
 
@@ -260,9 +262,10 @@ public final class SQLiteEventStore: EventStore {
     public var statistics: Statistics { queue.withLock { $0.statistics } }
 
     /// Appends through group commit, without a writer task: the caller that finds nobody writing
-    /// writes the queued group itself (a lone append goes straight to the database, with no hop
-    /// and no wait for company); callers that arrive meanwhile queue up, and when a transaction
-    /// commits, the first of them writes the next group, which holds everything queued by then.
+    /// writes the queued group itself (a lone append goes straight to GRDB's writer, with no
+    /// writer task in between and no wait for company); callers that arrive meanwhile queue up,
+    /// and when a transaction commits, the first of them writes the next group, which holds
+    /// everything queued by then.
     public func append(
         _ events: [EventData], to stream: String, expected: ExpectedVersion, commandID: UUID?
     ) async throws -> AppendResult {
@@ -286,7 +289,32 @@ public final class SQLiteEventStore: EventStore {
             }
             if !writesNext { return try finish(item, since: start) }
         }
-        writeGroup()
+        if leads, queue.withLock({ $0.lastGroup > 1 }) {
+            // The last group had company: its callers are coming back with their next appends.
+            // Let them queue up first, so the groups stay large instead of alternating between
+            // one append and the rest. A lone caller (last group of one) never waits.
+            await Task.yield()
+        }
+        let maxBatch = max(configuration.maxAppendsPerCommit, 1)
+        let batch = queue.withLock { q -> [PendingAppend] in
+            let n = min(q.pending.count, maxBatch)
+            let batch = Array(q.pending.prefix(n))
+            q.pending.removeFirst(n)
+            return batch
+        }
+        // GRDB's writer queue runs the transaction; the continuation is not cancellable, so a
+        // cancelled caller never fails the group it writes for others.
+        let error: (any Error)? = await withCheckedContinuation { (c: CheckedContinuation<(any Error)?, Never>) in
+            database.asyncWriteWithoutTransaction { db in
+                do {
+                    try Self.transaction(batch, in: db)
+                    c.resume(returning: nil)
+                } catch {
+                    c.resume(returning: error)
+                }
+            }
+        }
+        deliver(batch, error: error)
         return try finish(item, since: start)
     }
 
@@ -300,35 +328,31 @@ public final class SQLiteEventStore: EventStore {
         }
     }
 
-    /// Writes the group at the head of the queue (the caller's own append first) in one
-    /// transaction, hands each waiting caller its outcome, and hands the writer's turn to the
-    /// first caller still queued, if any.
-    ///
-    /// The transaction runs on the caller's thread (GRDB's synchronous writer access), so a lone
-    /// append costs what a raw transaction costs: no hop into a writer task or queue and back.
-    private func writeGroup() {
-        let maxBatch = max(configuration.maxAppendsPerCommit, 1)
-        let batch = queue.withLock { q -> [PendingAppend] in
-            let n = min(q.pending.count, maxBatch)
-            let batch = Array(q.pending.prefix(n))
-            q.pending.removeFirst(n)
-            return batch
-        }
-        var wrote = false
-        do {
-            try database.writeWithoutTransaction { db in
-                try db.inTransaction(.immediate) {
-                    if batch.count == 1 {
-                        // A group of one needs no savepoint: a failed append rolls back the transaction.
-                        let outcome = Self.write(batch[0], in: db)
-                        batch[0].outcome = outcome
-                        if case .failure = outcome { return .rollback }
-                    } else {
-                        for item in batch { item.outcome = Self.writeInSavepoint(item, in: db) }
-                    }
-                    return .commit
-                }
+    /// Writes a group in one transaction: each append checked on its own, in its own savepoint
+    /// when the group has company, so one conflict rejects only its own append.
+    private static func transaction(_ batch: [PendingAppend], in db: Database) throws {
+        try db.inTransaction(.immediate) {
+            if batch.count == 1 {
+                // A group of one needs no savepoint: a failed append rolls back the transaction.
+                let outcome = Self.write(batch[0], in: db)
+                batch[0].outcome = outcome
+                if case .failure = outcome { return .rollback }
+            } else {
+                for item in batch { item.outcome = Self.writeInSavepoint(item, in: db) }
             }
+            return .commit
+        }
+    }
+
+    /// Hands each waiting caller of `batch` its outcome, and the writer's turn to the first
+    /// caller still queued, if any.
+    private func deliver(_ batch: [PendingAppend], error: (any Error)?) {
+        var wrote = false
+        if let error {
+            // The transaction did not commit: nothing of the group is stored.
+            let translated = SQLiteStoreError.translate(error)
+            for item in batch { item.outcome = .failure(translated) }
+        } else {
             for item in batch {
                 if case .success(let result)? = item.outcome {
                     wrote = wrote || !result.isDuplicate
@@ -336,10 +360,6 @@ public final class SQLiteEventStore: EventStore {
                     item.outcome = .failure(SQLiteStoreError.translate(error))
                 }
             }
-        } catch {
-            // The transaction did not commit: nothing of the group is stored.
-            let translated = SQLiteStoreError.translate(error)
-            for item in batch { item.outcome = .failure(translated) }
         }
         metrics.committed(appends: batch.count)
         // Outcomes first, then the next writer: every waiter is resumed exactly once.
@@ -349,6 +369,7 @@ public final class SQLiteEventStore: EventStore {
             q.statistics.transactions += 1
             q.statistics.appends += batch.count
             q.statistics.largestGroup = max(q.statistics.largestGroup, batch.count)
+            q.lastGroup = batch.count
             for item in batch.dropFirst() {
                 item.turn = false
                 if let w = item.waiter { resume.append(w) }
