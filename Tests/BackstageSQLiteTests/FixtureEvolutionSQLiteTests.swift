@@ -99,4 +99,65 @@ struct FixtureEvolutionSQLiteTests {
         #expect(try await service.parkedEvents().isEmpty)
         try store.close()
     }
+
+    @Test("an older file's event data migrates to JSON text: the same bytes read back, SQLite's JSON functions read it")
+    func migratesDataToJSONText() async throws {
+        let file = try TemporaryDatabase()
+        let dump = try String(contentsOf: sqliteFixture, encoding: .utf8)
+        let old = try DatabaseQueue(path: file.path)
+        try await old.writeWithoutTransaction { db in try db.execute(sql: dump) }
+        let before = try await old.read { db -> [Data] in
+            #expect(try String.fetchAll(db, sql: "SELECT DISTINCT typeof(data) FROM backstage_events") == ["blob"])
+            return try Data.fetchAll(db, sql: "SELECT data FROM backstage_events ORDER BY position")
+        }
+        #expect(before.count == 4)
+        try old.close()
+
+        let store = try SQLiteEventStore(path: file.path)
+        let after = try await store.readAll(after: .start, limit: 100, filter: .all)
+        #expect(after.map(\.data) == before)
+        let migrated = try await store.database.read { db -> [[String?]] in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT typeof(data) AS kind, json_extract(data, '$.showID') AS show, json_extract(data, '$.seat') AS seat
+                    FROM backstage_events ORDER BY position
+                    """
+            ).map { [$0["kind"], $0["show"], $0["seat"]] }
+        }
+        #expect(migrated.map { $0[0] } == ["text", "text", "text", "text"])
+        #expect(migrated.map { $0[1] } == ["s1", nil, nil, "s1"])
+        #expect(migrated.map { $0[2] } == [nil, "A1", "A2", nil])
+
+        // New events are stored as text too; bytes that are not UTF-8 text stay a blob, unchanged.
+        let json = Data(#"{"price":50,"showID":"s2","ticketID":"B1"}"#.utf8)
+        let binary = Data([0x7b, 0xff, 0x00, 0x7d])
+        _ = try await store.append(
+            [EventData(type: "TicketSold", schemaVersion: 2, data: json), EventData(type: "Blob", data: binary)],
+            to: "show-s2", expected: .noStream, commandID: UUIDv7.next())
+        let appended = try await store.readStream("show-s2", from: 1, direction: .forward, limit: 10)
+        #expect(appended.map(\.data) == [json, binary])
+        let kinds = try await store.database.read { db -> [[String?]] in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT typeof(data) AS kind,
+                        CAST(json_extract(CASE typeof(data) WHEN 'text' THEN data END, '$.price') AS TEXT) AS price
+                    FROM backstage_events WHERE stream = 'show-s2' ORDER BY version
+                    """
+            ).map { [$0["kind"], $0["price"]] }
+        }
+        #expect(kinds.map { $0[0] } == ["text", "blob"])
+        #expect(kinds.map { $0[1] } == ["50", nil])
+        // Events stay immutable after the migration.
+        await #expect(throws: (any Error).self) {
+            try await store.database.write { db in try db.execute(sql: "UPDATE backstage_events SET type = 'X'") }
+        }
+        try store.close()
+
+        // Opening it again migrates nothing more and reads the same.
+        let reopened = try SQLiteEventStore(path: file.path)
+        #expect(try await reopened.readAll(after: .start, limit: 100, filter: .all).prefix(4).map(\.data) == before)
+        try reopened.close()
+    }
 }
