@@ -289,11 +289,18 @@ public final class SQLiteEventStore: EventStore {
             }
             if !writesNext { return try finish(item, since: start) }
         }
-        if leads, queue.withLock({ $0.lastGroup > 1 }) {
+        if let last = queue.withLock({ $0.lastGroup > 1 ? $0.pending.count : nil }) {
             // The last group had company: its callers are coming back with their next appends.
-            // Let them queue up first, so the groups stay large instead of alternating between
-            // one append and the rest. A lone caller (last group of one) never waits.
-            await Task.yield()
+            // Let them queue up first (yielding while the queue grows, a few times at most), so
+            // one group carries them all instead of two groups alternating, each waiting for the
+            // other's commit. A lone caller (last group of one) never waits.
+            var queued = last
+            for _ in 0..<8 {
+                await Task.yield()
+                let now = queue.withLock { $0.pending.count }
+                if now == queued { break }
+                queued = now
+            }
         }
         let maxBatch = max(configuration.maxAppendsPerCommit, 1)
         let batch = queue.withLock { q -> [PendingAppend] in
@@ -328,21 +335,48 @@ public final class SQLiteEventStore: EventStore {
         }
     }
 
-    /// Writes a group in one transaction: each append checked on its own, in its own savepoint
-    /// when the group has company, so one conflict rejects only its own append.
+    /// Writes a group in one transaction, each append checked on its own, so one conflict
+    /// rejects only its own append.
+    ///
+    /// A rejected append usually wrote nothing (a version or idempotency conflict is found
+    /// before its first insert), so a group runs without savepoints; in the rare case an append
+    /// fails after inserting some of its events (a duplicate event id), the transaction rolls
+    /// back and the group runs again with a savepoint per append.
     private static func transaction(_ batch: [PendingAppend], in db: Database) throws {
+        if batch.count > 1 {
+            do {
+                try db.inTransaction(.immediate) {
+                    for item in batch {
+                        let outcome = write(item, in: db)
+                        if case .failure(let error) = outcome, error is PartialAppend { throw RedoWithSavepoints() }
+                        item.outcome = outcome
+                    }
+                    return .commit
+                }
+                return
+            } catch is RedoWithSavepoints {
+                // Rolled back: nothing of the group is stored; written again below.
+            }
+        }
         try db.inTransaction(.immediate) {
             if batch.count == 1 {
                 // A group of one needs no savepoint: a failed append rolls back the transaction.
-                let outcome = Self.write(batch[0], in: db)
-                batch[0].outcome = outcome
+                let outcome = write(batch[0], in: db)
+                batch[0].outcome = outcome.mapError { ($0 as? PartialAppend)?.error ?? $0 }
                 if case .failure = outcome { return .rollback }
             } else {
-                for item in batch { item.outcome = Self.writeInSavepoint(item, in: db) }
+                for item in batch { item.outcome = writeInSavepoint(item, in: db) }
             }
             return .commit
         }
     }
+
+    /// An append that failed after inserting some of its events.
+    private struct PartialAppend: Error {
+        var error: any Error
+    }
+
+    private struct RedoWithSavepoints: Error {}
 
     /// Hands each waiting caller of `batch` its outcome, and the writer's turn to the first
     /// caller still queued, if any.
@@ -392,7 +426,7 @@ public final class SQLiteEventStore: EventStore {
     private static func writeInSavepoint(_ item: PendingAppend, in db: Database) -> Result<AppendResult, any Error> {
         do {
             try db.cachedStatement(sql: "SAVEPOINT backstage_append").execute()
-            let outcome = write(item, in: db)
+            let outcome = write(item, in: db).mapError { ($0 as? PartialAppend)?.error ?? $0 }
             if case .failure = outcome {
                 try db.cachedStatement(sql: "ROLLBACK TO SAVEPOINT backstage_append").execute()
             }
@@ -435,14 +469,25 @@ public final class SQLiteEventStore: EventStore {
         guard item.expected.accepts(actual) else {
             throw EventStoreError.wrongExpectedVersion(stream: item.stream, expected: item.expected, actual: actual)
         }
+        let category = streamCategory(item.stream)
+        let now = Date().timeIntervalSince1970
+        do {
+            return try insertEvents(item, from: actual, category: category, now: now, in: db)
+        } catch {
+            throw PartialAppend(error: error)
+        }
+    }
+
+    /// Inserts the events (and the command row) of an append that passed its checks.
+    private static func insertEvents(
+        _ item: PendingAppend, from actual: Int64, category: String, now: TimeInterval, in db: Database
+    ) throws -> AppendResult {
         let insert = try db.cachedStatement(
             sql: """
                 INSERT INTO backstage_events (stream, category, version, id, type, schema_version, data,
                     command_id, causation_id, correlation_id, fields, recorded_at)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """)
-        let category = streamCategory(item.stream)
-        let now = Date().timeIntervalSince1970
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
         var version = actual
