@@ -223,20 +223,18 @@ public final class BackstageApp: Sendable {
             entry.lock.unlock()
             cache.release(stream, entry)
         }
-        // Decide on the state committed before the command started: a cached aggregate reads
-        // the events appended after its version (by this or another process). An aggregate that
-        // is not cached is first taken to be new: the command is decided on the empty state and
-        // appended expecting no stream, which the store checks, so a new aggregate's first
-        // command costs no read to learn that its stream is empty. When the stream exists after
-        // all (a conflict), or the empty state rejects the command or decides nothing, the
-        // aggregate is loaded and the command decided again.
-        var assumedNew = false
-        if entry.loaded {
-            try await catchUp(entry, stream: stream, codec: codec)
-        } else {
+        // The outcome of a command always rests on the state committed before it started, without
+        // a read in the common case: the command is first decided on the cached state (or, for an
+        // aggregate that is not cached, on the empty state: it is taken to be new) and appended
+        // expecting that state's version, which the store checks. Only when the store says the
+        // stream moved on (a conflict), or when that state rejects the command or decides
+        // nothing, is the aggregate read (a cached one reads only the events after its
+        // version) and the command decided again. That first conflict is no retry: nothing was
+        // contended, the cache was behind (another process wrote) or the aggregate was not new.
+        var unverified = true
+        if !entry.loaded {
             entry.state = C.Target()
             entry.version = 0
-            assumedNew = true
         }
         var fields = context.fields
         var fingerprint: String? = nil
@@ -256,14 +254,14 @@ public final class BackstageApp: Sendable {
             let decided: [A.Event]
             do {
                 decided = try route.decide(entry.state, command)
-            } catch where assumedNew {
-                assumedNew = false
-                try await load(entry, stream: stream, codec: codec)
+            } catch where unverified {
+                unverified = false
+                try await refresh(entry, stream: stream, codec: codec)
                 continue
             }
-            if decided.isEmpty, assumedNew {
-                assumedNew = false
-                try await load(entry, stream: stream, codec: codec)
+            if decided.isEmpty, unverified {
+                unverified = false
+                try await refresh(entry, stream: stream, codec: codec)
                 continue
             }
             if decided.isEmpty {
@@ -281,10 +279,10 @@ public final class BackstageApp: Sendable {
                 result = try await store.append(
                     data, to: stream, expected: .exact(entry.version),
                     commandID: explicitID ? context.commandID : nil)
-            } catch EventStoreError.wrongExpectedVersion where assumedNew {
-                // The stream exists: load it and decide again (not a retry: nothing was stale).
-                assumedNew = false
-                try await load(entry, stream: stream, codec: codec)
+            } catch EventStoreError.wrongExpectedVersion where unverified {
+                // The stream is ahead of the state decided on: read it and decide again.
+                unverified = false
+                try await refresh(entry, stream: stream, codec: codec)
                 continue
             } catch EventStoreError.wrongExpectedVersion(let s, let expected, let actual) {
                 guard retries < configuration.maxConflictRetries else {
@@ -296,16 +294,12 @@ public final class BackstageApp: Sendable {
                 retries += 1
                 metrics.conflict(command: route.name)
                 try await Task.sleep(for: conflictDelay(afterAttempt: retries))
-                try await catchUp(entry, stream: stream, codec: codec)
+                try await refresh(entry, stream: stream, codec: codec)
                 continue
             }
             if result.isDuplicate {
                 // Another process stored this command id while we decided: report its result.
-                if assumedNew {
-                    try await load(entry, stream: stream, codec: codec)
-                } else {
-                    try await catchUp(entry, stream: stream, codec: codec)
-                }
+                try await refresh(entry, stream: stream, codec: codec)
                 return try await duplicate(
                     result, entry: entry, context: context, fingerprint: fingerprint, codec: codec)
             }
@@ -435,6 +429,18 @@ public final class BackstageApp: Sendable {
         }
         try await catchUp(entry, stream: stream, codec: codec)
         entry.loaded = true
+    }
+
+    /// Brings the entry up to the stored stream: a cached aggregate reads the events after its
+    /// version, one that is not cached loads.
+    private func refresh<A: Aggregate>(_ entry: AggregateEntry<A>, stream: String, codec: EventCodec<A.Event>)
+        async throws
+    {
+        if entry.loaded {
+            try await catchUp(entry, stream: stream, codec: codec)
+        } else {
+            try await load(entry, stream: stream, codec: codec)
+        }
     }
 
     private func catchUp<A: Aggregate>(_ entry: AggregateEntry<A>, stream: String, codec: EventCodec<A.Event>)
