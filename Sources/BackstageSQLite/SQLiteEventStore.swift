@@ -245,6 +245,8 @@ public final class SQLiteEventStore: EventStore {
         var writing = false
         /// Appends carried by the last transaction.
         var lastGroup = 0
+        /// Transactions of one append in a row.
+        var loneStreak = 0
         var statistics = Statistics()
     }
 
@@ -289,13 +291,18 @@ public final class SQLiteEventStore: EventStore {
             }
             if !writesNext { return try finish(item, since: start) }
         }
-        if let last = queue.withLock({ $0.lastGroup > 1 ? $0.pending.count : nil }) {
-            // The last group had company: its callers are coming back with their next appends.
-            // Let them queue up first (yielding while the queue grows, a few times at most), so
-            // one group carries them all instead of two groups alternating, each waiting for the
-            // other's commit. A lone caller (last group of one) never waits.
-            var queued = last
-            for _ in 0..<8 {
+        // When the last group had company, its callers are coming back with their next
+        // appends: let the tasks ready to run go first, yielding while the queue grows (a few
+        // times at most), so one group carries them all instead of two groups alternating, each
+        // waiting for the other's commit. A lone caller does not wait for company: it yields
+        // only once in a while (every 8th lone transaction), a cheap probe that finds company
+        // when other tasks were ready but had no thread while the lone appends held one.
+        let (hadCompany, probe, pendingNow) = queue.withLock { q in
+            (q.lastGroup > 1, q.loneStreak % 8 == 7, q.pending.count)
+        }
+        if hadCompany || probe {
+            var queued = pendingNow
+            for _ in 0..<(hadCompany ? 8 : 1) {
                 await Task.yield()
                 let now = queue.withLock { $0.pending.count }
                 if now == queued { break }
@@ -309,20 +316,40 @@ public final class SQLiteEventStore: EventStore {
             q.pending.removeFirst(n)
             return batch
         }
-        // GRDB's writer queue runs the transaction; the continuation is not cancellable, so a
-        // cancelled caller never fails the group it writes for others.
-        let error: (any Error)? = await withCheckedContinuation { (c: CheckedContinuation<(any Error)?, Never>) in
-            database.asyncWriteWithoutTransaction { db in
-                do {
-                    try Self.transaction(batch, in: db)
-                    c.resume(returning: nil)
-                } catch {
-                    c.resume(returning: error)
+        var error: (any Error)?
+        if batch.count == 1 {
+            // A lone append runs on the caller's own thread (GRDB's synchronous writer access):
+            // no hop to the writer queue and back, which costs a lone command more than the
+            // transaction's own work. Nobody else waits for this transaction, and the other
+            // threads keep running other tasks meanwhile.
+            do {
+                try writeOnThisThread(batch)
+            } catch let e {
+                error = e
+            }
+        } else {
+            // A group runs on GRDB's writer queue, the hop shared by the whole group. The
+            // continuation is not cancellable: a cancelled caller never fails the group it
+            // writes for others.
+            error = await withCheckedContinuation { (c: CheckedContinuation<(any Error)?, Never>) in
+                database.asyncWriteWithoutTransaction { db in
+                    do {
+                        try Self.transaction(batch, in: db)
+                        c.resume(returning: nil)
+                    } catch {
+                        c.resume(returning: error)
+                    }
                 }
             }
         }
         deliver(batch, error: error)
         return try finish(item, since: start)
+    }
+
+    /// GRDB's synchronous writer access (this function is not `async`, so the synchronous
+    /// overload is the one called).
+    private func writeOnThisThread(_ batch: [PendingAppend]) throws {
+        try database.writeWithoutTransaction { db in try Self.transaction(batch, in: db) }
     }
 
     private func finish(_ item: PendingAppend, since start: ContinuousClock.Instant) throws -> AppendResult {
@@ -404,6 +431,7 @@ public final class SQLiteEventStore: EventStore {
             q.statistics.appends += batch.count
             q.statistics.largestGroup = max(q.statistics.largestGroup, batch.count)
             q.lastGroup = batch.count
+            q.loneStreak = batch.count == 1 ? q.loneStreak + 1 : 0
             for item in batch.dropFirst() {
                 item.turn = false
                 if let w = item.waiter { resume.append(w) }
