@@ -516,15 +516,13 @@ public final class SQLiteEventStore: EventStore {
                     command_id, causation_id, correlation_id, fields, recorded_at)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """)
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = .sortedKeys
         var version = actual
         var firstPosition: Int64 = 0
         for event in item.events {
             version += 1
             let fields: String? =
                 event.metadata.fields.isEmpty
-                ? nil : String(decoding: try encoder.encode(event.metadata.fields), as: UTF8.self)
+                ? nil : String(decoding: try fieldsEncoder.encode(event.metadata.fields), as: UTF8.self)
             do {
                 try insert.execute(arguments: [
                     item.stream, category, version, event.id, event.type, event.schemaVersion, storedData(event.data),
@@ -551,6 +549,13 @@ public final class SQLiteEventStore: EventStore {
             ])
         }
         return result
+    }
+
+    /// Encodes metadata fields (sorted keys: the same bytes every time).
+    private static var fieldsEncoder: JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        return encoder
     }
 
     /// The stored form of an event's data: JSON text (so SQLite's JSON functions read it, as in
