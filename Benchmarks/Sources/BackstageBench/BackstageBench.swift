@@ -79,17 +79,9 @@ struct BackstageBench: AsyncParsableCommand {
         let average = payloads.map(\.count).reduce(0, +) / payloads.count
         report.setting("payloadBytes", "\(average)")
 
-        if peer {
-            let peerStores = selected.filter { $0 == "sqlite" || $0 == "postgres" }
-            if !peerStores.isEmpty {
-                for figure in try Peer.run(stores: peerStores, scale: scale, directory: directory) {
-                    let name = figure.workload.hasPrefix("W1") ? "python peer W1" : "python peer W2"
-                    report.ceiling(
-                        name, store: figure.store, value: figure.value, unit: "commands/s",
-                        label: "python eventsourcing 9.5, \(figure.workload)",
-                        note: "Benchmarks/peer/run.sh in this run, same sizes; synchronous=FULL on SQLite")
-                }
-            }
+        if peer, selected.contains("postgres") {
+            // SQLite's peer runs right before the W1 and W2 it is compared with (see runSQLite).
+            try Peer.measure(store: "postgres", only: "w1,w2", scale: scale, directory: directory, report: report)
         }
         if selected.contains("memory") {
             if parts.contains("dispatch") { try await Workloads.dispatchOverhead(sizes: sizes, report: report) }
@@ -172,7 +164,16 @@ struct BackstageBench: AsyncParsableCommand {
         var w = Workloads(
             store: store, storeName: "sqlite", sizes: sizes, report: report, singleRowCeiling: "raw 1-row tx",
             batchCeiling: "raw 1000-row tx", readCeiling: "raw read, all columns", absoluteTargets: true)
+        let peer = self.peer
+        let (scale, directory) = (self.scale, self.directory)
         w.probe = { which, before in
+            // The Python peer right before the figures compared with it: the disk's pace drifts.
+            if peer, before == "W1 1 caller" {
+                try Peer.measure(store: "sqlite", only: "w1", scale: scale, directory: directory, report: report)
+            }
+            if peer, before == "W2 plain" {
+                try Peer.measure(store: "sqlite", only: "w2", scale: scale, directory: directory, report: report)
+            }
             guard parts.contains("ceilings") else { return }
             if which == "single" {
                 let value = try ceiling.singleRowTransactions(count: sizes.probeSingleRows)

@@ -17,10 +17,10 @@ enum Peer {
     }
 
     /// Runs the peer on `stores` (sqlite, postgres) at `scale`, echoing its output, and returns its figures.
-    static func run(stores: [String], scale: Double, directory: String?) throws -> [Figure] {
+    static func run(stores: [String], scale: Double, directory: String?, only: String = "w1,w2") throws -> [Figure] {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/bin/bash")
-        var arguments = [script.path, "--stores", stores.joined(separator: ","), "--scale", "\(scale)"]
+        var arguments = [script.path, "--stores", stores.joined(separator: ","), "--scale", "\(scale)", "--only", only]
         if let directory { arguments += ["--directory", directory] }
         process.arguments = arguments
         let pipe = Pipe()
@@ -35,6 +35,18 @@ enum Peer {
             throw PeerError(message: "Benchmarks/peer/run.sh exited with status \(process.terminationStatus)")
         }
         return parse(text)
+    }
+
+    /// Runs the peer on `store` for `only` and records its figures as the ceilings
+    /// "python peer W1" and "python peer W2" of `report`.
+    static func measure(store: String, only: String, scale: Double, directory: String?, report: Report) throws {
+        for figure in try run(stores: [store], scale: scale, directory: directory, only: only) {
+            let name = figure.workload.hasPrefix("W1") ? "python peer W1" : "python peer W2"
+            report.ceiling(
+                name, store: figure.store, value: figure.value, unit: "commands/s",
+                label: "python eventsourcing 9.5, \(figure.workload)",
+                note: "Benchmarks/peer/run.sh right before the next figure, same sizes; synchronous=FULL on SQLite")
+        }
     }
 
     /// The figure lines of the peer's table (the same columns as backstage-bench's).
