@@ -118,6 +118,9 @@ public final class BackstageApp: Sendable {
         ///
         /// Every conflict means another writer appended to the aggregate first, so a hot
         /// aggregate with N competing processes needs about N retries in the worst case.
+        /// A command is first decided without reading the store (on the cached state, or on the
+        /// empty state for an aggregate that is not cached); when the store reports that state
+        /// behind, the aggregate is read and the command decided again once, which is not a retry.
         public var maxConflictRetries: Int = 16
         /// The wait before the first retry of a conflicted command; each further retry doubles
         /// it up to ``maxConflictBackoff``. The actual wait is between half of it and all of it
