@@ -40,7 +40,11 @@ let package = Package(
         ),
         .target(
             name: "BackstageSQLite",
-            dependencies: ["Backstage", .product(name: "GRDB", package: "GRDB.swift")]
+            dependencies: [
+                "Backstage", .product(name: "GRDB", package: "GRDB.swift"),
+                // Store metrics: append duration, events per append, appends per transaction.
+                .product(name: "Metrics", package: "swift-metrics"),
+            ]
         ),
         .target(
             name: "BackstagePostgres",

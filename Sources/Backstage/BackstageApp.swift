@@ -118,6 +118,9 @@ public final class BackstageApp: Sendable {
         ///
         /// Every conflict means another writer appended to the aggregate first, so a hot
         /// aggregate with N competing processes needs about N retries in the worst case.
+        /// A command is first decided without reading the store (on the cached state, or on the
+        /// empty state for an aggregate that is not cached); when the store reports that state
+        /// behind, the aggregate is read and the command decided again once, which is not a retry.
         public var maxConflictRetries: Int = 16
         /// The wait before the first retry of a conflicted command; each further retry doubles
         /// it up to ``maxConflictBackoff``. The actual wait is between half of it and all of it
@@ -223,12 +226,18 @@ public final class BackstageApp: Sendable {
             entry.lock.unlock()
             cache.release(stream, entry)
         }
-        // Decide on the state committed before the command started: a cached aggregate reads
-        // the events appended after its version (by this or another process), others load.
-        if entry.loaded {
-            try await catchUp(entry, stream: stream, codec: codec)
-        } else {
-            try await load(entry, stream: stream, codec: codec)
+        // The outcome of a command always rests on the state committed before it started, without
+        // a read in the common case: the command is first decided on the cached state (or, for an
+        // aggregate that is not cached, on the empty state: it is taken to be new) and appended
+        // expecting that state's version, which the store checks. Only when the store says the
+        // stream moved on (a conflict), or when that state rejects the command or decides
+        // nothing, is the aggregate read (a cached one reads only the events after its
+        // version) and the command decided again. That first conflict is no retry: nothing was
+        // contended, the cache was behind (another process wrote) or the aggregate was not new.
+        var unverified = true
+        if !entry.loaded {
+            entry.state = C.Target()
+            entry.version = 0
         }
         var fields = context.fields
         var fingerprint: String? = nil
@@ -245,7 +254,19 @@ public final class BackstageApp: Sendable {
             correlationID: context.correlationID, fields: fields)
         var retries = 0
         while true {
-            let decided = try route.decide(entry.state, command)
+            let decided: [A.Event]
+            do {
+                decided = try route.decide(entry.state, command)
+            } catch where unverified {
+                unverified = false
+                try await refresh(entry, stream: stream, codec: codec)
+                continue
+            }
+            if decided.isEmpty, unverified {
+                unverified = false
+                try await refresh(entry, stream: stream, codec: codec)
+                continue
+            }
             if decided.isEmpty {
                 return Dispatched(
                     commandID: context.commandID, stream: stream, events: [], recorded: [],
@@ -254,8 +275,18 @@ public final class BackstageApp: Sendable {
             let data = try decided.map { try codec.encode($0, metadata: metadata) }
             let result: AppendResult
             do {
+                // Only an explicit command id goes to the store's idempotency check: a generated
+                // one is new by construction (no caller can send it again), so storing it for
+                // lookups would cost a row and a fingerprint per append for nothing. The events
+                // carry it in their metadata either way.
                 result = try await store.append(
-                    data, to: stream, expected: .exact(entry.version), commandID: context.commandID)
+                    data, to: stream, expected: .exact(entry.version),
+                    commandID: explicitID ? context.commandID : nil)
+            } catch EventStoreError.wrongExpectedVersion where unverified {
+                // The stream is ahead of the state decided on: read it and decide again.
+                unverified = false
+                try await refresh(entry, stream: stream, codec: codec)
+                continue
             } catch EventStoreError.wrongExpectedVersion(let s, let expected, let actual) {
                 guard retries < configuration.maxConflictRetries else {
                     // The cached state is behind the store: reload it on the next command, or
@@ -266,17 +297,18 @@ public final class BackstageApp: Sendable {
                 retries += 1
                 metrics.conflict(command: route.name)
                 try await Task.sleep(for: conflictDelay(afterAttempt: retries))
-                try await catchUp(entry, stream: stream, codec: codec)
+                try await refresh(entry, stream: stream, codec: codec)
                 continue
             }
             if result.isDuplicate {
                 // Another process stored this command id while we decided: report its result.
-                try await catchUp(entry, stream: stream, codec: codec)
+                try await refresh(entry, stream: stream, codec: codec)
                 return try await duplicate(
                     result, entry: entry, context: context, fingerprint: fingerprint, codec: codec)
             }
             for event in decided { entry.state.apply(event) }
             entry.version = result.lastVersion
+            entry.loaded = true
             let recorded = try await recordedEvents(data, stream: stream, result: result)
             await snapshotIfDue(entry, stream: stream)
             return Dispatched(
@@ -400,6 +432,18 @@ public final class BackstageApp: Sendable {
         }
         try await catchUp(entry, stream: stream, codec: codec)
         entry.loaded = true
+    }
+
+    /// Brings the entry up to the stored stream: a cached aggregate reads the events after its
+    /// version, one that is not cached loads.
+    private func refresh<A: Aggregate>(_ entry: AggregateEntry<A>, stream: String, codec: EventCodec<A.Event>)
+        async throws
+    {
+        if entry.loaded {
+            try await catchUp(entry, stream: stream, codec: codec)
+        } else {
+            try await load(entry, stream: stream, codec: codec)
+        }
     }
 
     private func catchUp<A: Aggregate>(_ entry: AggregateEntry<A>, stream: String, codec: EventCodec<A.Event>)

@@ -45,8 +45,7 @@ public final class InMemoryEventStore: EventStore {
                 return original
             }
             let key = ExactString(stream)
-            let indices = s.streams[key] ?? []
-            let actual = Int64(indices.count)
+            let actual = Int64(s.streams[key]?.count ?? 0)
             guard expected.accepts(actual) else {
                 throw .wrongExpectedVersion(stream: stream, expected: expected, actual: actual)
             }
@@ -56,10 +55,10 @@ public final class InMemoryEventStore: EventStore {
             let now = Date()
             var version = actual
             let firstPosition = Int64(s.events.count + 1)
-            var appended = indices
             for e in events {
                 version += 1
-                appended.append(s.events.count)
+                // In place: copying the stream's index out and back would cost O(stream length).
+                s.streams[key, default: []].append(s.events.count)
                 s.eventIDs.insert(e.id)
                 s.events.append(
                     RecordedEvent(
@@ -67,7 +66,6 @@ public final class InMemoryEventStore: EventStore {
                         id: e.id, type: e.type, schemaVersion: e.schemaVersion, data: e.data,
                         metadata: e.metadata, recordedAt: now))
             }
-            s.streams[key] = appended
             let result = AppendResult(
                 stream: stream, firstVersion: actual + 1, lastVersion: version,
                 firstPosition: firstPosition, lastPosition: Int64(s.events.count), recordedAt: now)

@@ -2,6 +2,7 @@ import Backstage
 import DequeModule
 import Foundation
 import GRDB
+import Metrics
 import Synchronization
 
 /// Errors of the SQLite backend (event store errors are ``EventStoreError``): what SQLite or
@@ -102,6 +103,7 @@ public final class SQLiteEventStore: EventStore {
     let configuration: Configuration
     private let notifier = AppendNotifier()
     private let queue = Mutex(WriteQueue())
+    private let metrics = SQLiteStoreMetrics()
 
     /// Opens (or creates) the store at `path` and migrates its schema.
     ///
@@ -196,37 +198,55 @@ public final class SQLiteEventStore: EventStore {
                     ) WITHOUT ROWID;
                     """)
         }
+        // Event data as JSON text (SQLite's JSON functions read it) instead of a blob: existing
+        // events whose data is valid JSON become text with the same bytes; other data stays a blob.
+        migrator.registerMigration("backstage-v2-json-text") { db in
+            try db.execute(
+                sql: """
+                    DROP TRIGGER backstage_events_no_update;
+                    UPDATE backstage_events SET data = CAST(data AS TEXT)
+                    WHERE typeof(data) = 'blob' AND instr(data, X'00') = 0 AND json_valid(CAST(data AS TEXT));
+                    CREATE TRIGGER backstage_events_no_update BEFORE UPDATE ON backstage_events
+                    BEGIN SELECT RAISE(ABORT, 'backstage: events are immutable'); END;
+                    """)
+        }
         return migrator
     }()
 
     // MARK: Appending (group commit)
 
+    /// One append waiting in the write queue. Its fields other than the inputs are guarded by
+    /// the queue's mutex.
     private final class PendingAppend: @unchecked Sendable {
         let events: [EventData]
         let stream: String
         let expected: ExpectedVersion
         let commandID: UUID?
         let fingerprint: String
-        let continuation: CheckedContinuation<AppendResult, any Error>
         // Set by the writer, read after the transaction.
         var outcome: Result<AppendResult, any Error>?
+        /// What the waiting caller does next, once decided: true = write the next group itself,
+        /// false = its `outcome` is set.
+        var turn: Bool?
+        /// The suspended caller, when it suspended before its turn was decided.
+        var waiter: CheckedContinuation<Bool, Never>?
 
-        init(
-            events: [EventData], stream: String, expected: ExpectedVersion, commandID: UUID?,
-            continuation: CheckedContinuation<AppendResult, any Error>
-        ) {
+        init(events: [EventData], stream: String, expected: ExpectedVersion, commandID: UUID?) {
             self.events = events
             self.stream = stream
             self.expected = expected
             self.commandID = commandID
             self.fingerprint = commandID == nil ? "" : appendFingerprint(events)
-            self.continuation = continuation
         }
     }
 
     private struct WriteQueue {
         var pending: Deque<PendingAppend> = []
         var writing = false
+        /// Appends carried by the last transaction.
+        var lastGroup = 0
+        /// Transactions of one append in a row.
+        var loneStreak = 0
         var statistics = Statistics()
     }
 
@@ -243,85 +263,211 @@ public final class SQLiteEventStore: EventStore {
     /// Counters of the writer since the store was opened: how well group commit is grouping.
     public var statistics: Statistics { queue.withLock { $0.statistics } }
 
+    /// Appends through group commit, without a writer task: the caller that finds nobody writing
+    /// writes the queued group itself (a lone append goes straight to GRDB's writer, with no
+    /// writer task in between and no wait for company); callers that arrive meanwhile queue up,
+    /// and when a transaction commits, the first of them writes the next group, which holds
+    /// everything queued by then.
     public func append(
         _ events: [EventData], to stream: String, expected: ExpectedVersion, commandID: UUID?
     ) async throws -> AppendResult {
         try limits.validate(append: events, to: stream)
-        return try await withCheckedThrowingContinuation { continuation in
-            let item = PendingAppend(
-                events: events, stream: stream, expected: expected, commandID: commandID,
-                continuation: continuation)
-            let startWriter = queue.withLock { q in
-                q.pending.append(item)
-                if q.writing { return false }
-                q.writing = true
-                return true
-            }
-            if startWriter { Task { await self.drain() } }
+        let start = ContinuousClock.now
+        let item = PendingAppend(events: events, stream: stream, expected: expected, commandID: commandID)
+        let leads = queue.withLock { q -> Bool in
+            q.pending.append(item)
+            if q.writing { return false }
+            q.writing = true
+            return true
         }
-    }
-
-    /// Writes queued appends, a group per transaction, until the queue is empty.
-    private func drain() async {
+        if !leads {
+            let writesNext = await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+                let decided = queue.withLock { q -> Bool? in
+                    if let turn = item.turn { return turn }
+                    item.waiter = c
+                    return nil
+                }
+                if let decided { c.resume(returning: decided) }
+            }
+            if !writesNext { return try finish(item, since: start) }
+        }
+        // When the last group had company, its callers are coming back with their next
+        // appends: let the tasks ready to run go first, yielding while the queue grows (a few
+        // times at most), so one group carries them all instead of two groups alternating, each
+        // waiting for the other's commit. A lone caller does not wait for company: it yields
+        // only once in a while (every 8th lone transaction), a cheap probe that finds company
+        // when other tasks were ready but had no thread while the lone appends held one.
+        let (hadCompany, probe, pendingNow) = queue.withLock { q in
+            (q.lastGroup > 1, q.loneStreak % 8 == 7, q.pending.count)
+        }
+        if hadCompany || probe {
+            var queued = pendingNow
+            for _ in 0..<(hadCompany ? 8 : 1) {
+                await Task.yield()
+                let now = queue.withLock { $0.pending.count }
+                if now == queued { break }
+                queued = now
+            }
+        }
         let maxBatch = max(configuration.maxAppendsPerCommit, 1)
-        while true {
-            let batch = queue.withLock { q -> [PendingAppend] in
-                if q.pending.isEmpty {
-                    q.writing = false
-                    return []
-                }
-                let n = min(q.pending.count, maxBatch)
-                let batch = Array(q.pending.prefix(n))
-                q.pending.removeFirst(n)
-                return batch
-            }
-            if batch.isEmpty { return }
+        let batch = queue.withLock { q -> [PendingAppend] in
+            let n = min(q.pending.count, maxBatch)
+            let batch = Array(q.pending.prefix(n))
+            q.pending.removeFirst(n)
+            return batch
+        }
+        var error: (any Error)?
+        if batch.count == 1 {
+            // A lone append runs on the caller's own thread (GRDB's synchronous writer access):
+            // no hop to the writer queue and back, which costs a lone command more than the
+            // transaction's own work. Nobody else waits for this transaction, and the other
+            // threads keep running other tasks meanwhile.
             do {
-                try await database.writeWithoutTransaction { db in
-                    try db.inTransaction(.immediate) {
-                        for item in batch { item.outcome = Self.write(item, in: db) }
-                        return .commit
-                    }
-                }
-                queue.withLock { q in
-                    q.statistics.transactions += 1
-                    q.statistics.appends += batch.count
-                    q.statistics.largestGroup = max(q.statistics.largestGroup, batch.count)
-                }
-                var wrote = false
-                for item in batch {
-                    switch item.outcome {
-                    case .success(let result)?:
-                        wrote = wrote || !result.isDuplicate
-                        item.continuation.resume(returning: result)
-                    case .failure(let error)?:
-                        item.continuation.resume(throwing: SQLiteStoreError.translate(error))
-                    case nil:
-                        item.continuation.resume(throwing: CancellationError())
-                    }
-                }
-                if wrote { notifier.notify() }
-            } catch {
-                // The transaction did not commit: nothing of the batch is stored.
-                let translated = SQLiteStoreError.translate(error)
-                for item in batch { item.continuation.resume(throwing: translated) }
+                try writeOnThisThread(batch)
+            } catch let e {
+                error = e
             }
+        } else {
+            // A group runs on GRDB's writer queue, the hop shared by the whole group. The
+            // continuation is not cancellable: a cancelled caller never fails the group it
+            // writes for others.
+            error = await withCheckedContinuation { (c: CheckedContinuation<(any Error)?, Never>) in
+                database.asyncWriteWithoutTransaction { db in
+                    do {
+                        try Self.transaction(batch, in: db)
+                        c.resume(returning: nil)
+                    } catch {
+                        c.resume(returning: error)
+                    }
+                }
+            }
+        }
+        deliver(batch, error: error)
+        return try finish(item, since: start)
+    }
+
+    /// GRDB's synchronous writer access (this function is not `async`, so the synchronous
+    /// overload is the one called).
+    private func writeOnThisThread(_ batch: [PendingAppend]) throws {
+        try database.writeWithoutTransaction { db in try Self.transaction(batch, in: db) }
+    }
+
+    private func finish(_ item: PendingAppend, since start: ContinuousClock.Instant) throws -> AppendResult {
+        switch item.outcome {
+        case .success(let result)?:
+            metrics.appended(events: item.events.count, since: start)
+            return result
+        case .failure(let error)?: throw error
+        case nil: throw SQLiteStoreError.unexpectedResult("an append was not written")
         }
     }
 
-    /// Writes one append inside its own savepoint; a failure rolls back only this append.
+    /// Writes a group in one transaction, each append checked on its own, so one conflict
+    /// rejects only its own append.
+    ///
+    /// A rejected append usually wrote nothing (a version or idempotency conflict is found
+    /// before its first insert), so a group runs without savepoints; in the rare case an append
+    /// fails after inserting some of its events (a duplicate event id), the transaction rolls
+    /// back and the group runs again with a savepoint per append.
+    private static func transaction(_ batch: [PendingAppend], in db: Database) throws {
+        if batch.count > 1 {
+            do {
+                try db.inTransaction(.immediate) {
+                    for item in batch {
+                        let outcome = write(item, in: db)
+                        if case .failure(let error) = outcome, error is PartialAppend { throw RedoWithSavepoints() }
+                        item.outcome = outcome
+                    }
+                    return .commit
+                }
+                return
+            } catch is RedoWithSavepoints {
+                // Rolled back: nothing of the group is stored; written again below.
+            }
+        }
+        try db.inTransaction(.immediate) {
+            if batch.count == 1 {
+                // A group of one needs no savepoint: a failed append rolls back the transaction.
+                let outcome = write(batch[0], in: db)
+                batch[0].outcome = outcome.mapError { ($0 as? PartialAppend)?.error ?? $0 }
+                if case .failure = outcome { return .rollback }
+            } else {
+                for item in batch { item.outcome = writeInSavepoint(item, in: db) }
+            }
+            return .commit
+        }
+    }
+
+    /// An append that failed after inserting some of its events.
+    private struct PartialAppend: Error {
+        var error: any Error
+    }
+
+    private struct RedoWithSavepoints: Error {}
+
+    /// Hands each waiting caller of `batch` its outcome, and the writer's turn to the first
+    /// caller still queued, if any.
+    private func deliver(_ batch: [PendingAppend], error: (any Error)?) {
+        var wrote = false
+        if let error {
+            // The transaction did not commit: nothing of the group is stored.
+            let translated = SQLiteStoreError.translate(error)
+            for item in batch { item.outcome = .failure(translated) }
+        } else {
+            for item in batch {
+                if case .success(let result)? = item.outcome {
+                    wrote = wrote || !result.isDuplicate
+                } else if case .failure(let error)? = item.outcome {
+                    item.outcome = .failure(SQLiteStoreError.translate(error))
+                }
+            }
+        }
+        metrics.committed(appends: batch.count)
+        // Outcomes first, then the next writer: every waiter is resumed exactly once.
+        var resume: [CheckedContinuation<Bool, Never>] = []
+        var next: CheckedContinuation<Bool, Never>?
+        queue.withLock { q in
+            q.statistics.transactions += 1
+            q.statistics.appends += batch.count
+            q.statistics.largestGroup = max(q.statistics.largestGroup, batch.count)
+            q.lastGroup = batch.count
+            q.loneStreak = batch.count == 1 ? q.loneStreak + 1 : 0
+            for item in batch.dropFirst() {
+                item.turn = false
+                if let w = item.waiter { resume.append(w) }
+                item.waiter = nil
+            }
+            if let first = q.pending.first {
+                first.turn = true
+                next = first.waiter
+                first.waiter = nil
+            } else {
+                q.writing = false
+            }
+        }
+        next?.resume(returning: true)
+        for w in resume { w.resume(returning: false) }
+        if wrote { notifier.notify() }
+    }
+
+    /// Writes one append of a group inside its own savepoint; a failure rolls back only this append.
+    private static func writeInSavepoint(_ item: PendingAppend, in db: Database) -> Result<AppendResult, any Error> {
+        do {
+            try db.cachedStatement(sql: "SAVEPOINT backstage_append").execute()
+            let outcome = write(item, in: db).mapError { ($0 as? PartialAppend)?.error ?? $0 }
+            if case .failure = outcome {
+                try db.cachedStatement(sql: "ROLLBACK TO SAVEPOINT backstage_append").execute()
+            }
+            try db.cachedStatement(sql: "RELEASE SAVEPOINT backstage_append").execute()
+            return outcome
+        } catch {
+            return .failure(error)
+        }
+    }
+
     private static func write(_ item: PendingAppend, in db: Database) -> Result<AppendResult, any Error> {
         do {
-            try db.execute(sql: "SAVEPOINT backstage_append")
-            do {
-                let result = try insert(item, in: db)
-                try db.execute(sql: "RELEASE SAVEPOINT backstage_append")
-                return .success(result)
-            } catch {
-                try db.execute(sql: "ROLLBACK TO SAVEPOINT backstage_append")
-                try db.execute(sql: "RELEASE SAVEPOINT backstage_append")
-                return .failure(error)
-            }
+            return .success(try insert(item, in: db))
         } catch {
             return .failure(error)
         }
@@ -351,26 +497,35 @@ public final class SQLiteEventStore: EventStore {
         guard item.expected.accepts(actual) else {
             throw EventStoreError.wrongExpectedVersion(stream: item.stream, expected: item.expected, actual: actual)
         }
+        let category = streamCategory(item.stream)
+        let now = Date().timeIntervalSince1970
+        do {
+            return try insertEvents(item, from: actual, category: category, now: now, in: db)
+        } catch {
+            throw PartialAppend(error: error)
+        }
+    }
+
+    /// Inserts the events (and the command row) of an append that passed its checks.
+    private static func insertEvents(
+        _ item: PendingAppend, from actual: Int64, category: String, now: TimeInterval, in db: Database
+    ) throws -> AppendResult {
         let insert = try db.cachedStatement(
             sql: """
                 INSERT INTO backstage_events (stream, category, version, id, type, schema_version, data,
                     command_id, causation_id, correlation_id, fields, recorded_at)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """)
-        let category = streamCategory(item.stream)
-        let now = Date().timeIntervalSince1970
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = .sortedKeys
         var version = actual
         var firstPosition: Int64 = 0
         for event in item.events {
             version += 1
             let fields: String? =
                 event.metadata.fields.isEmpty
-                ? nil : String(decoding: try encoder.encode(event.metadata.fields), as: UTF8.self)
+                ? nil : String(decoding: try fieldsEncoder.encode(event.metadata.fields), as: UTF8.self)
             do {
                 try insert.execute(arguments: [
-                    item.stream, category, version, event.id, event.type, event.schemaVersion, event.data,
+                    item.stream, category, version, event.id, event.type, event.schemaVersion, storedData(event.data),
                     event.metadata.commandID, event.metadata.causationID, event.metadata.correlationID,
                     fields, now,
                 ])
@@ -394,6 +549,35 @@ public final class SQLiteEventStore: EventStore {
             ])
         }
         return result
+    }
+
+    /// Encodes metadata fields (sorted keys: the same bytes every time).
+    private static var fieldsEncoder: JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        return encoder
+    }
+
+    /// The stored form of an event's data: JSON text (so SQLite's JSON functions read it, as in
+    /// `json_extract(data, '$.showID')`) when it is UTF-8 without NUL bytes, as every JSON
+    /// document is; a blob otherwise, so any bytes read back identical.
+    static func storedData(_ data: Data) -> any DatabaseValueConvertible {
+        let isText = data.withUnsafeBytes { raw -> Bool in
+            let bytes = raw.bindMemory(to: UInt8.self)
+            if bytes.contains(0) { return false }
+            // Pure ASCII, the usual case, is UTF-8; otherwise validate.
+            if !bytes.contains(where: { $0 >= 0x80 }) { return true }
+            var iterator = bytes.makeIterator()
+            var decoder = UTF8()
+            while true {
+                switch decoder.decode(&iterator) {
+                case .scalarValue: continue
+                case .emptyInput: return true
+                case .error: return false
+                }
+            }
+        }
+        return isText ? String(decoding: data, as: UTF8.self) : data
     }
 
     // MARK: Reading
@@ -547,4 +731,22 @@ public final class SQLiteEventStore: EventStore {
     }
 
     public func appendNotifications() -> AsyncStream<Void> { notifier.stream() }
+}
+
+/// The store metrics of ``SQLiteEventStore`` (swift-metrics), named as for every store:
+/// `backstage.store.append.duration` (Timer), `backstage.store.append.events` (events per
+/// append) and `backstage.store.commit.appends` (appends per transaction: the group-commit size),
+/// each with the dimension `store=sqlite`.
+struct SQLiteStoreMetrics: Sendable {
+    let duration = Metrics.Timer(label: "backstage.store.append.duration", dimensions: [("store", "sqlite")])
+    let events = Recorder(label: "backstage.store.append.events", dimensions: [("store", "sqlite")])
+    let appends = Recorder(label: "backstage.store.commit.appends", dimensions: [("store", "sqlite")])
+
+    func appended(events count: Int, since start: ContinuousClock.Instant) {
+        let d = ContinuousClock.now - start
+        duration.recordNanoseconds(d.components.seconds * 1_000_000_000 + d.components.attoseconds / 1_000_000_000)
+        events.record(count)
+    }
+
+    func committed(appends count: Int) { appends.record(count) }
 }

@@ -99,4 +99,140 @@ struct FixtureEvolutionSQLiteTests {
         #expect(try await service.parkedEvents().isEmpty)
         try store.close()
     }
+
+    @Test("an older file's event data migrates to JSON text: the same bytes read back, SQLite's JSON functions read it")
+    func migratesDataToJSONText() async throws {
+        let file = try TemporaryDatabase()
+        let dump = try String(contentsOf: sqliteFixture, encoding: .utf8)
+        let old = try DatabaseQueue(path: file.path)
+        try await old.writeWithoutTransaction { db in try db.execute(sql: dump) }
+        let before = try await old.read { db -> [Data] in
+            #expect(try String.fetchAll(db, sql: "SELECT DISTINCT typeof(data) FROM backstage_events") == ["blob"])
+            return try Data.fetchAll(db, sql: "SELECT data FROM backstage_events ORDER BY position")
+        }
+        #expect(before.count == 4)
+        try old.close()
+
+        let store = try SQLiteEventStore(path: file.path)
+        let after = try await store.readAll(after: .start, limit: 100, filter: .all)
+        #expect(after.map(\.data) == before)
+        let migrated = try await store.database.read { db -> [[String?]] in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT typeof(data) AS kind, json_extract(data, '$.showID') AS show, json_extract(data, '$.seat') AS seat
+                    FROM backstage_events ORDER BY position
+                    """
+            ).map { [$0["kind"], $0["show"], $0["seat"]] }
+        }
+        #expect(migrated.map { $0[0] } == ["text", "text", "text", "text"])
+        #expect(migrated.map { $0[1] } == ["s1", nil, nil, "s1"])
+        #expect(migrated.map { $0[2] } == [nil, "A1", "A2", nil])
+
+        // New events are stored as text too; bytes that are not UTF-8 text stay a blob, unchanged.
+        let json = Data(#"{"price":50,"showID":"s2","ticketID":"B1"}"#.utf8)
+        let binary = Data([0x7b, 0xff, 0x00, 0x7d])
+        _ = try await store.append(
+            [EventData(type: "TicketSold", schemaVersion: 2, data: json), EventData(type: "Blob", data: binary)],
+            to: "show-s2", expected: .noStream, commandID: UUIDv7.next())
+        let appended = try await store.readStream("show-s2", from: 1, direction: .forward, limit: 10)
+        #expect(appended.map(\.data) == [json, binary])
+        let kinds = try await store.database.read { db -> [[String?]] in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT typeof(data) AS kind,
+                        CAST(json_extract(CASE typeof(data) WHEN 'text' THEN data END, '$.price') AS TEXT) AS price
+                    FROM backstage_events WHERE stream = 'show-s2' ORDER BY version
+                    """
+            ).map { [$0["kind"], $0["price"]] }
+        }
+        #expect(kinds.map { $0[0] } == ["text", "blob"])
+        #expect(kinds.map { $0[1] } == ["50", nil])
+        // Events stay immutable after the migration.
+        await #expect(throws: (any Error).self) {
+            try await store.database.write { db in try db.execute(sql: "UPDATE backstage_events SET type = 'X'") }
+        }
+        try store.close()
+
+        // Opening it again migrates nothing more and reads the same.
+        let reopened = try SQLiteEventStore(path: file.path)
+        #expect(try await reopened.readAll(after: .start, limit: 100, filter: .all).prefix(4).map(\.data) == before)
+        try reopened.close()
+    }
+
+    @Test("the queries of docs/querying-event-data.md answer on a box-office log")
+    func documentedQueries() async throws {
+        let file = try TemporaryDatabase()
+        let store = try SQLiteEventStore(path: file.path)
+        func json(_ object: [String: Any]) throws -> Data {
+            try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+        }
+        for (show, title, capacity) in [("s1", "Hamlet", 4), ("s2", "Tosca", 2)] {
+            _ = try await store.append(
+                [EventData(type: "ShowScheduled", data: try json(["showID": show, "title": title, "capacity": capacity]))],
+                to: "show-\(show)", expected: .noStream, commandID: nil)
+        }
+        func sell(_ show: String, _ ticket: String, _ buyer: String) async throws {
+            _ = try await store.append(
+                [EventData(type: "TicketSold", data: try json(["showID": show, "ticketID": ticket, "buyer": buyer]))],
+                to: "show-\(show)", expected: .any, commandID: nil)
+        }
+        func refund(_ show: String, _ ticket: String) async throws {
+            _ = try await store.append(
+                [EventData(type: "TicketRefunded", data: try json(["showID": show, "ticketID": ticket]))],
+                to: "show-\(show)", expected: .any, commandID: nil)
+        }
+        try await sell("s1", "t1", "ana")
+        try await sell("s1", "t2", "bo")
+        try await sell("s1", "t3", "ana")
+        try await refund("s1", "t3")
+        try await sell("s2", "t1", "bo")
+        try await refund("s1", "t2")
+        try await sell("s2", "t2", "cy")
+
+        let answers = try await store.database.read { db -> [[String]] in
+            let best = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT json_extract(data, '$.showID') AS show, count(*) AS sold
+                    FROM backstage_events
+                    WHERE type = 'TicketSold'
+                    GROUP BY show
+                    ORDER BY sold DESC
+                    LIMIT 10
+                    """
+            ).map { "\($0["show"] as String)=\($0["sold"] as Int)" }
+            let refunds = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT json_extract(sold.data, '$.buyer') AS buyer, count(*) AS refunds
+                    FROM backstage_events AS refunded
+                    JOIN backstage_events AS sold
+                      ON sold.stream = refunded.stream
+                     AND sold.type = 'TicketSold'
+                     AND sold.position < refunded.position
+                     AND json_extract(sold.data, '$.ticketID') = json_extract(refunded.data, '$.ticketID')
+                    WHERE refunded.type = 'TicketRefunded'
+                    GROUP BY buyer
+                    ORDER BY refunds DESC
+                    """
+            ).map { "\($0["buyer"] as String)=\($0["refunds"] as Int)" }
+            let occupancy = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT json_extract(scheduled.data, '$.title') AS title,
+                           json_extract(scheduled.data, '$.capacity') AS capacity,
+                           (SELECT count(*) FROM backstage_events AS sold
+                             WHERE sold.stream = scheduled.stream AND sold.type = 'TicketSold') AS sold
+                    FROM backstage_events AS scheduled
+                    WHERE scheduled.type = 'ShowScheduled'
+                    ORDER BY sold * 1.0 / capacity DESC
+                    """
+            ).map { "\($0["title"] as String)=\($0["sold"] as Int)/\($0["capacity"] as Int)" }
+            return [best, refunds.sorted(), occupancy]
+        }
+        #expect(answers == [["s1=3", "s2=2"], ["ana=1", "bo=1"], ["Tosca=2/2", "Hamlet=3/4"]])
+        try store.close()
+    }
 }

@@ -87,6 +87,36 @@ struct RuntimeCorrectnessTests {
         #expect(touched.version == 4)
     }
 
+    @Test("an aggregate that is not cached is taken to be new: no read when it is, a load and a new decision when it is not")
+    func uncachedAssumedNew() async throws {
+        let shared = InMemoryEventStore()
+        let store = RecordingEventStore(shared)
+        let app1 = try makeApp(store)
+        try await app1.dispatch(OpenAccount(id: "n", owner: "Ana"))
+        try await app1.dispatch(Deposit(id: "n", amount: 10))
+        #expect(store.readsFrom("account-n") == [])  // new, then cached and current: nothing read
+        // Another app (another process) has not cached it: the empty state would reject the
+        // withdrawal, so it loads the stream and decides again, without a retry.
+        let app2 = try makeApp(shared)
+        let withdrawn = try await app2.dispatch(Withdraw(id: "n", amount: 4))
+        #expect(withdrawn.state.balance == 6)
+        #expect(withdrawn.version == 3)
+        #expect(withdrawn.retries == 0)
+        // An empty decision is taken on the loaded state too.
+        let touched = try await makeApp(shared).dispatch(Touch(id: "n"))
+        #expect(touched.version == 3)
+        #expect(touched.state.balance == 6)
+        // A command the empty state accepts: the append expecting no stream conflicts, then it is
+        // decided again on the loaded state.
+        try await app1.dispatch(Increment(id: "k", events: 2))
+        let incremented = try await makeApp(shared).dispatch(Increment(id: "k"))
+        #expect(incremented.version == 3)
+        #expect(incremented.state.count == 3)
+        #expect(incremented.retries == 0)
+        #expect(try await shared.streamVersion("counter-k") == 3)
+        #expect(try await shared.streamVersion("account-n") == 3)
+    }
+
     // MARK: Identity (defect 11)
 
     @Test("canonically equivalent ids are two aggregates")
@@ -113,8 +143,8 @@ struct RuntimeCorrectnessTests {
     func backoff() async throws {
         let shared = InMemoryEventStore()
         let foreign = EventData(type: "CounterIncremented", data: Data(#"{"by":1}"#.utf8))
-        let remaining = Mutex(3)
-        // Another writer gets in first three times.
+        let remaining = Mutex(0)
+        // Another writer gets in first three times, once the aggregate exists.
         let store = RecordingEventStore(
             shared,
             beforeAppend: { stream in
@@ -135,11 +165,14 @@ struct RuntimeCorrectnessTests {
             $0.conflictBackoff = .milliseconds(20)
             $0.maxConflictBackoff = .milliseconds(40)
         }
+        try await app.dispatch(Increment(id: "b"))
+        // The first conflict finds the cached state behind (decided again at once); three retries follow.
+        remaining.withLock { $0 = 4 }
         let started = ContinuousClock.now
         let result = try await app.dispatch(Increment(id: "b"))
         let elapsed = ContinuousClock.now - started
         #expect(result.retries == 3)
-        #expect(result.version == 4)
+        #expect(result.version == 6)
         // Waits of at least 10 + 20 + 20 ms (half of 20, 40, 40).
         #expect(elapsed >= .milliseconds(50))
     }

@@ -23,6 +23,12 @@ struct BackstageBench: AsyncParsableCommand {
               swift run --package-path Benchmarks -c release backstage-bench
 
             PostgreSQL is measured when BACKSTAGE_POSTGRES_URL is set (eval "$(scripts/postgres start)").
+
+            The Python peer (the `eventsourcing` 9.5 library on the same disk and cluster) runs on its own:
+
+              Benchmarks/peer/run.sh [--stores sqlite,postgres] [--scale 1]
+
+            or in the same run with --peer, which adds Backstage's W1 (1 caller) and W2 as ratios to it.
             """)
 
     @Option(help: "Comma-separated stores to run: memory, sqlite, postgres.")
@@ -42,6 +48,9 @@ struct BackstageBench: AsyncParsableCommand {
 
     @Option(help: "SQLite durability of the store and its ceilings: full (default), normal, off.")
     var durability = "full"
+
+    @Flag(help: "Also run the Python eventsourcing peer (Benchmarks/peer/run.sh, makes its venv once) and compare W1 and W2 with it.")
+    var peer = false
 
     mutating func run() async throws {
         let selected = stores.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
@@ -70,6 +79,10 @@ struct BackstageBench: AsyncParsableCommand {
         let average = payloads.map(\.count).reduce(0, +) / payloads.count
         report.setting("payloadBytes", "\(average)")
 
+        if peer, selected.contains("postgres") {
+            // SQLite's peer runs right before the W1 and W2 it is compared with (see runSQLite).
+            try Peer.measure(store: "postgres", only: "w1,w2", scale: scale, directory: directory, report: report)
+        }
         if selected.contains("memory") {
             if parts.contains("dispatch") { try await Workloads.dispatchOverhead(sizes: sizes, report: report) }
             let w = Workloads(
@@ -151,7 +164,16 @@ struct BackstageBench: AsyncParsableCommand {
         var w = Workloads(
             store: store, storeName: "sqlite", sizes: sizes, report: report, singleRowCeiling: "raw 1-row tx",
             batchCeiling: "raw 1000-row tx", readCeiling: "raw read, all columns", absoluteTargets: true)
+        let peer = self.peer
+        let (scale, directory) = (self.scale, self.directory)
         w.probe = { which, before in
+            // The Python peer right before the figures compared with it: the disk's pace drifts.
+            if peer, before == "W1 1 caller" {
+                try Peer.measure(store: "sqlite", only: "w1", scale: scale, directory: directory, report: report)
+            }
+            if peer, before == "W2 plain" {
+                try Peer.measure(store: "sqlite", only: "w2", scale: scale, directory: directory, report: report)
+            }
             guard parts.contains("ceilings") else { return }
             if which == "single" {
                 let value = try ceiling.singleRowTransactions(count: sizes.probeSingleRows)
@@ -194,9 +216,27 @@ struct BackstageBench: AsyncParsableCommand {
                 }
             })
         if parts.contains("w4") { try measureReadCeiling("after") }
+        if peer { comparePeer(report: report, store: "sqlite") }
         try store.close()
         try measureCeilings("after")
         try ceiling.pool.close()
+    }
+
+    /// Backstage's W1 (1 caller) and W2 figures of `store` again, as ratios to the Python peer's
+    /// (when --peer ran it): the issue asks for at least 1.5x the peer on W1.
+    func comparePeer(report: Report, store: String) {
+        let figures = report.results.figures.filter { $0.store == store }
+        if let w1 = figures.last(where: { $0.workload == "W1 many aggregates, 1 caller" }) {
+            report.figure(
+                "W1 1 caller vs python peer", store: store, value: w1.value, unit: w1.unit,
+                ceiling: "python peer W1", target: .ratio(atLeast: 1.5),
+                note: "the W1 1-caller figure above against the peer's W1 of this run")
+        }
+        if let w2 = figures.last(where: { $0.workload == "W2 long stream, cache, no snapshots" }) {
+            report.figure(
+                "W2 cache vs python peer", store: store, value: w2.value, unit: w2.unit,
+                ceiling: "python peer W2", note: "the W2 figure above (no snapshots) against the peer's W2 of this run")
+        }
     }
 
     func defaultJSONPath() -> String {
