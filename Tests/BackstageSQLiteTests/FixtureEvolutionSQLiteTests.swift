@@ -161,7 +161,7 @@ struct FixtureEvolutionSQLiteTests {
         try reopened.close()
     }
 
-    @Test("the queries of docs/querying-event-data.md answer on a box-office log")
+    @Test("the queries of the QueryingEventData article answer on a box-office log")
     func documentedQueries() async throws {
         let file = try TemporaryDatabase()
         let store = try SQLiteEventStore(path: file.path)
