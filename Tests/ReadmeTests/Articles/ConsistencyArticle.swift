@@ -14,7 +14,8 @@ struct ConsistencyArticle {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await pipelines.run() }
             try await app.dispatch(ScheduleShow(showID: "hamlet", capacity: 5))
-            let options = DispatchOptions(consistency: .strong, timeout: .seconds(5))
+            try await pipelines.waitUntilProcessed()  // running and caught up (a loaded machine starts it slowly)
+            let options = DispatchOptions(consistency: .strong, timeout: .seconds(10))
             try await app.dispatch(AddTicket(showID: "hamlet", ticketID: "A3"), options: options)
             #expect(tickets.state == 1)
             pipelines.stop()
