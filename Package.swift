@@ -9,6 +9,10 @@ let package = Package(
         .library(name: "BackstageSQLite", targets: ["BackstageSQLite"]),
         .library(name: "BackstagePostgres", targets: ["BackstagePostgres"]),
         .library(name: "BackstageTesting", targets: ["BackstageTesting"]),
+        // The operations CLI: the `backstage` tool, and its commands as a library an application
+        // embeds with its own handlers and projections registered.
+        .library(name: "BackstageCLI", targets: ["BackstageCLI"]),
+        .executable(name: "backstage", targets: ["backstage"]),
     ],
     dependencies: [
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
@@ -19,6 +23,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-async-algorithms", from: "1.1.4"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
     ],
     targets: [
         .target(
@@ -46,6 +51,18 @@ let package = Package(
             ]
         ),
         .target(name: "BackstageTesting", dependencies: ["Backstage"]),
+        .target(
+            name: "BackstageCLI",
+            dependencies: [
+                "Backstage", "BackstageSQLite", "BackstagePostgres",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(name: "backstage", dependencies: ["BackstageCLI"]),
+        .testTarget(
+            name: "BackstageCLITests",
+            dependencies: ["Backstage", "BackstageCLI", "BackstageSQLite", "BackstageTesting"]
+        ),
         .testTarget(name: "BackstageTests", dependencies: ["Backstage", "BackstageTesting"]),
         // The README's example, compiled and run as shown.
         .testTarget(
@@ -94,7 +111,9 @@ let package = Package(
         ),
         .testTarget(
             name: "BackstagePostgresTests",
-            dependencies: ["Backstage", "BackstagePostgres", "BackstageTesting", "BackstageTestSupport"]
+            dependencies: [
+                "Backstage", "BackstagePostgres", "BackstageTesting", "BackstageTestSupport", "BackstageCLI",
+            ]
         ),
     ],
     swiftLanguageModes: [.v6]
