@@ -27,13 +27,19 @@ public struct BackstageTool: Sendable {
     /// The store used when a command gets no `--store` (nor `BACKSTAGE_STORE`): the
     /// application's own, for example.
     public var defaultStore: String?
+    /// The PostgreSQL schema used when a command gets no `--schema` (default: `backstage`).
+    public var defaultSchema: String?
     /// The application's pipelines (nil in the plain `backstage` executable).
     public var pipelines: Pipelines?
 
     /// Creates the tool.
-    public init(commandName: String = "backstage", defaultStore: String? = nil, pipelines: Pipelines? = nil) {
+    public init(
+        commandName: String = "backstage", defaultStore: String? = nil, defaultSchema: String? = nil,
+        pipelines: Pipelines? = nil
+    ) {
         self.commandName = commandName
         self.defaultStore = defaultStore
+        self.defaultSchema = defaultSchema
         self.pipelines = pipelines
     }
 

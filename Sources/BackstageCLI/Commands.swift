@@ -303,8 +303,9 @@ struct SubscriptionsCommand: AsyncParsableCommand {
     private func leaseText(_ lease: LeaseInfo?) -> String {
         guard let lease else { return "-" }
         if let expires = lease.expiresAt {
-            let left = expires.timeIntervalSinceNow
-            return lease.held ? "held, \(Format.duration(left)) left" : "expired \(Format.time(expires))"
+            if lease.held { return "held, \(Format.duration(expires.timeIntervalSinceNow)) left" }
+            // A lease given back at shutdown expires at the epoch.
+            return expires.timeIntervalSince1970 < 1 ? "released" : "expired \(Format.time(expires))"
         }
         return lease.held ? "held since \(Format.time(lease.acquiredAt))" : "free"
     }

@@ -14,8 +14,8 @@ struct StoreOptions: ParsableArguments {
     )
     var store: String?
 
-    @Option(help: "The PostgreSQL schema holding the store.")
-    var schema: String = "backstage"
+    @Option(help: "The PostgreSQL schema holding the store (default: backstage).")
+    var schema: String?
 
     @Option(help: "Seconds to wait for PostgreSQL to answer when connecting.")
     var connectTimeout: Double = 10
@@ -73,14 +73,14 @@ extension StoreOptions {
             let store = try SQLiteEventStore(path: path, configuration: configuration)
             return OpenedStore(store: store, close: { try? store.close() })
         case .postgres(let url):
-            return try await openPostgres(url: url)
+            return try await openPostgres(url: url, context: context)
         }
     }
 
-    private func openPostgres(url: String) async throws -> OpenedStore {
+    private func openPostgres(url: String, context: ToolContext) async throws -> OpenedStore {
         let settings = try PostgresConnectionSettings(url: url)
         var configuration = PostgresEventStore.Configuration()
-        configuration.schema = schema
+        configuration.schema = schema ?? context.tool.defaultSchema ?? "backstage"
         configuration.migrate = false
         configuration.maximumConnections = 4
         configuration.logger = Logger(label: "backstage.cli", factory: { _ in SwiftLogNoOpLogHandler() })
