@@ -72,6 +72,10 @@ public struct BackstageTool: Sendable {
             } catch let error as ValidationError {
                 return report(parseError: error, output: output)
             } catch {
+                // Help asked of a command group (ArgumentParser reports it as an error of its own).
+                if BackstageCommand.exitCode(for: error) == .success {
+                    return report(parseError: error, output: output)
+                }
                 output.error("\(commandName): error: \(oneLine(error))\n")
                 return 1
             }

@@ -299,5 +299,11 @@ struct CLITests {
         #expect(!FileManager.default.fileExists(atPath: missing))
         let (usage, _, usageErr) = await runTool(["streams", "--nonsense"])
         #expect(usage == 64 && usageErr.contains("--nonsense"))
+        for help in [["--help"], ["parked", "--help"], ["help", "export"]] {
+            let (status, out, err) = await runTool(help)
+            #expect(status == 0 && out.contains("USAGE") && err.isEmpty, "\(help): \(out) \(err)")
+        }
+        let (_, embedded, _) = await runTool(["--help"], tool: BackstageTool(commandName: "box-office admin"))
+        #expect(embedded.contains("USAGE: box-office admin <subcommand>"))
     }
 }
