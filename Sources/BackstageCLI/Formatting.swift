@@ -4,11 +4,15 @@ import Foundation
 /// Text and JSON renderings of the tool's results.
 enum Format {
     /// `2026-12-01T20:02:41.617Z`.
-    static func time(_ date: Date) -> String {
+    static func time(_ date: Date) -> String { timeFormatter.string(from: date) }
+
+    /// One formatter for every date (making one per date was most of an export's time); Foundation's
+    /// formatters are thread-safe once configured, and this one is never changed.
+    nonisolated(unsafe) private static let timeFormatter: ISO8601DateFormatter = {
         let formatter = ISO8601DateFormatter()
         formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return formatter.string(from: date)
-    }
+        return formatter
+    }()
 
     /// A duration in seconds, short: `0s`, `4.2s`, `3m 12s`, `5h 02m`, `3d 4h`.
     static func duration(_ seconds: Double) -> String {
