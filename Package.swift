@@ -11,6 +11,10 @@ let package = Package(
         .library(name: "BackstageTesting", targets: ["BackstageTesting"]),
         // The web console, a product of its own: only applications that mount it build Hummingbird.
         .library(name: "BackstageConsole", targets: ["BackstageConsole"]),
+        // The operations CLI: the `backstage` tool, and its commands as a library an application
+        // embeds with its own handlers and projections registered.
+        .library(name: "BackstageCLI", targets: ["BackstageCLI"]),
+        .executable(name: "backstage", targets: ["backstage"]),
     ],
     dependencies: [
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
@@ -25,6 +29,7 @@ let package = Package(
         // `swift package generate-documentation`: the DocC catalogs under Sources/*/*.docc. A plugin:
         // nothing of it is built unless documentation is generated.
         .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
     ],
     targets: [
         .target(
@@ -70,6 +75,16 @@ let package = Package(
                 "Backstage", "BackstageConsole", "BackstageTesting",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ]
+            name: "BackstageCLI",
+            dependencies: [
+                "Backstage", "BackstageSQLite", "BackstagePostgres",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(name: "backstage", dependencies: ["BackstageCLI"]),
+        .testTarget(
+            name: "BackstageCLITests",
+            dependencies: ["Backstage", "BackstageCLI", "BackstageSQLite", "BackstageTesting"]
         ),
         .testTarget(name: "BackstageTests", dependencies: ["Backstage", "BackstageTesting"]),
         // The README's example and the code of the DocC articles, compiled and run as shown.
@@ -123,7 +138,9 @@ let package = Package(
         ),
         .testTarget(
             name: "BackstagePostgresTests",
-            dependencies: ["Backstage", "BackstagePostgres", "BackstageTesting", "BackstageTestSupport"]
+            dependencies: [
+                "Backstage", "BackstagePostgres", "BackstageTesting", "BackstageTestSupport", "BackstageCLI",
+            ]
         ),
     ],
     swiftLanguageModes: [.v6]

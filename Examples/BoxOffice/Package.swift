@@ -40,6 +40,7 @@ let package = Package(
             name: "box-office",
             dependencies: [
                 "BoxOffice",
+                .product(name: "BackstageCLI", package: "Backstage"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),

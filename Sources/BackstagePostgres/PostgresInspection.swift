@@ -1,5 +1,7 @@
 import Backstage
 import Foundation
+import Logging
+import NIOSSL
 import PostgresNIO
 
 extension PostgresEventStore: InspectableEventStore {
@@ -187,5 +189,57 @@ struct PostgresInspector: StoreInspector {
             .map { try $0[0].decode(Int64.self) } ?? 0
         return EventStatistics(
             events: types.reduce(0) { $0 + $1.count }, streams: streams, byType: types, byDay: days)
+    }
+}
+
+extension PostgresEventStore {
+    /// Whether the store's schema holds an events table (a store opened without migrating may
+    /// point at a schema that is not one). For tools that inspect a store (the `backstage` CLI).
+    package func hasEventsTable() async throws -> Bool {
+        let name = "\(s).events"
+        return try await run { conn in
+            let rows = try await conn.query("SELECT to_regclass(\(name)) IS NOT NULL", logger: self.queryLogger)
+            for try await exists in rows.decode(Bool.self) { return exists }
+            return false
+        }
+    }
+}
+
+extension PostgresConnectionSettings {
+    /// Connects once, outside any pool, and disconnects: a pool retries failed connections, so a
+    /// tool that should fail at once (unreachable server, wrong password) asks this first.
+    /// - Throws: ``PostgresStoreError`` saying why the server cannot be used.
+    package func probe() async throws {
+        var configuration: PostgresConnection.Configuration
+        let place: String
+        if let unixSocketFolder {
+            place = "\(unixSocketFolder)/.s.PGSQL.\(port)"
+            configuration = .init(unixSocketPath: place, username: username, password: password, database: database)
+        } else {
+            place = "\(host ?? "localhost"):\(port)"
+            let tls: PostgresConnection.Configuration.TLS =
+                switch self.tls {
+                case .disable: .disable
+                case .prefer: .prefer(try NIOSSLContext(configuration: .makeClientConfiguration()))
+                case .require: .require(try NIOSSLContext(configuration: .makeClientConfiguration()))
+                }
+            configuration = .init(
+                host: host ?? "localhost", port: port, username: username, password: password, database: database,
+                tls: tls)
+        }
+        let logger = Logger(label: "backstage.probe", factory: { _ in SwiftLogNoOpLogHandler() })
+        let connection: PostgresConnection
+        do {
+            connection = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger)
+        } catch let error as PSQLError {
+            if let state = error.sqlState {
+                throw PostgresStoreError.database(sqlState: state, message: error.serverMessage ?? "\(error.code)")
+            }
+            let reason = error.underlying.map { "\($0)" } ?? "\(error.code)"
+            throw PostgresStoreError.database(sqlState: "connection", message: "cannot connect to \(place): \(reason)")
+        } catch {
+            throw PostgresStoreError.database(sqlState: "connection", message: "cannot connect to \(place): \(error)")
+        }
+        try? await connection.close()
     }
 }

@@ -193,3 +193,33 @@ struct SQLiteInspector: StoreInspector {
         }
     }
 }
+
+extension SQLiteEventStore {
+    /// Why the file at `path` cannot be opened as an existing store without writing to it (nil:
+    /// it can): missing, not an SQLite database, or without the events table. Opens it read-only,
+    /// so it never creates a file. For tools that inspect a store (the `backstage` CLI).
+    package static func existingStoreProblem(at path: String) -> String? {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            return "no such file: \(path)"
+        }
+        if isDirectory.boolValue { return "\(path) is a directory, not an SQLite file" }
+        var configuration = GRDB.Configuration()
+        configuration.readonly = true
+        do {
+            let queue = try DatabaseQueue(path: path, configuration: configuration)
+            defer { try? queue.close() }
+            let found = try queue.read { db in
+                try Bool.fetchOne(
+                    db, sql: "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'backstage_events'"
+                )
+            }
+            return found == true
+                ? nil : "\(path) is an SQLite file without a Backstage store (no backstage_events table)"
+        } catch let error as DatabaseError {
+            return "\(path) cannot be read as an SQLite database: \(error.message ?? "\(error.resultCode)")"
+        } catch {
+            return "\(path) cannot be read: \(error)"
+        }
+    }
+}

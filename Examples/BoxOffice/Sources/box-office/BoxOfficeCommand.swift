@@ -15,7 +15,7 @@ struct BoxOfficeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "box-office",
         abstract: "The Backstage box office: shows, tickets, sales and refunds, event-sourced.",
-        subcommands: [DemoCommand.self, ServeCommand.self, CatchUpCommand.self])
+        subcommands: [DemoCommand.self, ServeCommand.self, CatchUpCommand.self, AdminCommand.self])
 }
 
 /// Options shared by the subcommands.
