@@ -100,7 +100,7 @@ func committedProjectionPosition(_ projection: any Projection, version: Int) asy
 /// the lowest of its partitions' checkpoints (nil while one has none). Every partition's
 /// checkpoint is a position in the whole log (a partition's watermark moves to the head it
 /// read), so the lowest one has every earlier event of every partition done.
-func committedPosition(of base: String, partitions: Int, in store: any CheckpointStore) async throws
+public func committedPosition(of base: String, partitions: Int, in store: any CheckpointStore) async throws
     -> LogPosition?
 {
     guard partitions > 1 else { return try await store.checkpoint(base)?.position }
