@@ -617,9 +617,12 @@ public final class PipelineService: Service, Sendable {
         let subscription = projectionSubscription(name, version: new)
         try await projection.prepare(version: new)
         guard let token = try await acquire(subscription) else { throw CancellationError() }
+        // The rebuild runs unpartitioned, in this process, under the lease of `name@vN`.
+        var settings = RunSettings(projection.options)
+        settings.watchLease = false
         let runner = SubscriptionRunner(
             subscription: subscription, name: name, consumer: .projection(projection, version: new),
-            settings: RunSettings(projection.options), filter: projection.filter, store: store,
+            settings: settings, filter: projection.filter, store: store,
             checkpoints: projection.checkpoints, parked: projection.parkedEvents ?? parkedEvents,
             leadership: leadership, token: token, untilCaughtUp: true, logger: logger, onCommit: { _ in })
         state.withLock { $0.rebuilding[subscription] = runner }

@@ -298,7 +298,7 @@ final class SubscriptionRunner: Sendable {
     /// Stops the run as soon as the lease is lost (taken back by a rebalance, expired while the
     /// process was paused, or its connection lost).
     private func watchLease() async {
-        while !isStopping {
+        while !isStopping, !shared.withLock({ $0.finished }) {
             guard await leadership.isLeader(subscription, token: token) else {
                 logger.warning("subscription \(subscription) lost its lease (token \(token)); stopping")
                 fail(.leaseLost("lease lost"))
