@@ -137,7 +137,8 @@ extension PostgresTests {
                     """)
                 var summary: (Int64, Int64, Int64, Int64) = (0, 0, 0, 0)
                 for try await r in rows.decode((Int64, Int64, Int64, Int64).self) { summary = r }
-                #expect(summary.0 == Int64(appended), "the log has \(summary.0) events, the writer appended \(appended)")
+                #expect(
+                    summary.0 == Int64(appended), "the log has \(summary.0) events, the writer appended \(appended)")
                 #expect(summary.1 == summary.0, "\(summary.0 - summary.1) events were never applied")
                 #expect(summary.2 == 0, "\(summary.2) events were applied twice")
                 #expect(summary.3 == 0, "\(summary.3) rows differ from their event")
@@ -165,7 +166,9 @@ extension PostgresTests {
                 // counts above (a stale write would be a duplicate or out of order).
                 let byProcess = try await store.client.query(
                     "SELECT count(DISTINCT pid) FROM \(unescaped: s).applied")
-                for try await c in byProcess.decode(Int64.self) { #expect(c >= 3, "only \(c) processes applied events") }
+                for try await c in byProcess.decode(Int64.self) {
+                    #expect(c >= 3, "only \(c) processes applied events")
+                }
             }
         }
 

@@ -5,7 +5,9 @@ import Testing
 
 @Suite("Partitioned subscriptions (in memory: every partition in the one process)")
 struct PartitionTests {
-    @Test("a handler with 4 partitions: each event once, in stream order, by the partition of its stream; checkpoints per partition; parked events per partition")
+    @Test(
+        "a handler with 4 partitions: each event once, in stream order, by the partition of its stream; checkpoints per partition; parked events per partition"
+    )
     func partitionedHandler() async throws {
         let store = InMemoryEventStore()
         try await appendTicks(store, count: 300, streams: 7)
@@ -37,8 +39,9 @@ struct PartitionTests {
         let parkedID = try #require(parked.first?.subscription)
         #expect(parsePartitionSubscription(parkedID)?.base == "split")
         let stream = parked[0].event.stream
-        #expect(EventPartition(key: .stream, index: parsePartitionSubscription(parkedID)!.partition, count: 4)
-            .contains(stream: stream))
+        #expect(
+            EventPartition(key: .stream, index: parsePartitionSubscription(parkedID)!.partition, count: 4)
+                .contains(stream: stream))
         await #expect(throws: PipeFailure.self) {
             try await service.replayParked(subscription: parkedID, position: LogPosition(position: 77))
         }

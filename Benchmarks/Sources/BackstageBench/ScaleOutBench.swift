@@ -113,7 +113,8 @@ enum ScaleOut {
 
     private static func spawn(url: String, schema: String, name: String) throws -> Process {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+        process.executableURL = URL(
+            fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
         process.arguments = ["scale-out-worker", url, schema, name]
         process.standardOutput = FileHandle.nullDevice
         try process.run()

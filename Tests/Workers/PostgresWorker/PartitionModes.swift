@@ -70,7 +70,8 @@ struct AppliedLog: PostgresReadModel {
             """, logger: logger)
     }
 
-    func apply(_ event: RecordedEvent, on connection: PostgresConnection, tables: PostgresProjectionTables) async throws {
+    func apply(_ event: RecordedEvent, on connection: PostgresConnection, tables: PostgresProjectionTables) async throws
+    {
         _ = try await connection.query(
             """
             INSERT INTO \(unescaped: try tables.table("applied")) AS a (position, stream, stream_version, pid)

@@ -89,11 +89,22 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "The port to listen on (0: any free port; the line 'listening on HOST:PORT' tells which).")
     var port = 8080
 
+    @Option(
+        help: """
+            Split the receipt sender into this many partitions, shared by every box-office serve process \
+            on the same PostgreSQL schema (1: one process sends every receipt). PostgreSQL only.
+            """)
+    var receiptPartitions = 1
+
+    func validate() throws {
+        guard receiptPartitions >= 1 else { throw ValidationError("--receipt-partitions must be at least 1") }
+    }
+
     func run() async throws {
         let database = try await BoxOfficeDatabase.open(try options.location(), schema: options.schema)
         let logger = Logger(label: "box-office")
         let app = BackstageApp(store: database.store, router: try .boxOffice())
-        let readModels = try await BoxOfficeReadModels(database: database)
+        let readModels = try await BoxOfficeReadModels(database: database, receiptPartitions: receiptPartitions)
         let pipelines = try readModels.pipelines(app: app)
         let server = BoxOfficeAPI.application(
             app: app, readModels: readModels, host: host, port: port, logger: logger,
