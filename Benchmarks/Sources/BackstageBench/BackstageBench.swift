@@ -18,7 +18,7 @@ struct BackstageBench: AsyncParsableCommand {
         if CommandLine.arguments.dropFirst().first == "scale-out-worker" {
             do { try await ScaleOut.worker(CommandLine.arguments) } catch {
                 FileHandle.standardError.write(Data("scale-out-worker: \(error)\n".utf8))
-                exit(1)
+                Foundation.exit(1)
             }
             return
         }
@@ -109,7 +109,7 @@ struct BackstageBench: AsyncParsableCommand {
         }
         if parts.contains("scaleout") {
             if let url = ProcessInfo.processInfo.environment["BACKSTAGE_POSTGRES_URL"], !url.isEmpty {
-                try await ScaleOut.run(url: url, report: report, events: max(40, Int(400 * scale)))
+                try await ScaleOut.run(url: url, report: report, events: max(80, Int(800 * scale)))
             } else {
                 report.note("scaleout skipped: BACKSTAGE_POSTGRES_URL is not set")
             }
