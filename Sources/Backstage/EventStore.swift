@@ -135,11 +135,16 @@ public struct EventFilter: Sendable, Hashable {
     public var types: Set<String>?
     /// Only events whose stream is in one of these categories (nil: all categories).
     public var categories: Set<String>?
+    /// Only the events of one partition of a partitioned subscription (nil: every partition).
+    /// Set by the pipelines; a store that evaluates it says so in
+    /// ``PipelineDefaults/supportsPartitions``.
+    public var partition: EventPartition?
 
     /// Creates a filter.
-    public init(types: Set<String>? = nil, categories: Set<String>? = nil) {
+    public init(types: Set<String>? = nil, categories: Set<String>? = nil, partition: EventPartition? = nil) {
         self.types = types
         self.categories = categories
+        self.partition = partition
     }
 
     /// Every event.
@@ -153,6 +158,7 @@ public struct EventFilter: Sendable, Hashable {
     public func matches(type: String, stream: String) -> Bool {
         if let types, !Self.containsExactly(types, type) { return false }
         if let categories, !Self.containsExactly(categories, streamCategory(stream)) { return false }
+        if let partition, !partition.contains(stream: stream) { return false }
         return true
     }
 

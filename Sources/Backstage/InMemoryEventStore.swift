@@ -22,7 +22,13 @@ public final class InMemoryEventStore: EventStore {
     public let limits: StoreLimits
     /// In-memory checkpoints and parked events, kept as long as the store, and single-process
     /// leadership: a new ``PipelineService`` over the same store resumes where the last stopped.
-    public let pipelineDefaults = PipelineDefaults.inMemory()
+    /// It evaluates ``EventFilter/partition``: partitioned subscriptions run all their partitions
+    /// in the one process.
+    public let pipelineDefaults: PipelineDefaults = {
+        var defaults = PipelineDefaults.inMemory()
+        defaults.supportsPartitions = true
+        return defaults
+    }()
 
     /// Creates an empty store.
     public init(limits: StoreLimits = StoreLimits()) {

@@ -457,6 +457,7 @@ public final class PostgresEventStore: EventStore {
         -> [RecordedEvent]
     {
         try limits.validate(pageSize: limit)
+        if let partition = filter.partition { await preparePartitionIndex(partition) }
         return try await run { conn in
             // Two statements, in this order: see the type's documentation.
             let horizon = try await self.horizon(on: conn).horizon
@@ -490,6 +491,10 @@ public final class PostgresEventStore: EventStore {
             sql.appendLiteral(" AND category = ANY(")
             sql.appendInterpolation(categories.sorted())
             sql.appendLiteral(")")
+        }
+        if let partition = filter.partition {
+            sql.appendLiteral(" AND ")
+            sql.appendInterpolation(unescaped: Self.partitionPredicate(partition))
         }
         // The text form of the id is selected under another name: an output column called
         // transaction_id would make ORDER BY sort by text ("1000" before "999").

@@ -46,6 +46,12 @@ public final class PostgresLeadership: LeaderElection {
         public var heartbeatInterval: Duration = .seconds(1)
         /// Who this process is, stored in the lease rows (for operators).
         public var owner: String = "\(ProcessInfo.processInfo.hostName):\(ProcessInfo.processInfo.processIdentifier)"
+        /// How long a partition's lease lasts without renewal (partitions are leased by time, not
+        /// by lock: see ``PostgresLeadership/acquire(partition:of:subscription:)``). Renewed every
+        /// ``heartbeatInterval``, which should be well below it; a process that does not renew in
+        /// time (dead, paused, cut off) loses its partitions to the live ones, and notices itself
+        /// by its own clock.
+        public var partitionLease: Duration = .seconds(10)
 
         /// The defaults.
         public init() {}
@@ -69,6 +75,30 @@ public final class PostgresLeadership: LeaderElection {
         var running = false
         var connected = false
         var nextID: UInt64 = 0
+        /// Partition candidates, by partition id.
+        var partitionWaiters: [String: PartitionWaiter] = [:]
+        /// Partitions held, by partition id.
+        var partitionHeld: [String: PartitionLease] = [:]
+        /// Partition leases to give back in the database (id, token).
+        var partitionReleases: [(String, Int64)] = []
+        var partitionPending = false
+    }
+
+    private struct PartitionWaiter {
+        var id: UInt64
+        var group: String
+        var partition: Int
+        var count: Int
+        var continuation: CheckedContinuation<Int64, any Error>
+    }
+
+    private struct PartitionLease {
+        var token: Int64
+        var group: String
+        var partition: Int
+        var count: Int
+        /// By this process's clock: the lease is not used past it unless renewed.
+        var validUntil: ContinuousClock.Instant
     }
 
     /// The store whose pool lends the lease connection and whose schema holds the lease rows.
@@ -77,6 +107,8 @@ public final class PostgresLeadership: LeaderElection {
     public let configuration: Configuration
     private let state = Mutex(State())
     private let logger: Logger
+    /// This election's name among the members of partitioned subscriptions (and in their lease rows).
+    let member: String
     private var classKey: String { "backstage.lease.\(store.schema.rawValue)" }
     private var applicationName: String { "backstage-lease:\(store.schema.rawValue)" }
 
@@ -86,6 +118,7 @@ public final class PostgresLeadership: LeaderElection {
         self.store = store
         self.configuration = configuration
         self.logger = store.logger
+        self.member = "\(configuration.owner)/\(UUID().uuidString.prefix(8).lowercased())"
     }
 
     /// Waits until this process leads `subscription` (which needs ``run()`` to be running), and
@@ -120,12 +153,89 @@ public final class PostgresLeadership: LeaderElection {
     }
 
     /// Whether the lease with `token` is held: false as soon as the lease connection is known lost.
+    /// A partition's lease: false once it was not renewed within ``Configuration/partitionLease``
+    /// by this process's clock, or was given back to rebalance.
     public func isLeader(_ subscription: String, token: Int64) async -> Bool {
-        state.withLock { $0.held[subscription] == token }
+        state.withLock { s in
+            if let lease = s.partitionHeld[subscription] {
+                return lease.token == token && ContinuousClock.now < lease.validUntil
+            }
+            return s.held[subscription] == token
+        }
     }
 
-    /// Gives the lease up and waits until the lock is released (or the connection holding it is gone).
+    /// Waits until this process owns partition `partition` of `count` of `base` and returns its
+    /// fencing token.
+    ///
+    /// Partitions are leased by time, not by advisory lock (a lock survives a paused process,
+    /// whose connection stays open): lease rows with an expiry, renewed by ``run()`` every
+    /// heartbeat. The processes running `base` register as its members (a row each, renewed
+    /// likewise, deleted when ``run()`` is cancelled); each takes its fair share of the partitions
+    /// (members ranked by name, the first `count % members` take one more), gives back what
+    /// exceeds it, and takes free or expired partitions up to it. A takeover increments the
+    /// lease row's token, and ``PostgresCheckpointStore`` refuses a commit whose token is older
+    /// than the row's, so a process that lost a partition cannot write for it.
+    ///
+    /// - Throws: `CancellationError` when the task is cancelled or ``run()`` ends.
+    public func acquire(partition: Int, of count: Int, subscription base: String) async throws -> Int64 {
+        let id = partitionSubscription(base, partition: partition, of: count)
+        let waiterID = state.withLock { s in
+            s.nextID += 1
+            return s.nextID
+        }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Int64, any Error>) in
+                let replaced = state.withLock { s -> CheckedContinuation<Int64, any Error>? in
+                    if Task.isCancelled { return continuation }
+                    let previous = s.partitionWaiters[id]?.continuation
+                    s.partitionWaiters[id] = PartitionWaiter(
+                        id: waiterID, group: base, partition: partition, count: count, continuation: continuation)
+                    if let lease = s.partitionHeld.removeValue(forKey: id) {
+                        s.partitionReleases.append((id, lease.token))
+                    }
+                    s.partitionPending = true
+                    return previous
+                }
+                replaced?.resume(throwing: CancellationError())
+            }
+        } onCancel: {
+            let waiter = state.withLock { s -> PartitionWaiter? in
+                guard s.partitionWaiters[id]?.id == waiterID else { return nil }
+                return s.partitionWaiters.removeValue(forKey: id)
+            }
+            waiter?.continuation.resume(throwing: CancellationError())
+        }
+    }
+
+    /// Who holds the unexpired leases of `subscriptions`: the lease rows' owners (for partitions,
+    /// the member name: ``Configuration/owner`` and a suffix per election).
+    public func owners(_ subscriptions: [String]) async throws -> [String: String] {
+        let s = store.s
+        return try await store.run { conn in
+            let rows = try await conn.query(
+                """
+                SELECT subscription, owner FROM \(unescaped: s).leases
+                WHERE subscription = ANY(\(subscriptions)::text[]) AND (expires_at IS NULL OR expires_at > now())
+                """, logger: self.store.queryLogger)
+            var owners: [String: String] = [:]
+            for try await (subscription, owner) in rows.decode((String, String).self) { owners[subscription] = owner }
+            return owners
+        }
+    }
+
+    /// Gives the lease up and waits until the lock is released (or the connection holding it is
+    /// gone). A partition's lease is given back at the next heartbeat (or expires).
     public func release(_ subscription: String, token: Int64) async {
+        let partition = state.withLock { s -> Bool in
+            guard let lease = s.partitionHeld[subscription] else { return false }
+            if lease.token == token {
+                s.partitionHeld[subscription] = nil
+                s.partitionReleases.append((subscription, token))
+                s.partitionPending = true
+            }
+            return true
+        }
+        if partition { return }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let queued = state.withLock { s -> Bool in
                 guard s.held[subscription] == token else { return false }
@@ -200,6 +310,7 @@ public final class PostgresLeadership: LeaderElection {
         let tick = min(configuration.retryInterval, configuration.heartbeatInterval, .milliseconds(50))
         var nextTry = ContinuousClock.now
         var nextBeat = ContinuousClock.now + configuration.heartbeatInterval
+        var nextBalance = ContinuousClock.now
         while !Task.isCancelled {
             if conn.isClosed {
                 throw PostgresStoreError.database(sqlState: "connection", message: "lease connection closed")
@@ -232,12 +343,36 @@ public final class PostgresLeadership: LeaderElection {
                 try await timed(conn) { _ = try await conn.query("SELECT 1", logger: log) }
                 nextBeat = ContinuousClock.now + configuration.heartbeatInterval
             }
+            let partitionsDue = state.withLock { s -> Bool in
+                defer { s.partitionPending = false }
+                return s.partitionPending
+            }
+            if partitionsDue || ContinuousClock.now >= nextBalance {
+                try await balancePartitions(on: conn)
+                nextBalance = ContinuousClock.now + configuration.heartbeatInterval
+            }
             try? await Task.sleep(for: tick)
         }
         // Cancelled: give every lock up and the connection back in a clean state.
-        state.withLock { s in
+        let (partitions, groups) = state.withLock { s in
             s.held = [:]
             s.connected = false
+            let partitions = s.partitionHeld.map { ($0.key, $0.value.token) } + s.partitionReleases
+            let groups = Set(s.partitionHeld.values.map(\.group) + s.partitionWaiters.values.map(\.group))
+            s.partitionHeld = [:]
+            s.partitionReleases = []
+            return (partitions, Array(groups))
+        }
+        // Leave the partitioned subscriptions at once: the others rebalance at their next heartbeat.
+        if !partitions.isEmpty || !groups.isEmpty {
+            try await timed(conn) {
+                try await giveBack(partitions, on: conn)
+                _ = try await conn.query(
+                    """
+                    DELETE FROM \(unescaped: store.s).members
+                    WHERE subscription = ANY(\(groups)::text[]) AND member = \(member)
+                    """, logger: log)
+            }
         }
         try await timed(conn) {
             _ = try await conn.query("SELECT pg_advisory_unlock_all()", logger: log)
@@ -295,6 +430,186 @@ public final class PostgresLeadership: LeaderElection {
         }
     }
 
+    // MARK: Partitions
+
+    /// Marks partition leases given back in the database: free for the next owner at once.
+    private func giveBack(_ leases: [(String, Int64)], on conn: PostgresConnection) async throws {
+        guard !leases.isEmpty else { return }
+        _ = try await conn.query(
+            """
+            UPDATE \(unescaped: store.s).leases l SET expires_at = '-infinity'
+            FROM unnest(\(leases.map(\.0))::text[], \(leases.map(\.1))::bigint[]) AS r(subscription, token)
+            WHERE l.subscription = r.subscription AND l.token = r.token
+            """, logger: store.queryLogger)
+    }
+
+    /// One heartbeat of the partitioned subscriptions: gives back released leases, renews held
+    /// ones (those that cannot be renewed are lost), renews this process's membership, then per
+    /// subscription gives back what exceeds its fair share and takes free or expired partitions
+    /// up to it, handing their tokens to the waiting ``acquire(partition:of:subscription:)``.
+    private func balancePartitions(on conn: PostgresConnection) async throws {
+        let log = store.queryLogger
+        let s = store.s
+        let leaseSeconds = Double(Self.nanoseconds(configuration.partitionLease)) / 1e9
+        let (releases, held, groups) = state.withLock { st in
+            defer { st.partitionReleases = [] }
+            var groups: [String: Int] = [:]
+            for w in st.partitionWaiters.values { groups[w.group] = w.count }
+            for l in st.partitionHeld.values { groups[l.group] = l.count }
+            return (st.partitionReleases, st.partitionHeld.map { ($0.key, $0.value.token) }, groups)
+        }
+        guard !releases.isEmpty || !groups.isEmpty else { return }
+        try await timed(conn) { try await giveBack(releases, on: conn) }
+        guard !groups.isEmpty else { return }
+
+        // Renew what is held; what cannot be renewed (expired, taken over) is lost.
+        let renewStarted = ContinuousClock.now
+        if !held.isEmpty {
+            let renewed = try await timed(conn) {
+                let rows = try await conn.query(
+                    """
+                    UPDATE \(unescaped: s).leases l SET expires_at = now() + make_interval(secs => \(leaseSeconds))
+                    FROM unnest(\(held.map(\.0))::text[], \(held.map(\.1))::bigint[]) AS h(subscription, token)
+                    WHERE l.subscription = h.subscription AND l.token = h.token AND l.expires_at > now()
+                    RETURNING l.subscription
+                    """, logger: log)
+                var renewed = Set<String>()
+                for try await id in rows.decode(String.self) { renewed.insert(id) }
+                return renewed
+            }
+            let lost = state.withLock { st -> [String] in
+                var lost: [String] = []
+                for (id, token) in held where st.partitionHeld[id]?.token == token {
+                    if renewed.contains(id) {
+                        st.partitionHeld[id]?.validUntil = renewStarted + configuration.partitionLease
+                    } else {
+                        st.partitionHeld[id] = nil
+                        lost.append(id)
+                    }
+                }
+                return lost
+            }
+            for id in lost {
+                logger.warning(
+                    "partition lease lost: not renewed in time",
+                    metadata: ["subscription": "\(id)", "member": "\(member)"])
+            }
+        }
+
+        // Membership: renew this process's rows and read the live members.
+        let groupNames = groups.keys.sorted()
+        let members = try await timed(conn) {
+            _ = try await conn.query(
+                """
+                INSERT INTO \(unescaped: s).members AS m (subscription, member, expires_at)
+                SELECT g, \(member), now() + make_interval(secs => \(leaseSeconds)) FROM unnest(\(groupNames)::text[]) g
+                ON CONFLICT (subscription, member) DO UPDATE SET expires_at = excluded.expires_at
+                """, logger: log)
+            let rows = try await conn.query(
+                """
+                SELECT subscription, member FROM \(unescaped: s).members
+                WHERE subscription = ANY(\(groupNames)::text[]) AND expires_at > now()
+                ORDER BY subscription, member
+                """, logger: log)
+            var members: [String: [String]] = [:]
+            for try await (group, m) in rows.decode((String, String).self) { members[group, default: []].append(m) }
+            return members
+        }
+
+        for group in groupNames {
+            guard let count = groups[group] else { continue }
+            var live = members[group] ?? []
+            if !live.contains(member) { live.append(member) }
+            live.sort()
+            let rank = live.firstIndex(of: member) ?? 0
+            let target = count / live.count + (rank < count % live.count ? 1 : 0)
+            try await share(group: group, target: target, on: conn)
+        }
+    }
+
+    /// Brings this process's partitions of `group` to `target`: gives back the highest ones
+    /// above it, takes free or expired ones below it.
+    private func share(group: String, target: Int, on conn: PostgresConnection) async throws {
+        let s = store.s
+        let log = store.queryLogger
+        let (extra, wanted, held) = state.withLock { st -> ([(String, Int64)], [String], Int) in
+            let mine = st.partitionHeld.filter { $0.value.group == group }
+                .sorted { $0.value.partition > $1.value.partition }
+            var extra: [(String, Int64)] = []
+            if mine.count > target {
+                for (id, lease) in mine.prefix(mine.count - target) {
+                    st.partitionHeld[id] = nil
+                    extra.append((id, lease.token))
+                }
+            }
+            let wanted =
+                mine.count < target
+                ? st.partitionWaiters.values.filter { $0.group == group }.sorted { $0.partition < $1.partition }
+                    .map { partitionSubscription(group, partition: $0.partition, of: $0.count) } : []
+            return (extra, wanted, min(mine.count, target))
+        }
+        if !extra.isEmpty {
+            try await timed(conn) { try await giveBack(extra, on: conn) }
+            logger.info(
+                "gave partitions back to rebalance",
+                metadata: ["subscriptions": "\(extra.map(\.0))", "member": "\(member)", "share": "\(target)"])
+            return
+        }
+        let room = target - held
+        guard room > 0, !wanted.isEmpty else { return }
+        let leaseSeconds = Double(Self.nanoseconds(configuration.partitionLease)) / 1e9
+        let started = ContinuousClock.now
+        let taken = try await timed(conn) {
+            let free = try await conn.query(
+                """
+                SELECT w.x FROM unnest(\(wanted)::text[]) WITH ORDINALITY AS w(x, n)
+                LEFT JOIN \(unescaped: s).leases l ON l.subscription = w.x
+                WHERE l.subscription IS NULL OR l.expires_at IS NULL OR l.expires_at < now()
+                ORDER BY w.n LIMIT \(room)
+                """, logger: log)
+            var candidates: [String] = []
+            for try await x in free.decode(String.self) { candidates.append(x) }
+            guard !candidates.isEmpty else { return [(String, Int64)]() }
+            let rows = try await conn.query(
+                """
+                INSERT INTO \(unescaped: s).leases AS l (subscription, token, owner, expires_at)
+                SELECT x, 1, \(member), now() + make_interval(secs => \(leaseSeconds))
+                FROM unnest(\(candidates)::text[]) x
+                ON CONFLICT (subscription) DO UPDATE
+                SET token = l.token + 1, owner = excluded.owner, acquired_at = now(), expires_at = excluded.expires_at
+                WHERE l.expires_at IS NULL OR l.expires_at < now()
+                RETURNING subscription, token
+                """, logger: log)
+            var taken: [(String, Int64)] = []
+            for try await row in rows.decode((String, Int64).self) { taken.append(row) }
+            return taken
+        }
+        guard !taken.isEmpty else { return }
+        let validUntil = started + configuration.partitionLease
+        let (handed, orphans) = state.withLock {
+            st -> ([(String, CheckedContinuation<Int64, any Error>, Int64)], [(String, Int64)]) in
+            var handed: [(String, CheckedContinuation<Int64, any Error>, Int64)] = []
+            var orphans: [(String, Int64)] = []
+            for (id, token) in taken {
+                if let waiter = st.partitionWaiters.removeValue(forKey: id) {
+                    st.partitionHeld[id] = PartitionLease(
+                        token: token, group: group, partition: waiter.partition, count: waiter.count,
+                        validUntil: validUntil)
+                    handed.append((id, waiter.continuation, token))
+                } else {
+                    orphans.append((id, token))  // the candidate left meanwhile
+                }
+            }
+            return (handed, orphans)
+        }
+        if !orphans.isEmpty { try await timed(conn) { try await giveBack(orphans, on: conn) } }
+        for (id, continuation, token) in handed {
+            logger.info(
+                "owns partition", metadata: ["subscription": "\(id)", "token": "\(token)", "member": "\(member)"])
+            continuation.resume(returning: token)
+        }
+    }
+
     /// Runs `body` on `conn`; when it takes longer than three heartbeat intervals the connection
     /// is closed, which fails the statement. (A timer of the connection's event loop, not a task:
     /// it must work in a cancelled task, where the final unlock runs.)
@@ -331,13 +646,17 @@ public final class PostgresLeadership: LeaderElection {
     /// run() ends: no lease is held, and every candidate's wait ends.
     private func end() {
         _ = lose()
-        let waiters = state.withLock { s in
+        let (waiters, partitionWaiters) = state.withLock { s in
             defer {
                 s.waiters = [:]
+                s.partitionWaiters = [:]
+                s.partitionHeld = [:]
+                s.partitionReleases = []
                 s.running = false
             }
-            return Array(s.waiters.values)
+            return (Array(s.waiters.values), Array(s.partitionWaiters.values))
         }
         for w in waiters { w.continuation.resume(throwing: CancellationError()) }
+        for w in partitionWaiters { w.continuation.resume(throwing: CancellationError()) }
     }
 }

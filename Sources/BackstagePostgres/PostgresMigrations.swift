@@ -123,6 +123,32 @@ enum PostgresMigrations {
                 """,
             ]
         },
+        // Version 3 is the jsonb event data migration (another branch); the migrator applies
+        // every missing version in order, whatever the gaps.
+        PostgresMigration(version: 4, name: "partitioned subscriptions: partition hashes, expiring leases, members") {
+            schema in
+            let s = schema.rawValue
+            // The hash of a partition key: the first 28 bits of its MD5, a non-negative integer;
+            // IMMUTABLE built-ins only, so it can be a stored generated column, computed once
+            // when the event is appended (the append statement is unchanged).
+            func hash(_ column: String) -> String { "(('x' || substr(md5(\(column)), 1, 7))::bit(28)::integer)" }
+            return [
+                """
+                ALTER TABLE \(s).events
+                    ADD COLUMN stream_hash integer GENERATED ALWAYS AS \(hash("stream")) STORED,
+                    ADD COLUMN category_hash integer GENERATED ALWAYS AS \(hash("category")) STORED
+                """,
+                "ALTER TABLE \(s).leases ADD COLUMN expires_at timestamptz",
+                """
+                CREATE TABLE \(s).members (
+                    subscription text NOT NULL,
+                    member text NOT NULL,
+                    expires_at timestamptz NOT NULL,
+                    PRIMARY KEY (subscription, member)
+                )
+                """,
+            ]
+        },
     ]
 
     /// Brings `schema` up to the latest migration. Safe to run from several processes at once:

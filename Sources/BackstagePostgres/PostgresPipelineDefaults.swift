@@ -8,6 +8,6 @@ extension PostgresEventStore {
     public var pipelineDefaults: PipelineDefaults {
         PipelineDefaults(
             checkpoints: PostgresCheckpointStore(store: self), parkedEvents: PostgresParkedEventStore(store: self),
-            leadership: PostgresLeadership(store: self))
+            leadership: PostgresLeadership(store: self), supportsPartitions: true)
     }
 }

@@ -88,11 +88,20 @@ public final class PostgresCheckpointStore: CheckpointStore {
         on conn: PostgresConnection
     ) async throws {
         // The lease row is read with a share lock: a takeover (which updates it) waits for this
-        // commit, or this commit sees the new token.
+        // commit, or this commit sees the new token. A lease with an expiry (a partition's) also
+        // bounds how long this transaction may sit idle: a process paused in the middle of it
+        // (SIGSTOP) would otherwise keep the row locked, and the partition from its next owner,
+        // for as long as it stays paused; the server ends such a session once the lease expires.
         let leases = try await conn.query(
-            "SELECT token FROM \(unescaped: store.s).leases WHERE subscription = \(subscription) FOR SHARE",
+            """
+            SELECT token, set_config('idle_in_transaction_session_timeout',
+                CASE WHEN expires_at IS NULL THEN current_setting('idle_in_transaction_session_timeout')
+                     WHEN expires_at <= now() THEN '1000'
+                     ELSE greatest(1000, 1000 * extract(epoch FROM expires_at - now()))::bigint::text END, true)
+            FROM \(unescaped: store.s).leases WHERE subscription = \(subscription) FOR SHARE
+            """,
             logger: store.queryLogger)
-        for try await current in leases.decode(Int64.self) where token < current {
+        for try await (current, _) in leases.decode((Int64, String).self) where token < current {
             throw CheckpointError.fenced(subscription: subscription, token: token, current: current)
         }
         let stored = try await checkpoint(subscription, store: store, on: conn, lock: true)

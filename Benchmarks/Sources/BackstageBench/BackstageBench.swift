@@ -13,6 +13,27 @@ extension SQLiteEventStore: StoreStatistics {
 
 @main
 struct BackstageBench: AsyncParsableCommand {
+    /// `scale-out-worker ...` is a child process of the scale-out figure; anything else is the command.
+    static func main() async {
+        if CommandLine.arguments.dropFirst().first == "scale-out-worker" {
+            do { try await ScaleOut.worker(CommandLine.arguments) } catch {
+                FileHandle.standardError.write(Data("scale-out-worker: \(error)\n".utf8))
+                Foundation.exit(1)
+            }
+            return
+        }
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
+
     static let configuration = CommandConfiguration(
         commandName: "backstage-bench",
         abstract: "Backstage's fixed workloads (W1-W5, dispatch overhead) beside the raw database ceiling, in one run.",
@@ -43,7 +64,10 @@ struct BackstageBench: AsyncParsableCommand {
     @Option(help: "Folder for the SQLite files (default: the system temporary folder); removed afterwards.")
     var directory: String?
 
-    @Option(help: "Comma-separated parts to run: dispatch, ceilings, w1, w2, w3, w4, w5 (default: all).")
+    @Option(
+        help:
+            "Comma-separated parts to run: dispatch, ceilings, w1, w2, w3, w4, w5 (default: all), and scaleout (PostgreSQL, only when named: a 20 ms handler in 1, 2 and 4 processes)."
+    )
     var only = "dispatch,ceilings,w1,w2,w3,w4,w5"
 
     @Option(help: "SQLite durability of the store and its ceilings: full (default), normal, off.")
@@ -61,7 +85,7 @@ struct BackstageBench: AsyncParsableCommand {
             throw ValidationError("unknown durability '\(durability)': use full, normal or off")
         }
         let parts = Set(only.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() })
-        for part in parts where !["dispatch", "ceilings", "w1", "w2", "w3", "w4", "w5"].contains(part) {
+        for part in parts where !["dispatch", "ceilings", "w1", "w2", "w3", "w4", "w5", "scaleout"].contains(part) {
             throw ValidationError("unknown part '\(part)': use dispatch, ceilings, w1, w2, w3, w4, w5")
         }
         let sizes = Sizes(scale: scale)
@@ -95,6 +119,13 @@ struct BackstageBench: AsyncParsableCommand {
         }
         if selected.contains("postgres") {
             try await runPostgres(sizes: sizes, parts: parts, report: report, payloads: payloads)
+        }
+        if parts.contains("scaleout") {
+            if let url = ProcessInfo.processInfo.environment["BACKSTAGE_POSTGRES_URL"], !url.isEmpty {
+                try await ScaleOut.run(url: url, report: report, events: max(80, Int(800 * scale)))
+            } else {
+                report.note("scaleout skipped: BACKSTAGE_POSTGRES_URL is not set")
+            }
         }
 
         report.finish()

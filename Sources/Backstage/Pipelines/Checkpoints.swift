@@ -112,9 +112,25 @@ public protocol LeaderElection: Sendable {
     func release(_ subscription: String, token: Int64) async
     /// Runs the election's background work (connections, heartbeats) until cancelled; PipelineService runs it for its lifetime.
     func run() async throws
+    /// Waits until this process owns partition `partition` of `count` of the subscription `base`;
+    /// returns the lease's fencing token. The partition's id for ``isLeader(_:token:)`` and
+    /// ``release(_:token:)`` is ``partitionSubscription(_:partition:of:)``. An election shared by
+    /// processes spreads the partitions over the live processes that run `base`, and takes a
+    /// partition back when its fair share changes (then ``isLeader(_:token:)`` turns false).
+    /// The default is ``acquire(_:)`` of the partition's id.
+    func acquire(partition: Int, of count: Int, subscription base: String) async throws -> Int64
+    /// Who holds the leases of `subscriptions` (as the election names its processes), for status
+    /// screens; the default knows nobody.
+    func owners(_ subscriptions: [String]) async throws -> [String: String]
 }
 
-extension LeaderElection { public func run() async throws {} }
+extension LeaderElection {
+    public func run() async throws {}
+    public func acquire(partition: Int, of count: Int, subscription base: String) async throws -> Int64 {
+        try await acquire(partitionSubscription(base, partition: partition, of: count))
+    }
+    public func owners(_ subscriptions: [String]) async throws -> [String: String] { [:] }
+}
 
 /// Leadership for a single process: always the leader, token 0.
 public struct SingleProcessLeadership: LeaderElection {

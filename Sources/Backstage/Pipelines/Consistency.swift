@@ -89,15 +89,14 @@ public final class ConsistencyRegistry: Sendable {
             let version: Int
             if let cached { version = cached } else { version = try await projection.activeVersion() }
             known.withLock { $0 = version }
-            let checkpoints = projection.checkpoints
-            if let found = try await checkpoints.checkpoint(projectionSubscription(projection.name, version: version)) {
-                return found.position
+            if let found = try await committedProjectionPosition(projection, version: version) {
+                return found
             }
             guard cached != nil else { return nil }
             let active = try await projection.activeVersion()
             known.withLock { $0 = active }
             guard active != version else { return nil }
-            return try await checkpoints.checkpoint(projectionSubscription(projection.name, version: active))?.position
+            return try await committedProjectionPosition(projection, version: active)
         }
     }
 

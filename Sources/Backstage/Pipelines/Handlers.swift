@@ -156,6 +156,12 @@ public struct HandlerOptions: Sendable {
     /// Least time between two checkpoint commits of a plain handler (projections commit with
     /// every batch).
     public var checkpointInterval: Duration = .milliseconds(100)
+    /// Partitions the subscription is split into, by ``partitionKey`` (1: one subscription, today's
+    /// behaviour). Each partition is a subscription of its own (`name#p/N`: checkpoint, lease
+    /// with its fencing token, parked events), and the live processes share them: see
+    /// `docs/partitions.md`. Needs a store that selects partitions (PostgreSQL, in-memory) and a
+    /// ``PartitionKey/stream`` or ``PartitionKey/category`` key.
+    public var partitions: Int = 1
 
     /// The defaults: one worker, one event per batch, partitioned by stream.
     public init() {}
@@ -164,8 +170,9 @@ public struct HandlerOptions: Sendable {
     public init(
         concurrency: Int = 1, partitionKey: PartitionKey = .stream, batchSize: Int = 1,
         batchTimeout: Duration = .zero, failurePolicy: FailurePolicy = FailurePolicy(),
-        start: StartPosition = .origin, maxInFlight: Int = 1_000
+        start: StartPosition = .origin, maxInFlight: Int = 1_000, partitions: Int = 1
     ) {
+        self.partitions = partitions
         self.concurrency = concurrency
         self.partitionKey = partitionKey
         self.batchSize = batchSize
@@ -192,6 +199,9 @@ public enum PipelineError: Error, Sendable, Hashable, CustomStringConvertible {
     case subscriptionStopped(String, position: LogPosition, error: String)
     /// The operation needs the pipeline service to be running.
     case notRunning
+    /// A subscription asks for partitions that cannot run here (the store does not select
+    /// partitions, or the partition key is custom).
+    case partitionsUnsupported(String, reason: String)
 
     public var description: String {
         switch self {
@@ -202,6 +212,7 @@ public enum PipelineError: Error, Sendable, Hashable, CustomStringConvertible {
         case .subscriptionStopped(let s, let p, let e):
             "subscription '\(s)' stopped at the event at position \(p), which kept failing: \(e)"
         case .notRunning: "the pipeline service is not running"
+        case .partitionsUnsupported(let s, let reason): "subscription '\(s)' cannot be partitioned: \(reason)"
         }
     }
 }

@@ -15,14 +15,19 @@ public struct PipelineDefaults: Sendable {
     public var parkedEvents: any ParkedEventStore
     /// Who leads each subscription.
     public var leadership: any LeaderElection
+    /// Whether the store evaluates ``EventFilter/partition`` when it reads, so subscriptions with
+    /// more than one partition can run over it (PostgreSQL and the in-memory store; not SQLite).
+    public var supportsPartitions: Bool
 
     /// Creates a set of defaults.
     public init(
-        checkpoints: any CheckpointStore, parkedEvents: any ParkedEventStore, leadership: any LeaderElection
+        checkpoints: any CheckpointStore, parkedEvents: any ParkedEventStore, leadership: any LeaderElection,
+        supportsPartitions: Bool = false
     ) {
         self.checkpoints = checkpoints
         self.parkedEvents = parkedEvents
         self.leadership = leadership
+        self.supportsPartitions = supportsPartitions
     }
 
     /// New in-memory checkpoints and parked events and single-process leadership: nothing

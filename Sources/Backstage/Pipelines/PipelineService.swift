@@ -76,6 +76,19 @@ public final class PipelineService: Service, Sendable {
         }
         let defaults: PipelineDefaults? =
             checkpoints == nil || parkedEvents == nil || leadership == nil ? store.pipelineDefaults : nil
+        let partitioned =
+            handlers.map { ($0.name, $0.options.partitions, $0.options.partitionKey) }
+            + projections.map { ($0.name, $0.options.partitions, $0.options.partitionKey) }
+        for (name, count, key) in partitioned where count > 1 {
+            guard (defaults ?? store.pipelineDefaults).supportsPartitions else {
+                throw .partitionsUnsupported(
+                    name, reason: "the store does not select partitions (SQLite runs a subscription in one process)")
+            }
+            guard storePartitionKey(key) != nil else {
+                throw .partitionsUnsupported(name, reason: "a custom partition key cannot be selected by the store")
+            }
+            guard count <= 1_024 else { throw .partitionsUnsupported(name, reason: "more than 1024 partitions") }
+        }
         self.store = store
         self.handlers = byName
         self.projections = projectionsByName
@@ -152,10 +165,15 @@ public final class PipelineService: Service, Sendable {
 
     /// Waits for the lease of `subscription`, or for ``stop()``: nil when the service stops first
     /// (a lease granted meanwhile is given back).
-    private func acquire(_ subscription: String) async throws -> Int64? {
+    private func acquire(_ subscription: String, partition: (Int, Int, String)? = nil) async throws -> Int64? {
         let result = await withTaskGroup(of: Result<Int64, any Error>?.self) { group in
             group.addTask {
-                do { return .success(try await self.leadership.acquire(subscription)) } catch { return .failure(error) }
+                do {
+                    if let (p, n, base) = partition {
+                        return .success(try await self.leadership.acquire(partition: p, of: n, subscription: base))
+                    }
+                    return .success(try await self.leadership.acquire(subscription))
+                } catch { return .failure(error) }
             }
             group.addTask {
                 await self.stopped.wait()
@@ -189,28 +207,61 @@ public final class PipelineService: Service, Sendable {
     }
 
     private func runHandler(_ handler: any EventHandler) async {
+        let count = max(handler.options.partitions, 1)
+        guard count > 1 else {
+            await runHandler(handler, partition: nil)
+            return
+        }
+        await withTaskGroup(of: Void.self) { group in
+            for p in 0..<count { group.addTask { await self.runHandler(handler, partition: p) } }
+        }
+    }
+
+    /// The filter of partition `partition` (nil: not partitioned) of a subscription.
+    private func filter(
+        _ filter: EventFilter, partition: Int?, of count: Int, key: PartitionKey
+    ) -> EventFilter {
+        guard let partition, count > 1, let key = storePartitionKey(key) else { return filter }
+        var f = filter
+        f.partition = EventPartition(key: key, index: partition, count: count)
+        return f
+    }
+
+    private func runHandler(_ handler: any EventHandler, partition: Int?) async {
+        let count = max(handler.options.partitions, 1)
+        let id = partition.map { partitionSubscription(handler.name, partition: $0, of: count) } ?? handler.name
+        let filter = filter(handler.filter, partition: partition, of: count, key: handler.options.partitionKey)
         while !isStopping {
             let token: Int64
             do {
-                guard let granted = try await acquire(handler.name) else { break }
+                guard let granted = try await acquire(id, partition: partition.map { ($0, count, handler.name) })
+                else { break }
                 token = granted
             } catch {
-                logger.error("could not acquire the lease of \(handler.name): \(error)")
+                logger.error("could not acquire the lease of \(id): \(error)")
                 guard await pause(handler.options.pollInterval) else { break }
                 continue
             }
             let runner = SubscriptionRunner(
-                subscription: handler.name, name: handler.name, consumer: .handler(handler),
-                settings: RunSettings(handler.options), filter: handler.filter, store: store, checkpoints: checkpoints,
+                subscription: id, name: handler.name, consumer: .handler(handler),
+                settings: RunSettings(handler.options), filter: filter, store: store, checkpoints: checkpoints,
                 parked: parkedEvents, leadership: leadership, token: token, untilCaughtUp: false, logger: logger,
                 onCommit: { [weak self] _ in self?.progress.signal() })
-            guard register(runner, live: handler.name) else {
-                await leadership.release(handler.name, token: token)
+            guard register(runner, live: id) else {
+                await leadership.release(id, token: token)
                 break
             }
             let outcome = await runner.run()
-            await leadership.release(handler.name, token: token)
-            guard await again(after: outcome, of: handler.name, interval: handler.options.pollInterval) else { break }
+            await leadership.release(id, token: token)
+            if partition != nil { unregister(runner, live: id) }
+            guard await again(after: outcome, of: id, interval: handler.options.pollInterval) else { break }
+        }
+    }
+
+    /// Forgets a partition's runner once its run ended: the partition may run in another process now.
+    private func unregister(_ runner: SubscriptionRunner, live key: String) {
+        state.withLock { s in
+            if let current = s.live[key], current === runner { s.live[key] = nil }
         }
     }
 
@@ -238,15 +289,31 @@ public final class PipelineService: Service, Sendable {
     }
 
     private func runProjection(_ projection: any Projection) async {
+        let count = max(projection.options.partitions, 1)
+        guard count > 1 else {
+            await runProjection(projection, partition: nil)
+            return
+        }
+        await withTaskGroup(of: Void.self) { group in
+            for p in 0..<count { group.addTask { await self.runProjection(projection, partition: p) } }
+        }
+    }
+
+    private func runProjection(_ projection: any Projection, partition: Int?) async {
         let settings = RunSettings(projection.options)
+        let count = settings.partitions
+        let filter = filter(projection.filter, partition: partition, of: count, key: projection.options.partitionKey)
+        let liveKey = partition.map { partitionSubscription(projection.name, partition: $0, of: count) } ?? projection.name
         while !isStopping {
             let version: Int
             let token: Int64
             let subscription: String
             do {
                 version = try await projection.activeVersion()
-                subscription = projectionSubscription(projection.name, version: version)
-                guard let granted = try await acquire(subscription) else { break }
+                let base = projectionSubscription(projection.name, version: version)
+                subscription = partition.map { partitionSubscription(base, partition: $0, of: count) } ?? base
+                guard let granted = try await acquire(subscription, partition: partition.map { ($0, count, base) })
+                else { break }
                 token = granted
             } catch {
                 logger.error("projection \(projection.name) could not start: \(error)")
@@ -271,21 +338,25 @@ public final class PipelineService: Service, Sendable {
             }
             let registry = consistency
             let name = projection.name
+            // A partition's checkpoint is not the projection's: strong consistency reads the
+            // lowest of the partitions' committed checkpoints instead (ConsistencyRegistry).
+            let publishes = partition == nil
             let runner = SubscriptionRunner(
                 subscription: subscription, name: name, consumer: .projection(projection, version: version),
-                settings: settings, filter: projection.filter, store: store, checkpoints: projection.checkpoints,
+                settings: settings, filter: filter, store: store, checkpoints: projection.checkpoints,
                 parked: projection.parkedEvents ?? parkedEvents, leadership: leadership, token: token,
                 untilCaughtUp: false, logger: logger,
                 onCommit: { [weak self] position in
-                    registry.update(name, position: position)
+                    if publishes { registry.update(name, position: position) }
                     self?.progress.signal()
                 })
-            guard register(runner, live: name) else {
+            guard register(runner, live: liveKey) else {
                 await leadership.release(subscription, token: token)
                 break
             }
             let outcome = await runner.run()
             await leadership.release(subscription, token: token)
+            if partition != nil { unregister(runner, live: liveKey) }
             let superseded = state.withLock { $0.superseded.remove(ObjectIdentifier(runner)) != nil }
             if superseded { continue }
             guard await again(after: outcome, of: subscription, interval: settings.pollInterval) else { break }
@@ -318,8 +389,19 @@ public final class PipelineService: Service, Sendable {
             throw PipelineError.unknownSubscription(name)
         }
         let deadline = ContinuousClock.now + timeout
+        // Partitioned subscriptions run (partly) in other processes: their committed checkpoints count.
+        var partitionedDone = Set<String>()
+        var nextRead = ContinuousClock.now
         while true {
+            if ContinuousClock.now >= nextRead {
+                for name in names where !partitionedDone.contains(name) {
+                    guard let committed = try? await committedPartitioned(name) else { continue }
+                    if committed >= target { partitionedDone.insert(name) }
+                }
+                nextRead = ContinuousClock.now + .milliseconds(50)
+            }
             let behind = names.filter { name in
+                if partitions(of: name) > 1 { return !partitionedDone.contains(name) }
                 guard let status = status(of: name) else { return true }
                 if case .failed(let reason) = status.state {
                     _ = reason
@@ -336,17 +418,87 @@ public final class PipelineService: Service, Sendable {
         }
     }
 
+    /// The number of partitions of the handler or projection `name` (1 when unknown).
+    private func partitions(of name: String) -> Int {
+        max(handlers[name]?.options.partitions ?? projections[name]?.options.partitions ?? 1, 1)
+    }
+
+    /// The lowest committed checkpoint of the partitions of a partitioned handler or projection
+    /// (nil when not partitioned, or while a partition has none).
+    private func committedPartitioned(_ name: String) async throws -> LogPosition? {
+        if let handler = handlers[name], handler.options.partitions > 1 {
+            return try await committedPosition(of: name, partitions: handler.options.partitions, in: checkpoints)
+        }
+        if let projection = projections[name], projection.options.partitions > 1 {
+            return try await committedProjectionPosition(projection, version: try await projection.activeVersion())
+        }
+        return nil
+    }
+
+    /// Who owns each partition of every partitioned handler and projection, with its committed
+    /// checkpoint and lag: read from the shared checkpoint store and election, so it shows
+    /// every process's partitions, not only this one's.
+    public func partitionStatus() async throws -> [PartitionStatus] {
+        let head = try await store.headPosition()
+        var rows: [PartitionStatus] = []
+        func add(name: String, base: String, count: Int, checkpoints: any CheckpointStore, localKey: (Int) -> String)
+            async throws
+        {
+            let ids = (0..<count).map { partitionSubscription(base, partition: $0, of: count) }
+            let owners = try await leadership.owners(ids)
+            for (p, id) in ids.enumerated() {
+                let checkpoint = try await checkpoints.checkpoint(id)?.position
+                let runner = state.withLock { $0.live[localKey(p)] }
+                let isLocal = runner.map { $0.subscription == id && !$0.isStopping } ?? false
+                rows.append(
+                    PartitionStatus(
+                        name: name, subscription: id, partition: p, count: count, owner: owners[id],
+                        local: isLocal, checkpoint: checkpoint,
+                        lagEvents: max(0, head.position - (checkpoint?.position ?? 0))))
+            }
+        }
+        for (name, handler) in handlers.sorted(by: { $0.key < $1.key }) where handler.options.partitions > 1 {
+            let count = handler.options.partitions
+            try await add(name: name, base: name, count: count, checkpoints: checkpoints) {
+                partitionSubscription(name, partition: $0, of: count)
+            }
+        }
+        for (name, projection) in projections.sorted(by: { $0.key < $1.key }) where projection.options.partitions > 1 {
+            let count = projection.options.partitions
+            let base = projectionSubscription(name, version: try await projection.activeVersion())
+            try await add(name: name, base: base, count: count, checkpoints: projection.checkpoints) {
+                partitionSubscription(name, partition: $0, of: count)
+            }
+        }
+        return rows
+    }
+
     // MARK: Parked events
 
     private func parkedStore(for subscription: String) throws(PipelineError) -> any ParkedEventStore {
-        if handlers[subscription] != nil { return parkedEvents }
+        if handler(forSubscription: subscription) != nil { return parkedEvents }
         if let (projection, _) = projection(forSubscription: subscription) {
             return projection.parkedEvents ?? parkedEvents
         }
         throw .unknownSubscription(subscription)
     }
 
-    private func projection(forSubscription subscription: String) -> (any Projection, Int)? {
+    /// The handler of a subscription id: its name, or one of its partitions (`name#p/N`).
+    private func handler(forSubscription subscription: String) -> (any EventHandler)? {
+        if let handler = handlers[subscription] { return handler }
+        guard let (base, _, count) = parsePartitionSubscription(subscription), let handler = handlers[base],
+            handler.options.partitions == count
+        else { return nil }
+        return handler
+    }
+
+    private func projection(forSubscription id: String) -> (any Projection, Int)? {
+        var subscription = id
+        if let (base, _, count) = parsePartitionSubscription(id) {
+            guard let at = base.lastIndex(of: "@"), projections[String(base[..<at])]?.options.partitions == count
+            else { return nil }
+            subscription = base
+        }
         guard let at = subscription.lastIndex(of: "@"),
             subscription[subscription.index(after: at)...].hasPrefix("v"),
             let version = Int(subscription[subscription.index(at, offsetBy: 2)...]),
@@ -405,7 +557,7 @@ public final class PipelineService: Service, Sendable {
         claim.error = "\(Self.replayClaimPrefix); last error: \(parked.error)"
         guard try await store.update(claim, expectedAttempts: parked.attempts) else { throw notFound }
         do {
-            if let handler = handlers[subscription] {
+            if let handler = handler(forSubscription: subscription) {
                 try await handler.handle(parked.event)
             } else if let (projection, version) = projection(forSubscription: subscription) {
                 try await projection.apply(
@@ -465,9 +617,12 @@ public final class PipelineService: Service, Sendable {
         let subscription = projectionSubscription(name, version: new)
         try await projection.prepare(version: new)
         guard let token = try await acquire(subscription) else { throw CancellationError() }
+        // The rebuild runs unpartitioned, in this process, under the lease of `name@vN`.
+        var settings = RunSettings(projection.options)
+        settings.watchLease = false
         let runner = SubscriptionRunner(
             subscription: subscription, name: name, consumer: .projection(projection, version: new),
-            settings: RunSettings(projection.options), filter: projection.filter, store: store,
+            settings: settings, filter: projection.filter, store: store,
             checkpoints: projection.checkpoints, parked: projection.parkedEvents ?? parkedEvents,
             leadership: leadership, token: token, untilCaughtUp: true, logger: logger, onCommit: { _ in })
         state.withLock { $0.rebuilding[subscription] = runner }
@@ -482,14 +637,27 @@ public final class PipelineService: Service, Sendable {
         if outcome == .stopped, stoppedBeforeCaughtUp(runner) {
             throw CancellationError()
         }
+        let count = max(projection.options.partitions, 1)
+        if count > 1, let checkpoint = runner.status.checkpoint {
+            // The new version's partitions resume where the rebuild stopped (an interrupted
+            // activation left some of them committed already: those stay).
+            for p in 0..<count {
+                let id = partitionSubscription(subscription, partition: p, of: count)
+                if try await projection.checkpoints.checkpoint(id) == nil {
+                    try await projection.checkpoints.commit(id, expected: nil, new: checkpoint, token: 0)
+                }
+            }
+        }
         try await projection.activate(version: new, replacing: old)
-        if let checkpoint = runner.status.checkpoint { consistency.update(name, position: checkpoint) }
-        let live = state.withLock { s -> SubscriptionRunner? in
-            guard let live = s.live[name] else { return nil }
-            s.superseded.insert(ObjectIdentifier(live))
+        if count == 1, let checkpoint = runner.status.checkpoint { consistency.update(name, position: checkpoint) }
+        let live = state.withLock { s -> [SubscriptionRunner] in
+            let keys =
+                count > 1 ? (0..<count).map { partitionSubscription(name, partition: $0, of: count) } : [name]
+            let live = keys.compactMap { s.live[$0] }
+            for r in live { s.superseded.insert(ObjectIdentifier(r)) }
             return live
         }
-        live?.stop()
+        for r in live { r.stop() }
         logger.notice("projection \(name) now serves version \(new); version \(old) was dropped")
         return new
     }

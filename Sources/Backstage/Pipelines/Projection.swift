@@ -67,6 +67,15 @@ public struct ProjectionOptions: Sendable {
     public var pollInterval: Duration = .seconds(1)
     /// Whether `Consistency.strong` dispatches wait for this projection.
     public var stronglyConsistent = true
+    /// Partitions the projection's subscription is split into, by ``partitionKey`` (1: one
+    /// subscription, today's behaviour). Each partition (`name@vN#p/count`) has its own checkpoint,
+    /// lease and fencing token; the live processes share them (see `docs/partitions.md`). The read
+    /// model must then only need the order of events within one key. Needs a store that selects
+    /// partitions (PostgreSQL, in-memory).
+    public var partitions: Int = 1
+    /// What a partitioned projection is partitioned by: ``PartitionKey/stream`` (the default) or
+    /// ``PartitionKey/category``; events of one key are applied in log order.
+    public var partitionKey: PartitionKey = .stream
 
     /// The defaults.
     public init() {}
@@ -74,8 +83,9 @@ public struct ProjectionOptions: Sendable {
     /// Options with the most common settings changed.
     public init(
         batchSize: Int = 500, batchTimeout: Duration = .milliseconds(2), failurePolicy: FailurePolicy = FailurePolicy(),
-        maxInFlight: Int = 2_000, stronglyConsistent: Bool = true
+        maxInFlight: Int = 2_000, stronglyConsistent: Bool = true, partitions: Int = 1
     ) {
+        self.partitions = partitions
         self.batchSize = batchSize
         self.batchTimeout = batchTimeout
         self.failurePolicy = failurePolicy

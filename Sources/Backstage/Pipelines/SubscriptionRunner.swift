@@ -101,6 +101,12 @@ struct RunSettings: Sendable {
     var pageSize: Int
     var pollInterval: Duration
     var checkpointInterval: Duration
+    /// Partitions of the subscription (1: not partitioned).
+    var partitions: Int
+    /// Check the lease while running (every `leaseCheckInterval`, and before each handler call):
+    /// stop as soon as it is lost. On for partitions, whose leases the election takes back.
+    var watchLease = false
+    var leaseCheckInterval: Duration = .milliseconds(100)
 
     init(_ o: HandlerOptions) {
         concurrency = max(o.concurrency, 1)
@@ -113,11 +119,13 @@ struct RunSettings: Sendable {
         pageSize = max(min(o.pageSize, maxInFlight), 1)
         pollInterval = o.pollInterval
         checkpointInterval = o.checkpointInterval
+        partitions = max(o.partitions, 1)
+        watchLease = partitions > 1
     }
 
     init(_ o: ProjectionOptions) {
         concurrency = 1
-        partitionKey = .stream
+        partitionKey = o.partitionKey
         batchSize = max(o.batchSize, 1)
         batchTimeout = o.batchTimeout
         failurePolicy = o.failurePolicy
@@ -126,6 +134,8 @@ struct RunSettings: Sendable {
         pageSize = max(min(o.pageSize, maxInFlight), 1)
         pollInterval = o.pollInterval
         checkpointInterval = .zero
+        partitions = max(o.partitions, 1)
+        watchLease = partitions > 1
     }
 }
 
@@ -271,6 +281,7 @@ final class SubscriptionRunner: Sendable {
                 group.addTask { await self.runSource(after: start ?? .start) }
                 for queue in queues { group.addTask { await self.runWorker(queue) } }
                 if !isProjection { group.addTask { await self.runCommitter() } }
+                if settings.watchLease { group.addTask { await self.watchLease() } }
             }
             outer.cancelAll()
         }
@@ -282,6 +293,19 @@ final class SubscriptionRunner: Sendable {
         updateLag()
         logger.info("subscription \(subscription) stopped at \(status.checkpoint.map { "\($0)" } ?? "the origin")")
         return outcome
+    }
+
+    /// Stops the run as soon as the lease is lost (taken back by a rebalance, expired while the
+    /// process was paused, or its connection lost).
+    private func watchLease() async {
+        while !isStopping, !shared.withLock({ $0.finished }) {
+            guard await leadership.isLeader(subscription, token: token) else {
+                logger.warning("subscription \(subscription) lost its lease (token \(token)); stopping")
+                fail(.leaseLost("lease lost"))
+                return
+            }
+            await stopped.wait(timeout: settings.leaseCheckInterval)
+        }
     }
 
     private func startPosition() async throws -> LogPosition? {
@@ -477,6 +501,10 @@ final class SubscriptionRunner: Sendable {
     private func invoke(_ events: [RecordedEvent]) async throws {
         switch consumer {
         case .handler(let handler):
+            // A partition's lease can be taken back at any time: do not call out without it.
+            if settings.watchLease, !(await leadership.isLeader(subscription, token: token)) {
+                throw CheckpointError.fenced(subscription: subscription, token: token, current: token + 1)
+            }
             if events.count == 1 {
                 try await handler.handle(events[0])
             } else {

@@ -23,6 +23,10 @@
 //       Like `project`, inside a ServiceGroup that shuts down gracefully on SIGTERM; prints
 //       `started`, and `exited` once the group has stopped.
 //
+//   partitioned <url> <schema> <partitions> <lease ms>
+//       The `plog` projection split into partitions shared with the other processes running it;
+//       prints `started` and `log ...` lines (PartitionModes.swift).
+//
 //   sell <url> <schema> <shows> <capacity> <attempts>
 //       A BackstageApp over PostgreSQL dispatching <attempts> SellTicket commands (8 at a time)
 //       to random shows; prints `result sold=<n> soldOut=<n> conflicts=<n> errors=<n>`.
@@ -119,6 +123,9 @@ case "serve":
 
 case "handle":
     try await runHandleMode(arguments)
+
+case "partitioned":
+    try await runPartitionedMode(arguments)
 
 default:
     fail("unknown mode \(arguments[1])")

@@ -156,12 +156,15 @@ public final class TicketHandler: TypedEventHandler {
     private let state = Mutex(State())
 
     /// A receipt sender whose first attempt fails for every `failEvery`-th receipt (0: never).
-    public init(failEvery: Int = 10) {
+    /// With `partitions > 1` (PostgreSQL) its work is split into that many partitions by show,
+    /// shared by every process that runs it (see docs/partitions.md).
+    public init(failEvery: Int = 10, partitions: Int = 1) {
         self.failEvery = failEvery
         var options = HandlerOptions(
             concurrency: 4,
             failurePolicy: FailurePolicy(maxRetries: 5, initialBackoff: .milliseconds(10), maxBackoff: .seconds(1)))
         options.checkpointInterval = .milliseconds(50)
+        options.partitions = partitions
         self.options = options
     }
 
@@ -218,7 +221,12 @@ public struct BoxOfficeReadModels: Sendable {
 
     /// Read models in the store's database: its SQLite file, its PostgreSQL schema, or an
     /// in-memory SQLite database for the in-memory store.
-    public init(store: any EventStore, options: ProjectionOptions = ProjectionOptions(), failEvery: Int = 10) throws {
+    /// `receiptPartitions > 1` splits the receipt sender into partitions shared by every process
+    /// running it (PostgreSQL only).
+    public init(
+        store: any EventStore, options: ProjectionOptions = ProjectionOptions(), failEvery: Int = 10,
+        receiptPartitions: Int = 1
+    ) throws {
         if let store = store as? PostgresEventStore {
             self.backend = .postgres(PostgresQueries(store: store))
             self.projections = [
@@ -235,14 +243,15 @@ public struct BoxOfficeReadModels: Sendable {
                 try SQLiteProjection(SalesReadModel(), database: database, options: options),
             ]
         }
-        self.receipts = TicketHandler(failEvery: failEvery)
+        self.receipts = TicketHandler(failEvery: failEvery, partitions: receiptPartitions)
     }
 
     /// The read models for an opened box-office database.
-    public init(database: BoxOfficeDatabase, options: ProjectionOptions = ProjectionOptions(), failEvery: Int = 10)
-        async throws
-    {
-        try self.init(store: database.store, options: options, failEvery: failEvery)
+    public init(
+        database: BoxOfficeDatabase, options: ProjectionOptions = ProjectionOptions(), failEvery: Int = 10,
+        receiptPartitions: Int = 1
+    ) async throws {
+        try self.init(store: database.store, options: options, failEvery: failEvery, receiptPartitions: receiptPartitions)
     }
 
     /// Releases what the read models hold (nothing: their tables live in the store's database,

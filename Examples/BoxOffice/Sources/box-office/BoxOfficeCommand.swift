@@ -111,6 +111,17 @@ struct ServeCommand: AsyncParsableCommand {
             """)
     var snapshotEvery = 100
 
+    @Option(
+        help: """
+            Split the receipt sender into this many partitions, shared by every box-office serve process \
+            on the same PostgreSQL schema (1: one process sends every receipt). PostgreSQL only.
+            """)
+    var receiptPartitions = 1
+
+    func validate() throws {
+        guard receiptPartitions >= 1 else { throw ValidationError("--receipt-partitions must be at least 1") }
+    }
+
     func run() async throws {
         // Metrics go to a Prometheus registry that /metrics serves. Every metric gets the label
         // service="box-office", so no metric family mixes labelled and unlabelled series.
@@ -122,7 +133,8 @@ struct ServeCommand: AsyncParsableCommand {
         var appConfiguration = BackstageApp.Configuration()
         appConfiguration.snapshotEvery = snapshotEvery > 0 ? snapshotEvery : nil
         let app = BackstageApp(store: database.store, router: try .boxOffice(), configuration: appConfiguration)
-        let readModels = try await BoxOfficeReadModels(database: database, failEvery: failEvery)
+        let readModels = try await BoxOfficeReadModels(
+            database: database, failEvery: failEvery, receiptPartitions: receiptPartitions)
         let pipelines = try readModels.pipelines(app: app)
         var configuration = BackstageConsole.Configuration()
         configuration.title = "Box office"
