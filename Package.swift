@@ -75,6 +75,8 @@ let package = Package(
                 "Backstage", "BackstageConsole", "BackstageTesting",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ]
+        ),
+        .target(
             name: "BackstageCLI",
             dependencies: [
                 "Backstage", "BackstageSQLite", "BackstagePostgres",
