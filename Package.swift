@@ -94,8 +94,10 @@ let package = Package(
             name: "ReadmeTests",
             dependencies: [
                 "Backstage", "BackstageSQLite", "BackstagePostgres", "BackstageTesting", "BackstageConsole",
-                .product(name: "GRDB", package: "GRDB.swift"),
+                "BackstageCLI", .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         // Test doubles and fixture domains shared by the test targets; not part of any product.
