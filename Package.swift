@@ -46,7 +46,7 @@ let package = Package(
             ]
         ),
         .target(name: "BackstageTesting", dependencies: ["Backstage"]),
-        .testTarget(name: "BackstageTests", dependencies: ["Backstage", "BackstageTesting"]),
+        .testTarget(name: "BackstageTests", dependencies: ["Backstage", "BackstageTesting", "BackstageTestSupport"]),
         // The README's example, compiled and run as shown.
         .testTarget(
             name: "ReadmeTests",
