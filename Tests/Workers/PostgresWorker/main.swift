@@ -120,6 +120,9 @@ case "serve":
 case "handle":
     try await runHandleMode(arguments)
 
+case "holds":
+    try await runHoldsMode(arguments)
+
 default:
     fail("unknown mode \(arguments[1])")
 }
