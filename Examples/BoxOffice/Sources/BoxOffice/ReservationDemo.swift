@@ -36,23 +36,25 @@ public struct ReservationDemo: Sendable {
             let instances = try await desk.process.instances().count
             let pending = try await desk.scheduler.pending().count
 
-            let released = try await app.store.readStream(
-                Show.streamID(showID), from: 1, direction: .backward, limit: 1)[0]
-            let paidEvents = try await app.store.readStream(
+            let showEvents = try await app.store.readStream(
                 Show.streamID(showID), from: 1, direction: .forward, limit: 100)
-            let heldForPaid = paidEvents.last {
-                $0.type == TicketSold.typeName && $0.data.count > 0
+            let released = showEvents.last { $0.type == TicketRefunded.typeName }
+            let heldForPaid = showEvents.last {
+                $0.type == TicketSold.typeName
                     && String(decoding: $0.data, as: UTF8.self).contains(reservationBuyer(paid))
             }
+            let millis = Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
             var lines = [
                 "Reservations (hold time \(holdTime), show \(showID), 6 seats):",
                 "  reserved: 2 seats for ada (\(paid)), 3 seats for bob (\(unpaid)); seats on sale while held: \(heldOnSale)",
                 "  ada paid in time: release cancelled; bob did not: released after the hold time",
-                "  seats on sale now: \(show.onSale.count) (bob's 3 back), sold: \(show.ticketsSold) (ada's 2 + 0 others)",
-                "  process instances running: \(instances), commands pending: \(pending), in \(elapsed)",
-                "  released reservation's chain (a refund that put a seat back on sale):",
-                describeChain(try await causationChain(of: released, in: app.store)),
+                "  seats on sale now: \(show.onSale.count) (bob's 3 back), sold: \(show.ticketsSold) (ada's 2)",
+                "  process instances running: \(instances), commands pending: \(pending); \(String(format: "%.0f", millis)) ms from reserving to released",
             ]
+            if let released {
+                lines.append("  released reservation's chain (a refund that put a seat back on sale):")
+                lines.append(describeChain(try await causationChain(of: released, in: app.store)))
+            }
             if let heldForPaid {
                 lines.append("  paid reservation's chain (a seat held for it):")
                 lines.append(describeChain(try await causationChain(of: heldForPaid, in: app.store)))
