@@ -19,7 +19,8 @@ import Foundation
 ///     func route(_ envelope: Envelope<ShowEvent>) -> ProcessRouting {
 ///         switch envelope.event {
 ///         case .seatsReserved(let e): .start(e.reservationID)
-///         case .reservationPaid(let e), .reservationReleased(let e): .stop(e.reservationID)
+///         case .reservationPaid(let e): .stop(e.reservationID)
+///         case .reservationReleased(let e): .stop(e.reservationID)
 ///         default: .ignore
 ///         }
 ///     }
