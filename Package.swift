@@ -88,7 +88,7 @@ let package = Package(
             name: "BackstageCLITests",
             dependencies: ["Backstage", "BackstageCLI", "BackstageSQLite", "BackstageTesting"]
         ),
-        .testTarget(name: "BackstageTests", dependencies: ["Backstage", "BackstageTesting"]),
+        .testTarget(name: "BackstageTests", dependencies: ["Backstage", "BackstageTesting", "BackstageTestSupport"]),
         // The README's example and the code of the DocC articles, compiled and run as shown.
         .testTarget(
             name: "ReadmeTests",

@@ -149,6 +149,41 @@ enum PostgresMigrations {
                 """,
             ]
         },
+        // Version 5: process managers (helpers of other features take 3 and 4; gaps are fine: the
+        // migrator applies every version not yet recorded).
+        PostgresMigration(version: 5, name: "process managers: instances, command outbox") { schema in
+            let s = schema.rawValue
+            return [
+                """
+                CREATE TABLE \(s).process_instances (
+                    process text NOT NULL,
+                    key text NOT NULL,
+                    state jsonb NOT NULL,
+                    updated_at timestamptz NOT NULL DEFAULT now(),
+                    PRIMARY KEY (process, key)
+                )
+                """,
+                """
+                CREATE TABLE \(s).command_outbox (
+                    id uuid PRIMARY KEY,
+                    process text NOT NULL,
+                    instance text NOT NULL,
+                    command text NOT NULL,
+                    data jsonb NOT NULL,
+                    causation_id uuid,
+                    correlation_id uuid,
+                    due_at timestamptz NOT NULL,
+                    cancel_key text,
+                    attempts integer NOT NULL DEFAULT 0,
+                    last_error text,
+                    created_at timestamptz NOT NULL
+                )
+                """,
+                "CREATE INDEX command_outbox_due ON \(s).command_outbox (due_at, created_at)",
+                "CREATE INDEX command_outbox_cancel ON \(s).command_outbox (cancel_key) WHERE cancel_key IS NOT NULL",
+                "CREATE INDEX command_outbox_instance ON \(s).command_outbox (process, instance)",
+            ]
+        },
     ]
 
     /// Brings `schema` up to the latest migration. Safe to run from several processes at once:

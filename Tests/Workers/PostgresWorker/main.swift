@@ -126,6 +126,8 @@ case "handle":
 
 case "partitioned":
     try await runPartitionedMode(arguments)
+case "holds":
+    try await runHoldsMode(arguments)
 
 default:
     fail("unknown mode \(arguments[1])")

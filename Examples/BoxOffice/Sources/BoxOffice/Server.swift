@@ -95,6 +95,7 @@ public enum BoxOfficeAPI {
             guard !history.isEmpty else { throw APIError(ShowError.unknownShow(id)) }
             return HistoryView(show: id, events: history.map { EventView($0.recorded, $0.event) })
         }
+        addReservationRoutes(to: router, app: app)
         if let readModels {
             router.get("shows/:id/seats") { _, context in
                 let id = try context.parameters.require("id")

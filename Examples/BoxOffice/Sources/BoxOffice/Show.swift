@@ -316,6 +316,7 @@ extension Router {
         try router.route(AddTicket.self, id: \.showID) { show, command in try show.addTicket(command) }
         try router.route(SellTicket.self, id: \.showID) { show, command in try show.sell(command) }
         try router.route(RefundTicket.self, id: \.showID) { show, command in try show.refund(command) }
+        try router.routeReservations()
         return router
     }
 }

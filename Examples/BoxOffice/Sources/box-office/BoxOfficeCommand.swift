@@ -72,6 +72,7 @@ struct DemoCommand: AsyncParsableCommand {
         ) { try await demo.run(on: app) }
         print(report.text)
         print("\n" + readModelReport.text)
+        print("\n" + (try await ReservationDemo().run(on: app)))
         try await database.close()
     }
 }
@@ -151,7 +152,9 @@ struct ServeCommand: AsyncParsableCommand {
         // Services stop in reverse order: the server first (no new commands), then the pipelines.
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
-                services: [.init(service: pipelines), .init(service: server)],
+                services: [
+                    .init(service: pipelines), .init(service: try ReservationDesk(app: app)), .init(service: server),
+                ],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         logger.info("serving the box office on \(database.location)")
         do {
