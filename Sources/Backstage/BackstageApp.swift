@@ -211,6 +211,30 @@ public final class BackstageApp: Sendable {
         return dispatched
     }
 
+    /// Dispatches `command` and returns the aggregate's decision typed: the outcome, or the
+    /// aggregate's `Rejection` when a business rule rejected the command.
+    ///
+    /// ```swift
+    /// switch try await app.attempt(SellTicket(showID: "s1", buyer: "ada")) {
+    /// case .success(let sold): print("sold at version \(sold.version)")
+    /// case .failure(.soldOut): print("sold out")
+    /// case .failure(let rejection): print("rejected: \(rejection)")
+    /// }
+    /// ```
+    ///
+    /// - Throws: every other error of ``dispatch(_:options:)``: a middleware's rejection,
+    ///   routing and store errors, a persisting version conflict, a consistency timeout,
+    ///   `CancellationError`.
+    public func attempt<C: Command>(_ command: C, options: DispatchOptions = DispatchOptions())
+        async throws -> Result<Dispatched<C.Target>, C.Target.Rejection>
+    {
+        do {
+            return .success(try await dispatch(command, options: options))
+        } catch let rejection as C.Target.Rejection {
+            return .failure(rejection)
+        }
+    }
+
     private func execute<C: Command>(
         _ command: C, route: Route<C>, context: CommandContext, explicitID: Bool
     ) async throws -> Dispatched<C.Target> {
