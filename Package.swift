@@ -46,7 +46,15 @@ let package = Package(
             ]
         ),
         .target(name: "BackstageTesting", dependencies: ["Backstage"]),
-        .testTarget(name: "BackstageTests", dependencies: ["Backstage", "BackstageTesting"]),
+        .testTarget(
+            name: "BackstageTests",
+            dependencies: [
+                "Backstage", "BackstageTesting",
+                // In-memory tracer and metrics backends for the telemetry tests.
+                .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ]
+        ),
         // The README's example, compiled and run as shown.
         .testTarget(
             name: "ReadmeTests",

@@ -142,13 +142,24 @@ package final class AggregateType<A: Aggregate>: AnyAggregateType, @unchecked Se
     }
 }
 
-package class AnyRoute: @unchecked Sendable {}
+package class AnyRoute: @unchecked Sendable {
+    /// The command's name, computed once.
+    package let name: String
+    /// The stream category of the command's aggregate.
+    package let category: String
+    init(name: String, category: String) {
+        self.name = name
+        self.category = category
+    }
+}
 
 package final class Route<C: Command>: AnyRoute, @unchecked Sendable {
-    /// `C.commandName`, computed once.
-    package let name = C.commandName
     /// The name of the dispatch span.
     package let spanName = "dispatch \(C.commandName)"
+    /// The name of the span around the decision.
+    package let decideSpanName = "decide \(C.commandName)"
+    /// The name of the span around the append.
+    package let appendSpanName = "append \(C.Target.category)"
     package let id: @Sendable (C) -> String
     package let decide: @Sendable (C.Target, C) throws -> [C.Target.Event]
     package let aggregate: AggregateType<C.Target>
@@ -160,5 +171,6 @@ package final class Route<C: Command>: AnyRoute, @unchecked Sendable {
         self.id = id
         self.decide = decide
         self.aggregate = aggregate
+        super.init(name: C.commandName, category: C.Target.category)
     }
 }
