@@ -121,8 +121,10 @@ struct TelemetryTests {
             #expect(try metrics.expectCounter("backstage.commands", dims("Withdraw", "rejected")).totalValue == 1)
             #expect(try metrics.expectCounter("backstage.commands", dims("Deposit", "failed")).totalValue == 1)
             #expect(try metrics.expectCounter("backstage.commands", dims("Withdraw", "success")).totalValue == 0)
-            #expect(try metrics.expectTimer("backstage.command.duration", dims("Withdraw", "rejected")).values.count == 1)
-            #expect(try metrics.expectTimer("backstage.command.duration", dims("OpenAccount", "success")).values.count == 1)
+            #expect(
+                try metrics.expectTimer("backstage.command.duration", dims("Withdraw", "rejected")).values.count == 1)
+            #expect(
+                try metrics.expectTimer("backstage.command.duration", dims("OpenAccount", "success")).values.count == 1)
             #expect(try metrics.expectCounter("backstage.command.events", dims("Deposit")).totalValue == 2)
             #expect(try metrics.expectCounter("backstage.command.events", dims("OpenAccount")).totalValue == 1)
         }
