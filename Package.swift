@@ -88,7 +88,15 @@ let package = Package(
             name: "BackstageCLITests",
             dependencies: ["Backstage", "BackstageCLI", "BackstageSQLite", "BackstageTesting"]
         ),
-        .testTarget(name: "BackstageTests", dependencies: ["Backstage", "BackstageTesting", "BackstageTestSupport"]),
+        .testTarget(
+            name: "BackstageTests",
+            dependencies: [
+                "Backstage", "BackstageTesting", "BackstageTestSupport",
+                // In-memory tracer and metrics backends for the telemetry tests.
+                .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ]
+        ),
         // The README's example and the code of the DocC articles, compiled and run as shown.
         .testTarget(
             name: "ReadmeTests",

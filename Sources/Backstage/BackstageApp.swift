@@ -166,7 +166,7 @@ public final class BackstageApp: Sendable {
         self.configuration = configuration
         self.cache = AggregateCache(
             capacity: configuration.cacheCapacity, idleTimeout: configuration.cacheIdleTimeout)
-        self.metrics = DispatchMetrics()
+        self.metrics = DispatchMetrics(routes: router.routes)
     }
 
     /// Dispatches `command` to its aggregate and returns what happened.
@@ -188,25 +188,46 @@ public final class BackstageApp: Sendable {
             correlationID: options.correlationID ?? commandID, causationID: options.causationID,
             fields: options.fields)
         let dispatched: Dispatched<C.Target>
+        let commandMetrics = metrics.command(C.self)
+        // Spans only when a tracer is bootstrapped (or bound with `withTracer`): the default
+        // no-op tracer costs this one check per dispatch.
+        let traced = isTracing()
         do {
             try store.limits.validate(stream: stream)
             for m in middleware { try await m.beforeDispatch(&context) }
-            let result = try await withSpan(route.spanName) { span in
-                if span.isRecording {
-                    span.attributes["backstage.stream"] = stream
-                    span.attributes["backstage.command_id"] = "\(commandID)"
+            let result: Dispatched<C.Target>
+            if traced {
+                let context = context
+                result = try await withSpan(route.spanName) { span in
+                    if span.isRecording {
+                        span.attributes["backstage.command"] = route.name
+                        span.attributes["backstage.category"] = route.category
+                        span.attributes["backstage.stream"] = stream
+                        span.attributes["backstage.command_id"] = "\(commandID)"
+                    }
+                    let result = try await execute(
+                        command, route: route, context: context, explicitID: options.commandID != nil, traced: true)
+                    if span.isRecording {
+                        span.attributes["backstage.events"] = result.isDuplicate ? 0 : result.recorded.count
+                        span.attributes["backstage.version"] = result.version
+                        span.attributes["backstage.retries"] = result.retries
+                        span.attributes["backstage.duplicate"] = result.isDuplicate
+                    }
+                    return result
                 }
-                return try await execute(command, route: route, context: context, explicitID: options.commandID != nil)
+            } else {
+                result = try await execute(
+                    command, route: route, context: context, explicitID: options.commandID != nil, traced: false)
             }
             let summary = DispatchSummary(
                 eventCount: result.isDuplicate ? 0 : result.recorded.count, version: result.version,
                 isDuplicate: result.isDuplicate, retries: result.retries)
             for m in middleware { await m.afterDispatch(context, result: summary) }
-            metrics.succeeded(command: route.name, events: summary.eventCount, retries: result.retries, since: start)
+            commandMetrics?.succeeded(events: summary.eventCount, since: start)
             dispatched = result
         } catch {
             for m in middleware { await m.afterFailure(context, error: error) }
-            metrics.failed(command: route.name, error: error)
+            commandMetrics?.failed(rejected: error is C.Target.Rejection, since: start)
             throw error
         }
         // The events are stored; a consistency timeout says so.
@@ -214,8 +235,32 @@ public final class BackstageApp: Sendable {
         return dispatched
     }
 
+    /// Dispatches `command` and returns the aggregate's decision typed: the outcome, or the
+    /// aggregate's `Rejection` when a business rule rejected the command.
+    ///
+    /// ```swift
+    /// switch try await app.attempt(SellTicket(showID: "s1", buyer: "ada")) {
+    /// case .success(let sold): print("sold at version \(sold.version)")
+    /// case .failure(.soldOut): print("sold out")
+    /// case .failure(let rejection): print("rejected: \(rejection)")
+    /// }
+    /// ```
+    ///
+    /// - Throws: every other error of ``dispatch(_:options:)``: a middleware's rejection,
+    ///   routing and store errors, a persisting version conflict, a consistency timeout,
+    ///   `CancellationError`.
+    public func attempt<C: Command>(_ command: C, options: DispatchOptions = DispatchOptions())
+        async throws -> Result<Dispatched<C.Target>, C.Target.Rejection>
+    {
+        do {
+            return .success(try await dispatch(command, options: options))
+        } catch let rejection as C.Target.Rejection {
+            return .failure(rejection)
+        }
+    }
+
     private func execute<C: Command>(
-        _ command: C, route: Route<C>, context: CommandContext, explicitID: Bool
+        _ command: C, route: Route<C>, context: CommandContext, explicitID: Bool, traced: Bool
     ) async throws -> Dispatched<C.Target> {
         typealias A = C.Target
         let stream = context.stream
@@ -240,6 +285,12 @@ public final class BackstageApp: Sendable {
             entry.version = 0
         }
         var fields = context.fields
+        if traced {
+            // The dispatch span's trace context (W3C `traceparent`/`tracestate` with a W3C
+            // propagator) travels in the events' metadata to every handler and projection.
+            InstrumentationSystem.instrument.inject(
+                ServiceContext.current ?? .topLevel, into: &fields, using: MetadataFieldsInjector())
+        }
         var fingerprint: String? = nil
         if explicitID {
             let print = commandFingerprint(command, name: route.name)
@@ -256,7 +307,10 @@ public final class BackstageApp: Sendable {
         while true {
             let decided: [A.Event]
             do {
-                decided = try route.decide(entry.state, command)
+                decided =
+                    traced
+                    ? try withSpan(route.decideSpanName) { _ in try route.decide(entry.state, command) }
+                    : try route.decide(entry.state, command)
             } catch where unverified {
                 unverified = false
                 try await refresh(entry, stream: stream, codec: codec)
@@ -279,9 +333,21 @@ public final class BackstageApp: Sendable {
                 // one is new by construction (no caller can send it again), so storing it for
                 // lookups would cost a row and a fingerprint per append for nothing. The events
                 // carry it in their metadata either way.
-                result = try await store.append(
-                    data, to: stream, expected: .exact(entry.version),
-                    commandID: explicitID ? context.commandID : nil)
+                let storedID = explicitID ? context.commandID : nil
+                if traced {
+                    let version = entry.version
+                    result = try await withSpan(route.appendSpanName) { span in
+                        if span.isRecording {
+                            span.attributes["backstage.stream"] = stream
+                            span.attributes["backstage.events"] = data.count
+                            span.attributes["backstage.expected_version"] = version
+                        }
+                        return try await store.append(data, to: stream, expected: .exact(version), commandID: storedID)
+                    }
+                } else {
+                    result = try await store.append(
+                        data, to: stream, expected: .exact(entry.version), commandID: storedID)
+                }
             } catch EventStoreError.wrongExpectedVersion where unverified {
                 // The stream is ahead of the state decided on: read it and decide again.
                 unverified = false
@@ -295,7 +361,7 @@ public final class BackstageApp: Sendable {
                     throw EventStoreError.wrongExpectedVersion(stream: s, expected: expected, actual: actual)
                 }
                 retries += 1
-                metrics.conflict(command: route.name)
+                metrics.command(C.self)?.conflicts.increment()
                 try await Task.sleep(for: conflictDelay(afterAttempt: retries))
                 try await refresh(entry, stream: stream, codec: codec)
                 continue
@@ -606,26 +672,69 @@ func commandFingerprint<C: Command>(_ command: C, name: String) -> String {
     return "\(name):\(String(hasher.value, radix: 16))"
 }
 
-/// Metrics of the aggregate runtime (swift-metrics): dispatches, failures, latency, events, retries.
+/// Metrics of the aggregate runtime (swift-metrics), per command type, made once per app (they
+/// bind to the metrics factory in force when the ``BackstageApp`` is created).
 struct DispatchMetrics: Sendable {
-    let dispatched = Counter(label: "backstage_commands_dispatched_total")
-    let failures = Counter(label: "backstage_commands_failed_total")
-    let appended = Counter(label: "backstage_events_appended_total")
-    let retries = Counter(label: "backstage_command_conflict_retries_total")
-    let latency = Metrics.Timer(label: "backstage_command_duration_seconds")
+    private let commands: [ObjectIdentifier: CommandMetrics]
 
-    func succeeded(command: String, events: Int, retries: Int, since start: ContinuousClock.Instant) {
-        dispatched.increment()
-        if events > 0 { appended.increment(by: events) }
-        latency.recordInterval(since: start)
+    init(routes: [ObjectIdentifier: AnyRoute]) {
+        commands = routes.mapValues { CommandMetrics(command: $0.name, category: $0.category) }
     }
-    func failed(command: String, error: any Error) { failures.increment() }
-    func conflict(command: String) { retries.increment() }
+
+    func command<C: Command>(_ type: C.Type) -> CommandMetrics? { commands[ObjectIdentifier(C.self)] }
 }
 
-extension Metrics.Timer {
-    func recordInterval(since start: ContinuousClock.Instant) {
-        let d = ContinuousClock.now - start
-        recordNanoseconds(d.components.seconds * 1_000_000_000 + d.components.attoseconds / 1_000_000_000)
+/// The metrics of one command type: dispatches and their duration by outcome, events, conflicts.
+final class CommandMetrics: Sendable {
+    let succeededCount: Counter
+    let rejectedCount: Counter
+    let failedCount: Counter
+    let succeededDuration: Metrics.Timer
+    let rejectedDuration: Metrics.Timer
+    let failedDuration: Metrics.Timer
+    let events: Counter
+    let conflicts: Counter
+
+    init(command: String, category: String) {
+        let base = [("command", command), ("category", category)]
+        func outcome(_ value: String) -> [(String, String)] { base + [("outcome", value)] }
+        succeededCount = Counter(label: "backstage.commands", dimensions: outcome("success"))
+        rejectedCount = Counter(label: "backstage.commands", dimensions: outcome("rejected"))
+        failedCount = Counter(label: "backstage.commands", dimensions: outcome("failed"))
+        succeededDuration = Metrics.Timer(label: "backstage.command.duration", dimensions: outcome("success"))
+        rejectedDuration = Metrics.Timer(label: "backstage.command.duration", dimensions: outcome("rejected"))
+        failedDuration = Metrics.Timer(label: "backstage.command.duration", dimensions: outcome("failed"))
+        events = Counter(label: "backstage.command.events", dimensions: base)
+        conflicts = Counter(label: "backstage.command.conflicts", dimensions: base)
     }
+
+    func succeeded(events count: Int, since start: ContinuousClock.Instant) {
+        succeededDuration.record(duration: start.duration(to: .now))
+        succeededCount.increment()
+        if count > 0 { events.increment(by: count) }
+    }
+
+    func failed(rejected: Bool, since start: ContinuousClock.Instant) {
+        (rejected ? rejectedDuration : failedDuration).record(duration: start.duration(to: .now))
+        (rejected ? rejectedCount : failedCount).increment()
+    }
+}
+
+/// Whether an instrument other than the no-op default is bootstrapped or bound to this task
+/// (`withTracer`): spans and trace context are skipped otherwise, at the cost of this check.
+func isTracing() -> Bool {
+    let instrument = InstrumentationSystem.instrument
+    return !(instrument is NoOpInstrument || instrument is NoOpTracer)
+}
+
+/// Writes trace context into event metadata fields.
+struct MetadataFieldsInjector: Injector {
+    func inject(_ value: String, forKey key: String, into carrier: inout [String: String]) {
+        carrier[key] = value
+    }
+}
+
+/// Reads trace context from event metadata fields.
+struct MetadataFieldsExtractor: Extractor {
+    func extract(key: String, from carrier: [String: String]) -> String? { carrier[key] }
 }

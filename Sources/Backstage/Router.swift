@@ -16,7 +16,8 @@ public enum RoutingError: Error, Sendable, Hashable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .duplicateRoute(let c): "command \(c) is routed twice"
-        case .noRoute(let c): "no route for command \(c): register it with Router.route(_:id:decide:)"
+        case .noRoute(let c):
+            "no route for command \(c): register it with Router.route(_:) (a DecidingCommand) or Router.route(_:id:decide:)"
         case .invalidCategory(let a, let c):
             "aggregate \(a) has category '\(c)': a category must be non-empty and contain no '-'"
         case .categoryInUse(let c, let a): "category '\(c)' is used by \(a.joined(separator: " and "))"
@@ -28,9 +29,12 @@ public enum RoutingError: Error, Sendable, Hashable, CustomStringConvertible {
 /// Maps each command type to the identity of its aggregate instance and to the function that
 /// decides the command.
 ///
+/// Commands that decide themselves (``DecidingCommand``) are routed by their types alone; other
+/// commands take the identity and the decision as closures:
+///
 /// ```swift
-/// var router = Router()
-/// try router.route(AddTicket.self, id: \.showID) { show, command in try show.addTicket(command) }
+/// var router = try Router(ScheduleShow.self, AddTicket.self, SellTicket.self)
+/// try router.route(RefundTicket.self, id: \.showID) { show, command in try show.refund(command) }
 /// ```
 public struct Router: Sendable {
     var routes: [ObjectIdentifier: AnyRoute] = [:]
@@ -39,10 +43,36 @@ public struct Router: Sendable {
     /// Creates an empty router.
     public init() {}
 
+    /// Creates a router for `commands`, each routed by its own ``DecidingCommand/aggregateID``
+    /// and decided by its own ``DecidingCommand/decide(_:)``.
+    ///
+    /// - Throws: ``RoutingError`` as ``route(_:)`` does.
+    public init(_ commands: any DecidingCommand.Type...) throws(RoutingError) {
+        for command in commands { try add(command) }
+    }
+
+    /// Routes each of `commands` by its own ``DecidingCommand/aggregateID``, decided by its own
+    /// ``DecidingCommand/decide(_:)``.
+    ///
+    /// - Throws: ``RoutingError`` when a command type is routed already or its aggregate is not
+    ///   valid (bad category, category taken by another aggregate, inconsistent event family).
+    public mutating func route(_ commands: any DecidingCommand.Type...) throws(RoutingError) {
+        for command in commands { try add(command) }
+    }
+
+    private mutating func add<C: DecidingCommand>(_ command: C.Type) throws(RoutingError) {
+        try route(C.self, id: { $0.aggregateID }, decide: { state, command in try command.decide(state) })
+    }
+
     /// Routes commands of type `command` to the instance of `C.Target` named by `id`, decided by `decide`.
     ///
     /// `decide` returns the events the command produces, or throws the aggregate's `Rejection`
-    /// when a business rule rejects it; `dispatch` throws that error to the caller as it is.
+    /// when a business rule rejects it; `dispatch` throws that value to the caller as it is, and
+    /// ``BackstageApp/attempt(_:options:)`` returns it typed. Any other error `decide` throws
+    /// reaches the caller of `dispatch` unchanged. (A closure is not typed here: Swift infers a
+    /// closure that contains `try` as throwing `any Error` unless it is written
+    /// `{ show, command throws(ShowError) in ... }`; a ``DecidingCommand`` declares its
+    /// `decide` with the typed `Rejection` instead.)
     ///
     /// - Throws: ``RoutingError`` when the command type is routed already or the aggregate is
     ///   not valid (bad category, category taken by another aggregate, inconsistent event family).
@@ -112,13 +142,24 @@ package final class AggregateType<A: Aggregate>: AnyAggregateType, @unchecked Se
     }
 }
 
-package class AnyRoute: @unchecked Sendable {}
+package class AnyRoute: @unchecked Sendable {
+    /// The command's name, computed once.
+    package let name: String
+    /// The stream category of the command's aggregate.
+    package let category: String
+    init(name: String, category: String) {
+        self.name = name
+        self.category = category
+    }
+}
 
 package final class Route<C: Command>: AnyRoute, @unchecked Sendable {
-    /// `C.commandName`, computed once.
-    package let name = C.commandName
     /// The name of the dispatch span.
     package let spanName = "dispatch \(C.commandName)"
+    /// The name of the span around the decision.
+    package let decideSpanName = "decide \(C.commandName)"
+    /// The name of the span around the append.
+    package let appendSpanName = "append \(C.Target.category)"
     package let id: @Sendable (C) -> String
     package let decide: @Sendable (C.Target, C) throws -> [C.Target.Event]
     package let aggregate: AggregateType<C.Target>
@@ -130,5 +171,6 @@ package final class Route<C: Command>: AnyRoute, @unchecked Sendable {
         self.id = id
         self.decide = decide
         self.aggregate = aggregate
+        super.init(name: C.commandName, category: C.Target.category)
     }
 }

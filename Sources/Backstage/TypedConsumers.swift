@@ -46,7 +46,7 @@ public enum DecodeFailurePolicy: Sendable, Hashable {
     case fail
     /// Skip the event and record it: a warning in the log (`backstage.decode`) naming the
     /// subscription, the position and the error, and the counter
-    /// `backstage_events_undecodable_skipped_total` (dimension `subscription`). The checkpoint
+    /// `backstage.subscription.undecodable_skipped` (dimension `subscription`). The checkpoint
     /// moves past it.
     case skip
 }
@@ -82,7 +82,7 @@ extension EventCodec {
                     "subscription": "\(subscription)", "position": "\(recorded.position)",
                     "stream": "\(recorded.stream)", "error": "\(error)",
                 ])
-            Counter(label: "backstage_events_undecodable_skipped_total", dimensions: [("subscription", subscription)])
+            Counter(label: "backstage.subscription.undecodable_skipped", dimensions: [("subscription", subscription)])
                 .increment()
             return nil
         }

@@ -33,7 +33,8 @@ final class NotificationListener: Sendable {
     private let applicationName: String
     private let initialDelay: Duration
     private let logger: Logger
-    private let queryLogger = Logger(label: "backstage.postgres.listener", factory: { _ in SwiftLogNoOpLogHandler() })
+    /// postgres-nio's query logs (debug/trace level) go to the listener's logger.
+    private var queryLogger: Logger { logger }
     private let state = Mutex(State())
 
     init(

@@ -129,7 +129,8 @@ public final class PostgresEventStore: EventStore {
         self.limits = configuration.limits
         self.configuration = configuration
         self.logger = configuration.logger
-        self.queryLogger = Logger(label: "backstage.postgres.query", factory: { _ in SwiftLogNoOpLogHandler() })
+        // postgres-nio logs queries at debug/trace level: the store's logger, at its own level.
+        self.queryLogger = configuration.logger
         self.notificationChannel = String("backstage_\(schema.rawValue)".prefix(63))
         self.listener = NotificationListener(
             client: client, channel: notificationChannel, notifier: notifier,

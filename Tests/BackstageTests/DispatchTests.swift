@@ -161,6 +161,27 @@ struct DispatchTests {
         #expect(try await app.load(Account.self, id: "a").state.balance == 10)
     }
 
+    @Test("attempt returns the aggregate's rejection typed and throws every other error")
+    func attemptTypesRejections() async throws {
+        let store = InMemoryEventStore()
+        let app = try makeApp(store)
+        try await app.dispatch(OpenAccount(id: "a", owner: "Ana"))
+        let deposited = try await app.attempt(Deposit(id: "a", amount: 5))
+        #expect(try deposited.get().version == 2)
+        let outcome: Result<Dispatched<Account>, Account.Rejection> = try await app.attempt(
+            Withdraw(id: "a", amount: 9))
+        guard case .failure(.insufficientFunds(let balance, let requested)) = outcome else {
+            Issue.record("expected a typed rejection, got \(outcome)")
+            return
+        }
+        #expect(balance == 5 && requested == 9)
+        // A middleware's rejection is not the aggregate's: it is thrown.
+        await #expect(throws: InvalidCommand(reason: "amount must be positive")) {
+            _ = try await app.attempt(Deposit(id: "a", amount: 0))
+        }
+        #expect(try await store.streamVersion("account-a") == 2)
+    }
+
     @Test("a middleware that rejects stops the dispatch before the aggregate is loaded")
     func middlewareRejects() async throws {
         let journal = Journal()

@@ -53,6 +53,17 @@ struct RouterTests {
         }
     }
 
+    @Test("deciding commands are routed by type; routing one twice is an error")
+    func decidingCommands() throws {
+        var router = try Router(PayAndPass.self)
+        #expect(throws: RoutingError.duplicateRoute(command: "PayAndPass")) {
+            try router.route(PayAndPass.self)
+        }
+        #expect(throws: RoutingError.duplicateRoute(command: "PayAndPass")) {
+            _ = try Router(PayAndPass.self, PayAndPass.self)
+        }
+    }
+
     @Test("a command without a route is a clear error, and nothing is stored")
     func noRoute() async throws {
         var router = Router()

@@ -24,10 +24,8 @@ enum TurnstileEvent: EventFamily {
     case passed(VisitorPassed)
     case jammed(TurnstileJammed)
 
-    static let members: [EventMember<TurnstileEvent>] = [
-        .init(CoinInserted.self, TurnstileEvent.coin),
-        .init(VisitorPassed.self, TurnstileEvent.passed),
-    ]
+    // Each member names its case once; the event type is the case's payload.
+    static let members: [EventMember<TurnstileEvent>] = [.init(coin), .init(passed)]
 }
 
 enum TurnstileError: Error, Equatable {
@@ -75,12 +73,25 @@ struct BreakTurnstile: Command {
     var id = "t1"
 }
 
+/// Names its turnstile and decides itself: routed with no closure.
+struct PayAndPass: DecidingCommand {
+    typealias Target = Turnstile
+    var gate = "t1"
+    var visitor: String
+    var aggregateID: String { gate }
+
+    func decide(_ turnstile: Turnstile) throws(TurnstileError) -> [TurnstileEvent] {
+        guard turnstile.credit >= 100 else { throw .locked }
+        return [.passed(VisitorPassed(visitor: visitor))]
+    }
+}
+
 struct UnroutedTurnstileCommand: Command {
     typealias Target = Turnstile
 }
 
 func turnstileRouter() throws -> Router {
-    var router = Router()
+    var router = try Router(PayAndPass.self)
     try router.route(InsertCoin.self, id: \.id) { turnstile, command throws(TurnstileError) in
         if turnstile.credit >= 100 { throw .alreadyUnlocked(credit: turnstile.credit) }
         return [.coin(CoinInserted(cents: command.cents))]
@@ -222,6 +233,16 @@ struct ScenarioTests {
         #expect(throws: CancellationError.self) {
             try scenario.when(BreakTurnstile())
         }
+    }
+
+    @Test func decidingCommandsRouteThemselvesWithTypedRejections() throws {
+        let outcome = scenario.given(Turnstile.self, [.coin(CoinInserted(cents: 100))])
+        try outcome.when(PayAndPass(gate: "t1", visitor: "ada"))
+            .then([.passed(VisitorPassed(visitor: "ada"))])
+        let rejected = try scenario.when(PayAndPass(gate: "t9", visitor: "bob")).thenRejected(.locked)
+        #expect(rejected.stream == "turnstile-t9")
+        let rejection: TurnstileError? = rejected.rejection
+        #expect(rejection == .locked)
     }
 
     @Test func unroutedCommandsThrowTheRoutingError() {

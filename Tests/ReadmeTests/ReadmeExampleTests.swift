@@ -18,30 +18,39 @@ struct TicketAdded: Event, Equatable {
 enum ShowEvent: EventFamily, Equatable {
     case scheduled(ShowScheduled)
     case ticketAdded(TicketAdded)
-    static let members: [EventMember<ShowEvent>] = [
-        EventMember(ShowScheduled.self, ShowEvent.scheduled),
-        EventMember(TicketAdded.self, ShowEvent.ticketAdded),
-    ]
+    static let members: [EventMember<ShowEvent>] = [.init(scheduled), .init(ticketAdded)]
 }
 
-// Commands: requests that may be rejected.
-struct ScheduleShow: Command {
+// Commands: requests that may be rejected. Each names its show and decides on its state.
+struct ScheduleShow: DecidingCommand {
     typealias Target = Show
     var showID: String
     var capacity: Int
+    var aggregateID: String { showID }
+
+    func decide(_ show: Show) -> [ShowEvent] {
+        [.scheduled(ShowScheduled(showID: showID, capacity: capacity))]
+    }
 }
 
-struct AddTicket: Command {
+struct AddTicket: DecidingCommand {
     typealias Target = Show
     var showID: String
     var ticketID: String
+    var aggregateID: String { showID }
+
+    func decide(_ show: Show) throws(ShowError) -> [ShowEvent] {
+        guard show.capacity > 0 else { throw .unknownShow }
+        guard show.tickets.count < show.capacity else { throw .soldOut }
+        return [.ticketAdded(TicketAdded(showID: showID, ticketID: ticketID))]
+    }
 }
 
 enum ShowError: Error, Equatable {
     case unknownShow, soldOut
 }
 
-// The aggregate: evolves with events, decides commands. Both pure.
+// The aggregate: its state, evolved by events. Deciding and evolving are both pure.
 struct Show: Aggregate {
     typealias Rejection = ShowError
     static let category = "show"
@@ -54,22 +63,11 @@ struct Show: Aggregate {
         case .ticketAdded(let e): tickets.insert(e.ticketID)
         }
     }
-
-    func add(_ command: AddTicket) throws(ShowError) -> [ShowEvent] {
-        guard capacity > 0 else { throw .unknownShow }
-        guard tickets.count < capacity else { throw .soldOut }
-        return [.ticketAdded(TicketAdded(showID: command.showID, ticketID: command.ticketID))]
-    }
 }
 
-// The router: each command type -> the aggregate instance it goes to, and its decision.
+// The router: the commands the application accepts.
 func showRouter() throws -> Router {
-    var router = Router()
-    try router.route(ScheduleShow.self, id: \.showID) { _, command in
-        [.scheduled(ShowScheduled(showID: command.showID, capacity: command.capacity))]
-    }
-    try router.route(AddTicket.self, id: \.showID) { show, command in try show.add(command) }
-    return router
+    try Router(ScheduleShow.self, AddTicket.self)
 }
 
 func boxOffice(path: String = "box-office.sqlite") async throws {
@@ -78,11 +76,9 @@ func boxOffice(path: String = "box-office.sqlite") async throws {
     let result = try await app.dispatch(AddTicket(showID: "hamlet", ticketID: "A1"))
     print(result.version, result.state.tickets)           // 2 ["A1"]
 
-    do {
-        try await app.dispatch(AddTicket(showID: "hamlet", ticketID: "A2"))
-        try await app.dispatch(AddTicket(showID: "hamlet", ticketID: "A3"))
-    } catch let error as ShowError {
-        print(error)                                       // soldOut
+    try await app.dispatch(AddTicket(showID: "hamlet", ticketID: "A2"))
+    if case .failure(let rejection) = try await app.attempt(AddTicket(showID: "hamlet", ticketID: "A3")) {
+        print(rejection)                                   // soldOut: a ShowError, typed
     }
     let earlier = try await app.load(Show.self, id: "hamlet", atVersion: 2)
     print(earlier.state.tickets)                           // ["A1"]: any page of the script

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import Metrics
 import Synchronization
+import Tracing
 
 /// What a subscription is doing.
 public enum SubscriptionState: Sendable, Hashable {
@@ -424,8 +425,8 @@ final class SubscriptionRunner: Sendable {
             attempt += 1
             let started = ContinuousClock.now
             do {
-                try await invoke(batch.map(\.0))
-                metrics.latency.recordInterval(since: started)
+                try await traced(batch.map(\.0))
+                metrics.batchDuration.record(duration: started.duration(to: .now))
                 metrics.batchSize.record(batch.count)
                 metrics.handled.increment(by: batch.count)
                 complete(batch)
@@ -495,6 +496,34 @@ final class SubscriptionRunner: Sendable {
             metrics.parked.increment()
             complete([item])
             return true
+        }
+    }
+
+    /// Runs the batch in a span (`handle <subscription>` or `project <subscription>`) when a
+    /// tracer is bootstrapped: its parent is the trace context stored in the first event that
+    /// has one (the dispatch that appended it), and it links to the contexts of the others, so the
+    /// batch shows in the trace of the request that caused it.
+    private func traced(_ events: [RecordedEvent]) async throws {
+        guard isTracing() else { return try await invoke(events) }
+        let instrument = InstrumentationSystem.instrument
+        var parent: ServiceContext?
+        var links: [ServiceContext] = []
+        for event in events where !event.metadata.fields.isEmpty {
+            var context = ServiceContext.topLevel
+            instrument.extract(event.metadata.fields, into: &context, using: MetadataFieldsExtractor())
+            guard !context.isEmpty else { continue }
+            if parent == nil { parent = context } else { links.append(context) }
+        }
+        let name = isProjection ? "project \(subscription)" : "handle \(subscription)"
+        try await withSpan(name, context: parent ?? ServiceContext.current ?? .topLevel, ofKind: .consumer) { span in
+            if span.isRecording {
+                span.attributes["backstage.subscription"] = subscription
+                span.attributes["backstage.batch.size"] = events.count
+                span.attributes["backstage.position.first"] = events[0].position
+                span.attributes["backstage.position.last"] = events[events.count - 1].position
+                for link in links { span.addLink(SpanLink(context: link, attributes: [:])) }
+            }
+            try await invoke(events)
         }
     }
 

@@ -79,12 +79,10 @@ public enum ShowEvent: EventFamily, Hashable {
     case ticketRefunded(TicketRefunded)
 
     public static let members: [EventMember<ShowEvent>] = [
-        EventMember(ShowScheduled.self, ShowEvent.scheduled),
-        EventMember(TicketAdded.self, ShowEvent.ticketAdded),
-        EventMember(TicketSold.self, ShowEvent.ticketSold),
-        EventMember(TicketRefunded.self, ShowEvent.ticketRefunded),
+        .init(scheduled), .init(ticketAdded), .init(ticketSold), .init(ticketRefunded),
     ]
 
+    /// The event of the case, without reflection (every sale appends one).
     public var event: any Event {
         switch self {
         case .scheduled(let e): e
@@ -105,10 +103,10 @@ public enum ShowEvent: EventFamily, Hashable {
     }
 }
 
-// MARK: Commands: requests that the show may reject.
+// MARK: Commands: requests that the show may reject. Each names its show and decides on its state.
 
 /// Puts a new show on the programme.
-public struct ScheduleShow: Command, Codable, Hashable {
+public struct ScheduleShow: DecidingCommand, Codable, Hashable {
     public typealias Target = Show
     /// The new show's id.
     public var showID: String
@@ -123,10 +121,18 @@ public struct ScheduleShow: Command, Codable, Hashable {
         self.title = title
         self.capacity = capacity
     }
+
+    public var aggregateID: String { showID }
+
+    public func decide(_ show: Show) throws(ShowError) -> [ShowEvent] {
+        guard show.id == nil else { throw .alreadyScheduled(showID) }
+        guard capacity > 0 else { throw .invalidCapacity(capacity) }
+        return [.scheduled(ShowScheduled(showID: showID, title: title, capacity: capacity))]
+    }
 }
 
 /// Adds a ticket to a show, up to its capacity.
-public struct AddTicket: Command, Codable, Hashable {
+public struct AddTicket: DecidingCommand, Codable, Hashable {
     public typealias Target = Show
     /// The show.
     public var showID: String
@@ -138,10 +144,19 @@ public struct AddTicket: Command, Codable, Hashable {
         self.showID = showID
         self.ticketID = ticketID
     }
+
+    public var aggregateID: String { showID }
+
+    public func decide(_ show: Show) throws(ShowError) -> [ShowEvent] {
+        guard show.id != nil else { throw .unknownShow(showID) }
+        guard show.tickets[ticketID] == nil else { throw .duplicateTicket(ticketID) }
+        guard show.tickets.count < show.capacity else { throw .capacityReached(capacity: show.capacity) }
+        return [.ticketAdded(TicketAdded(showID: showID, ticketID: ticketID))]
+    }
 }
 
 /// Sells the show's next ticket on sale to a buyer.
-public struct SellTicket: Command, Codable, Hashable {
+public struct SellTicket: DecidingCommand, Codable, Hashable {
     public typealias Target = Show
     /// The show.
     public var showID: String
@@ -153,10 +168,18 @@ public struct SellTicket: Command, Codable, Hashable {
         self.showID = showID
         self.buyer = buyer
     }
+
+    public var aggregateID: String { showID }
+
+    public func decide(_ show: Show) throws(ShowError) -> [ShowEvent] {
+        guard show.id != nil else { throw .unknownShow(showID) }
+        guard let ticket = show.onSale.first else { throw .soldOut(showID) }
+        return [.ticketSold(TicketSold(showID: showID, ticketID: ticket, buyer: buyer))]
+    }
 }
 
 /// Refunds a sold ticket; it goes back on sale.
-public struct RefundTicket: Command, Codable, Hashable {
+public struct RefundTicket: DecidingCommand, Codable, Hashable {
     public typealias Target = Show
     /// The show.
     public var showID: String
@@ -167,6 +190,18 @@ public struct RefundTicket: Command, Codable, Hashable {
     public init(showID: String, ticketID: String) {
         self.showID = showID
         self.ticketID = ticketID
+    }
+
+    public var aggregateID: String { showID }
+
+    public func decide(_ show: Show) throws(ShowError) -> [ShowEvent] {
+        guard show.id != nil else { throw .unknownShow(showID) }
+        switch show.tickets[ticketID] {
+        case nil: throw .unknownTicket(ticketID)
+        case .onSale: throw .notSold(ticketID)
+        case .refunded: throw .alreadyRefunded(ticketID)
+        case .sold: return [.ticketRefunded(TicketRefunded(showID: showID, ticketID: ticketID))]
+        }
     }
 }
 
@@ -223,7 +258,7 @@ public enum ShowError: Error, Hashable, CustomStringConvertible {
     }
 }
 
-// MARK: The aggregate: decides commands, evolves with events.
+// MARK: The aggregate: evolves with events (the commands above decide on it).
 
 /// Where a ticket stands.
 public enum TicketStatus: String, Codable, Hashable, Sendable {
@@ -275,35 +310,6 @@ public struct Show: Aggregate, Codable, Hashable {
             onSale.append(e.ticketID)
         }
     }
-
-    func schedule(_ command: ScheduleShow) throws(ShowError) -> [ShowEvent] {
-        guard id == nil else { throw .alreadyScheduled(command.showID) }
-        guard command.capacity > 0 else { throw .invalidCapacity(command.capacity) }
-        return [.scheduled(ShowScheduled(showID: command.showID, title: command.title, capacity: command.capacity))]
-    }
-
-    func addTicket(_ command: AddTicket) throws(ShowError) -> [ShowEvent] {
-        guard id != nil else { throw .unknownShow(command.showID) }
-        guard tickets[command.ticketID] == nil else { throw .duplicateTicket(command.ticketID) }
-        guard tickets.count < capacity else { throw .capacityReached(capacity: capacity) }
-        return [.ticketAdded(TicketAdded(showID: command.showID, ticketID: command.ticketID))]
-    }
-
-    func sell(_ command: SellTicket) throws(ShowError) -> [ShowEvent] {
-        guard id != nil else { throw .unknownShow(command.showID) }
-        guard let ticket = onSale.first else { throw .soldOut(command.showID) }
-        return [.ticketSold(TicketSold(showID: command.showID, ticketID: ticket, buyer: command.buyer))]
-    }
-
-    func refund(_ command: RefundTicket) throws(ShowError) -> [ShowEvent] {
-        guard id != nil else { throw .unknownShow(command.showID) }
-        switch tickets[command.ticketID] {
-        case nil: throw .unknownTicket(command.ticketID)
-        case .onSale: throw .notSold(command.ticketID)
-        case .refunded: throw .alreadyRefunded(command.ticketID)
-        case .sold: return [.ticketRefunded(TicketRefunded(showID: command.showID, ticketID: command.ticketID))]
-        }
-    }
 }
 
 // MARK: The router: every command of the box office, in one place.
@@ -311,11 +317,7 @@ public struct Show: Aggregate, Codable, Hashable {
 extension Router {
     /// The box office's routes: each command goes to the show it names.
     public static func boxOffice() throws(RoutingError) -> Router {
-        var router = Router()
-        try router.route(ScheduleShow.self, id: \.showID) { show, command in try show.schedule(command) }
-        try router.route(AddTicket.self, id: \.showID) { show, command in try show.addTicket(command) }
-        try router.route(SellTicket.self, id: \.showID) { show, command in try show.sell(command) }
-        try router.route(RefundTicket.self, id: \.showID) { show, command in try show.refund(command) }
+        var router = try Router(ScheduleShow.self, AddTicket.self, SellTicket.self, RefundTicket.self)
         try router.routeReservations()
         return router
     }
