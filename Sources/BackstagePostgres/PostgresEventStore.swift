@@ -329,8 +329,14 @@ public final class PostgresEventStore: EventStore {
         }
         // The group's statement must not be abandoned half way by this caller's cancellation (the
         // rows of a committed group would be reported as cancelled to every member): it runs in a
-        // task of its own, awaited here, which holds a pooled connection for one statement.
-        let outcomes = await Task { await self.write(group) }.value
+        // task of its own, awaited here. A group of others is written whatever happens to this
+        // caller; a caller alone may still be cancelled while it waits for a pooled connection.
+        let outcomes: [Result<AppendResult, any Error>]
+        if group.count == 1 {
+            outcomes = await write(group)
+        } else {
+            outcomes = await Task { await self.write(group) }.value
+        }
         metrics.committed(appends: group.count)
         if outcomes.contains(where: { (try? $0.get())?.isDuplicate == false }) { notifier.notify() }
         for (member, outcome) in zip(group, outcomes).dropFirst() {
@@ -355,7 +361,9 @@ public final class PostgresEventStore: EventStore {
     private func write(_ group: [PendingAppend]) async -> [Result<AppendResult, any Error>] {
         do {
             return try await client.withConnection { conn in
-                try await self.callAppendFunction(group, on: conn, forceBytes: false)
+                // Sent, the statement runs to its end: its rows are read by a task that the
+                // caller's cancellation does not reach.
+                try await Task { try await self.callAppendFunction(group, on: conn, forceBytes: false) }.value
             }
         } catch let error as PSQLError where error.sqlState != nil && group.count > 1 {
             var outcomes: [Result<AppendResult, any Error>] = []
