@@ -8,8 +8,8 @@ import Testing
 extension PostgresTests {
     @Suite("Write path: group commit, notifications, jsonb event data")
     struct WritePath {
-        /// Holds every group slot of `store` on a stream whose lock a hooked transaction keeps, so
-        /// the appends started by `body` queue and form one group when `gate` opens.
+        // Every group slot of the store waits on a stream whose lock a hooked transaction keeps,
+        // so the appends started next queue and form one group when the gate opens.
         @Test("appends waiting at the same moment share one transaction; a conflicting one is rejected alone")
         func groupWithOneConflict() async throws {
             try await withFreshStore { store in
@@ -59,7 +59,8 @@ extension PostgresTests {
                     } else {
                         let result = try outcome.get()
                         #expect(result.firstVersion == 1 && result.lastVersion == 2 && !result.isDuplicate)
-                        #expect(result.lastPosition == result.firstPosition + 1)
+                        // Positions come from a sequence that concurrent transactions share.
+                        #expect(result.lastPosition > result.firstPosition)
                         transactions.insert(result.transaction)
                     }
                 }
