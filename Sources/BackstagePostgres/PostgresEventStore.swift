@@ -46,7 +46,7 @@ import _ConnectionPoolModule
 /// - **Group commit, one round trip**: appends that wait at the same moment in one process share
 ///   one transaction and one commit. A caller with no group in flight writes at once (a group of
 ///   one never waits for company); the others queue and the next group takes them all (one append
-///   per stream and per command id in a group; up to 4 groups in flight on their own connections).
+///   per stream and per command id in a group; up to 2 groups in flight on their own connections).
 ///   A group is one autocommit call of the schema's `append_events` function (migration 3): it
 ///   takes the appender lock, then the streams' locks in hash order (the same order in every
 ///   process, so two groups cannot deadlock), checks every append in one statement (stream
@@ -338,6 +338,11 @@ public final class PostgresEventStore: EventStore {
             outcomes = await Task { await self.write(group) }.value
         }
         metrics.committed(appends: group.count)
+        groups.withLock { q in
+            q.statistics.transactions += 1
+            q.statistics.appends += group.count
+            q.statistics.largestGroup = max(q.statistics.largestGroup, group.count)
+        }
         if outcomes.contains(where: { (try? $0.get())?.isDuplicate == false }) { notifier.notify() }
         for (member, outcome) in zip(group, outcomes).dropFirst() {
             member.continuation?.resume(returning: .done(outcome))
@@ -543,11 +548,24 @@ public final class PostgresEventStore: EventStore {
         }
     }
 
+    /// Counters of group commit since the store was opened.
+    public struct Statistics: Sendable, Hashable {
+        /// Group transactions written (successful or not).
+        public var transactions = 0
+        /// Appends those transactions carried (accepted or rejected).
+        public var appends = 0
+        /// Most appends carried by one transaction.
+        public var largestGroup = 0
+    }
+
+    /// Counters of group commit since the store was opened: how well appends are grouped.
+    public var statistics: Statistics { groups.withLock { $0.statistics } }
+
     /// Appends waiting for a group (for tests and status pages).
     package var queuedAppends: Int { groups.withLock { $0.pending.count } }
 
     /// Most groups written at the same time by one store (each on its own connection).
-    static let maxGroupsInFlight = 4
+    static let maxGroupsInFlight = 2
     /// Bounds of one group's statement.
     static let maxAppendsPerGroup = 256
     static let maxEventsPerGroup = 10_000
@@ -955,6 +973,7 @@ enum GroupTurn: Sendable {
 struct GroupQueue {
     var pending: [PendingAppend] = []
     var leaders = 0
+    var statistics = PostgresEventStore.Statistics()
 }
 
 /// How far readers of a ``PostgresEventStore`` can see, and what holds them back.
