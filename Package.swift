@@ -58,6 +58,7 @@ let package = Package(
                 // For ConnectionPoolError: a cancelled wait for a connection becomes CancellationError.
                 .product(name: "_ConnectionPoolModule", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ]
         ),
         .target(name: "BackstageTesting", dependencies: ["Backstage"]),

@@ -43,11 +43,29 @@ import _ConnectionPoolModule
 ///   `(SELECT max(transaction_id)::text::numeric FROM <schema>.events) / 2^32 + 1` (the error
 ///   message gives the number; the epoch is only the high half of 64-bit transaction ids and
 ///   nothing else in the database depends on it), and start it again. Ids are never rewritten.
-/// - **No group commit in the store**: appends run in parallel transactions, and PostgreSQL
-///   already flushes the WAL of commits that wait at the same moment together.
-/// - **Notifications**: every append sends `NOTIFY` in its transaction; ``appendNotifications()``
+/// - **Group commit, one round trip**: appends that wait at the same moment in one process share
+///   one transaction and one commit. A caller with no group in flight writes at once (a group of
+///   one never waits for company); the others queue and the next group takes them all (one append
+///   per stream and per command id in a group; up to 2 groups in flight on their own connections).
+///   A group is one autocommit call of the schema's `append_events` function (migration 3): it
+///   takes the appender lock, then the streams' locks in hash order (the same order in every
+///   process, so two groups cannot deadlock), checks every append in one statement (stream
+///   versions and stored command ids looked up together), and writes every accepted append with
+///   one multi-row insert from arrays (`unnest`). A wrong expected version or a reused command
+///   id rejects only its own append; no savepoints. When the statement fails as a whole (a
+///   command id stored at the same moment by another process, an event id already stored), each
+///   append of the group is written alone, so the error reaches only its cause.
+/// - **Notifications**: a transaction that appended sends one `NOTIFY`, one that did not (all its
+///   appends rejected or duplicates) sends none; ``appendNotifications()``
 ///   listens on a dedicated connection that reconnects and listens again when it is lost.
 ///   Notifications are hints: readers still poll.
+/// - **Event data is `jsonb`**, queryable with PostgreSQL's JSON operators. jsonb stores the JSON
+///   value, not the text: payloads read back as the same JSON value in PostgreSQL's rendering
+///   (keys reordered, whitespace normalised). Idempotency fingerprints are computed from the bytes
+///   the caller appended and stored with the command, never from stored data, so they stay
+///   deterministic. A payload that jsonb cannot hold as the same value (not JSON, invalid UTF-8,
+///   `\u0000`, duplicate keys, see ``isStorableAsJSONB(_:)``) is stored in `data_bytes` and
+///   reads back byte for byte.
 /// - **Immutable events**: a trigger rejects `UPDATE`, `DELETE` and `TRUNCATE` on the events table.
 /// - The schema (name configurable, checked against an allowlist) is created by migrations.
 ///
@@ -88,6 +106,8 @@ public final class PostgresEventStore: EventStore {
     let logger: Logger
     let queryLogger: Logger
     private let notifier = AppendNotifier()
+    private let groups = Mutex(GroupQueue())
+    private let metrics = PostgresStoreMetrics()
     private let runTask: Task<Void, Never>?
     private let listener: NotificationListener
 
@@ -221,176 +241,336 @@ public final class PostgresEventStore: EventStore {
 
     /// Appends like ``append(_:to:expected:commandID:)``, calling `hook` inside the transaction
     /// before it commits: a hook that throws rolls the append back, one that waits holds the
-    /// transaction open. For tests of the ordering guarantees.
+    /// transaction open. For tests of the ordering guarantees. An append with a hook runs in a
+    /// transaction of its own, outside group commit.
     package func append(
         _ events: [EventData], to stream: String, expected: ExpectedVersion, commandID: UUID?,
         hook: (@Sendable (AppendStage) async throws -> Void)?
     ) async throws -> AppendResult {
         try limits.validate(append: events, to: stream)
-        let rows = try events.map { try EncodedEvent($0) }
-        let fingerprint = commandID == nil ? "" : appendFingerprint(events)
+        let started = ContinuousClock.now
+        let item = PendingAppend(
+            rows: try events.map { try EncodedEvent($0) }, stream: stream, expected: expected, commandID: commandID,
+            fingerprint: commandID == nil ? "" : appendFingerprint(events))
+        let result: AppendResult
+        if let hook {
+            result = try await writeAlone(item, hook: hook)
+            if !result.isDuplicate { notifier.notify() }
+        } else {
+            result = try await appendInGroup(item)
+        }
+        metrics.appended(events: events.count, duration: ContinuousClock.now - started)
+        return result
+    }
+
+    // MARK: Group commit
+
+    /// Appends that wait at the same moment share one transaction: the first caller with no
+    /// group in flight (up to ``maxGroupsInFlight``) writes at once, with whatever is queued; the
+    /// others queue, and when a group ends, the first queued caller writes the next group. A
+    /// caller alone never waits for company.
+    ///
+    /// Cancellation: an append cancelled before its group is sent throws `CancellationError` and
+    /// writes nothing. Once sent, the group's statement runs to its end (postgres-nio cannot
+    /// interrupt it, and it commits on its own), so a cancelled caller then gets its real outcome,
+    /// never a `CancellationError` for events that were stored.
+    private func appendInGroup(_ item: PendingAppend) async throws -> AppendResult {
+        try Task.checkCancellation()
+        let turn = await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<GroupTurn, Never>) in
+                let lead = groups.withLock { q -> Bool in
+                    if q.leaders < Self.maxGroupsInFlight {
+                        q.leaders += 1
+                        return true
+                    }
+                    item.continuation = continuation
+                    q.pending.append(item)
+                    return false
+                }
+                if lead { continuation.resume(returning: .lead) }
+            }
+        } onCancel: {
+            // Still queued: leave the queue without writing.
+            let waiting = groups.withLock { q -> CheckedContinuation<GroupTurn, Never>? in
+                guard let index = q.pending.firstIndex(where: { $0 === item }) else { return nil }
+                q.pending.remove(at: index)
+                return item.continuation
+            }
+            waiting?.resume(returning: .done(.failure(CancellationError())))
+        }
+        if case .done(let result) = turn { return try result.get() }
+
+        // This caller writes a group: itself first, then the queued appends that fit.
+        let group = groups.withLock { q -> [PendingAppend] in
+            var group = [item]
+            var streams: Set<String> = [item.stream]
+            var commands: Set<UUID> = []
+            if let id = item.commandID { commands.insert(id) }
+            var events = item.rows.count
+            var bytes = item.bytes
+            var kept: [PendingAppend] = []
+            for next in q.pending {
+                // One append per stream and per command id in a group (the next group takes the
+                // others, in their order), and bounded statements.
+                let fits =
+                    group.count < Self.maxAppendsPerGroup && events + next.rows.count <= Self.maxEventsPerGroup
+                    && bytes + next.bytes <= Self.maxBytesPerGroup
+                if fits, !streams.contains(next.stream), next.commandID.map({ !commands.contains($0) }) ?? true {
+                    group.append(next)
+                    streams.insert(next.stream)
+                    if let id = next.commandID { commands.insert(id) }
+                    events += next.rows.count
+                    bytes += next.bytes
+                } else {
+                    kept.append(next)
+                }
+            }
+            q.pending = kept
+            return group
+        }
+        // The group's statement must not be abandoned half way by this caller's cancellation (the
+        // rows of a committed group would be reported as cancelled to every member): it runs in a
+        // task of its own, awaited here. A group of others is written whatever happens to this
+        // caller; a caller alone may still be cancelled while it waits for a pooled connection.
+        let outcomes: [Result<AppendResult, any Error>]
+        if group.count == 1 {
+            outcomes = await write(group)
+        } else {
+            outcomes = await Task { await self.write(group) }.value
+        }
+        metrics.committed(appends: group.count)
+        groups.withLock { q in
+            q.statistics.transactions += 1
+            q.statistics.appends += group.count
+            q.statistics.largestGroup = max(q.statistics.largestGroup, group.count)
+        }
+        if outcomes.contains(where: { (try? $0.get())?.isDuplicate == false }) { notifier.notify() }
+        for (member, outcome) in zip(group, outcomes).dropFirst() {
+            member.continuation?.resume(returning: .done(outcome))
+        }
+        // Hand the writer's role to the first queued append, or give it up.
+        let next = groups.withLock { q -> PendingAppend? in
+            if q.pending.isEmpty {
+                q.leaders -= 1
+                return nil
+            }
+            return q.pending.removeFirst()
+        }
+        next?.continuation?.resume(returning: .lead)
+        return try outcomes[0].get()
+    }
+
+    /// Writes a group in one transaction (one round trip: the append function of migration 3 in
+    /// autocommit). When the statement fails as a whole (a unique violation from a concurrent
+    /// process, a payload the server refuses), each append is written alone, so an error only
+    /// rejects the append that caused it.
+    private func write(_ group: [PendingAppend]) async -> [Result<AppendResult, any Error>] {
+        do {
+            return try await client.withConnection { conn in
+                // Sent, the statement runs to its end: its rows are read by a task that the
+                // caller's cancellation does not reach.
+                try await Task { try await self.callAppendFunction(group, on: conn, forceBytes: false) }.value
+            }
+        } catch let error as PSQLError where error.sqlState != nil && group.count > 1 {
+            var outcomes: [Result<AppendResult, any Error>] = []
+            for item in group {
+                do {
+                    outcomes.append(.success(try await writeAlone(item, hook: nil)))
+                } catch {
+                    outcomes.append(.failure(error))
+                }
+            }
+            return outcomes
+        } catch {
+            let translated = Self.appendError(error)
+            return group.map { _ in .failure(translated) }
+        }
+    }
+
+    /// Writes one append in a transaction of its own, retrying a command id that another process
+    /// stored at the same moment; a payload the server refuses as jsonb is stored as bytes.
+    private func writeAlone(
+        _ item: PendingAppend, hook: (@Sendable (AppendStage) async throws -> Void)?
+    ) async throws -> AppendResult {
         var attempt = 0
+        var forceBytes = false
         while true {
             attempt += 1
             do {
-                let result = try await client.withConnection { conn in
-                    try await PostgresTransaction.run(on: conn, logger: queryLogger) { conn in
-                        try await self.appendInTransaction(
-                            rows, to: stream, expected: expected, commandID: commandID,
-                            fingerprint: fingerprint, hook: hook, on: conn)
+                let outcomes = try await client.withConnection { conn in
+                    if let hook {
+                        return try await PostgresTransaction.run(on: conn, logger: self.queryLogger) { conn in
+                            let outcomes = try await self.callAppendFunction([item], on: conn, forceBytes: forceBytes)
+                            let result = try outcomes[0].get()
+                            if !result.isDuplicate {
+                                try await hook(.inserted(transaction: result.transaction))
+                                try Task.checkCancellation()
+                            }
+                            return (outcomes, true)
+                        }
                     }
+                    return try await self.callAppendFunction([item], on: conn, forceBytes: forceBytes)
                 }
-                if !result.isDuplicate { notifier.notify() }
-                return result
+                return try outcomes[0].get()
             } catch let error as PSQLError where error.sqlState != nil {
-                if error.sqlState == "23505" {
-                    switch error.constraintName {
-                    case "commands_pkey" where attempt < 3:
-                        // The same command id committed concurrently (on another stream): the
-                        // retry finds it and answers as a duplicate or a conflict.
-                        continue
-                    case "events_event_id_key":
-                        throw EventStoreError.invalidInput("an event id of this append is already stored")
-                    default: break
-                    }
+                if error.sqlState == "23505", error.constraintName == "commands_pkey", attempt < 3 {
+                    // The same command id committed concurrently (on another stream): the retry
+                    // finds it and answers as a duplicate or a conflict.
+                    continue
                 }
-                throw Self.translate(error)
+                if error.sqlState?.hasPrefix("22") == true, !forceBytes, item.rows.contains(where: \.isJSON) {
+                    forceBytes = true
+                    continue
+                }
+                throw Self.appendError(error)
             } catch {
                 throw Self.storeError(error)
             }
         }
     }
 
-    private func appendInTransaction(
-        _ rows: [EncodedEvent], to stream: String, expected: ExpectedVersion, commandID: UUID?,
-        fingerprint: String, hook: (@Sendable (AppendStage) async throws -> Void)?, on conn: PostgresConnection
-    ) async throws -> (AppendResult, commit: Bool) {
-        // 1. Lock the stream's row (creating it at version 0 if needed): appends to one stream
-        //    queue here; appends to other streams run in parallel.
-        let actual = try await lockStream(stream, on: conn)
-        // A statement that runs is not interrupted (postgres-nio does not cancel it), but a
-        // cancelled append stops at the next step and rolls back.
-        try Task.checkCancellation()
+    static func appendError(_ error: any Error) -> any Error {
+        if let error = error as? PSQLError, error.sqlState == "23505", error.constraintName == "events_event_id_key" {
+            return EventStoreError.invalidInput("an event id of this append is already stored")
+        }
+        return storeError(error)
+    }
 
-        // 2. Idempotency, checked under the stream lock so a concurrent retry of the same
-        //    command on the same stream sees the first one's commit.
-        if let commandID, var stored = try await storedCommand(commandID, on: conn) {
-            guard stored.fingerprint == fingerprint else {
-                throw EventStoreError.idempotencyConflict(commandID: commandID, stream: stored.result.stream)
+    /// Calls the append function for `group` (distinct streams, distinct command ids) and maps
+    /// its rows to one outcome per append.
+    private func callAppendFunction(
+        _ group: [PendingAppend], on conn: PostgresConnection, forceBytes: Bool
+    ) async throws -> [Result<AppendResult, any Error>] {
+        let eventCount = group.reduce(0) { $0 + $1.rows.count }
+        var streams = PostgresArrayParameter(element: .text, array: .textArray)
+        var categories = PostgresArrayParameter(element: .text, array: .textArray)
+        var expected = PostgresArrayParameter(element: .int8, array: .int8Array)
+        var commands = PostgresArrayParameter(element: .uuid, array: .uuidArray)
+        var fingerprints = PostgresArrayParameter(element: .text, array: .textArray)
+        var counts = PostgresArrayParameter(element: .int4, array: .int4Array)
+        var apps = PostgresArrayParameter(element: .int4, array: .int4Array, capacity: eventCount * 8)
+        var offsets = PostgresArrayParameter(element: .int4, array: .int4Array, capacity: eventCount * 8)
+        var ids = PostgresArrayParameter(element: .uuid, array: .uuidArray, capacity: eventCount * 20)
+        var types = PostgresArrayParameter(element: .text, array: .textArray, capacity: eventCount * 24)
+        var versions = PostgresArrayParameter(element: .int4, array: .int4Array, capacity: eventCount * 8)
+        var data = PostgresArrayParameter(
+            element: .jsonb, array: .jsonbArray, capacity: group.reduce(0) { $0 + $1.bytes } + eventCount * 5)
+        var bytes = PostgresArrayParameter(element: .bytea, array: .byteaArray)
+        var eventCommands = PostgresArrayParameter(element: .uuid, array: .uuidArray)
+        var causations = PostgresArrayParameter(element: .uuid, array: .uuidArray)
+        var correlations = PostgresArrayParameter(element: .uuid, array: .uuidArray)
+        var fields = PostgresArrayParameter(element: .jsonb, array: .jsonbArray)
+        for (index, item) in group.enumerated() {
+            streams.append(item.stream)
+            categories.append(streamCategory(item.stream))
+            expected.append(Self.expectedCode(item.expected))
+            commands.append(item.commandID)
+            fingerprints.append(item.fingerprint)
+            counts.append(Int32(item.rows.count))
+            for (offset, row) in item.rows.enumerated() {
+                apps.append(Int32(index + 1))
+                offsets.append(Int32(offset + 1))
+                ids.append(row.id)
+                types.append(row.type)
+                versions.append(row.schemaVersion)
+                if row.isJSON && !forceBytes {
+                    data.append(jsonb: row.data)
+                    bytes.appendNull()
+                } else {
+                    data.appendNull()
+                    bytes.append(bytes: row.data)
+                }
+                eventCommands.append(row.commandID)
+                causations.append(row.causationID)
+                correlations.append(row.correlationID)
+                if let f = row.fields { fields.append(jsonb: f) } else { fields.appendNull() }
             }
-            stored.result.isDuplicate = true
-            return (stored.result, false)
         }
-
-        // 3. Expected version.
-        guard expected.accepts(actual) else {
-            throw EventStoreError.wrongExpectedVersion(stream: stream, expected: expected, actual: actual)
+        var binds = PostgresBindings(capacity: 20)
+        for array in [
+            streams, categories, expected, commands, fingerprints, counts, apps, offsets, ids, types, versions, data,
+            bytes, eventCommands, causations, correlations, fields,
+        ] {
+            binds.append(array)
         }
-
-        // 4. Events, stream version, command and notification in one statement.
-        let category = streamCategory(stream)
-        let lastVersion = actual + Int64(rows.count)
-        var sql = PostgresQuery.StringInterpolation(literalCapacity: 1024, interpolationCount: rows.count * 11 + 10)
-        sql.appendLiteral("WITH ins AS (INSERT INTO ")
-        sql.appendInterpolation(unescaped: s)
-        sql.appendLiteral(
-            ".events (stream, stream_version, event_id, category, type, schema_version, data, command_id, causation_id, correlation_id, fields) VALUES "
-        )
-        for (index, row) in rows.enumerated() {
-            sql.appendLiteral(index == 0 ? "(" : ", (")
-            sql.appendInterpolation(stream)
-            sql.appendLiteral(", ")
-            sql.appendInterpolation(actual + Int64(index) + 1)
-            sql.appendLiteral(", ")
-            sql.appendInterpolation(row.id)
-            sql.appendLiteral(", ")
-            sql.appendInterpolation(category)
-            sql.appendLiteral(", ")
-            sql.appendInterpolation(row.type)
-            sql.appendLiteral(", ")
-            sql.appendInterpolation(row.schemaVersion)
-            sql.appendLiteral(", ")
-            try sql.appendInterpolation(row.data)
-            sql.appendLiteral(", ")
-            sql.appendInterpolation(row.commandID)
-            sql.appendLiteral("::uuid, ")
-            sql.appendInterpolation(row.causationID)
-            sql.appendLiteral("::uuid, ")
-            sql.appendInterpolation(row.correlationID)
-            sql.appendLiteral("::uuid, ")
-            sql.appendInterpolation(row.fields)
-            sql.appendLiteral("::jsonb)")
+        binds.append(appenderLockClass)
+        binds.append(streamLockClass)
+        binds.append(notificationChannel)
+        let query = PostgresQuery(
+            unsafeSQL: """
+                SELECT append_index, status, actual_version, first_version, last_version, first_position,
+                       last_position, transaction_text, recorded_at, stored_stream
+                FROM \(s).append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+                """, binds: binds)
+        let rows = try await conn.query(query, logger: queryLogger)
+        var outcomes = [Result<AppendResult, any Error>?](repeating: nil, count: group.count)
+        for try await (index, status, actual, first, last, firstPosition, lastPosition, transaction, recordedAt, stored)
+            in rows.decode((Int32, Int32, Int64, Int64?, Int64?, Int64?, Int64?, String?, Date?, String?).self)
+        {
+            let i = Int(index) - 1
+            guard group.indices.contains(i) else {
+                throw PostgresStoreError.unexpectedResult("the append function returned append \(index)")
+            }
+            let item = group[i]
+            switch status {
+            case 0, 1:
+                guard let first, let last, let firstPosition, let lastPosition, let transaction else {
+                    throw PostgresStoreError.unexpectedResult("the append function returned an incomplete result")
+                }
+                outcomes[i] = .success(
+                    AppendResult(
+                        stream: status == 0 ? item.stream : (stored ?? item.stream), firstVersion: first,
+                        lastVersion: last, firstPosition: firstPosition, lastPosition: lastPosition,
+                        transaction: try Self.parseTransaction(transaction), isDuplicate: status == 1,
+                        recordedAt: status == 0 ? recordedAt : nil))
+            case 2:
+                outcomes[i] = .failure(
+                    EventStoreError.wrongExpectedVersion(stream: item.stream, expected: item.expected, actual: actual))
+            default:
+                outcomes[i] = .failure(
+                    EventStoreError.idempotencyConflict(commandID: item.commandID ?? UUID(), stream: stored ?? ""))
+            }
         }
-        sql.appendLiteral(" RETURNING position, recorded_at), upd AS (UPDATE ")
-        sql.appendInterpolation(unescaped: s)
-        sql.appendLiteral(".streams SET version = ")
-        sql.appendInterpolation(lastVersion)
-        sql.appendLiteral(" WHERE stream = ")
-        sql.appendInterpolation(stream)
-        sql.appendLiteral(")")
-        if let commandID {
-            sql.appendLiteral(", cmd AS (INSERT INTO ")
-            sql.appendInterpolation(unescaped: s)
-            sql.appendLiteral(
-                ".commands (command_id, stream, first_version, last_version, first_position, last_position, transaction_id, fingerprint) SELECT "
-            )
-            sql.appendInterpolation(commandID)
-            sql.appendLiteral(", ")
-            sql.appendInterpolation(stream)
-            sql.appendLiteral(", ")
-            sql.appendInterpolation(actual + 1)
-            sql.appendLiteral(", ")
-            sql.appendInterpolation(lastVersion)
-            sql.appendLiteral(", min(position), max(position), pg_current_xact_id(), ")
-            sql.appendInterpolation(fingerprint)
-            sql.appendLiteral(" FROM ins)")
+        return try outcomes.map {
+            guard let outcome = $0 else {
+                throw PostgresStoreError.unexpectedResult("the append function returned no row for an append")
+            }
+            return outcome
         }
-        sql.appendLiteral(" SELECT min(position), max(position), pg_current_xact_id()::text, max(recorded_at), pg_notify(")
-        sql.appendInterpolation(notificationChannel)
-        sql.appendLiteral(", '') FROM ins")
-        let inserted = try await conn.query(PostgresQuery(stringInterpolation: sql), logger: queryLogger)
-        var result: AppendResult?
-        for try await (first, last, transaction, recordedAt) in inserted.decode((Int64, Int64, String, Date).self) {
-            result = AppendResult(
-                stream: stream, firstVersion: actual + 1, lastVersion: lastVersion, firstPosition: first,
-                lastPosition: last, transaction: try Self.parseTransaction(transaction), recordedAt: recordedAt)
-        }
-        guard let result else { throw PostgresStoreError.unexpectedResult("the append inserted no rows") }
-        if let hook { try await hook(.inserted(transaction: result.transaction)) }
-        try Task.checkCancellation()
-        return (result, true)
     }
 
-    private func lockStream(_ stream: String, on conn: PostgresConnection) async throws -> Int64 {
-        // First a transaction-scoped advisory lock per stream: waiting for it never assigns a
-        // transaction id (a row lock can: `SELECT ... FOR UPDATE` on a row being updated takes
-        // an id before it sleeps). So the id is assigned after the previous writer of the stream
-        // has finished, and the (transaction id, position) order keeps every stream's order.
-        // Before it, the shared appender lock, which makes readers wait for this transaction
-        // (see the type's documentation): it must be held before the transaction has an id.
-        try await conn.query(
-            """
-            SELECT pg_advisory_xact_lock_shared(hashtext(\(appenderLockClass)), 0),
-                   pg_advisory_xact_lock(hashtext(\(streamLockClass)), hashtext(\(stream)))
-            """, logger: queryLogger)
-        if let version = try await selectStreamForUpdate(stream, on: conn) { return version }
-        let inserted = try await conn.query(
-            """
-            INSERT INTO \(unescaped: s).streams (stream, version) VALUES (\(stream), 0)
-            ON CONFLICT (stream) DO NOTHING RETURNING version
-            """, logger: queryLogger)
-        for try await version in inserted.decode(Int64.self) { return version }
-        // Another transaction created it first (and has committed, or we would still wait).
-        if let version = try await selectStreamForUpdate(stream, on: conn) { return version }
-        throw PostgresStoreError.unexpectedResult("stream row '\(stream)' vanished")
+    /// The append function's code for an expected version: -1 any, -3 stream exists, n exactly n.
+    private static func expectedCode(_ expected: ExpectedVersion) -> Int64 {
+        switch expected {
+        case .any: -1
+        case .noStream: 0
+        case .streamExists: -3
+        case .exact(let version): version
+        }
     }
 
-    private func selectStreamForUpdate(_ stream: String, on conn: PostgresConnection) async throws -> Int64? {
-        let rows = try await conn.query(
-            "SELECT version FROM \(unescaped: s).streams WHERE stream = \(stream) FOR UPDATE", logger: queryLogger)
-        for try await version in rows.decode(Int64.self) { return version }
-        return nil
+    /// Counters of group commit since the store was opened.
+    public struct Statistics: Sendable, Hashable {
+        /// Group transactions written (successful or not).
+        public var transactions = 0
+        /// Appends those transactions carried (accepted or rejected).
+        public var appends = 0
+        /// Most appends carried by one transaction.
+        public var largestGroup = 0
     }
+
+    /// Counters of group commit since the store was opened: how well appends are grouped.
+    public var statistics: Statistics { groups.withLock { $0.statistics } }
+
+    /// Appends waiting for a group (for tests and status pages).
+    package var queuedAppends: Int { groups.withLock { $0.pending.count } }
+
+    /// Most groups written at the same time by one store (each on its own connection).
+    static let maxGroupsInFlight = 2
+    /// Bounds of one group's statement.
+    static let maxAppendsPerGroup = 256
+    static let maxEventsPerGroup = 10_000
+    static let maxBytesPerGroup = 16 << 20
 
     private struct StoredCommand {
         var result: AppendResult
@@ -426,7 +606,8 @@ public final class PostgresEventStore: EventStore {
     static func eventColumns(prefix p: String) -> String {
         """
         \(p)position, \(p)transaction_id::text AS transaction_text, \(p)stream, \(p)stream_version, \(p)event_id, \(p)type,
-        \(p)schema_version, \(p)data, \(p)command_id, \(p)causation_id, \(p)correlation_id, \(p)fields::text,
+        \(p)schema_version, CASE WHEN \(p)data IS NULL THEN '\\x00'::bytea || \(p)data_bytes ELSE jsonb_send(\(p)data) END,
+        \(p)command_id, \(p)causation_id, \(p)correlation_id, \(p)fields::text,
         \(p)recorded_at
         """
     }
@@ -673,11 +854,21 @@ public final class PostgresEventStore: EventStore {
             id: try row[4].decode(UUID.self),
             type: try row[5].decode(String.self),
             schemaVersion: Int(try row[6].decode(Int32.self)),
-            data: try row[7].decode(Data.self),
+            data: try decodePayload(row[7].decode(ByteBuffer.self)),
             metadata: EventMetadata(
                 commandID: try row[8].decode(UUID?.self), causationID: try row[9].decode(UUID?.self),
                 correlationID: try row[10].decode(UUID?.self), fields: fields),
             recordedAt: try row[12].decode(Date.self))
+    }
+
+    /// The payload column: a jsonb value as `jsonb_send` writes it (format version 1, then the
+    /// JSON text), or 0 followed by the bytes of a payload stored as bytes.
+    static func decodePayload(_ buffer: ByteBuffer) throws -> Data {
+        var buffer = buffer
+        guard let format = buffer.readInteger(as: UInt8.self), format <= 1 else {
+            throw PostgresStoreError.unexpectedResult("an event payload has an unknown format")
+        }
+        return Data(buffer.readableBytesView)
     }
 
     static func parseTransaction(_ text: String) throws -> UInt64 {
@@ -724,6 +915,8 @@ struct EncodedEvent: Sendable {
     var type: String
     var schemaVersion: Int32
     var data: Data
+    /// Whether `data` is stored as jsonb (else as bytes): see ``isStorableAsJSONB(_:)``.
+    var isJSON: Bool
     var commandID: UUID?
     var causationID: UUID?
     var correlationID: UUID?
@@ -737,6 +930,7 @@ struct EncodedEvent: Sendable {
         type = event.type
         schemaVersion = version
         data = event.data
+        isJSON = isStorableAsJSONB(event.data)
         commandID = event.metadata.commandID
         causationID = event.metadata.causationID
         correlationID = event.metadata.correlationID
@@ -752,6 +946,40 @@ struct EncodedEvent: Sendable {
             }
         }
     }
+}
+
+/// An append waiting in ``PostgresEventStore``'s group-commit queue.
+final class PendingAppend: @unchecked Sendable {
+    let rows: [EncodedEvent]
+    let stream: String
+    let expected: ExpectedVersion
+    let commandID: UUID?
+    let fingerprint: String
+    let bytes: Int
+    /// Set, under the queue's lock, when the append waits in the queue.
+    var continuation: CheckedContinuation<GroupTurn, Never>?
+
+    init(rows: [EncodedEvent], stream: String, expected: ExpectedVersion, commandID: UUID?, fingerprint: String) {
+        self.rows = rows
+        self.stream = stream
+        self.expected = expected
+        self.commandID = commandID
+        self.fingerprint = fingerprint
+        self.bytes = rows.reduce(0) { $0 + $1.data.count + $1.type.utf8.count + ($1.fields?.utf8.count ?? 0) + 64 }
+    }
+}
+
+/// What a queued append is told: its outcome, or that it writes the next group.
+enum GroupTurn: Sendable {
+    case done(Result<AppendResult, any Error>)
+    case lead
+}
+
+/// The group-commit queue: the appends waiting, and how many groups are being written.
+struct GroupQueue {
+    var pending: [PendingAppend] = []
+    var leaders = 0
+    var statistics = PostgresEventStore.Statistics()
 }
 
 /// How far readers of a ``PostgresEventStore`` can see, and what holds them back.

@@ -123,8 +123,41 @@ enum PostgresMigrations {
                 """,
             ]
         },
-        // Version 3 is the jsonb event data migration (another branch); the migrator applies
-        // every missing version in order, whatever the gaps.
+        PostgresMigration(version: 3, name: "jsonb event data, group-commit append function") { schema in
+            let s = schema.rawValue
+            return [
+                // Event data becomes jsonb, queryable with PostgreSQL's JSON functions. A payload
+                // that jsonb cannot hold as the same JSON value (not JSON, invalid UTF-8, `\u0000`,
+                // duplicate keys) keeps its bytes in data_bytes; exactly one of the two is set.
+                """
+                CREATE FUNCTION \(s).bytes_to_jsonb(b bytea) RETURNS jsonb LANGUAGE plpgsql IMMUTABLE AS $$
+                BEGIN
+                    RETURN convert_from(b, 'UTF8')::jsonb;
+                EXCEPTION WHEN others THEN
+                    RETURN NULL;
+                END
+                $$
+                """,
+                "ALTER TABLE \(s).events ADD COLUMN data_bytes bytea",
+                "ALTER TABLE \(s).events DISABLE TRIGGER events_immutable",
+                """
+                UPDATE \(s).events SET data_bytes = data
+                WHERE \(s).bytes_to_jsonb(data) IS NULL
+                """,
+                "ALTER TABLE \(s).events ENABLE TRIGGER events_immutable",
+                """
+                ALTER TABLE \(s).events ALTER COLUMN data DROP NOT NULL,
+                    ALTER COLUMN data TYPE jsonb
+                    USING CASE WHEN data_bytes IS NULL THEN \(s).bytes_to_jsonb(data) END
+                """,
+                """
+                ALTER TABLE \(s).events ADD CONSTRAINT events_data_or_bytes
+                    CHECK ((data IS NULL) <> (data_bytes IS NULL))
+                """,
+                "DROP FUNCTION \(s).bytes_to_jsonb(bytea)",
+                appendFunction(s),
+            ]
+        },
         PostgresMigration(version: 4, name: "partitioned subscriptions: partition hashes, expiring leases, members") {
             schema in
             let s = schema.rawValue
@@ -149,8 +182,6 @@ enum PostgresMigrations {
                 """,
             ]
         },
-        // Version 5: process managers (helpers of other features take 3 and 4; gaps are fine: the
-        // migrator applies every version not yet recorded).
         PostgresMigration(version: 5, name: "process managers: instances, command outbox") { schema in
             let s = schema.rawValue
             return [
@@ -186,10 +217,111 @@ enum PostgresMigrations {
         },
     ]
 
+    /// The append function of migration 3: checks and writes a group of appends in one statement
+    /// (see ``PostgresEventStore``'s documentation). Appends of one group have distinct streams and
+    /// distinct command ids (the caller groups them so). Per append it returns a status: 0
+    /// appended, 1 duplicate of a stored command (the stored result), 2 wrong expected version
+    /// (`actual_version`), 3 the command id is stored with other events (`stored_stream`).
+    /// Expected versions: -1 any, -3 stream exists, n >= 0 exactly n (0: no stream).
+    static func appendFunction(_ s: String) -> String {
+        """
+        CREATE FUNCTION \(s).append_events(
+            p_streams text[], p_categories text[], p_expected bigint[], p_commands uuid[],
+            p_fingerprints text[], p_counts integer[],
+            e_app integer[], e_offsets integer[], e_ids uuid[], e_types text[], e_schema_versions integer[],
+            e_data jsonb[], e_bytes bytea[], e_commands uuid[], e_causations uuid[], e_correlations uuid[],
+            e_fields jsonb[], p_appender_class text, p_stream_class text, p_channel text)
+        RETURNS TABLE (
+            append_index integer, status integer, actual_version bigint, first_version bigint,
+            last_version bigint, first_position bigint, last_position bigint, transaction_text text,
+            recorded_at timestamptz, stored_stream text)
+        LANGUAGE plpgsql AS $fn$
+        #variable_conflict use_column
+        DECLARE
+            k integer;
+        BEGIN
+            IF (SELECT count(DISTINCT x) FROM unnest(p_streams) x) <> cardinality(p_streams) THEN
+                RAISE EXCEPTION 'backstage: one append per stream in a group' USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            -- The appender lock first, before the transaction has an id (the read horizon waits
+            -- for its holders), then the streams' locks in one order for every process.
+            PERFORM pg_advisory_xact_lock_shared(hashtext(p_appender_class), 0);
+            FOR k IN SELECT DISTINCT hashtext(x) FROM unnest(p_streams) x ORDER BY 1 LOOP
+                PERFORM pg_advisory_xact_lock(hashtext(p_stream_class), k);
+            END LOOP;
+            -- A statement of its own, so its snapshot sees every commit of the locks' last holders.
+            RETURN QUERY
+            WITH d AS (
+                SELECT a.i::integer AS i, a.stream, coalesce(st.version, 0) AS cur,
+                       c.stream AS c_stream, c.first_version AS c_first_version, c.last_version AS c_last_version,
+                       c.first_position AS c_first_position, c.last_position AS c_last_position,
+                       c.transaction_id AS c_transaction,
+                       CASE
+                           WHEN c.command_id IS NOT NULL THEN
+                               CASE WHEN c.fingerprint = p_fingerprints[a.i] THEN 1 ELSE 3 END
+                           WHEN p_expected[a.i] = -1 THEN 0
+                           WHEN p_expected[a.i] = -3 THEN CASE WHEN coalesce(st.version, 0) > 0 THEN 0 ELSE 2 END
+                           WHEN coalesce(st.version, 0) = p_expected[a.i] THEN 0
+                           ELSE 2
+                       END AS status
+                FROM unnest(p_streams, p_commands) WITH ORDINALITY AS a(stream, command, i)
+                LEFT JOIN \(s).streams st ON st.stream = a.stream
+                LEFT JOIN \(s).commands c ON c.command_id = a.command
+            ),
+            ins AS (
+                INSERT INTO \(s).events (stream, stream_version, event_id, category, type, schema_version, data,
+                    data_bytes, command_id, causation_id, correlation_id, fields)
+                SELECT d.stream, d.cur + x.k, x.id, p_categories[d.i], x.type, x.schema_version, x.data, x.bytes,
+                       x.command, x.causation, x.correlation, x.fields
+                FROM unnest(e_app, e_offsets, e_ids, e_types, e_schema_versions, e_data, e_bytes, e_commands,
+                            e_causations, e_correlations, e_fields)
+                     WITH ORDINALITY AS x(app, k, id, type, schema_version, data, bytes, command, causation,
+                                          correlation, fields, n)
+                JOIN d ON d.i = x.app AND d.status = 0
+                ORDER BY x.n
+                RETURNING position, stream, recorded_at
+            ),
+            placed AS (
+                SELECT ins.stream, min(ins.position) AS first_position, max(ins.position) AS last_position,
+                       max(ins.recorded_at) AS recorded_at
+                FROM ins GROUP BY ins.stream
+            ),
+            ups AS (
+                INSERT INTO \(s).streams AS t (stream, version)
+                SELECT d.stream, d.cur + p_counts[d.i] FROM d WHERE d.status = 0
+                ON CONFLICT (stream) DO UPDATE SET version = excluded.version
+            ),
+            cmd AS (
+                INSERT INTO \(s).commands (command_id, stream, first_version, last_version, first_position,
+                    last_position, transaction_id, fingerprint)
+                SELECT p_commands[d.i], d.stream, d.cur + 1, d.cur + p_counts[d.i], p.first_position,
+                       p.last_position, pg_current_xact_id(), p_fingerprints[d.i]
+                FROM d JOIN placed p ON p.stream = d.stream
+                WHERE d.status = 0 AND p_commands[d.i] IS NOT NULL
+            )
+            SELECT d.i, d.status, d.cur,
+                   CASE d.status WHEN 0 THEN d.cur + 1 WHEN 1 THEN d.c_first_version END,
+                   CASE d.status WHEN 0 THEN d.cur + p_counts[d.i] WHEN 1 THEN d.c_last_version END,
+                   CASE d.status WHEN 0 THEN p.first_position WHEN 1 THEN d.c_first_position END,
+                   CASE d.status WHEN 0 THEN p.last_position WHEN 1 THEN d.c_last_position END,
+                   CASE d.status WHEN 0 THEN pg_current_xact_id()::text WHEN 1 THEN d.c_transaction::text END,
+                   p.recorded_at, d.c_stream
+            FROM d LEFT JOIN placed p ON p.stream = d.stream AND d.status = 0
+            ORDER BY d.i;
+            -- One notification per transaction, none when nothing was written (no transaction id).
+            IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
+                PERFORM pg_notify(p_channel, '');
+            END IF;
+        END
+        $fn$
+        """
+    }
+
     /// Brings `schema` up to the latest migration. Safe to run from several processes at once:
-    /// a transaction-scoped advisory lock per schema serialises them.
+    /// a transaction-scoped advisory lock per schema serialises them. `through` stops after that
+    /// version (tests build old schemas with it).
     static func migrate(
-        _ schema: PostgresSchemaName, on connection: PostgresConnection, logger: Logger
+        _ schema: PostgresSchemaName, on connection: PostgresConnection, logger: Logger, through: Int = .max
     ) async throws -> [Int] {
         let s = schema.rawValue
         let lockKey = "backstage.migrate.\(s)"
@@ -210,7 +342,7 @@ enum PostgresMigrations {
                 PostgresQuery(unsafeSQL: "SELECT version FROM \(s).migrations"), logger: logger)
             for try await version in rows.decode(Int32.self) { applied.insert(Int(version)) }
             var ran: [Int] = []
-            for migration in all where !applied.contains(migration.version) {
+            for migration in all where !applied.contains(migration.version) && migration.version <= through {
                 for statement in migration.statements(schema) {
                     try await conn.query(PostgresQuery(unsafeSQL: statement), logger: logger)
                 }

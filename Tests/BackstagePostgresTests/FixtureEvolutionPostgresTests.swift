@@ -1,5 +1,5 @@
 import Backstage
-import BackstagePostgres
+@testable import BackstagePostgres
 import BackstageTestSupport
 import Foundation
 import Logging
@@ -41,22 +41,13 @@ struct PGSalesReadModel: TypedPostgresReadModel {
 extension PostgresTests {
     @Suite("PostgreSQL fixture: events stored in older shapes")
     struct FixtureEvolution {
-        @Test("a SQL dump of old shapes, loaded into a migrated schema, reads as the current shapes")
+        @Test("a SQL dump of old shapes, loaded into a version-2 schema and migrated, reads as the current shapes")
         func readsOldDump() async throws {
-            let dump = try String(
-                contentsOf: URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-                    .appendingPathComponent("Fixtures/evolution-v1.postgres.sql"), encoding: .utf8)
-            try await withFreshStore { store in
-                let statements =
-                    dump.split(separator: "\n").filter { !$0.hasPrefix("--") }.joined(separator: "\n")
-                    .replacingOccurrences(of: "__SCHEMA__", with: store.schema.rawValue)
-                    .components(separatedBy: ";\n").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
-                    .filter { !$0.isEmpty }
-                #expect(statements.count == 2)
-                for statement in statements {
-                    let sql = statement.hasSuffix(";") ? String(statement.dropLast()) : statement
-                    _ = try await store.client.query(PostgresQuery(unsafeSQL: sql))
-                }
+            try await withFreshStore(configure: { $0.migrate = false }) { store in
+                // The dump is of a store before migration 3 (bytea event data): load it into such a
+                // schema, then migrate it like an upgraded application would.
+                try await loadEvolutionFixture(into: store)
+                #expect(try await store.migrate().first == 3)
 
                 var router = Router()
                 try router.route(FixSellTicket.self, id: \.showID) { _, c in
@@ -88,5 +79,26 @@ extension PostgresTests {
                 #expect(try await service.parkedEvents().isEmpty)
             }
         }
+    }
+}
+
+/// Builds the schema of `store` up to migration 2 and loads Tests/Fixtures/evolution-v1.postgres.sql.
+func loadEvolutionFixture(into store: PostgresEventStore) async throws {
+    let dump = try String(
+        contentsOf: URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Fixtures/evolution-v1.postgres.sql"), encoding: .utf8)
+    _ = try await store.client.withConnection { conn in
+        try await PostgresMigrations.migrate(
+            store.schema, on: conn, logger: Logger(label: "fixture"), through: 2)
+    }
+    let statements =
+        dump.split(separator: "\n").filter { !$0.hasPrefix("--") }.joined(separator: "\n")
+        .replacingOccurrences(of: "__SCHEMA__", with: store.schema.rawValue)
+        .components(separatedBy: ";\n").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+        .filter { !$0.isEmpty }
+    #expect(statements.count == 2)
+    for statement in statements {
+        let sql = statement.hasSuffix(";") ? String(statement.dropLast()) : statement
+        _ = try await store.client.query(PostgresQuery(unsafeSQL: sql))
     }
 }

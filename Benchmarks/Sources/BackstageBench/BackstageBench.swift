@@ -75,8 +75,16 @@ struct BackstageBench: AsyncParsableCommand {
 
     @Flag(help: "Also run the Python eventsourcing peer (Benchmarks/peer/run.sh, makes its venv once) and compare W1 and W2 with it.")
     var peer = false
+    @Option(help: .hidden) var w5Worker: Int?
+    @Option(help: .hidden) var w5Schema: String?
+    @Option(help: .hidden) var w5Commands: Int?
 
     mutating func run() async throws {
+        if let w5Worker, let w5Schema, let w5Commands {
+            // A W5 writer process started by the PostgreSQL workloads.
+            try await Self.w5Worker(index: w5Worker, schema: w5Schema, commands: w5Commands)
+            return
+        }
         let selected = stores.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
         for name in selected where !["memory", "sqlite", "postgres"].contains(name) {
             throw ValidationError("unknown store '\(name)': use memory, sqlite or postgres")

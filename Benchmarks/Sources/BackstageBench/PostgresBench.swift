@@ -6,7 +6,7 @@ import PostgresNIO
 
 /// The fastest PostgreSQL does on this machine through postgres-nio, with the server's settings
 /// (the cluster of `scripts/postgres`: fsync and synchronous_commit on) and the store's row shape
-/// (the events table's columns and indexes, about 200-byte payloads), without the store's work
+/// (the events table's columns and indexes, about 200-byte JSON payloads in jsonb), without the store's work
 /// (no stream lock row, no command row, no notification).
 struct PostgresCeiling {
     let client: PostgresClient
@@ -29,7 +29,8 @@ struct PostgresCeiling {
                 category text NOT NULL,
                 type text NOT NULL,
                 schema_version integer NOT NULL,
-                data bytea NOT NULL,
+                data jsonb,
+                data_bytes bytea,
                 command_id uuid,
                 causation_id uuid,
                 correlation_id uuid,
@@ -73,8 +74,9 @@ struct PostgresCeiling {
             sql.appendLiteral(", ")
             sql.appendInterpolation(id)
             sql.appendLiteral(", 'raw', 'Deposited', 1, ")
-            try sql.appendInterpolation(payloads[(index + r) % payloads.count])
-            sql.appendLiteral(", ")
+            // The store's shape: JSON payloads in a jsonb column.
+            sql.appendInterpolation(String(decoding: payloads[(index + r) % payloads.count], as: UTF8.self))
+            sql.appendLiteral("::jsonb, ")
             sql.appendInterpolation(id)
             sql.appendLiteral(", ")
             sql.appendInterpolation(id)
@@ -94,6 +96,26 @@ struct PostgresCeiling {
                 try await conn.query(
                     try rowsQuery(stream: "raw-single-\(tag)-\(i)", from: 1, count: 1, index: i), logger: logger)
             }
+        }
+        return Double(count) / (ContinuousClock.now - start).seconds
+    }
+
+    /// `count` single-row autocommit INSERTs spread over `connections` connections working at once.
+    func singleRowTransactions(count: Int, connections: Int) async throws -> Double {
+        let tag = UUID().uuidString.prefix(8)
+        let start = ContinuousClock.now
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for c in 0..<connections {
+                group.addTask {
+                    try await client.withConnection { conn in
+                        for i in stride(from: c, to: count, by: connections) {
+                            try await conn.query(
+                                try rowsQuery(stream: "raw-par-\(tag)-\(i)", from: 1, count: 1, index: i), logger: logger)
+                        }
+                    }
+                }
+            }
+            try await group.waitForAll()
         }
         return Double(count) / (ContinuousClock.now - start).seconds
     }
@@ -122,7 +144,7 @@ struct PostgresCeiling {
         while true {
             let rows = try await client.query(
                 """
-                SELECT position, stream, stream_version, event_id, type, schema_version, data, command_id,
+                SELECT position, stream, stream_version, event_id, type, schema_version, jsonb_send(data), command_id,
                     causation_id, correlation_id, recorded_at
                 FROM \(unescaped: table) WHERE position > \(after) ORDER BY position LIMIT \(pageSize)
                 """, logger: logger)
@@ -208,10 +230,212 @@ extension BackstageBench {
         }
         try await runWorkloads(
             w, parts: parts, payloads: payloads, beforeW4: { try await measureReadCeiling("before") },
-            afterW4: { try await measureReadCeiling("after") })
+            afterW4: {
+                // W4 through PostgresProjection: a count-per-type table, one upsert per batch.
+                for batchSize in [ProjectionOptions().batchSize, 5_000] {
+                    var options = ProjectionOptions()
+                    options.batchSize = batchSize
+                    options.maxInFlight = max(options.maxInFlight, 2 * batchSize)
+                    let model = PostgresTypeCountReadModel(name: "w4-pg-\(batchSize)", table: "w4_type_counts_\(batchSize)")
+                    let projection = try PostgresProjection(model, store: store, options: options)
+                    try await w.w4Projection(
+                        projection, label: "PostgresProjection/\(batchSize)",
+                        description: "PostgresProjection upserting a count-per-type table, one statement per batch",
+                        counts: { try await model.counts(store) })
+                }
+                try await measureReadCeiling("after")
+            })
+        if parts.contains("w1") {
+            if parts.contains("ceilings") {
+                let parallel = try await ceiling.singleRowTransactions(count: sizes.ceilingSingleRows, connections: 4)
+                report.ceiling(
+                    "raw 1-row tx, 4 connections", store: "postgres", value: parallel, unit: "rows/s",
+                    note: "\(sizes.ceilingSingleRows) autocommit INSERTs of 1 row over 4 postgres-nio connections at once")
+            }
+            try await w1WithLag(store: store, sizes: sizes, report: report)
+        }
+        if parts.contains("w5") {
+            try await w5Processes(url: url, schema: configuration.schema, sizes: sizes, report: report)
+        }
         await store.close()
         try await measureCeilings("after")
         try await ceiling.drop()
         try await client.query("DROP SCHEMA \(unescaped: configuration.schema) CASCADE", logger: ceiling.logger)
+    }
+}
+
+extension PostgresEventStore: StoreStatistics {
+    var writerStatistics: (transactions: Int, appends: Int, largestGroup: Int) {
+        let s = statistics
+        return (s.transactions, s.appends, s.largestGroup)
+    }
+}
+
+/// W4's read model in PostgreSQL: one row per event type with its count; a batch is one upsert.
+struct PostgresTypeCountReadModel: PostgresReadModel {
+    let name: String
+    let table: String
+    var tables: [String] { [table] }
+    let logger = Logger(label: "backstage-bench.postgres", factory: { _ in SwiftLogNoOpLogHandler() })
+
+    func createTables(on connection: PostgresConnection, tables: PostgresProjectionTables) async throws {
+        try await connection.query(
+            "CREATE TABLE \(unescaped: try tables.table(table)) (type text PRIMARY KEY, count bigint NOT NULL)",
+            logger: logger)
+    }
+
+    func apply(_ event: RecordedEvent, on connection: PostgresConnection, tables: PostgresProjectionTables)
+        async throws
+    {
+        try await apply([event], on: connection, tables: tables)
+    }
+
+    func apply(_ events: [RecordedEvent], on connection: PostgresConnection, tables: PostgresProjectionTables)
+        async throws
+    {
+        var counts: [String: Int64] = [:]
+        for event in events { counts[event.type, default: 0] += 1 }
+        let table = try tables.table(table)
+        try await connection.query(
+            """
+            INSERT INTO \(unescaped: table) AS t (type, count)
+            SELECT * FROM unnest(\(Array(counts.keys)), \(Array(counts.values)))
+            ON CONFLICT (type) DO UPDATE SET count = t.count + excluded.count
+            """, logger: logger)
+    }
+
+    func counts(_ store: PostgresEventStore) async throws -> [String: Int] {
+        var counts: [String: Int] = [:]
+        let rows = try await store.client.query(
+            "SELECT type, count FROM \(unescaped: store.schema.rawValue).\(unescaped: table)", logger: logger)
+        for try await (type, count) in rows.decode((String, Int64).self) { counts[type] = Int(count) }
+        return counts
+    }
+}
+
+/// Delivery delays seen by a reader, in seconds.
+final class LagSamples: @unchecked Sendable {
+    private let lock = NSLock()
+    private var samples: [Double] = []
+    func add(_ values: [Double]) { lock.withLock { samples.append(contentsOf: values) } }
+    func percentile(_ p: Double) -> Double? {
+        lock.withLock {
+            guard !samples.isEmpty else { return nil }
+            let sorted = samples.sorted()
+            return sorted[min(sorted.count - 1, Int((Double(sorted.count - 1) * p).rounded()))]
+        }
+    }
+    var count: Int { lock.withLock { samples.count } }
+}
+
+extension BackstageBench {
+    /// W1 with 64 callers while a reader follows the log the way subscriptions do (woken by the
+    /// store's notifications, reading below the read horizon): commands/s beside the 4-connection
+    /// ceiling, and the delay from each event's `recorded_at` (its transaction's start, so an
+    /// upper bound of commit-to-delivery) to the moment the reader has it.
+    func w1WithLag(store: PostgresEventStore, sizes: Sizes, report: Report) async throws {
+        let n = sizes.w1Aggregates
+        let callers = sizes.w1Callers
+        let app = BackstageApp(store: store, router: try accountRouter())
+        let start = try await store.headPosition()
+        let samples = LagSamples()
+        let notifications = store.appendNotifications()
+        let reader = Task {
+            var after = start
+            // Woken by each notification (a hint: the store's notifications are coalesced).
+            for await _ in notifications {
+                while true {
+                    let page = try await store.readAll(after: after, limit: 1_000, filter: .all)
+                    guard let last = page.last else { break }
+                    let now = Date()
+                    samples.add(page.map { now.timeIntervalSince($0.recordedAt) })
+                    after = last.logPosition
+                }
+            }
+        }
+        let before = store.statistics
+        let d = try await timed {
+            try await concurrently(callers: callers, count: n) { i in
+                try await app.dispatch(Deposit(account: "w1lag\(i)", amount: 10))
+            }
+        }
+        let after = store.statistics
+        let tx = after.transactions - before.transactions
+        try await Task.sleep(for: .milliseconds(200))
+        reader.cancel()
+        _ = try? await reader.value
+        report.figure(
+            "W1 \(callers) callers, with a reader", store: "postgres", value: Double(n) / d.seconds, unit: "commands/s",
+            ceiling: "raw 1-row tx, 4 connections", target: .ratio(atLeast: 3),
+            note: "\(n) new aggregates, one command each, \(callers) concurrent callers, a reader following the log; \(d.text)"
+                + String(
+                    format: "; group commit: %d transactions, %.1f appends each on average, largest %d", tx,
+                    Double(after.appends - before.appends) / Double(max(tx, 1)), after.largestGroup))
+        let p50 = (samples.percentile(0.5) ?? 0) * 1_000
+        let p99 = (samples.percentile(0.99) ?? 0) * 1_000
+        report.figure(
+            "lag p50, recorded_at -> reader, W1 \(callers)", store: "postgres", value: p50, unit: "ms",
+            note: "\(samples.count) events; notification-woken readAll below the read horizon")
+        report.figure(
+            "lag p99, recorded_at -> reader, W1 \(callers)", store: "postgres", value: p99, unit: "ms",
+            target: Target(text: "< 20 ms") { value, _ in value < 20 },
+            note: "recorded_at is the transaction's start: an upper bound of commit-to-delivery")
+    }
+
+    /// W5 across processes: `w5Writers` copies of this program, each with its own store (pool),
+    /// dispatch `w5CommandsPerWriter` commands to aggregates of their own at the same time.
+    func w5Processes(url: String, schema: String, sizes: Sizes, report: Report) async throws {
+        let writers = sizes.w5Writers
+        let per = sizes.w5CommandsPerWriter
+        let exe = URL(fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+        var processes: [(Process, Pipe)] = []
+        for w in 0..<writers {
+            let process = Process()
+            process.executableURL = exe
+            process.arguments = ["--w5-worker", "\(w)", "--w5-schema", schema, "--w5-commands", "\(per)"]
+            let pipe = Pipe()
+            process.standardOutput = pipe
+            try process.run()
+            processes.append((process, pipe))
+        }
+        var starts: [Double] = []
+        var ends: [Double] = []
+        for (process, pipe) in processes {
+            let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            for line in output.split(separator: "\n") where line.hasPrefix("w5 ") {
+                let parts = line.split(separator: " ")
+                if parts.count == 3, let a = Double(parts[1]), let b = Double(parts[2]) {
+                    starts.append(a)
+                    ends.append(b)
+                }
+            }
+        }
+        guard starts.count == writers, let first = starts.min(), let last = ends.max() else {
+            report.note("W5 across processes: a worker failed (\(starts.count) of \(writers) reported)")
+            return
+        }
+        report.figure(
+            "W5 \(writers) processes, distinct aggregates", store: "postgres", value: Double(writers * per) / (last - first),
+            unit: "commands/s", ceiling: "raw 1-row tx, 4 connections",
+            note: "\(writers) processes x \(per) commands, each on aggregates of its own (new aggregate per command), "
+                + "timed from the first worker's start to the last one's end")
+    }
+
+    /// The body of one W5 worker process: prints "w5 <start> <end>" (seconds since 1970).
+    static func w5Worker(index: Int, schema: String, commands: Int) async throws {
+        guard let url = ProcessInfo.processInfo.environment["BACKSTAGE_POSTGRES_URL"] else { return }
+        var configuration = PostgresEventStore.Configuration()
+        configuration.schema = schema
+        configuration.migrate = false
+        let store = try await PostgresEventStore(url: url, configuration: configuration)
+        let app = BackstageApp(store: store, router: try accountRouter())
+        // Warm the pool: the timing starts with connections open, as in a running service.
+        _ = try await store.headPosition()
+        let start = Date().timeIntervalSince1970
+        for i in 0..<commands { try await app.dispatch(Deposit(account: "w5p\(index)-\(i)", amount: 1)) }
+        let end = Date().timeIntervalSince1970
+        print("w5 \(start) \(end)")
+        await store.close()
     }
 }

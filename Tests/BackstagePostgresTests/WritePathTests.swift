@@ -1,0 +1,205 @@
+import Backstage
+import Foundation
+import PostgresNIO
+import Testing
+
+@testable import BackstagePostgres
+
+extension PostgresTests {
+    @Suite("Write path: group commit, notifications, jsonb event data")
+    struct WritePath {
+        // Every group slot of the store waits on a stream whose lock a hooked transaction keeps,
+        // so the appends started next queue and form one group when the gate opens.
+        @Test("appends waiting at the same moment share one transaction; a conflicting one is rejected alone")
+        func groupWithOneConflict() async throws {
+            try await withFreshStore { store in
+                _ = try await store.append([event()], to: "g-bad", expected: .any, commandID: nil)
+                let notifications = store.appendNotifications()
+                _ = notifications
+                #expect(try await eventually { store.notificationStatus.isListening })
+
+                let gate = Gate()
+                let inserted = Gate()
+                let blocker = Task {
+                    try await store.append(
+                        [event("Blocker")], to: "g-block", expected: .any, commandID: nil,
+                        hook: { _ in
+                            inserted.open()
+                            await gate.wait()
+                        })
+                }
+                await inserted.wait()
+                // Every group slot waits for the blocker's stream lock.
+                let slots = (0..<PostgresEventStore.maxGroupsInFlight).map { i in
+                    Task { try await store.append([event("Slot\(i)")], to: "g-block", expected: .any, commandID: nil) }
+                }
+                #expect(try await eventually { try await blockedOnLocks(store) >= slots.count })
+                // These queue: 63 new streams and one append with a wrong expected version.
+                let count = 64
+                let appends = (0..<count).map { i in
+                    Task {
+                        try await store.append(
+                            [event("Grouped", #"{"i":\#(i)}"#), event("Grouped", #"{"i":\#(i),"second":true}"#)],
+                            to: i == 17 ? "g-bad" : "g-\(i)", expected: i == 17 ? .exact(5) : .noStream,
+                            commandID: UUID())
+                    }
+                }
+                #expect(try await eventually { store.queuedAppends == count })
+                let before = store.notificationStatus.notificationsReceived
+                gate.open()
+                _ = try await blocker.value
+                for slot in slots { _ = try await slot.value }
+                var transactions: Set<UInt64> = []
+                for (i, task) in appends.enumerated() {
+                    let outcome = await task.result
+                    if i == 17 {
+                        #expect(throws: EventStoreError.wrongExpectedVersion(stream: "g-bad", expected: .exact(5), actual: 1)) {
+                            try outcome.get()
+                        }
+                    } else {
+                        let result = try outcome.get()
+                        #expect(result.firstVersion == 1 && result.lastVersion == 2 && !result.isDuplicate)
+                        // Positions come from a sequence that concurrent transactions share.
+                        #expect(result.lastPosition > result.firstPosition)
+                        transactions.insert(result.transaction)
+                    }
+                }
+                // One group: every accepted append in one transaction.
+                #expect(transactions.count == 1)
+                #expect(try await store.streamVersion("g-bad") == 1)
+                for i in [0, 16, 18, 63] {
+                    let events = try await store.readStream("g-\(i)", from: 1, direction: .forward, limit: 10)
+                    #expect(events.map(\.streamVersion) == [1, 2])
+                }
+                // One notification per transaction: the blocker, the slots, the group, then a marker.
+                _ = try await store.append([event("Marker")], to: "g-marker", expected: .any, commandID: nil)
+                let expected = before + 1 + slots.count + 1 + 1
+                #expect(try await eventually { store.notificationStatus.notificationsReceived >= expected })
+                #expect(store.notificationStatus.notificationsReceived == expected)
+            }
+        }
+
+        @Test("a transaction that stores nothing sends no notification; duplicates answer the original result")
+        func noNotificationWithoutEvents() async throws {
+            try await withFreshStore { store in
+                _ = store.appendNotifications()
+                #expect(try await eventually { store.notificationStatus.isListening })
+                let command = UUID()
+                let first = try await store.append([event()], to: "n-1", expected: .noStream, commandID: command)
+                #expect(try await eventually { store.notificationStatus.notificationsReceived >= 1 })
+                let base = store.notificationStatus.notificationsReceived
+                await #expect(throws: EventStoreError.self) {
+                    try await store.append([event()], to: "n-1", expected: .noStream, commandID: nil)
+                }
+                var again = try await store.append([event()], to: "n-1", expected: .noStream, commandID: command)
+                #expect(again.isDuplicate)
+                again.isDuplicate = false
+                var original = first
+                original.recordedAt = nil
+                #expect(again == original)
+                _ = try await store.append([event()], to: "n-2", expected: .any, commandID: nil)
+                #expect(try await eventually { store.notificationStatus.notificationsReceived >= base + 1 })
+                #expect(store.notificationStatus.notificationsReceived == base + 1)
+            }
+        }
+
+        @Test("event data is jsonb: queryable in SQL; payloads jsonb cannot hold read back byte for byte")
+        func jsonbData() async throws {
+            try await withFreshStore { store in
+                let spaced = #"{ "z": 1,  "a": [1, 2.50], "s": "é" }"#
+                let opaque = Data([0, 1, 2, 0xFF, 0xFE])
+                let nul = #"{"s":"a\u0000b"}"#
+                let duplicateKeys = #"{"a":1,"a":2}"#
+                let payloads = [Data(spaced.utf8), opaque, Data(nul.utf8), Data(duplicateKeys.utf8), Data()]
+                let command = UUID()
+                _ = try await store.append(
+                    payloads.map { EventData(type: "J", data: $0) }, to: "j-1", expected: .noStream, commandID: command)
+                let read = try await store.readStream("j-1", from: 1, direction: .forward, limit: 10)
+                // The JSON value comes back in PostgreSQL's rendering...
+                let value = try JSONSerialization.jsonObject(with: read[0].data) as? NSDictionary
+                #expect(value == (try JSONSerialization.jsonObject(with: Data(spaced.utf8)) as? NSDictionary))
+                #expect(read[0].data != Data(spaced.utf8))
+                // ...and the others byte for byte.
+                #expect(read.dropFirst().map(\.data) == Array(payloads.dropFirst()))
+                let s = store.schema.rawValue
+                let rows = try await store.client.query(
+                    """
+                    SELECT data->'a'->>1, data->>'s', data_bytes IS NULL FROM \(unescaped: s).events
+                    WHERE stream = 'j-1' ORDER BY stream_version LIMIT 1
+                    """)
+                for try await (second, text, isJSON) in rows.decode((String, String, Bool).self) {
+                    #expect(second == "2.50")
+                    #expect(text == "é")
+                    #expect(isJSON)
+                }
+                // Fingerprints are over the appended bytes: the same bytes are a duplicate, the
+                // same JSON value spelled otherwise is another command.
+                let again = try await store.append(
+                    payloads.map { EventData(type: "J", data: $0) }, to: "j-1", expected: .noStream, commandID: command)
+                #expect(again.isDuplicate)
+                var respelled = payloads
+                respelled[0] = Data(#"{"z":1,"a":[1,2.50],"s":"é"}"#.utf8)
+                await #expect(throws: EventStoreError.idempotencyConflict(commandID: command, stream: "j-1")) {
+                    try await store.append(
+                        respelled.map { EventData(type: "J", data: $0) }, to: "j-1", expected: .noStream,
+                        commandID: command)
+                }
+            }
+        }
+
+        @Test("migration 3 turns bytea event data into jsonb: JSON reads back as the same value, the rest byte for byte")
+        func migratesOldStore() async throws {
+            try await withFreshStore(configure: { $0.migrate = false }) { store in
+                try await loadEvolutionFixture(into: store)
+                let s = store.schema.rawValue
+                // Rows an old store may hold besides JSON: bytes, JSON jsonb refuses.
+                _ = try await store.client.query(
+                    """
+                    INSERT INTO \(unescaped: s).streams (stream, version) VALUES ('odd-1', 2)
+                    """)
+                _ = try await store.client.query(
+                    """
+                    INSERT INTO \(unescaped: s).events (stream, stream_version, event_id, category, type, schema_version, data)
+                    VALUES ('odd-1', 1, \(UUID()), 'odd', 'Bytes', 1, '\\x00ff01'::bytea),
+                           ('odd-1', 2, \(UUID()), 'odd', 'Nul', 1, convert_to('{"s":"\\u0000"}', 'UTF8'))
+                    """)
+                var before: [Data] = []
+                let old = try await store.client.query(
+                    "SELECT data FROM \(unescaped: s).events ORDER BY position")
+                for try await data in old.decode(Data.self) { before.append(data) }
+                #expect(before.count == 6)
+
+                #expect(try await store.migrate().first == 3)
+                let after = try await store.readAll(after: .start, limit: 100, filter: .all)
+                #expect(after.count == 6)
+                for (old, new) in zip(before, after) {
+                    if new.type == "Bytes" || new.type == "Nul" {
+                        #expect(new.data == old, "\(new.type)")
+                    } else {
+                        let a = try JSONSerialization.jsonObject(with: old) as? NSDictionary
+                        let b = try JSONSerialization.jsonObject(with: new.data) as? NSDictionary
+                        #expect(a != nil && a == b, "\(new.type)")
+                    }
+                }
+                let titles = try await store.client.query(
+                    "SELECT data->>'title' FROM \(unescaped: s).events WHERE type = 'ShowScheduled'")
+                for try await title in titles.decode(String.self) { #expect(title == "Hamlet") }
+                // The events table still refuses changes.
+                await #expect(throws: PSQLError.self) {
+                    try await store.client.query("UPDATE \(unescaped: s).events SET type = 'X'")
+                }
+                // And appends work on the migrated store.
+                let appended = try await store.append([event()], to: "odd-1", expected: .exact(2), commandID: nil)
+                #expect(appended.firstVersion == 3)
+            }
+        }
+    }
+}
+
+/// How many sessions of `store`'s database wait for an advisory lock.
+private func blockedOnLocks(_ store: PostgresEventStore) async throws -> Int {
+    let rows = try await store.client.query(
+        "SELECT count(*)::int FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+    for try await n in rows.decode(Int.self) { return n }
+    return 0
+}
