@@ -49,7 +49,7 @@ struct ProjectionCrashTests {
                 _ = try await store.append(events, to: "crash-\((n / 50) % 173)", expected: .any, commandID: nil)
                 n += 50
             }
-            try store.close()
+            try await store.close()
         }
         let worker = try productsDirectory().appendingPathComponent("backstage-projection-worker")
         let subscription = projectionSubscription("crash", version: 1)
@@ -113,6 +113,6 @@ struct ProjectionCrashTests {
         let rebuilt = try rebuildDB.read { db in try Row.fetchAll(db, sql: query) }
         #expect(crashed.count == 173)
         #expect(crashed == rebuilt)
-        try store.close()
+        try await store.close()
     }
 }

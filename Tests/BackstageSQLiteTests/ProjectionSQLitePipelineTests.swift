@@ -45,7 +45,7 @@ struct ProjectionSQLitePipelineTests {
         #expect(worst.withLock { $0 } <= 50, "held \(worst.withLock { $0 }) events")
         #expect(worst.withLock { $0 } > 10)
         #expect(try #require(service.status(of: "slow")).peakInFlight <= 50)
-        try sqlite.close()
+        try await sqlite.close()
     }
 
     @Test("on the SQLite store, a failing event parks in the SQLite dead-letter table; the checkpoint moves on, nothing after it is lost")
@@ -72,6 +72,6 @@ struct ProjectionSQLitePipelineTests {
         #expect(stored.map(\.event.position) == [123])
         #expect(stored.first?.attempts == 3)
         #expect(try await checkpoints.checkpoint("picky")?.position == LogPosition(position: 500))
-        try store.close()
+        try await store.close()
     }
 }

@@ -194,7 +194,7 @@ struct BackstageBench: AsyncParsableCommand {
                 }
             })
         if parts.contains("w4") { try measureReadCeiling("after") }
-        try store.close()
+        try await store.close()
         try measureCeilings("after")
         try ceiling.pool.close()
     }

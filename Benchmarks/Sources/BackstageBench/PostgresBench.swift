@@ -154,8 +154,18 @@ extension BackstageBench {
         }
         let settings = try PostgresConnectionSettings(url: url)
         let client = PostgresClient(configuration: settings.clientConfiguration(maximumConnections: 8))
-        let clientTask = Task { await client.run() }
-        defer { clientTask.cancel() }
+        // The ceilings' client runs for as long as the measurements do.
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await client.run() }
+            defer { group.cancelAll() }
+            try await runPostgres(
+                url: url, client: client, sizes: sizes, parts: parts, report: report, payloads: payloads)
+        }
+    }
+
+    private func runPostgres(
+        url: String, client: PostgresClient, sizes: Sizes, parts: Set<String>, report: Report, payloads: [Data]
+    ) async throws {
         let tag = UUID().uuidString.prefix(8).lowercased()
         let ceiling = PostgresCeiling(client: client, schema: "bench_raw_\(tag)", payloads: payloads)
         try await ceiling.create()
@@ -178,38 +188,39 @@ extension BackstageBench {
 
         var configuration = PostgresEventStore.Configuration()
         configuration.schema = "bench_store_\(tag)"
-        let store = try await PostgresEventStore(url: url, configuration: configuration)
-        var w = Workloads(
-            store: store, storeName: "postgres", sizes: sizes, report: report, singleRowCeiling: "raw 1-row tx",
-            batchCeiling: "raw 1000-row tx", readCeiling: "raw read", absoluteTargets: false)
-        w.probe = { which, before in
-            guard parts.contains("ceilings") else { return }
-            if which == "single" {
-                let value = try await ceiling.singleRowTransactions(count: sizes.probeSingleRows)
-                report.ceiling(
-                    "raw 1-row tx", store: "postgres", value: value, unit: "rows/s",
-                    label: "raw 1-row tx, before \(before)",
-                    note: "\(sizes.probeSingleRows) autocommit INSERTs, measured again for the next figure")
-            } else {
-                let value = try await ceiling.batchTransactions(
-                    transactions: sizes.probeBatchTransactions, rows: sizes.ceilingBatchRows)
-                report.ceiling(
-                    "raw 1000-row tx", store: "postgres", value: value, unit: "rows/s",
-                    label: "raw 1000-row tx, before \(before)",
-                    note: "\(sizes.probeBatchTransactions) transactions of one \(sizes.ceilingBatchRows)-row INSERT, measured again")
+        let store = try PostgresEventStore(url: url, configuration: configuration)
+        try await PostgresEventStore.withStore(store) { store in
+            var w = Workloads(
+                store: store, storeName: "postgres", sizes: sizes, report: report, singleRowCeiling: "raw 1-row tx",
+                batchCeiling: "raw 1000-row tx", readCeiling: "raw read", absoluteTargets: false)
+            w.probe = { which, before in
+                guard parts.contains("ceilings") else { return }
+                if which == "single" {
+                    let value = try await ceiling.singleRowTransactions(count: sizes.probeSingleRows)
+                    report.ceiling(
+                        "raw 1-row tx", store: "postgres", value: value, unit: "rows/s",
+                        label: "raw 1-row tx, before \(before)",
+                        note: "\(sizes.probeSingleRows) autocommit INSERTs, measured again for the next figure")
+                } else {
+                    let value = try await ceiling.batchTransactions(
+                        transactions: sizes.probeBatchTransactions, rows: sizes.ceilingBatchRows)
+                    report.ceiling(
+                        "raw 1000-row tx", store: "postgres", value: value, unit: "rows/s",
+                        label: "raw 1000-row tx, before \(before)",
+                        note: "\(sizes.probeBatchTransactions) transactions of one \(sizes.ceilingBatchRows)-row INSERT, measured again")
+                }
             }
+            func measureReadCeiling(_ when: String) async throws {
+                guard parts.contains("ceilings") else { return }
+                let read = try await ceiling.readAll(table: "\(configuration.schema).events", pageSize: sizes.w4PageSize)
+                report.ceiling(
+                    "raw read", store: "postgres", value: read.rate, unit: "rows/s", label: "raw read, \(when)",
+                    note: "\(read.rows) rows of the store's table in pages of \(sizes.w4PageSize), every column decoded")
+            }
+            try await runWorkloads(
+                w, parts: parts, payloads: payloads, beforeW4: { try await measureReadCeiling("before") },
+                afterW4: { try await measureReadCeiling("after") })
         }
-        func measureReadCeiling(_ when: String) async throws {
-            guard parts.contains("ceilings") else { return }
-            let read = try await ceiling.readAll(table: "\(configuration.schema).events", pageSize: sizes.w4PageSize)
-            report.ceiling(
-                "raw read", store: "postgres", value: read.rate, unit: "rows/s", label: "raw read, \(when)",
-                note: "\(read.rows) rows of the store's table in pages of \(sizes.w4PageSize), every column decoded")
-        }
-        try await runWorkloads(
-            w, parts: parts, payloads: payloads, beforeW4: { try await measureReadCeiling("before") },
-            afterW4: { try await measureReadCeiling("after") })
-        await store.close()
         try await measureCeilings("after")
         try await ceiling.drop()
         try await client.query("DROP SCHEMA \(unescaped: configuration.schema) CASCADE", logger: ceiling.logger)

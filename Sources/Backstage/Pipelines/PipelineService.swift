@@ -321,10 +321,7 @@ public final class PipelineService: Service, Sendable {
         while true {
             let behind = names.filter { name in
                 guard let status = status(of: name) else { return true }
-                if case .failed(let reason) = status.state {
-                    _ = reason
-                    return true
-                }
+                if case .failed = status.state { return true }
                 return (status.checkpoint ?? .start) < target
             }
             if behind.isEmpty { return }

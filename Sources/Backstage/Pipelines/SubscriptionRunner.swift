@@ -401,7 +401,7 @@ final class SubscriptionRunner: Sendable {
             let started = ContinuousClock.now
             do {
                 try await invoke(batch.map(\.0))
-                metrics.latency.recordInterval(since: started)
+                metrics.latency.record(duration: ContinuousClock.now - started)
                 metrics.batchSize.record(batch.count)
                 metrics.handled.increment(by: batch.count)
                 complete(batch)

@@ -2,11 +2,33 @@ import Backstage
 import Foundation
 import GRDB
 
-/// The pipeline tables (checkpoints, parked events, projection versions), created on first use.
+/// The pipeline tables (checkpoints, parked events, leases, projection versions): a migration of
+/// the event store's migrator, also applied on its own to a database that holds only pipeline
+/// state (a projection's read-model file). `IF NOT EXISTS`: files created before the migration
+/// existed already hold the tables.
 enum PipelineSchema {
+    static let migrationID = "backstage-pipelines-v1"
+
+    /// Adds the pipeline migration to `migrator`.
+    static func register(in migrator: inout DatabaseMigrator) {
+        migrator.registerMigration(migrationID) { db in try create(db) }
+    }
+
+    /// Applies the pipeline migration to `writer` unless it already ran there.
     static func install(_ writer: any DatabaseWriter) throws {
-        try writer.write { db in
-            try db.execute(
+        let applied = try writer.read { db in
+            try db.tableExists("grdb_migrations")
+                && (try Bool.fetchOne(
+                    db, sql: "SELECT 1 FROM grdb_migrations WHERE identifier = ?", arguments: [migrationID]) ?? false)
+        }
+        if applied { return }
+        var migrator = DatabaseMigrator()
+        register(in: &migrator)
+        try migrator.migrate(writer)
+    }
+
+    private static func create(_ db: Database) throws {
+        try db.execute(
                 sql: """
                     CREATE TABLE IF NOT EXISTS backstage_checkpoints (
                         subscription TEXT PRIMARY KEY,
@@ -49,7 +71,6 @@ enum PipelineSchema {
                         updated_at REAL NOT NULL
                     ) WITHOUT ROWID;
                     """)
-        }
     }
 }
 

@@ -51,7 +51,7 @@ struct CatchUpCommand: AsyncParsableCommand {
         let memory = rss()
         print(String(format: "caught up in %.2f s: %.0f events/s (every stored event read by each projection that wants it)", seconds, Double(head.position) / seconds))
         print("tickets rows: \(rows); peak RSS \(memory.peak / 1024) MiB, RSS now \(memory.now / 1024) MiB")
-        try store.close()
+        try await store.close()
         try readModels.close()
     }
 
