@@ -63,7 +63,10 @@ let package = Package(
         ),
         .testTarget(
             name: "BackstageSQLiteTests",
-            dependencies: ["Backstage", "BackstageSQLite", "BackstageTesting", "BackstageTestSupport"]
+            dependencies: [
+                "Backstage", "BackstageSQLite", "BackstageTesting", "BackstageTestSupport",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
         ),
         // A child process for the SQLite crash test; not part of any product.
         .executableTarget(
@@ -97,7 +100,10 @@ let package = Package(
         ),
         .testTarget(
             name: "BackstagePostgresTests",
-            dependencies: ["Backstage", "BackstagePostgres", "BackstageTesting", "BackstageTestSupport"]
+            dependencies: [
+                "Backstage", "BackstagePostgres", "BackstageTesting", "BackstageTestSupport",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
         ),
     ],
     swiftLanguageModes: [.v6]

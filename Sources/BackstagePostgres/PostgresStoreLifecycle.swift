@@ -6,7 +6,8 @@ extension PostgresEventStore: Service {
     /// Runs the store: the connection pool it created (if it did), the schema migrations, then
     /// the notification listener, until graceful shutdown, cancellation or ``close()``.
     /// Operations issued meanwhile wait until the schema is ready; after `run()` ends they fail
-    /// with ``PostgresStoreError/closed``.
+    /// with ``PostgresStoreError/closed``. While the server is unreachable the pool keeps trying
+    /// to connect (postgres-nio's backoff) and operations keep waiting.
     ///
     /// - Throws: what stopped the migrations (for example ``PostgresStoreError`` for an
     ///   unreachable server or a schema restored into another cluster), or
@@ -29,11 +30,34 @@ extension PostgresEventStore: Service {
             if let ownedClient {
                 group.addTask { await ownedClient.run() }
             }
-            do {
-                try await prepare()
+            // The pool keeps trying to connect while the server is unreachable; close(),
+            // cancellation or graceful shutdown end the wait.
+            let prepared = await withTaskGroup(of: Result<Bool, any Error>.self) { preparing in
+                preparing.addTask {
+                    do {
+                        try await self.prepare()
+                        return .success(true)
+                    } catch {
+                        return .failure(error)
+                    }
+                }
+                preparing.addTask {
+                    await self.readiness.stopRequested.wait()
+                    return .success(false)
+                }
+                let first = await preparing.next() ?? .success(false)
+                preparing.cancelAll()
+                return first
+            }
+            switch prepared {
+            case .success(true):
                 readiness.markReady()
-            } catch {
-                let reported = (error is CancellationError) ? PostgresStoreError.closed : Self.storeError(error)
+            case .success(false), .failure(is CancellationError):
+                readiness.close()
+                group.cancelAll()
+                return
+            case .failure(let error):
+                let reported = Self.storeError(error)
                 readiness.fail(reported)
                 group.cancelAll()
                 throw reported

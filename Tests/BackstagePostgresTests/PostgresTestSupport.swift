@@ -1,4 +1,5 @@
 import Backstage
+import BackstageTesting
 import Foundation
 import PostgresNIO
 import Synchronization
@@ -82,6 +83,17 @@ func withPeer<T: Sendable>(
         url: try PostgresTestEnvironment.requireURL(), configuration: configuration, body)
 }
 
+/// A store on a fresh schema that nothing runs yet (for lifecycle tests); drop its schema with
+/// ``PostgresEventStore/dropSchema()`` while it runs.
+func unstartedStore(configure: (inout PostgresEventStore.Configuration) -> Void = { _ in }) throws
+    -> PostgresEventStore
+{
+    var configuration = PostgresEventStore.Configuration()
+    configuration.schema = freshSchemaName()
+    configure(&configuration)
+    return try PostgresEventStore(url: try PostgresTestEnvironment.requireURL(), configuration: configuration)
+}
+
 /// Runs `count` peers of `store` around `body`.
 func withPeers<T: Sendable>(
     of store: PostgresEventStore, count: Int, _ body: ([PostgresEventStore]) async throws -> T
@@ -113,8 +125,7 @@ func eventually(
 
 /// The build folder holding this test binary and the worker executable.
 func workerExecutable() throws -> URL {
-    let exe = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
-    return URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("backstage-postgres-worker")
+    try testExecutable(named: "backstage-postgres-worker")
 }
 
 /// A running worker process whose stdout lines are collected (by a thread of its own: a

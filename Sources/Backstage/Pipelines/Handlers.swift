@@ -160,11 +160,12 @@ public struct HandlerOptions: Sendable {
     /// The defaults: one worker, one event per batch, partitioned by stream.
     public init() {}
 
-    /// Options with the most common settings changed.
+    /// Options with any of the settings changed.
     public init(
         concurrency: Int = 1, partitionKey: PartitionKey = .stream, batchSize: Int = 1,
         batchTimeout: Duration = .zero, failurePolicy: FailurePolicy = FailurePolicy(),
-        start: StartPosition = .origin, maxInFlight: Int = 1_000
+        start: StartPosition = .origin, maxInFlight: Int = 1_000, pageSize: Int = 500,
+        pollInterval: Duration = .seconds(1), checkpointInterval: Duration = .milliseconds(100)
     ) {
         self.concurrency = concurrency
         self.partitionKey = partitionKey
@@ -173,6 +174,9 @@ public struct HandlerOptions: Sendable {
         self.failurePolicy = failurePolicy
         self.start = start
         self.maxInFlight = maxInFlight
+        self.pageSize = pageSize
+        self.pollInterval = pollInterval
+        self.checkpointInterval = checkpointInterval
     }
 }
 
@@ -207,7 +211,7 @@ public enum PipelineError: Error, Sendable, Hashable, CustomStringConvertible {
 }
 
 /// Checks a subscription name: non-empty, at most 100 characters of `[A-Za-z0-9_.@-]`.
-public func validateSubscriptionName(_ name: String) throws(PipelineError) {
+package func validateSubscriptionName(_ name: String) throws(PipelineError) {
     if name.isEmpty { throw .invalidName(name, reason: "it is empty") }
     if name.utf8.count > 100 { throw .invalidName(String(name.prefix(40)), reason: "it is longer than 100 characters") }
     let allowed = name.utf8.allSatisfy { c in

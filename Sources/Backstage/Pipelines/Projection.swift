@@ -49,7 +49,7 @@ extension Projection {
 }
 
 /// The subscription id of version `version` of the projection `name`.
-public func projectionSubscription(_ name: String, version: Int) -> String { "\(name)@v\(version)" }
+package func projectionSubscription(_ name: String, version: Int) -> String { "\(name)@v\(version)" }
 
 /// Batching, failure policy and consistency of a projection.
 public struct ProjectionOptions: Sendable {
@@ -71,16 +71,19 @@ public struct ProjectionOptions: Sendable {
     /// The defaults.
     public init() {}
 
-    /// Options with the most common settings changed.
+    /// Options with any of the settings changed.
     public init(
         batchSize: Int = 500, batchTimeout: Duration = .milliseconds(2), failurePolicy: FailurePolicy = FailurePolicy(),
-        maxInFlight: Int = 2_000, stronglyConsistent: Bool = true
+        maxInFlight: Int = 2_000, stronglyConsistent: Bool = true, pageSize: Int = 1_000,
+        pollInterval: Duration = .seconds(1)
     ) {
         self.batchSize = batchSize
         self.batchTimeout = batchTimeout
         self.failurePolicy = failurePolicy
         self.maxInFlight = maxInFlight
         self.stronglyConsistent = stronglyConsistent
+        self.pageSize = pageSize
+        self.pollInterval = pollInterval
     }
 }
 
