@@ -49,7 +49,7 @@ let package = Package(
             ]
         ),
         .target(name: "BackstageTesting", dependencies: ["Backstage"]),
-        .testTarget(name: "BackstageTests", dependencies: ["Backstage", "BackstageTesting"]),
+        .testTarget(name: "BackstageTests", dependencies: ["Backstage", "BackstageTesting", "BackstageTestSupport"]),
         // The README's example, compiled and run as shown.
         .testTarget(
             name: "ReadmeTests",
@@ -77,7 +77,9 @@ let package = Package(
         // A child process for the projection crash test; not part of any product.
         .executableTarget(
             name: "backstage-projection-worker",
-            dependencies: ["Backstage", "BackstageSQLite", .product(name: "GRDB", package: "GRDB.swift")],
+            dependencies: [
+                "Backstage", "BackstageSQLite", "BackstageTestSupport", .product(name: "GRDB", package: "GRDB.swift"),
+            ],
             path: "Tests/Workers/ProjectionWorker"
         ),
         // A child process for the SQLite multi-process pipeline tests; not part of any product.

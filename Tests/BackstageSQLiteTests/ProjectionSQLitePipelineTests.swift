@@ -1,18 +1,13 @@
 import Backstage
+import BackstageTestSupport
 import BackstageSQLite
 import BackstageTesting
 import Foundation
 import GRDB
 import Testing
 
-/// A handler defined by a closure.
-struct SQLiteClosureHandler: EventHandler {
-    let name: String
-    var options: HandlerOptions
-    let body: @Sendable ([RecordedEvent]) async throws -> Void
-    func handle(_ event: RecordedEvent) async throws { try await body([event]) }
-    func handle(batch: [RecordedEvent]) async throws { try await body(batch) }
-}
+/// The shared closure handler (BackstageTestSupport).
+typealias SQLiteClosureHandler = ClosureHandler
 
 @Suite("SQLite pipelines: handlers")
 struct ProjectionSQLitePipelineTests {

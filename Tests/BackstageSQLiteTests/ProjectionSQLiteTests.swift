@@ -1,4 +1,5 @@
 import Backstage
+import BackstageTestSupport
 import BackstageSQLite
 import Foundation
 import GRDB
@@ -36,12 +37,8 @@ struct TotalsReadModel: SQLiteReadModel {
     }
 }
 
-/// A value behind a lock that closures can share.
-final class SQLBox<T: Sendable>: Sendable {
-    private let m: Mutex<T>
-    init(_ value: T) { m = Mutex(value) }
-    func withLock<R: Sendable>(_ body: (inout T) throws -> R) rethrows -> R { try m.withLock { try body(&$0) } }
-}
+/// Test bookkeeping behind a lock (BackstageTestSupport).
+typealias SQLBox = TestBox
 
 struct SQLiteTestFailure: Error, CustomStringConvertible {
     var position: Int64
