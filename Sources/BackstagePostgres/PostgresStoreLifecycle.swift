@@ -101,7 +101,7 @@ extension PostgresEventStore: Service {
             }
             await store.close()
             // The error of a run() that failed is already the outcome (through waitUntilReady).
-            while let _ = try? await group.next() {}
+            while (try? await group.next()) != nil {}
             return try outcome.get()
         }
     }

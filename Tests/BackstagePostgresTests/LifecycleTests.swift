@@ -50,7 +50,9 @@ extension PostgresTests {
             await #expect(throws: PostgresStoreError.closed) { try await store.run() }
         }
 
-        @Test("close() ends run(), also while the server is unreachable; operations then fail with closed", .timeLimit(.minutes(1)))
+        @Test(
+            "close() ends run(), also while the server is unreachable; operations then fail with closed",
+            .timeLimit(.minutes(1)))
         func closeAndFailure() async throws {
             let store = try unstartedStore()
             try await withThrowingTaskGroup(of: Void.self) { tasks in

@@ -20,7 +20,8 @@ struct SQLiteLifecycleTests {
         }
         #expect(migrations == ["backstage-pipelines-v1", "backstage-v1"])
         let tables = try await queue.read { db in
-            try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'backstage_%'")
+            try String.fetchAll(
+                db, sql: "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'backstage_%'")
         }
         #expect(Set(tables).isSuperset(of: ["backstage_events", "backstage_checkpoints", "backstage_leases"]))
         try await store.close()
@@ -49,9 +50,11 @@ struct SQLiteLifecycleTests {
             }
         }
         try await SQLiteEventStore.withStore(path: path) { store in
-            #expect(try await store.pipelineDefaults.checkpoints.checkpoint("sub")?.position == LogPosition(position: 1))
+            #expect(
+                try await store.pipelineDefaults.checkpoints.checkpoint("sub")?.position == LogPosition(position: 1))
             let recorded = try await store.database.read { db in
-                try Int.fetchOne(db, sql: "SELECT count(*) FROM grdb_migrations WHERE identifier = 'backstage-pipelines-v1'")
+                try Int.fetchOne(
+                    db, sql: "SELECT count(*) FROM grdb_migrations WHERE identifier = 'backstage-pipelines-v1'")
             }
             #expect(recorded == 1)
         }

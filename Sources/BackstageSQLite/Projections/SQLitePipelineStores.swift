@@ -106,8 +106,8 @@ public final class SQLiteCheckpointStore: CheckpointStore {
                 arguments: [subscription])
         else { return nil }
         return Checkpoint(
-            subscription: subscription, position: LogPosition(storedTransaction: row[0], position: row[1]),
-            token: row[2], updatedAt: Date(timeIntervalSince1970: row[3]))
+            subscription: subscription, position: LogPosition(storedTransaction: row["txn"], position: row["position"]),
+            token: row["token"], updatedAt: Date(timeIntervalSince1970: row["updated_at"]))
     }
 
     /// The compare-and-set, inside a caller's transaction. Fenced twice: the stored checkpoint's
@@ -158,8 +158,9 @@ public final class SQLiteCheckpointStore: CheckpointStore {
                     "SELECT subscription, txn, position, token, updated_at FROM backstage_checkpoints ORDER BY subscription"
             ).map { row in
                 Checkpoint(
-                    subscription: row[0], position: LogPosition(storedTransaction: row[1], position: row[2]),
-                    token: row[3], updatedAt: Date(timeIntervalSince1970: row[4]))
+                    subscription: row["subscription"],
+                    position: LogPosition(storedTransaction: row["txn"], position: row["position"]),
+                    token: row["token"], updatedAt: Date(timeIntervalSince1970: row["updated_at"]))
             }
         }
     }
@@ -188,14 +189,14 @@ public final class SQLiteParkedEventStore: ParkedEventStore {
         """
 
     private static func parked(_ row: Row) throws -> ParkedEvent {
-        let metadata = try JSONDecoder().decode(EventMetadata.self, from: row[9] as Data)
+        let metadata = try JSONDecoder().decode(EventMetadata.self, from: row["metadata"] as Data)
         let event = RecordedEvent(
-            position: row[2], transaction: UInt64(bitPattern: row[1] as Int64), stream: row[3], streamVersion: row[4],
-            id: row[5], type: row[6], schemaVersion: row[7], data: row[8], metadata: metadata,
-            recordedAt: Date(timeIntervalSince1970: row[10]))
+            position: row["position"], transaction: UInt64(bitPattern: row["txn"] as Int64), stream: row["stream"],
+            streamVersion: row["version"], id: row["id"], type: row["type"], schemaVersion: row["schema_version"],
+            data: row["data"], metadata: metadata, recordedAt: Date(timeIntervalSince1970: row["recorded_at"]))
         return ParkedEvent(
-            subscription: row[0], event: event, error: row[11], attempts: row[12],
-            parkedAt: Date(timeIntervalSince1970: row[13]))
+            subscription: row["subscription"], event: event, error: row["error"], attempts: row["attempts"],
+            parkedAt: Date(timeIntervalSince1970: row["parked_at"]))
     }
 
     public func park(_ parked: ParkedEvent) async throws {
