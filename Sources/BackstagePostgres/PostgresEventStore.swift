@@ -101,7 +101,7 @@ public final class PostgresEventStore: EventStore {
     /// The limits this store enforces.
     public let limits: StoreLimits
     /// The channel the store's appends notify.
-    public let notificationChannel: String
+    package let notificationChannel: String
 
     let configuration: Configuration
     let logger: Logger

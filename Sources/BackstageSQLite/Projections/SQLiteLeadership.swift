@@ -120,7 +120,7 @@ public final class SQLiteLeadership: LeaderElection {
     }
 
     /// The current lease of `subscription` in `database`: token, owner, expiry (nil: none).
-    public static func lease(_ subscription: String, in db: Database) throws -> (
+    package static func lease(_ subscription: String, in db: Database) throws -> (
         token: Int64, owner: String, expiresAt: Date
     )? {
         guard

@@ -98,7 +98,7 @@ public final class SQLiteCheckpointStore: CheckpointStore {
     }
 
     /// The checkpoint of `subscription`, read inside a caller's transaction.
-    public static func checkpoint(_ subscription: String, in db: Database) throws -> Checkpoint? {
+    package static func checkpoint(_ subscription: String, in db: Database) throws -> Checkpoint? {
         guard
             let row = try Row.fetchOne(
                 db.cachedStatement(
@@ -115,7 +115,7 @@ public final class SQLiteCheckpointStore: CheckpointStore {
     /// so a process that lost its lease cannot move the checkpoint even before the new leader's
     /// first commit.
     /// - Throws: ``CheckpointError`` when the stored checkpoint is not `expected` or a token is newer.
-    public static func commit(
+    package static func commit(
         _ subscription: String, expected: LogPosition?, new: LogPosition, token: Int64, in db: Database
     ) throws {
         if let current = try Int64.fetchOne(
@@ -244,7 +244,7 @@ public final class SQLiteParkedEventStore: ParkedEventStore {
     }
 
     /// Removes a parked event inside a caller's transaction; true when there was one.
-    public static func remove(subscription: String, position: LogPosition, in db: Database) throws -> Bool {
+    package static func remove(subscription: String, position: LogPosition, in db: Database) throws -> Bool {
         try db.execute(
             sql: "DELETE FROM backstage_parked_events WHERE subscription = ? AND txn = ? AND position = ?",
             arguments: [subscription, position.storedTransaction, position.position])
