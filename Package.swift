@@ -23,8 +23,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.7.3"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
-        .package(url: "https://github.com/apple/swift-async-algorithms", from: "1.1.4"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+        // AsyncChannel for the console's server-sent events (Hummingbird depends on it already).
+        .package(url: "https://github.com/apple/swift-async-algorithms", from: "1.1.4"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", exact: "2.28.1"),
         // `swift package generate-documentation`: the DocC catalogs under Sources/*/*.docc. A plugin:
         // nothing of it is built unless documentation is generated.
@@ -39,7 +40,6 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "AsyncAlgorithms", package: "swift-async-algorithms"),
                 .product(name: "DequeModule", package: "swift-collections"),
             ]
         ),
@@ -49,6 +49,8 @@ let package = Package(
                 "Backstage", .product(name: "GRDB", package: "GRDB.swift"),
                 // Store metrics: append duration, events per append, appends per transaction.
                 .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .target(
@@ -59,6 +61,7 @@ let package = Package(
                 .product(name: "_ConnectionPoolModule", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .target(name: "BackstageTesting", dependencies: ["Backstage"]),
@@ -117,7 +120,10 @@ let package = Package(
         ),
         .testTarget(
             name: "BackstageSQLiteTests",
-            dependencies: ["Backstage", "BackstageSQLite", "BackstageTesting", "BackstageTestSupport"]
+            dependencies: [
+                "Backstage", "BackstageSQLite", "BackstageTesting", "BackstageTestSupport",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
         ),
         // A child process for the SQLite crash test; not part of any product.
         .executableTarget(
@@ -128,7 +134,9 @@ let package = Package(
         // A child process for the projection crash test; not part of any product.
         .executableTarget(
             name: "backstage-projection-worker",
-            dependencies: ["Backstage", "BackstageSQLite", .product(name: "GRDB", package: "GRDB.swift")],
+            dependencies: [
+                "Backstage", "BackstageSQLite", "BackstageTestSupport", .product(name: "GRDB", package: "GRDB.swift"),
+            ],
             path: "Tests/Workers/ProjectionWorker"
         ),
         // A child process for the SQLite multi-process pipeline tests; not part of any product.
@@ -153,6 +161,7 @@ let package = Package(
             name: "BackstagePostgresTests",
             dependencies: [
                 "Backstage", "BackstagePostgres", "BackstageTesting", "BackstageTestSupport", "BackstageCLI",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
     ],

@@ -138,13 +138,6 @@ final class AggregateCache: Sendable {
         }
     }
 
-    /// Forgets `stream` (when it is not in use), so the next command reloads it.
-    func invalidate(_ stream: String) {
-        state.withLock { s in
-            if let e = s.entries[ExactString(stream)], e.users == 0 { s.remove(e) }
-        }
-    }
-
     /// Drops the least recently used idle entries while over capacity or past the idle timeout.
     /// Entries in use are skipped (there are at most as many as commands in flight).
     private func evict(_ s: inout State, now: ContinuousClock.Instant) {

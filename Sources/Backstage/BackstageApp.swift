@@ -15,7 +15,8 @@ public struct DispatchOptions: Sendable {
     public var commandID: UUID?
     /// The correlation id to carry on; defaults to the command id.
     public var correlationID: UUID?
-    /// The message that caused this command, if any.
+    /// The message that caused this command, if any: stored in the metadata of every event the
+    /// command produces, under ``commandCausationField`` (each event's own causation id is the command).
     public var causationID: UUID?
     /// Free-form fields stored in the metadata of every event the command produces.
     public var fields: [String: String]
@@ -112,6 +113,9 @@ public final class BackstageApp: Sendable {
     public struct Configuration: Sendable {
         /// Most hydrated aggregates kept in memory (0 disables the cache).
         public var cacheCapacity: Int = 10_000
+        /// Whether a ``ValidatableCommand`` is validated before any middleware runs (on by
+        /// default, whatever middleware the app is given).
+        public var validatesCommands = true
         /// A cached aggregate unused for this long is dropped.
         public var cacheIdleTimeout: Duration = .seconds(600)
         /// How often a command is retried after a version conflict before the conflict is surfaced.
@@ -155,14 +159,18 @@ public final class BackstageApp: Sendable {
     let cache: AggregateCache
     let metrics: DispatchMetrics
 
-    /// Creates an application.
+    /// Creates an application. `middleware` runs in order around every dispatch, after command
+    /// validation (``ValidationMiddleware``), which runs first unless
+    /// ``Configuration/validatesCommands`` is off.
     public init(
-        store: any EventStore, router: Router, middleware: [any Middleware] = [ValidationMiddleware()],
+        store: any EventStore, router: Router, middleware: [any Middleware] = [],
         configuration: Configuration = Configuration()
     ) {
         self.store = store
         self.router = router
-        self.middleware = middleware
+        self.middleware =
+            (configuration.validatesCommands ? [ValidationMiddleware()] : [])
+            + middleware.filter { !($0 is ValidationMiddleware) }
         self.configuration = configuration
         self.cache = AggregateCache(
             capacity: configuration.cacheCapacity, idleTimeout: configuration.cacheIdleTimeout)
@@ -291,6 +299,9 @@ public final class BackstageApp: Sendable {
             InstrumentationSystem.instrument.inject(
                 ServiceContext.current ?? .topLevel, into: &fields, using: MetadataFieldsInjector())
         }
+        // What caused the command (an event, a message) is recorded with its events; the
+        // events' own causation id is the command.
+        if let causation = context.causationID { fields[commandCausationField] = causation.uuidString.lowercased() }
         var fingerprint: String? = nil
         if explicitID {
             let print = commandFingerprint(command, name: route.name)
@@ -655,6 +666,11 @@ public final class BackstageApp: Sendable {
 /// fingerprint, so a reuse of the id for a different command is recognised by any process.
 /// Reserved: a value set by a caller under this key is replaced.
 public let commandFingerprintField = "backstage.command"
+
+/// The metadata field where a dispatch stores its ``DispatchOptions/causationID`` (what caused the
+/// command), as a lower-case UUID string. An event's own ``EventMetadata/causationID`` is the
+/// command that produced it. Reserved: a value set by a caller under this key is replaced.
+public let commandCausationField = "backstage.command.causation"
 
 /// A deterministic digest of a command: its name and its JSON with sorted keys when it is
 /// `Encodable`, else its `String(reflecting:)`. Stable across processes and restarts (a `Set`

@@ -172,7 +172,7 @@ public struct EventFilter: Sendable, Hashable {
 ///
 /// The split is on the UTF-8 byte of `-`, not on a `Character`: a `-` followed by a combining
 /// mark still ends the category, as it does in the databases.
-public func streamCategory(_ stream: String) -> String {
+package func streamCategory(_ stream: String) -> String {
     if let dash = stream.utf8.firstIndex(of: UInt8(ascii: "-")) {
         return String(decoding: stream.utf8[..<dash], as: UTF8.self)
     }
@@ -457,7 +457,7 @@ public struct StoreLimits: Sendable, Hashable {
 /// (same events) from a reused command id (different events). Event ids are left out: a retry
 /// may carry fresh ids. The data is hashed as given, so it must be encoded deterministically:
 /// ``EventCodec`` sorts JSON keys for this reason.
-public func appendFingerprint(_ events: [EventData]) -> String {
+package func appendFingerprint(_ events: [EventData]) -> String {
     var hasher = FNV1a()
     for e in events {
         hasher.add(e.type)

@@ -162,14 +162,14 @@ public final class InMemoryEventStore: EventStore {
 
 /// Fans a "new events" hint out to every listener. Each listener's stream keeps at most one
 /// pending hint, so a slow listener never makes memory grow.
-public final class AppendNotifier: Sendable {
+package final class AppendNotifier: Sendable {
     private let continuations = Mutex<[UUID: AsyncStream<Void>.Continuation]>([:])
 
     /// Creates a notifier with no listeners.
-    public init() {}
+    package init() {}
 
     /// A new listener's stream of hints; it ends when the listener stops iterating.
-    public func stream() -> AsyncStream<Void> {
+    package func stream() -> AsyncStream<Void> {
         let (stream, continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         let id = UUID()
         continuation.onTermination = { [weak self] _ in
@@ -180,7 +180,7 @@ public final class AppendNotifier: Sendable {
     }
 
     /// Wakes every listener.
-    public func notify() {
+    package func notify() {
         let all = continuations.withLock { Array($0.values) }
         for c in all { c.yield() }
     }

@@ -381,7 +381,7 @@ struct ParkedReplayCommand: AsyncParsableCommand {
         try await withStore(options) { store, context in
             guard let pipelines = context.tool.pipelines else {
                 throw ToolError(
-                    "replaying runs the subscription's handler, which this build does not have: run the application's build of the tool (see docs/cli.md)"
+                    "replaying runs the subscription's handler, which this build does not have: run the application's build of the tool (see the BackstageCLI documentation: Sources/BackstageCLI/BackstageCLI.docc/CommandLine.md)"
                 )
             }
             try await pipelines(store).replayParked(subscription: subscription, position: at)
@@ -430,7 +430,7 @@ struct RebuildCommand: AsyncParsableCommand {
         try await withStore(options) { store, context in
             guard let pipelines = context.tool.pipelines else {
                 throw ToolError(
-                    "rebuild runs the projection's code, which this build does not have: run the application's build of the tool (see docs/cli.md)"
+                    "rebuild runs the projection's code, which this build does not have: run the application's build of the tool (see the BackstageCLI documentation: Sources/BackstageCLI/BackstageCLI.docc/CommandLine.md)"
                 )
             }
             let service = try await pipelines(store)

@@ -19,10 +19,11 @@ public struct NotificationStatus: Sendable, Hashable {
 /// Holds one pooled connection in `LISTEN` for the store's channel and turns every notification
 /// into a wake-up hint. When the connection is lost it reconnects (with a doubling delay up to
 /// 2 seconds), listens again and sends one hint, since appends may have been missed meanwhile.
+///
+/// It runs inside the store's ``PostgresEventStore/run()``, and only once someone asked for
+/// notifications (``request()``): a store nobody subscribes to holds no connection for it.
 final class NotificationListener: Sendable {
     private struct State {
-        var task: Task<Void, Never>?
-        var stopped = false
         var status = NotificationStatus(
             isListening: false, backendPID: nil, connections: 0, notificationsReceived: 0)
     }
@@ -36,6 +37,7 @@ final class NotificationListener: Sendable {
     /// postgres-nio's query logs (debug/trace level) go to the listener's logger.
     private var queryLogger: Logger { logger }
     private let state = Mutex(State())
+    private let requested = Signal(sticky: true)
 
     init(
         client: PostgresClient, channel: String, notifier: AppendNotifier, applicationName: String,
@@ -51,26 +53,20 @@ final class NotificationListener: Sendable {
 
     var status: NotificationStatus { state.withLock { $0.status } }
 
-    /// Starts listening, once.
-    func start() {
-        state.withLock { s in
-            guard s.task == nil, !s.stopped else { return }
-            s.task = Task { await self.run() }
-        }
+    /// Asks for notifications: ``run()`` starts listening (once).
+    func request() {
+        requested.signal()
     }
 
-    /// Stops listening and waits for the connection to be returned.
-    func stop() async {
-        let task = state.withLock { s -> Task<Void, Never>? in
-            s.stopped = true
-            defer { s.task = nil }
-            return s.task
-        }
-        task?.cancel()
-        await task?.value
+    /// Waits for the first ``request()``, then listens until the task is cancelled, reconnecting
+    /// when the connection is lost.
+    func run() async {
+        await requested.wait()
+        if Task.isCancelled { return }
+        await listenUntilCancelled()
     }
 
-    private func run() async {
+    private func listenUntilCancelled() async {
         var delay = initialDelay
         while !Task.isCancelled {
             let connectionsBefore = status.connections

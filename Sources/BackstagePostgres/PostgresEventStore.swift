@@ -69,9 +69,28 @@ import _ConnectionPoolModule
 /// - **Immutable events**: a trigger rejects `UPDATE`, `DELETE` and `TRUNCATE` on the events table.
 /// - The schema (name configurable, checked against an allowlist) is created by migrations.
 ///
+/// ## Lifecycle
+///
+/// The store is a swift-service-lifecycle `Service`, like postgres-nio's `PostgresClient`:
+/// creating it does no I/O, and ``run()`` runs what it owns (the connection pool it created, the
+/// notification listener), migrates the schema first, and returns on graceful shutdown,
+/// cancellation or ``close()``. Operations wait until the schema is ready. An application runs it
+/// in its `ServiceGroup`, before the services that use it (they shut down first):
+///
 /// ```swift
-/// let store = try await PostgresEventStore(url: "postgres://app:secret@127.0.0.1:5432/app")
-/// defer { Task { await store.close() } }
+/// let store = try PostgresEventStore(url: "postgres://app:secret@127.0.0.1:5432/app")
+/// let pipelines = try PipelineService(app: BackstageApp(store: store), projections: [...])
+/// let group = ServiceGroup(
+///     services: [store, pipelines, httpServer], gracefulShutdownSignals: [.sigterm], logger: logger)
+/// try await group.run()
+/// ```
+///
+/// Scripts and tests use the scoped form, which runs the store around a closure:
+///
+/// ```swift
+/// try await PostgresEventStore.withStore(url: url) { store in
+///     _ = try await store.append(events, to: "order-1", expected: .noStream, commandID: nil)
+/// }
 /// ```
 public final class PostgresEventStore: EventStore {
     /// Settings of the store.
@@ -100,7 +119,7 @@ public final class PostgresEventStore: EventStore {
     /// The limits this store enforces.
     public let limits: StoreLimits
     /// The channel the store's appends notify.
-    public let notificationChannel: String
+    package let notificationChannel: String
 
     let configuration: Configuration
     let logger: Logger
@@ -108,43 +127,45 @@ public final class PostgresEventStore: EventStore {
     private let notifier = AppendNotifier()
     private let groups = Mutex(GroupQueue())
     private let metrics = PostgresStoreMetrics()
-    private let runTask: Task<Void, Never>?
-    private let listener: NotificationListener
+    /// The pool this store created and runs in ``run()``; nil when the caller runs the client.
+    let ownedClient: PostgresClient?
+    let listener: NotificationListener
+    let readiness = ServiceReadiness(closedError: PostgresStoreError.closed)
 
-    /// Opens the store at `url` (`postgres://user:password@host:port/database`), with a
-    /// connection pool of its own, and migrates its schema. Call ``close()`` when done.
-    public convenience init(url: String, configuration: Configuration = Configuration()) async throws {
+    /// A store at `url` (`postgres://user:password@host:port/database`), with a connection pool
+    /// of its own that ``run()`` runs. Nothing connects until ``run()`` runs.
+    ///
+    /// - Throws: ``PostgresStoreError`` for an invalid URL or schema name.
+    public convenience init(url: String, configuration: Configuration = Configuration()) throws {
         let settings = try PostgresConnectionSettings(url: url)
-        try await self.init(settings: settings, configuration: configuration)
+        try self.init(settings: settings, configuration: configuration)
     }
 
-    /// Opens the store with `settings`, with a connection pool of its own, and migrates its schema.
-    /// Call ``close()`` when done.
+    /// A store with `settings`, with a connection pool of its own that ``run()`` runs. Nothing
+    /// connects until ``run()`` runs.
+    ///
+    /// - Throws: ``PostgresStoreError/invalidSchemaName(_:)`` for an invalid schema name.
     public convenience init(settings: PostgresConnectionSettings, configuration: Configuration = Configuration())
-        async throws
+        throws
     {
         let client = PostgresClient(
             configuration: settings.clientConfiguration(maximumConnections: configuration.maximumConnections))
-        let task = Task { await client.run() }
-        do {
-            try await self.init(client: client, runTask: task, configuration: configuration)
-        } catch {
-            task.cancel()
-            await task.value
-            throw error
-        }
+        try self.init(client: client, owned: true, configuration: configuration)
     }
 
-    /// Opens the store on `client`, a pool that the caller runs (`client.run()`, for example in a
-    /// `ServiceGroup`), and migrates its schema unless the configuration says otherwise.
-    public convenience init(client: PostgresClient, configuration: Configuration = Configuration()) async throws {
-        try await self.init(client: client, runTask: nil, configuration: configuration)
+    /// A store on `client`, a pool that the caller runs (`client.run()`, for example in the same
+    /// `ServiceGroup`, before the store). ``run()`` still has to run: it migrates the schema
+    /// (unless the configuration says otherwise) and runs the notification listener.
+    ///
+    /// - Throws: ``PostgresStoreError/invalidSchemaName(_:)`` for an invalid schema name.
+    public convenience init(client: PostgresClient, configuration: Configuration = Configuration()) throws {
+        try self.init(client: client, owned: false, configuration: configuration)
     }
 
-    private init(client: PostgresClient, runTask: Task<Void, Never>?, configuration: Configuration) async throws {
+    private init(client: PostgresClient, owned: Bool, configuration: Configuration) throws {
         let schema = try PostgresSchemaName(configuration.schema)
         self.client = client
-        self.runTask = runTask
+        self.ownedClient = owned ? client : nil
         self.schema = schema
         self.limits = configuration.limits
         self.configuration = configuration
@@ -156,10 +177,15 @@ public final class PostgresEventStore: EventStore {
             client: client, channel: notificationChannel, notifier: notifier,
             applicationName: "backstage-listener:\(schema.rawValue)",
             initialDelay: configuration.listenerReconnectDelay, logger: configuration.logger)
-        if configuration.migrate {
-            try await migrate()
-        } else {
-            try await run { conn in try await self.checkTransactionCounter(on: conn) }
+    }
+
+    /// Migrates the schema (or, with ``Configuration/migrate`` off, checks it): the first step of ``run()``.
+    func prepare() async throws {
+        try await withPooledConnection { conn in
+            if configuration.migrate {
+                _ = try await PostgresMigrations.migrate(self.schema, on: conn, logger: self.queryLogger)
+            }
+            try await self.checkTransactionCounter(on: conn)
         }
     }
 
@@ -170,7 +196,7 @@ public final class PostgresEventStore: EventStore {
     ///   the schema was restored into a cluster whose transaction counter is behind its ids.
     @discardableResult
     public func migrate() async throws -> [Int] {
-        try await run { conn in
+        try await withPooledConnection { conn in
             let ran = try await PostgresMigrations.migrate(self.schema, on: conn, logger: self.queryLogger)
             try await self.checkTransactionCounter(on: conn)
             return ran
@@ -209,15 +235,6 @@ public final class PostgresEventStore: EventStore {
         }
     }
 
-    /// Stops the notification listener and, when the store created the connection pool, the pool.
-    public func close() async {
-        await listener.stop()
-        if let runTask {
-            runTask.cancel()
-            await runTask.value
-        }
-    }
-
     var s: String { schema.rawValue }
     /// The first key of the per-stream advisory locks (the second is the stream's hash).
     var streamLockClass: String { "backstage.stream.\(schema.rawValue)" }
@@ -248,6 +265,7 @@ public final class PostgresEventStore: EventStore {
         hook: (@Sendable (AppendStage) async throws -> Void)?
     ) async throws -> AppendResult {
         try limits.validate(append: events, to: stream)
+        try await readiness.waitUntilReady()
         let started = ContinuousClock.now
         let item = PendingAppend(
             rows: try events.map { try EncodedEvent($0) }, stream: stream, expected: expected, commandID: commandID,
@@ -815,7 +833,7 @@ public final class PostgresEventStore: EventStore {
 
     public func appendNotifications() -> AsyncStream<Void> {
         let stream = notifier.stream()
-        listener.start()
+        listener.request()
         return stream
     }
 
@@ -824,8 +842,15 @@ public final class PostgresEventStore: EventStore {
 
     // MARK: Helpers
 
-    /// Runs `body` on a pooled connection, translating driver errors (``storeError(_:)``).
+    /// Runs `body` on a pooled connection once the store is ready (``run()`` has migrated it),
+    /// translating driver errors (``storeError(_:)``).
     func run<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
+        try await readiness.waitUntilReady()
+        return try await withPooledConnection(body)
+    }
+
+    /// Runs `body` on a pooled connection, ready or not, translating driver errors.
+    func withPooledConnection<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
         do {
             return try await client.withConnection { conn in try await body(conn) }
         } catch {

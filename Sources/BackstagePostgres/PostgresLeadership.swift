@@ -254,7 +254,8 @@ public final class PostgresLeadership: LeaderElection {
     /// When cancelled, it unlocks every lease, ends every waiting ``acquire(_:)`` with
     /// `CancellationError`, and returns.
     ///
-    /// - Throws: ``PostgresStoreError/unexpectedResult(_:)`` when it is already running.
+    /// - Throws: ``PostgresStoreError/unexpectedResult(_:)`` when it is already running,
+    ///   ``PostgresStoreError/closed`` when the store stopped before it was ready.
     public func run() async throws {
         let started = state.withLock { s -> Bool in
             guard !s.running else { return false }
@@ -263,6 +264,8 @@ public final class PostgresLeadership: LeaderElection {
         }
         guard started else { throw PostgresStoreError.unexpectedResult("PostgresLeadership.run() is already running") }
         defer { end() }
+        // The lease rows live in the store's schema: wait until its run() has migrated it.
+        do { try await store.waitUntilReady() } catch is CancellationError { return }
         let longest = max(configuration.retryInterval, .seconds(2))
         var delay = configuration.retryInterval
         while !Task.isCancelled {

@@ -325,7 +325,7 @@ enum PostgresMigrations {
     ) async throws -> [Int] {
         let s = schema.rawValue
         let lockKey = "backstage.migrate.\(s)"
-        return try await PostgresTransaction.run(on: connection, logger: logger) { conn in
+        return try await PostgresTransaction.withTransaction(on: connection, logger: logger) { conn in
             try await conn.query("SELECT pg_advisory_xact_lock(hashtext(\(lockKey)))", logger: logger)
             try await conn.query(PostgresQuery(unsafeSQL: "CREATE SCHEMA IF NOT EXISTS \(s)"), logger: logger)
             try await conn.query(
@@ -352,30 +352,49 @@ enum PostgresMigrations {
                     logger: logger)
                 ran.append(migration.version)
             }
-            return (ran, true)
+            return ran
         }
     }
 }
 
-/// Runs a closure inside `BEGIN ... COMMIT` on one connection, without wrapping its errors.
+/// Transactions through postgres-nio's `withTransaction`, with the closure's own errors
+/// rethrown unchanged (postgres-nio wraps them in `PostgresTransactionError`).
 enum PostgresTransaction {
-    /// Runs `body` in a transaction; it returns its value and whether to commit (false: roll back).
-    /// Errors thrown by `body` roll back and are rethrown unchanged.
+    /// Runs `body` in a transaction (`BEGIN`, `COMMIT`; `ROLLBACK` when it throws) and returns its
+    /// value. An error of `body` is rethrown as it is; a failed `BEGIN` or `COMMIT` as the driver's error.
+    static func withTransaction<T: Sendable>(
+        on connection: PostgresConnection, logger: Logger,
+        isolation: isolated (any Actor)? = #isolation,
+        _ body: (PostgresConnection) async throws -> sending T
+    ) async throws -> T {
+        do {
+            return try await connection.withTransaction(logger: logger, isolation: isolation, body)
+        } catch let error as PostgresTransactionError {
+            throw error.closureError ?? error.beginError ?? error.commitError ?? error
+        }
+    }
+
+    /// Runs `body` in a transaction that commits when it returns `commit: true` and rolls back
+    /// when it returns `commit: false` (an append answered from a stored command writes nothing)
+    /// or throws.
     static func run<T: Sendable>(
         on connection: PostgresConnection, logger: Logger,
         isolation: isolated (any Actor)? = #isolation,
         _ body: (PostgresConnection) async throws -> (T, commit: Bool)
     ) async throws -> T {
-        try await connection.query("BEGIN", logger: logger)
-        let value: T
-        let commit: Bool
         do {
-            (value, commit) = try await body(connection)
-        } catch {
-            _ = try? await connection.query("ROLLBACK", logger: logger)
-            throw error
+            return try await withTransaction(on: connection, logger: logger, isolation: isolation) { conn in
+                let (value, commit) = try await body(conn)
+                if !commit { throw RollBack(value: value) }
+                return value
+            }
+        } catch let rollBack as RollBack<T> {
+            return rollBack.value
         }
-        try await connection.query(commit ? "COMMIT" : "ROLLBACK", logger: logger)
-        return value
+    }
+
+    /// Thrown out of `withTransaction` to roll back while returning a value.
+    private struct RollBack<T: Sendable>: Error {
+        var value: T
     }
 }

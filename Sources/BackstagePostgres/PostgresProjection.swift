@@ -111,65 +111,21 @@ extension TypedPostgresReadModel {
     }
 }
 
-/// The table names of one version of a PostgreSQL projection; only declared names come out.
-public struct PostgresProjectionTables: Sendable, Hashable {
-    /// The schema holding the tables.
-    public let schema: PostgresSchemaName
-    /// The version.
-    public let version: Int
-    /// The declared base names.
-    public let baseNames: [String]
+/// The table names of one version of a PostgreSQL projection: ``ProjectionTables`` with the
+/// store's schema.
+public typealias PostgresProjectionTables = ProjectionTables
 
+/// The errors of PostgreSQL projections: ``ProjectionError``, shared with SQLite projections.
+public typealias PostgresProjectionError = ProjectionError
+
+extension ProjectionTables {
     /// The names of `version` of the tables `baseNames` in `schema`.
-    public init(schema: PostgresSchemaName, version: Int, baseNames: [String]) {
-        self.schema = schema
-        self.version = version
-        self.baseNames = baseNames
-    }
-
-    /// The qualified, versioned name of the declared table `base` (`schema.base_vN`).
-    /// - Throws: ``PostgresProjectionError/undeclaredTable(_:)`` for a name the read model did not declare.
-    public func table(_ base: String) throws(PostgresProjectionError) -> String {
-        guard baseNames.contains(base) else { throw .undeclaredTable(base) }
-        return "\(schema.rawValue).\(base)_v\(version)"
-    }
-
-    /// The qualified name of the view readers use for `base` (`schema.base`).
-    public func view(_ base: String) throws(PostgresProjectionError) -> String {
-        guard baseNames.contains(base) else { throw .undeclaredTable(base) }
-        return "\(schema.rawValue).\(base)"
+    init(schema: PostgresSchemaName, version: Int, baseNames: [String]) {
+        self.init(version: version, baseNames: baseNames, schema: schema.rawValue)
     }
 }
 
-/// Errors of PostgreSQL projections.
-public enum PostgresProjectionError: Error, Sendable, Hashable, CustomStringConvertible {
-    /// A table name is not a plain lower-case identifier.
-    case invalidTableName(String)
-    /// The read model wrote to a table it did not declare.
-    case undeclaredTable(String)
-    /// A name of the read model is taken by a table that is not its view.
-    case nameTaken(String)
-    /// Another projection already declared this table in the same schema: two read models must
-    /// not share a table.
-    case tableOwned(String, owner: String, projection: String)
-
-    public var description: String {
-        switch self {
-        case .invalidTableName(let n):
-            "table name '\(n)' is not allowed: use 1 to 48 characters of [a-z0-9_], not starting with a digit"
-        case .undeclaredTable(let n): "table '\(n)' is not declared in the read model's `tables`"
-        case .nameTaken(let n): "'\(n)' already exists and is not a projection view: rename the read model's table"
-        case .tableOwned(let t, let owner, let projection):
-            "projection '\(projection)' declares table '\(t)', which belongs to projection '\(owner)' in the same schema: rename one of them"
-        }
-    }
-}
-
-func isLowerIdentifier(_ name: String) -> Bool {
-    guard let first = name.utf8.first, name.utf8.count <= 48 else { return false }
-    let isLetter = { (c: UInt8) in (c >= 0x61 && c <= 0x7A) || c == 0x5F }
-    return isLetter(first) && name.utf8.allSatisfy { isLetter($0) || ($0 >= 0x30 && $0 <= 0x39) }
-}
+func isLowerIdentifier(_ name: String) -> Bool { isTableIdentifier(name, lowercase: true) }
 
 /// Runs a ``PostgresReadModel`` as a `Projection`: its tables, checkpoints and parked events live
 /// in the store's schema, so several processes can run it (one leads at a time, see

@@ -3,6 +3,8 @@ import DequeModule
 import Foundation
 import GRDB
 import Metrics
+import Logging
+import ServiceLifecycle
 import Synchronization
 
 /// Errors of the SQLite backend (event store errors are ``EventStoreError``): what SQLite or
@@ -13,11 +15,14 @@ public enum SQLiteStoreError: Error, Sendable, Hashable, CustomStringConvertible
     case database(resultCode: Int32, message: String)
     /// The database held something the store did not expect (a bug or a foreign schema).
     case unexpectedResult(String)
+    /// The store was closed.
+    case closed
 
     public var description: String {
         switch self {
         case .database(let code, let message): "SQLite error \(code): \(message)"
         case .unexpectedResult(let what): "unexpected result from SQLite: \(what)"
+        case .closed: "the SQLite event store is closed"
         }
     }
 
@@ -64,6 +69,20 @@ func translatingErrors<T>(_ body: () async throws -> T) async throws -> T {
 /// ```swift
 /// let store = try SQLiteEventStore(path: "app.sqlite")
 /// ```
+///
+/// Or on a GRDB database the application already has (its `DatabasePool`, or a `DatabaseQueue`
+/// in tests), next to its own tables:
+///
+/// ```swift
+/// let store = try SQLiteEventStore(database: pool)
+/// ```
+///
+/// ## Lifecycle
+///
+/// The store is ready when its initialiser returns (SQLite opens and migrates synchronously, as
+/// GRDB does). It is also a swift-service-lifecycle `Service`, like ``PostgresEventStore``: in an
+/// application's `ServiceGroup`, listed before the services that use it, ``run()`` closes it on
+/// graceful shutdown, after them. Scripts and tests use ``withStore(_:_:)`` or call ``close()``.
 public final class SQLiteEventStore: EventStore {
     /// How much an acknowledged append survives.
     public enum Durability: Sendable, Hashable {
@@ -82,18 +101,20 @@ public final class SQLiteEventStore: EventStore {
         /// Limits that reject bad input before it reaches the database.
         public var limits = StoreLimits()
         /// How long a write waits for another process that holds the write lock.
-        public var busyTimeout: TimeInterval = 10
+        public var busyTimeout: Duration = .seconds(10)
         /// Most appends written in one group-commit transaction.
         public var maxAppendsPerCommit: Int = 1_000
         /// Number of concurrent readers.
         public var maxReaders: Int = 8
+        /// Where the store logs migrations and closing problems.
+        public var logger = Logger(label: "backstage.sqlite")
 
         /// The defaults.
         public init() {}
     }
 
     /// The database. Projections may keep their read models in it.
-    public let database: DatabasePool
+    public let database: any DatabaseWriter
     /// The limits this store enforces.
     public let limits: StoreLimits
     /// Checkpoints, parked events and lease leadership in this file (``SQLiteCheckpointStore``,
@@ -101,6 +122,10 @@ public final class SQLiteEventStore: EventStore {
     /// this store that is not given others.
     public let pipelineDefaults: PipelineDefaults
     let configuration: Configuration
+    let logger: Logger
+    /// Whether ``close()`` closes ``database`` (the store opened it).
+    private let ownsDatabase: Bool
+    private let readiness = ServiceReadiness(closedError: SQLiteStoreError.closed)
     private let notifier = AppendNotifier()
     private let queue = Mutex(WriteQueue())
     private let metrics = SQLiteStoreMetrics()
@@ -109,16 +134,52 @@ public final class SQLiteEventStore: EventStore {
     ///
     /// - Throws: ``SQLiteStoreError`` when the file cannot be opened or migrated.
     public convenience init(path: String, configuration: Configuration = Configuration()) throws {
+        let pool: DatabasePool
         do {
-            try self.init(opening: path, configuration: configuration)
+            pool = try Self.openPool(path, configuration: configuration)
         } catch {
             throw SQLiteStoreError.translate(error)
         }
+        try self.init(database: pool, owned: true, configuration: configuration)
     }
 
-    private init(opening path: String, configuration: Configuration) throws {
+    /// Uses `database`, an application's own GRDB database (a `DatabasePool` in production, a
+    /// `DatabaseQueue` in tests), and migrates the store's tables into it (they are prefixed
+    /// `backstage_`; migrations are recorded in GRDB's `grdb_migrations` table, next to the
+    /// application's own). The store does not close `database`. ``Configuration/durability``,
+    /// ``Configuration/busyTimeout`` and ``Configuration/maxReaders`` are the application's
+    /// choice there (GRDB's `Configuration` when it opened the database); the defaults of a file
+    /// the store opens itself are `synchronous=FULL`, WAL, and a 10 s busy timeout.
+    ///
+    /// - Throws: ``SQLiteStoreError`` when the schema cannot be migrated.
+    public convenience init(database: any DatabaseWriter, configuration: Configuration = Configuration()) throws {
+        try self.init(database: database, owned: false, configuration: configuration)
+    }
+
+    private init(database: any DatabaseWriter, owned: Bool, configuration: Configuration) throws {
+        self.database = database
+        self.ownsDatabase = owned
+        self.limits = configuration.limits
+        self.configuration = configuration
+        self.logger = configuration.logger
+        do {
+            try Self.migrate(database, logger: configuration.logger)
+            self.pipelineDefaults = PipelineDefaults(
+                checkpoints: try SQLiteCheckpointStore(database: database),
+                parkedEvents: try SQLiteParkedEventStore(database: database),
+                leadership: try SQLiteLeadership(database: database))
+        } catch {
+            if owned { try? database.close() }
+            throw SQLiteStoreError.translate(error)
+        }
+        readiness.markReady()
+    }
+
+    /// A WAL pool at `path` with the configuration's durability, busy timeout and readers.
+    private static func openPool(_ path: String, configuration: Configuration) throws -> DatabasePool {
         var config = GRDB.Configuration()
-        config.busyMode = .timeout(configuration.busyTimeout)
+        let timeout = configuration.busyTimeout.components
+        config.busyMode = .timeout(Double(timeout.seconds) + Double(timeout.attoseconds) / 1e18)
         config.maximumReaderCount = max(configuration.maxReaders, 1)
         let synchronous =
             switch configuration.durability {
@@ -129,25 +190,33 @@ public final class SQLiteEventStore: EventStore {
         config.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = \(synchronous)")
         }
-        self.database = try DatabasePool(path: path, configuration: config)
+        let pool = try DatabasePool(path: path, configuration: config)
         // GRDB turns WAL on for the writer connection after `prepareDatabase` and sets
         // synchronous=NORMAL with it: set the durability again on the writer, the only
         // connection that commits.
-        try database.writeWithoutTransaction { db in
+        try pool.writeWithoutTransaction { db in
             try db.execute(sql: "PRAGMA synchronous = \(synchronous)")
         }
-        self.limits = configuration.limits
-        self.configuration = configuration
-        let database = self.database
-        self.pipelineDefaults = PipelineDefaults(
-            checkpoints: try SQLiteCheckpointStore(database: database),
-            parkedEvents: try SQLiteParkedEventStore(database: database),
-            leadership: try SQLiteLeadership(database: database))
-        try Self.migrator.migrate(database)
+        return pool
     }
 
-    /// Closes the database. Appends after this fail.
-    public func close() throws {
+    /// Applies the store's migrations that `database` has not seen yet.
+    private static func migrate(_ database: any DatabaseWriter, logger: Logger) throws {
+        let applied = try database.read { db in try migrator.appliedIdentifiers(db) }
+        try migrator.migrate(database)
+        let ran = try database.read { db in try migrator.appliedIdentifiers(db) }.subtracting(applied)
+        if !ran.isEmpty {
+            logger.info("migrated the SQLite event store", metadata: ["migrations": "\(ran.sorted())"])
+        }
+    }
+
+    /// Closes the store: appends and reads fail with ``SQLiteStoreError/closed`` from now on, and
+    /// the database closes if the store opened it (a database passed in stays open).
+    ///
+    /// - Throws: ``SQLiteStoreError`` when SQLite cannot close the file (a statement still runs).
+    public func close() async throws {
+        readiness.close()
+        guard ownsDatabase else { return }
         do { try database.close() } catch { throw SQLiteStoreError.translate(error) }
     }
 
@@ -210,6 +279,7 @@ public final class SQLiteEventStore: EventStore {
                     BEGIN SELECT RAISE(ABORT, 'backstage: events are immutable'); END;
                     """)
         }
+        PipelineSchema.register(in: &migrator)
         return migrator
     }()
 
@@ -272,6 +342,7 @@ public final class SQLiteEventStore: EventStore {
         _ events: [EventData], to stream: String, expected: ExpectedVersion, commandID: UUID?
     ) async throws -> AppendResult {
         try limits.validate(append: events, to: stream)
+        guard readiness.isReady else { throw SQLiteStoreError.closed }
         let start = ContinuousClock.now
         let item = PendingAppend(events: events, stream: stream, expected: expected, commandID: commandID)
         let leads = queue.withLock { q -> Bool in
@@ -749,4 +820,41 @@ struct SQLiteStoreMetrics: Sendable {
     }
 
     func committed(appends count: Int) { appends.record(count) }
+extension SQLiteEventStore: Service {
+    /// Runs until graceful shutdown, cancellation or ``close()``, then closes the store (after
+    /// the services listed after it in a `ServiceGroup`, which stop first). The store works
+    /// without it: ``run()`` only ties its closing to the application's lifecycle.
+    ///
+    /// - Throws: ``SQLiteStoreError/closed`` when the store is already closed; what ``close()`` throws.
+    public func run() async throws {
+        guard readiness.isReady else { throw SQLiteStoreError.closed }
+        await withGracefulShutdownHandler {
+            await readiness.stopRequested.wait()
+        } onGracefulShutdown: {
+            self.readiness.stopRequested.signal()
+        }
+        try await close()
+    }
+
+    /// Runs `body` with `store`, then closes it (also when `body` throws). For scripts and tests.
+    public static func withStore<Result: Sendable>(
+        _ store: SQLiteEventStore, _ body: (SQLiteEventStore) async throws -> Result
+    ) async throws -> Result {
+        let outcome: Swift.Result<Result, any Error>
+        do { outcome = .success(try await body(store)) } catch { outcome = .failure(error) }
+        do {
+            try await store.close()
+        } catch {
+            if case .success = outcome { throw error }
+        }
+        return try outcome.get()
+    }
+
+    /// Opens the store at `path`, runs `body` with it, then closes it: ``withStore(_:_:)`` for a path.
+    public static func withStore<Result: Sendable>(
+        path: String, configuration: Configuration = Configuration(),
+        _ body: (SQLiteEventStore) async throws -> Result
+    ) async throws -> Result {
+        try await withStore(try SQLiteEventStore(path: path, configuration: configuration), body)
+    }
 }

@@ -29,3 +29,50 @@ public func onOwnThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async 
         Thread.detachNewThread { continuation.resume(returning: body()) }
     }
 }
+
+/// The folder where SwiftPM put the products built with the running tests (`.build/debug`):
+/// the executables of the package, such as worker programs for multi-process tests.
+///
+/// - Throws: ``ExecutableNotFound`` when the folder cannot be found.
+public func testProductsDirectory() throws -> URL {
+    #if os(Linux)
+        guard let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") else {
+            throw ExecutableNotFound(path: "/proc/self/exe")
+        }
+        var folder = URL(fileURLWithPath: exe).deletingLastPathComponent()
+    #else
+        guard let bundle = Bundle.allBundles.first(where: { $0.bundlePath.hasSuffix(".xctest") }) else {
+            throw ExecutableNotFound(path: Bundle.main.bundlePath)
+        }
+        var folder = bundle.bundleURL.deletingLastPathComponent()
+    #endif
+    // The test binary may sit inside `<Package>PackageTests.xctest` in the products folder.
+    while folder.path.contains(".xctest") { folder.deleteLastPathComponent() }
+    return folder
+}
+
+/// The executable product `name` built with the running tests (an `executableTarget` of the
+/// package: a worker program that a multi-process test starts with `Process`).
+///
+/// ```swift
+/// let process = Process()
+/// process.executableURL = try testExecutable(named: "my-worker")
+/// try process.run()
+/// let status = await process.exited()
+/// ```
+///
+/// - Throws: ``ExecutableNotFound`` when it was not built (a test target must depend on it, or
+///   `swift build --build-tests` must have built it).
+public func testExecutable(named name: String) throws -> URL {
+    let url = try testProductsDirectory().appendingPathComponent(name)
+    guard FileManager.default.isExecutableFile(atPath: url.path) else { throw ExecutableNotFound(path: url.path) }
+    return url
+}
+
+/// An executable that tests need was not found where SwiftPM builds products.
+public struct ExecutableNotFound: Error, Sendable, Hashable, CustomStringConvertible {
+    /// Where it was looked for.
+    public var path: String
+
+    public var description: String { "no executable at \(path): build it first (swift build --build-tests)" }
+}

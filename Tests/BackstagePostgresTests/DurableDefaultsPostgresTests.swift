@@ -60,19 +60,19 @@ extension PostgresTests {
                 #expect(handled.value.withLock { $0.count } == 30)
 
                 // Another process: its own pool on the same schema, a new service.
-                let peer = try await openPeer(of: store)
-                var last = LogPosition.start
-                for i in 0..<20 {
-                    last = try await peer.append([event()], to: "r-\(i % 3)", expected: .any, commandID: nil)
-                        .lastLogPosition
+                try await withPeer(of: store) { peer in
+                    var last = LogPosition.start
+                    for i in 0..<20 {
+                        last = try await peer.append([event()], to: "r-\(i % 3)", expected: .any, commandID: nil)
+                            .lastLogPosition
+                    }
+                    let second = try PipelineService(
+                        store: peer, handlers: [PGRecordingHandler(name: "receipts", handled: handled)])
+                    let again = Task { try await second.run() }
+                    try await second.waitUntilProcessed(last, timeout: .seconds(30))
+                    second.stop()
+                    try await again.value
                 }
-                let second = try PipelineService(
-                    store: peer, handlers: [PGRecordingHandler(name: "receipts", handled: handled)])
-                let again = Task { try await second.run() }
-                try await second.waitUntilProcessed(last, timeout: .seconds(30))
-                second.stop()
-                try await again.value
-                await peer.close()
                 let all = handled.value.withLock { $0 }
                 #expect(
                     all.count == 50,

@@ -17,20 +17,24 @@ func connectAlone(database: String? = nil) async throws -> PostgresConnection {
         configuration: configuration, id: Int.random(in: 1...1_000_000), logger: Logger(label: "test"))
 }
 
-/// Opens a second store (a peer) on `store`'s schema whose pool has exactly one connection.
-func storeWithOneConnection(peerOf store: PostgresEventStore) async throws -> (
-    PostgresEventStore, PostgresClient, Task<Void, Never>
-) {
+/// Runs a second store (a peer) on `store`'s schema around `body`, on a client whose pool has
+/// exactly one connection and that this function runs (the store does not own it).
+func withOneConnectionPeer<T: Sendable>(
+    of store: PostgresEventStore, _ body: (PostgresEventStore, PostgresClient) async throws -> T
+) async throws -> T {
     var clientConfiguration = try PostgresConnectionSettings(url: try PostgresTestEnvironment.requireURL())
         .clientConfiguration()
     clientConfiguration.options.maximumConnections = 1
     let client = PostgresClient(configuration: clientConfiguration)
-    let running = Task { await client.run() }
     var configuration = PostgresEventStore.Configuration()
     configuration.schema = store.schema.rawValue
     configuration.migrate = false
-    let peer = try await PostgresEventStore(client: client, configuration: configuration)
-    return (peer, client, running)
+    let peer = try PostgresEventStore(client: client, configuration: configuration)
+    return try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { await client.run() }
+        defer { group.cancelAll() }
+        return try await PostgresEventStore.withStore(peer) { peer in try await body(peer, client) }
+    }
 }
 
 extension Result where Failure == any Error {
@@ -154,39 +158,38 @@ extension PostgresTests {
         @Test("an append or readAll cancelled while waiting for a pooled connection throws CancellationError")
         func cancelledWaitingForConnection() async throws {
             try await withFreshStore { store in
-                let (peer, client, running) = try await storeWithOneConnection(peerOf: store)
-                defer { running.cancel() }
-                let busy = Gate()
-                let holding = Gate()
-                let holder = Task {
-                    try await client.withConnection { _ in
-                        holding.open()
-                        await busy.wait()
+                try await withOneConnectionPeer(of: store) { peer, client in
+                    let busy = Gate()
+                    let holding = Gate()
+                    let holder = Task {
+                        try await client.withConnection { _ in
+                            holding.open()
+                            await busy.wait()
+                        }
                     }
-                }
-                await holding.wait()
-                let append = Task { try await peer.append([event()], to: "cancel-1", expected: .any, commandID: nil) }
-                let read = Task { try await peer.readAll(after: .start, limit: 10, filter: .all) }
-                let head = Task { try await peer.headPosition() }
-                try await Task.sleep(for: .milliseconds(200))
-                append.cancel()
-                read.cancel()
-                head.cancel()
-                for (name, result) in [
-                    ("append", await append.result.map { _ in () }),
-                    ("readAll", await read.result.map { _ in () }),
-                    ("headPosition", await head.result.map { _ in () }),
-                ] {
-                    switch result {
-                    case .success: Issue.record("\(name) succeeded although cancelled")
-                    case .failure(let error):
-                        #expect(error is CancellationError, "\(name) threw \(type(of: error)): \(error)")
+                    await holding.wait()
+                    let append = Task { try await peer.append([event()], to: "cancel-1", expected: .any, commandID: nil) }
+                    let read = Task { try await peer.readAll(after: .start, limit: 10, filter: .all) }
+                    let head = Task { try await peer.headPosition() }
+                    try await Task.sleep(for: .milliseconds(200))
+                    append.cancel()
+                    read.cancel()
+                    head.cancel()
+                    for (name, result) in [
+                        ("append", await append.result.map { _ in () }),
+                        ("readAll", await read.result.map { _ in () }),
+                        ("headPosition", await head.result.map { _ in () }),
+                    ] {
+                        switch result {
+                        case .success: Issue.record("\(name) succeeded although cancelled")
+                        case .failure(let error):
+                            #expect(error is CancellationError, "\(name) threw \(type(of: error)): \(error)")
+                        }
                     }
+                    busy.open()
+                    try await holder.value
+                    #expect(try await store.streamVersion("cancel-1") == 0)
                 }
-                busy.open()
-                try await holder.value
-                #expect(try await store.streamVersion("cancel-1") == 0)
-                await peer.close()
             }
         }
 
@@ -277,8 +280,7 @@ extension PostgresTests {
                 try await store.client.query("ALTER TABLE \(unescaped: s).events ENABLE TRIGGER events_immutable")
                 for migrate in [true, false] {
                     do {
-                        let peer = try await openPeer(of: store) { $0.migrate = migrate }
-                        await peer.close()
+                        try await withPeer(of: store, configure: { $0.migrate = migrate }) { _ in }
                         Issue.record("the store opened (migrate: \(migrate))")
                     } catch let error as PostgresStoreError {
                         guard case .transactionIDsAhead(let schema, let stored, let next) = error else {

@@ -149,35 +149,35 @@ extension PostgresTests {
             .timeLimit(.minutes(2)))
         func constantConnections() async throws {
             try await withFreshStore { store in
-                let small = try await openPeer(of: store) { $0.maximumConnections = 4 }
-                let subscriptions = (0..<30).map { "s\($0)" }
-                // Another session holds half the locks: 15 subscriptions lead, 15 wait.
-                let holder = SessionHolder(store, leases: Array(subscriptions[15...]))
-                #expect(try await holder.waitUntilLocked())
-                let election = PostgresLeadership(store: small, configuration: quickLeases("small"))
-                let running = Task { try await election.run() }
-                let seen = Acquisitions()
-                let candidates = subscriptions.map { seen.candidate("small", election, $0) }
-                #expect(try await eventually { seen.count == 15 }, "\(seen.count) of 15 free subscriptions lead")
+                try await withPeer(of: store, configure: { $0.maximumConnections = 4 }) { small in
+                    let subscriptions = (0..<30).map { "s\($0)" }
+                    // Another session holds half the locks: 15 subscriptions lead, 15 wait.
+                    let holder = SessionHolder(store, leases: Array(subscriptions[15...]))
+                    #expect(try await holder.waitUntilLocked())
+                    let election = PostgresLeadership(store: small, configuration: quickLeases("small"))
+                    let running = Task { try await election.run() }
+                    let seen = Acquisitions()
+                    let candidates = subscriptions.map { seen.candidate("small", election, $0) }
+                    #expect(try await eventually { seen.count == 15 }, "\(seen.count) of 15 free subscriptions lead")
 
-                let count = try await within(.seconds(15), "append and read on a pool of 4 with 30 subscriptions") {
-                    _ = try await small.append([event()], to: "pool-1", expected: .any, commandID: nil)
-                    return try await small.readAll(after: .start, limit: 10, filter: .all).count
-                }
-                #expect(count == 1)
-                #expect(try await leaseConnections(store) == 1)
+                    let count = try await within(.seconds(15), "append and read on a pool of 4 with 30 subscriptions") {
+                        _ = try await small.append([event()], to: "pool-1", expected: .any, commandID: nil)
+                        return try await small.readAll(after: .start, limit: 10, filter: .all).count
+                    }
+                    #expect(count == 1)
+                    #expect(try await leaseConnections(store) == 1)
 
-                // The other session lets go: the waiting 15 lead too, still on one connection.
-                try await holder.stop()
-                #expect(try await eventually { seen.count == 30 }, "\(seen.count) of 30 subscriptions lead")
-                #expect(try await leaseConnections(store) == 1)
-                for (_, subscription, token) in seen.list {
-                    #expect(await election.isLeader(subscription, token: token))
+                    // The other session lets go: the waiting 15 lead too, still on one connection.
+                    try await holder.stop()
+                    #expect(try await eventually { seen.count == 30 }, "\(seen.count) of 30 subscriptions lead")
+                    #expect(try await leaseConnections(store) == 1)
+                    for (_, subscription, token) in seen.list {
+                        #expect(await election.isLeader(subscription, token: token))
+                    }
+                    for c in candidates { c.cancel() }
+                    running.cancel()
+                    try await value(of: running, within: .seconds(10), "run() returns when cancelled")
                 }
-                for c in candidates { c.cancel() }
-                running.cancel()
-                try await value(of: running, within: .seconds(10), "run() returns when cancelled")
-                await small.close()
             }
         }
 
@@ -186,46 +186,46 @@ extension PostgresTests {
             .timeLimit(.minutes(2)))
         func competition() async throws {
             try await withFreshStore { store in
-                let peerA = try await openPeer(of: store)
-                let peerB = try await openPeer(of: store)
-                let a = PostgresLeadership(store: peerA, configuration: quickLeases("a"))
-                let b = PostgresLeadership(store: peerB, configuration: quickLeases("b"))
-                let runA = Task { try await a.run() }
-                let runB = Task { try await b.run() }
-                let elections = ["a": a, "b": b]
-                let subscriptions = (0..<10).map { "c\($0)" }
-                let seen = Acquisitions()
-                var candidates: [Task<Int64, any Error>] = []
-                for s in subscriptions {
-                    candidates.append(seen.candidate("a", a, s))
-                    candidates.append(seen.candidate("b", b, s))
+                try await withPeer(of: store) { peerA in
+                    try await withPeer(of: store) { peerB in
+                        let a = PostgresLeadership(store: peerA, configuration: quickLeases("a"))
+                        let b = PostgresLeadership(store: peerB, configuration: quickLeases("b"))
+                        let runA = Task { try await a.run() }
+                        let runB = Task { try await b.run() }
+                        let elections = ["a": a, "b": b]
+                        let subscriptions = (0..<10).map { "c\($0)" }
+                        let seen = Acquisitions()
+                        var candidates: [Task<Int64, any Error>] = []
+                        for s in subscriptions {
+                            candidates.append(seen.candidate("a", a, s))
+                            candidates.append(seen.candidate("b", b, s))
+                        }
+                        #expect(try await eventually { seen.count >= 10 })
+                        try await Task.sleep(for: .milliseconds(500))  // both keep trying meanwhile
+                        let first = seen.list
+                        #expect(first.count == 10, "\(first.count) leaders for 10 subscriptions")
+                        #expect(Set(first.map(\.subscription)) == Set(subscriptions), "a subscription had two leaders")
+                        for (side, subscription, token) in first {
+                            #expect(await elections[side]!.isLeader(subscription, token: token))
+                            #expect(try await leaseToken(store, subscription) == token)
+                        }
+                        // Every leader lets go: the other process takes over with a newer token.
+                        for (side, subscription, token) in first { await elections[side]!.release(subscription, token: token) }
+                        #expect(try await eventually { seen.count == 20 }, "\(seen.count - 10) of 10 takeovers")
+                        let second = seen.list.dropFirst(10)
+                        for (side, subscription, token) in second {
+                            let before = try #require(first.first { $0.subscription == subscription })
+                            #expect(side != before.side)
+                            #expect(token > before.token)
+                            #expect(await !elections[before.side]!.isLeader(subscription, token: before.token))
+                            #expect(await elections[side]!.isLeader(subscription, token: token))
+                        }
+                        for c in candidates { c.cancel() }
+                        runA.cancel()
+                        runB.cancel()
+                        _ = await (runA.result, runB.result)
+                    }
                 }
-                #expect(try await eventually { seen.count >= 10 })
-                try await Task.sleep(for: .milliseconds(500))  // both keep trying meanwhile
-                let first = seen.list
-                #expect(first.count == 10, "\(first.count) leaders for 10 subscriptions")
-                #expect(Set(first.map(\.subscription)) == Set(subscriptions), "a subscription had two leaders")
-                for (side, subscription, token) in first {
-                    #expect(await elections[side]!.isLeader(subscription, token: token))
-                    #expect(try await leaseToken(store, subscription) == token)
-                }
-                // Every leader lets go: the other process takes over with a newer token.
-                for (side, subscription, token) in first { await elections[side]!.release(subscription, token: token) }
-                #expect(try await eventually { seen.count == 20 }, "\(seen.count - 10) of 10 takeovers")
-                let second = seen.list.dropFirst(10)
-                for (side, subscription, token) in second {
-                    let before = try #require(first.first { $0.subscription == subscription })
-                    #expect(side != before.side)
-                    #expect(token > before.token)
-                    #expect(await !elections[before.side]!.isLeader(subscription, token: before.token))
-                    #expect(await elections[side]!.isLeader(subscription, token: token))
-                }
-                for c in candidates { c.cancel() }
-                runA.cancel()
-                runB.cancel()
-                _ = await (runA.result, runB.result)
-                await peerA.close()
-                await peerB.close()
             }
         }
 
@@ -234,57 +234,57 @@ extension PostgresTests {
             .timeLimit(.minutes(2)))
         func terminated() async throws {
             try await withFreshStore { store in
-                let peerA = try await openPeer(of: store)
-                let peerB = try await openPeer(of: store)
-                let a = PostgresLeadership(store: peerA, configuration: quickLeases("a"))
-                let b = PostgresLeadership(store: peerB, configuration: quickLeases("b"))
-                let runA = Task { try await a.run() }
-                let subscriptions = (0..<10).map { "t\($0)" }
-                var tokensA: [String: Int64] = [:]
-                for s in subscriptions { tokensA[s] = try await a.acquire(s) }
-                let runB = Task { try await b.run() }
-                let seen = Acquisitions()
-                let waitingB = subscriptions.map { seen.candidate("b", b, $0) }
-                try await Task.sleep(for: .milliseconds(300))  // b keeps trying meanwhile
-                #expect(seen.count == 0)
-                var pids = Set<Int32>()
-                for s in subscriptions { pids.insert(try #require(try await leaseHolderPID(store, s))) }
-                #expect(pids.count == 1, "the leases are held by \(pids.count) connections")
+                try await withPeer(of: store) { peerA in
+                    try await withPeer(of: store) { peerB in
+                        let a = PostgresLeadership(store: peerA, configuration: quickLeases("a"))
+                        let b = PostgresLeadership(store: peerB, configuration: quickLeases("b"))
+                        let runA = Task { try await a.run() }
+                        let subscriptions = (0..<10).map { "t\($0)" }
+                        var tokensA: [String: Int64] = [:]
+                        for s in subscriptions { tokensA[s] = try await a.acquire(s) }
+                        let runB = Task { try await b.run() }
+                        let seen = Acquisitions()
+                        let waitingB = subscriptions.map { seen.candidate("b", b, $0) }
+                        try await Task.sleep(for: .milliseconds(300))  // b keeps trying meanwhile
+                        #expect(seen.count == 0)
+                        var pids = Set<Int32>()
+                        for s in subscriptions { pids.insert(try #require(try await leaseHolderPID(store, s))) }
+                        #expect(pids.count == 1, "the leases are held by \(pids.count) connections")
 
-                _ = try await store.client.query("SELECT pg_terminate_backend(\(pids.first!))")
-                let terminatedAt = ContinuousClock.now
-                let lost = try await eventually {
-                    for s in subscriptions where await a.isLeader(s, token: tokensA[s]!) { return false }
-                    return true
+                        _ = try await store.client.query("SELECT pg_terminate_backend(\(pids.first!))")
+                        let terminatedAt = ContinuousClock.now
+                        let lost = try await eventually {
+                            for s in subscriptions where await a.isLeader(s, token: tokensA[s]!) { return false }
+                            return true
+                        }
+                        #expect(lost, "a still believes it leads")
+                        let noticed = ContinuousClock.now - terminatedAt
+                        #expect(noticed < .seconds(3), "a noticed the loss after \(noticed)")
+                        // a is a candidate again while b takes over with newer tokens.
+                        let waitingA = subscriptions.map { seen.candidate("a", a, $0) }
+                        #expect(try await eventually { seen.count >= 10 }, "b took over \(seen.count) of 10")
+                        let takeover = seen.list
+                        for (side, subscription, token) in takeover {
+                            #expect(side == "b")
+                            #expect(token > tokensA[subscription]!)
+                            #expect(await b.isLeader(subscription, token: token))
+                        }
+                        // b stops: a leads again, with newer tokens still.
+                        runB.cancel()
+                        _ = await runB.result
+                        #expect(try await eventually { seen.count == 20 }, "a leads \(seen.count - 10) of 10 again")
+                        for (side, subscription, token) in seen.list.dropFirst(10) {
+                            let b = try #require(takeover.first { $0.subscription == subscription })
+                            #expect(side == "a")
+                            #expect(token > b.token)
+                            #expect(await a.isLeader(subscription, token: token))
+                        }
+                        #expect(try await leaseConnections(store) == 1)
+                        for c in waitingA + waitingB { c.cancel() }
+                        runA.cancel()
+                        _ = await runA.result
+                    }
                 }
-                #expect(lost, "a still believes it leads")
-                let noticed = ContinuousClock.now - terminatedAt
-                #expect(noticed < .seconds(3), "a noticed the loss after \(noticed)")
-                // a is a candidate again while b takes over with newer tokens.
-                let waitingA = subscriptions.map { seen.candidate("a", a, $0) }
-                #expect(try await eventually { seen.count >= 10 }, "b took over \(seen.count) of 10")
-                let takeover = seen.list
-                for (side, subscription, token) in takeover {
-                    #expect(side == "b")
-                    #expect(token > tokensA[subscription]!)
-                    #expect(await b.isLeader(subscription, token: token))
-                }
-                // b stops: a leads again, with newer tokens still.
-                runB.cancel()
-                _ = await runB.result
-                #expect(try await eventually { seen.count == 20 }, "a leads \(seen.count - 10) of 10 again")
-                for (side, subscription, token) in seen.list.dropFirst(10) {
-                    let b = try #require(takeover.first { $0.subscription == subscription })
-                    #expect(side == "a")
-                    #expect(token > b.token)
-                    #expect(await a.isLeader(subscription, token: token))
-                }
-                #expect(try await leaseConnections(store) == 1)
-                for c in waitingA + waitingB { c.cancel() }
-                runA.cancel()
-                _ = await runA.result
-                await peerA.close()
-                await peerB.close()
             }
         }
 
@@ -293,52 +293,52 @@ extension PostgresTests {
             .timeLimit(.minutes(2)))
         func cancellation() async throws {
             try await withFreshStore { store in
-                let peerA = try await openPeer(of: store)
-                let peerB = try await openPeer(of: store)
-                let a = PostgresLeadership(store: peerA, configuration: quickLeases("a"))
-                let b = PostgresLeadership(store: peerB, configuration: quickLeases("b"))
+                try await withPeer(of: store) { peerA in
+                    try await withPeer(of: store) { peerB in
+                        let a = PostgresLeadership(store: peerA, configuration: quickLeases("a"))
+                        let b = PostgresLeadership(store: peerB, configuration: quickLeases("b"))
 
-                // Before run() starts, acquire waits, and ends when cancelled.
-                let early = Task { try await b.acquire("x") }
-                try await Task.sleep(for: .milliseconds(100))
-                early.cancel()
-                await #expect(throws: CancellationError.self) {
-                    try await value(of: early, within: .seconds(2), "a cancelled acquire before run()")
-                }
+                        // Before run() starts, acquire waits, and ends when cancelled.
+                        let early = Task { try await b.acquire("x") }
+                        try await Task.sleep(for: .milliseconds(100))
+                        early.cancel()
+                        await #expect(throws: CancellationError.self) {
+                            try await value(of: early, within: .seconds(2), "a cancelled acquire before run()")
+                        }
 
-                let runA = Task { try await a.run() }
-                let runB = Task { try await b.run() }
-                let tokenA = try await a.acquire("x")
-                let waiting = Task { try await b.acquire("x") }
-                try await Task.sleep(for: .milliseconds(300))  // b keeps trying meanwhile
-                waiting.cancel()
-                await #expect(throws: CancellationError.self) {
-                    try await value(of: waiting, within: .seconds(2), "a cancelled waiting acquire")
-                }
+                        let runA = Task { try await a.run() }
+                        let runB = Task { try await b.run() }
+                        let tokenA = try await a.acquire("x")
+                        let waiting = Task { try await b.acquire("x") }
+                        try await Task.sleep(for: .milliseconds(300))  // b keeps trying meanwhile
+                        waiting.cancel()
+                        await #expect(throws: CancellationError.self) {
+                            try await value(of: waiting, within: .seconds(2), "a cancelled waiting acquire")
+                        }
 
-                // A candidate of a waits for "y", held by b.
-                let tokenB = try await b.acquire("y")
-                let waitingA = Task { try await a.acquire("y") }
-                let next = Task { try await b.acquire("x") }
-                try await Task.sleep(for: .milliseconds(300))
-                runA.cancel()
-                let stoppedAt = ContinuousClock.now
-                try await value(of: runA, within: .seconds(5), "run() returns when cancelled")
-                await #expect(throws: CancellationError.self) {
-                    try await value(of: waitingA, within: .seconds(2), "a wait ended by run()'s end")
+                        // A candidate of a waits for "y", held by b.
+                        let tokenB = try await b.acquire("y")
+                        let waitingA = Task { try await a.acquire("y") }
+                        let next = Task { try await b.acquire("x") }
+                        try await Task.sleep(for: .milliseconds(300))
+                        runA.cancel()
+                        let stoppedAt = ContinuousClock.now
+                        try await value(of: runA, within: .seconds(5), "run() returns when cancelled")
+                        await #expect(throws: CancellationError.self) {
+                            try await value(of: waitingA, within: .seconds(2), "a wait ended by run()'s end")
+                        }
+                        #expect(await !a.isLeader("x", token: tokenA))
+                        let tokenX = try await value(of: next, within: .seconds(5), "b takes over x")
+                        let takeover = ContinuousClock.now - stoppedAt
+                        #expect(takeover < .seconds(2), "b took over after \(takeover)")
+                        #expect(tokenX > tokenA)
+                        #expect(await b.isLeader("y", token: tokenB))
+                        runB.cancel()
+                        _ = await runB.result
+                        #expect(try await leaseHolderPID(store, "x") == nil)
+                        #expect(try await leaseHolderPID(store, "y") == nil)
+                    }
                 }
-                #expect(await !a.isLeader("x", token: tokenA))
-                let tokenX = try await value(of: next, within: .seconds(5), "b takes over x")
-                let takeover = ContinuousClock.now - stoppedAt
-                #expect(takeover < .seconds(2), "b took over after \(takeover)")
-                #expect(tokenX > tokenA)
-                #expect(await b.isLeader("y", token: tokenB))
-                runB.cancel()
-                _ = await runB.result
-                #expect(try await leaseHolderPID(store, "x") == nil)
-                #expect(try await leaseHolderPID(store, "y") == nil)
-                await peerA.close()
-                await peerB.close()
             }
         }
         @Test(
@@ -346,48 +346,48 @@ extension PostgresTests {
             .timeLimit(.minutes(2)))
         func stuckStatement() async throws {
             try await withFreshStore { store in
-                let peerA = try await openPeer(of: store)
-                let peerB = try await openPeer(of: store)
-                let a = PostgresLeadership(store: peerA, configuration: quickLeases("a"))
-                let b = PostgresLeadership(store: peerB, configuration: quickLeases("b"))
-                let runA = Task { try await a.run() }
-                let runB = Task { try await b.run() }
-                let tokenOK = try await a.acquire("ok")
-                let first = try #require(try await leaseHolderPID(store, "ok"))
-                // Another session locks the lease row of "z": a's token bump for "z" blocks.
-                _ = try await store.client.query(
-                    "INSERT INTO \(unescaped: store.schema.rawValue).leases (subscription, token, owner) VALUES ('z', 1, 'test')"
-                )
-                let rowLock = SessionHolder(store, leaseRow: "z")
-                #expect(try await rowLock.waitUntilLocked())
-                let seen = Acquisitions()
-                let zByA = seen.candidate("a", a, "z")
-                do {
-                    // Three heartbeats later the statement counts as failed: every lease of a is lost...
-                    #expect(try await eventually { await !a.isLeader("ok", token: tokenOK) })
-                    // ...and its connection is closed, so the server ends that session and its locks:
-                    // b takes "ok" over while the row is still locked.
-                    let okByB = seen.candidate("b", b, "ok")
-                    let tokenB = try await value(of: okByB, within: .seconds(10), "b takes ok over")
-                    #expect(tokenB > tokenOK)
-                    #expect(try await backendExists(store, first) == false, "the closed session still exists")
-                } catch {
-                    try await rowLock.stop()  // or dropping the schema waits for it
-                    throw error
+                try await withPeer(of: store) { peerA in
+                    try await withPeer(of: store) { peerB in
+                        let a = PostgresLeadership(store: peerA, configuration: quickLeases("a"))
+                        let b = PostgresLeadership(store: peerB, configuration: quickLeases("b"))
+                        let runA = Task { try await a.run() }
+                        let runB = Task { try await b.run() }
+                        let tokenOK = try await a.acquire("ok")
+                        let first = try #require(try await leaseHolderPID(store, "ok"))
+                        // Another session locks the lease row of "z": a's token bump for "z" blocks.
+                        _ = try await store.client.query(
+                            "INSERT INTO \(unescaped: store.schema.rawValue).leases (subscription, token, owner) VALUES ('z', 1, 'test')"
+                        )
+                        let rowLock = SessionHolder(store, leaseRow: "z")
+                        #expect(try await rowLock.waitUntilLocked())
+                        let seen = Acquisitions()
+                        let zByA = seen.candidate("a", a, "z")
+                        do {
+                            // Three heartbeats later the statement counts as failed: every lease of a is lost...
+                            #expect(try await eventually { await !a.isLeader("ok", token: tokenOK) })
+                            // ...and its connection is closed, so the server ends that session and its locks:
+                            // b takes "ok" over while the row is still locked.
+                            let okByB = seen.candidate("b", b, "ok")
+                            let tokenB = try await value(of: okByB, within: .seconds(10), "b takes ok over")
+                            #expect(tokenB > tokenOK)
+                            #expect(try await backendExists(store, first) == false, "the closed session still exists")
+                        } catch {
+                            try await rowLock.stop()  // or dropping the schema waits for it
+                            throw error
+                        }
+                        try await rowLock.stop()
+                        // a connects again and leads "z".
+                        let tokenZ = try await value(of: zByA, within: .seconds(10), "a leads z")
+                        #expect(tokenZ == 2)
+                        #expect(await a.isLeader("z", token: tokenZ))
+                        #expect(try await leaseHolderPID(store, "z") != first)
+                        #expect(try await leaseConnections(store) == 2)
+                        runA.cancel()
+                        runB.cancel()
+                        _ = await (runA.result, runB.result)
+                        #expect(try await leaseConnections(store) == 0)
+                    }
                 }
-                try await rowLock.stop()
-                // a connects again and leads "z".
-                let tokenZ = try await value(of: zByA, within: .seconds(10), "a leads z")
-                #expect(tokenZ == 2)
-                #expect(await a.isLeader("z", token: tokenZ))
-                #expect(try await leaseHolderPID(store, "z") != first)
-                #expect(try await leaseConnections(store) == 2)
-                runA.cancel()
-                runB.cancel()
-                _ = await (runA.result, runB.result)
-                #expect(try await leaseConnections(store) == 0)
-                await peerA.close()
-                await peerB.close()
             }
         }
     }

@@ -16,9 +16,9 @@ extension PostgresTests {
                 var iterator = hints.makeAsyncIterator()
                 #expect(try await eventually { store.notificationStatus.isListening })
                 _ = await iterator.next()  // the hint sent when listening starts
-                let peer = try await openPeer(of: store)
-                _ = try await peer.append([event()], to: "n-1", expected: .any, commandID: nil)
-                await peer.close()
+                try await withPeer(of: store) { peer in
+                    _ = try await peer.append([event()], to: "n-1", expected: .any, commandID: nil)
+                }
                 #expect(await iterator.next() != nil)
                 #expect(try await eventually { store.notificationStatus.notificationsReceived == 1 })
             }
@@ -39,45 +39,45 @@ extension PostgresTests {
                 }
                 defer { subscriber.cancel() }
                 #expect(try await eventually { store.notificationStatus.isListening })
-                let writer = try await openPeer(of: store)
+                try await withPeer(of: store) { writer in
 
-                // Notifications work: an append in the other process is received.
-                let first = event("First")
-                _ = try await writer.append([first], to: "lost-1", expected: .any, commandID: nil)
-                #expect(try await eventually { store.notificationStatus.notificationsReceived >= 1 })
-                #expect(try await eventually { delivered.value.withLock { $0[first.id] } != nil })
+                    // Notifications work: an append in the other process is received.
+                    let first = event("First")
+                    _ = try await writer.append([first], to: "lost-1", expected: .any, commandID: nil)
+                    #expect(try await eventually { store.notificationStatus.notificationsReceived >= 1 })
+                    #expect(try await eventually { delivered.value.withLock { $0[first.id] } != nil })
 
-                // The listening backend is terminated.
-                let pid = try #require(store.notificationStatus.backendPID)
-                let rows = try await writer.client.query("SELECT pg_terminate_backend(\(pid))")
-                for try await terminated in rows.decode(Bool.self) { #expect(terminated) }
-                #expect(try await eventually { !store.notificationStatus.isListening })
+                    // The listening backend is terminated.
+                    let pid = try #require(store.notificationStatus.backendPID)
+                    let rows = try await writer.client.query("SELECT pg_terminate_backend(\(pid))")
+                    for try await terminated in rows.decode(Bool.self) { #expect(terminated) }
+                    #expect(try await eventually { !store.notificationStatus.isListening })
 
-                // Appended while nobody listens: found by polling.
-                var lost: [(UUID, Date)] = []
-                for i in 0..<3 {
-                    let e = event("WhileDeaf", #"{"i":\#(i)}"#)
-                    _ = try await writer.append([e], to: "lost-2", expected: .any, commandID: nil)
-                    lost.append((e.id, Date()))
-                    try await Task.sleep(for: .milliseconds(300))
+                    // Appended while nobody listens: found by polling.
+                    var lost: [(UUID, Date)] = []
+                    for i in 0..<3 {
+                        let e = event("WhileDeaf", #"{"i":\#(i)}"#)
+                        _ = try await writer.append([e], to: "lost-2", expected: .any, commandID: nil)
+                        lost.append((e.id, Date()))
+                        try await Task.sleep(for: .milliseconds(300))
+                    }
+                    #expect(store.notificationStatus.connections == 1, "the listener came back too early for this test")
+                    for (id, committedAt) in lost {
+                        #expect(try await eventually(timeout: .seconds(5)) { delivered.value.withLock { $0[id] } != nil })
+                        let lag = try #require(delivered.value.withLock { $0[id] }).timeIntervalSince(committedAt)
+                        #expect(lag <= 2.3, "delivered \(lag) s after its commit; the polling interval is 2 s")
+                    }
+
+                    // The listener reconnects and LISTENs again; a new backend.
+                    #expect(try await eventually { store.notificationStatus.connections == 2 })
+                    #expect(try await eventually { store.notificationStatus.isListening })
+                    #expect(store.notificationStatus.backendPID != pid)
+                    let received = store.notificationStatus.notificationsReceived
+                    let after = event("After")
+                    _ = try await writer.append([after], to: "lost-3", expected: .any, commandID: nil)
+                    #expect(try await eventually { store.notificationStatus.notificationsReceived > received })
+                    #expect(try await eventually { delivered.value.withLock { $0[after.id] } != nil })
                 }
-                #expect(store.notificationStatus.connections == 1, "the listener came back too early for this test")
-                for (id, committedAt) in lost {
-                    #expect(try await eventually(timeout: .seconds(5)) { delivered.value.withLock { $0[id] } != nil })
-                    let lag = try #require(delivered.value.withLock { $0[id] }).timeIntervalSince(committedAt)
-                    #expect(lag <= 2.3, "delivered \(lag) s after its commit; the polling interval is 2 s")
-                }
-
-                // The listener reconnects and LISTENs again; a new backend.
-                #expect(try await eventually { store.notificationStatus.connections == 2 })
-                #expect(try await eventually { store.notificationStatus.isListening })
-                #expect(store.notificationStatus.backendPID != pid)
-                let received = store.notificationStatus.notificationsReceived
-                let after = event("After")
-                _ = try await writer.append([after], to: "lost-3", expected: .any, commandID: nil)
-                #expect(try await eventually { store.notificationStatus.notificationsReceived > received })
-                #expect(try await eventually { delivered.value.withLock { $0[after.id] } != nil })
-                await writer.close()
             }
         }
     }

@@ -55,8 +55,8 @@ struct PostgresSettingsTests {
     func invalidSchemaRejected() async throws {
         var configuration = PostgresEventStore.Configuration()
         configuration.schema = "x; DROP TABLE y"
-        await #expect(throws: PostgresStoreError.invalidSchemaName("x; DROP TABLE y")) {
-            _ = try await PostgresEventStore(url: "postgres://u@127.0.0.1:1/db", configuration: configuration)
+        #expect(throws: PostgresStoreError.invalidSchemaName("x; DROP TABLE y")) {
+            _ = try PostgresEventStore(url: "postgres://u@127.0.0.1:1/db", configuration: configuration)
         }
     }
 }
@@ -340,10 +340,9 @@ extension PostgresTests {
                 let opened = try await withThrowingTaskGroup(of: [Int].self) { group in
                     for _ in 0..<4 {
                         group.addTask {
-                            let peer = try await openPeer(of: store) { $0.migrate = false }
-                            let ran = try await peer.migrate()
-                            await peer.close()
-                            return ran
+                            try await withPeer(of: store, configure: { $0.migrate = false }) { peer in
+                                try await peer.migrate()
+                            }
                         }
                     }
                     return try await group.reduce(into: []) { $0.append($1) }

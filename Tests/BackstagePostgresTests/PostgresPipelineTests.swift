@@ -154,37 +154,37 @@ extension PostgresTests {
                 var settings = PostgresLeadership.Configuration()
                 settings.retryInterval = .milliseconds(100)
                 settings.heartbeatInterval = .milliseconds(200)
-                let peerA = try await openPeer(of: store)
-                let peerB = try await openPeer(of: store)
-                let a = PostgresLeadership(store: peerA, configuration: settings)
-                let b = PostgresLeadership(store: peerB, configuration: settings)
-                let runA = Task { try await a.run() }
-                let runB = Task { try await b.run() }
-                let tokenA = try await a.acquire("sub")
-                let waiting = Task { try await b.acquire("sub") }
-                try await Task.sleep(for: .milliseconds(500))  // b keeps trying meanwhile
-                #expect(await a.isLeader("sub", token: tokenA))
-                #expect(try await leaseToken(store, "sub") == tokenA)
+                try await withPeer(of: store) { peerA in
+                    try await withPeer(of: store) { peerB in
+                        let a = PostgresLeadership(store: peerA, configuration: settings)
+                        let b = PostgresLeadership(store: peerB, configuration: settings)
+                        let runA = Task { try await a.run() }
+                        let runB = Task { try await b.run() }
+                        let tokenA = try await a.acquire("sub")
+                        let waiting = Task { try await b.acquire("sub") }
+                        try await Task.sleep(for: .milliseconds(500))  // b keeps trying meanwhile
+                        #expect(await a.isLeader("sub", token: tokenA))
+                        #expect(try await leaseToken(store, "sub") == tokenA)
 
-                let pid = try #require(try await leaseHolderPID(store, "sub"))
-                _ = try await store.client.query("SELECT pg_terminate_backend(\(pid))")
-                let tokenB = try await waiting.value
-                #expect(tokenB > tokenA)
-                #expect(try await eventually { await !a.isLeader("sub", token: tokenA) })
-                #expect(await b.isLeader("sub", token: tokenB))
-                // The old leader cannot move the checkpoint.
-                let checkpoints = PostgresCheckpointStore(store: peerA)
-                await #expect(throws: CheckpointError.self) {
-                    try await checkpoints.commit(
-                        "sub", expected: nil, new: LogPosition(transaction: 1, position: 1), token: tokenA)
+                        let pid = try #require(try await leaseHolderPID(store, "sub"))
+                        _ = try await store.client.query("SELECT pg_terminate_backend(\(pid))")
+                        let tokenB = try await waiting.value
+                        #expect(tokenB > tokenA)
+                        #expect(try await eventually { await !a.isLeader("sub", token: tokenA) })
+                        #expect(await b.isLeader("sub", token: tokenB))
+                        // The old leader cannot move the checkpoint.
+                        let checkpoints = PostgresCheckpointStore(store: peerA)
+                        await #expect(throws: CheckpointError.self) {
+                            try await checkpoints.commit(
+                                "sub", expected: nil, new: LogPosition(transaction: 1, position: 1), token: tokenA)
+                        }
+                        await b.release("sub", token: tokenB)
+                        #expect(try await leaseHolderPID(store, "sub") == nil)
+                        runA.cancel()
+                        runB.cancel()
+                        _ = await (runA.result, runB.result)
+                    }
                 }
-                await b.release("sub", token: tokenB)
-                #expect(try await leaseHolderPID(store, "sub") == nil)
-                runA.cancel()
-                runB.cancel()
-                _ = await (runA.result, runB.result)
-                await peerA.close()
-                await peerB.close()
             }
         }
 
@@ -398,14 +398,14 @@ extension PostgresTests {
                     _ = try await other.activeVersion()
                 }
                 // Another process (its own pool) gets the same answer; the owner itself is fine.
-                let peer = try await openPeer(of: store)
-                await #expect(
-                    throws: PostgresProjectionError.tableOwned("counts", owner: "counts", projection: "other")
-                ) {
-                    _ = try await PostgresProjection(OtherCountsModel(), store: peer).activeVersion()
+                try await withPeer(of: store) { peer async throws in
+                    await #expect(
+                        throws: PostgresProjectionError.tableOwned("counts", owner: "counts", projection: "other")
+                    ) {
+                        _ = try await PostgresProjection(OtherCountsModel(), store: peer).activeVersion()
+                    }
+                    #expect(try await PostgresProjection(CountsModel(), store: peer).activeVersion() == 1)
                 }
-                #expect(try await PostgresProjection(CountsModel(), store: peer).activeVersion() == 1)
-                await peer.close()
             }
         }
     }

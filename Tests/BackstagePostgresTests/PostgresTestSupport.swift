@@ -1,4 +1,5 @@
 import Backstage
+import BackstageTesting
 import Foundation
 import PostgresNIO
 import Synchronization
@@ -49,7 +50,7 @@ func freshSchemaName() -> String {
     "t_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased().prefix(16)
 }
 
-/// Opens a store on a fresh schema, runs `body`, closes the store and drops the schema.
+/// Runs a store on a fresh schema around `body`, then drops the schema and closes the store.
 func withFreshStore<T: Sendable>(
     configure: (inout PostgresEventStore.Configuration) -> Void = { _ in },
     _ body: (PostgresEventStore) async throws -> T
@@ -58,31 +59,49 @@ func withFreshStore<T: Sendable>(
     var configuration = PostgresEventStore.Configuration()
     configuration.schema = freshSchemaName()
     configure(&configuration)
-    let store = try await PostgresEventStore(url: url, configuration: configuration)
-    do {
-        let value = try await body(store)
-        try await dropSchema(of: store)
-        await store.close()
-        return value
-    } catch {
-        try? await dropSchema(of: store)
-        await store.close()
-        throw error
+    return try await PostgresEventStore.withStore(url: url, configuration: configuration) { store in
+        do {
+            let value = try await body(store)
+            try await store.dropSchema()
+            return value
+        } catch {
+            try? await store.dropSchema()
+            throw error
+        }
     }
 }
 
-/// Opens another store (its own pool) on the same schema as `store`: another "process".
-func openPeer(
-    of store: PostgresEventStore, configure: (inout PostgresEventStore.Configuration) -> Void = { _ in }
-) async throws -> PostgresEventStore {
+/// Runs another store (its own pool) on the same schema as `store` around `body`: another "process".
+func withPeer<T: Sendable>(
+    of store: PostgresEventStore, configure: (inout PostgresEventStore.Configuration) -> Void = { _ in },
+    _ body: (PostgresEventStore) async throws -> T
+) async throws -> T {
     var configuration = PostgresEventStore.Configuration()
     configuration.schema = store.schema.rawValue
     configure(&configuration)
-    return try await PostgresEventStore(url: try PostgresTestEnvironment.requireURL(), configuration: configuration)
+    return try await PostgresEventStore.withStore(
+        url: try PostgresTestEnvironment.requireURL(), configuration: configuration, body)
 }
 
-func dropSchema(of store: PostgresEventStore) async throws {
-    try await store.client.query("DROP SCHEMA IF EXISTS \(unescaped: store.schema.rawValue) CASCADE")
+/// A store on a fresh schema that nothing runs yet (for lifecycle tests); drop its schema with
+/// ``PostgresEventStore/dropSchema()`` while it runs.
+func unstartedStore(configure: (inout PostgresEventStore.Configuration) -> Void = { _ in }) throws
+    -> PostgresEventStore
+{
+    var configuration = PostgresEventStore.Configuration()
+    configuration.schema = freshSchemaName()
+    configure(&configuration)
+    return try PostgresEventStore(url: try PostgresTestEnvironment.requireURL(), configuration: configuration)
+}
+
+/// Runs `count` peers of `store` around `body`.
+func withPeers<T: Sendable>(
+    of store: PostgresEventStore, count: Int, _ body: ([PostgresEventStore]) async throws -> T
+) async throws -> T {
+    if count <= 0 { return try await body([]) }
+    return try await withPeer(of: store) { first in
+        try await withPeers(of: store, count: count - 1) { rest in try await body([first] + rest) }
+    }
 }
 
 /// A small JSON event.
@@ -106,8 +125,7 @@ func eventually(
 
 /// The build folder holding this test binary and the worker executable.
 func workerExecutable() throws -> URL {
-    let exe = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
-    return URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("backstage-postgres-worker")
+    try testExecutable(named: "backstage-postgres-worker")
 }
 
 /// A running worker process whose stdout lines are collected (by a thread of its own: a

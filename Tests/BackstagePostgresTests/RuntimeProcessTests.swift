@@ -126,31 +126,31 @@ extension PostgresTests {
         @Test("a retried command reaching the store through several app instances is never a conflict")
         func honestRetries() async throws {
             try await withFreshStore { store in
-                var peers: [PostgresEventStore] = [store]
-                for _ in 0..<4 { peers.append(try await openPeer(of: store)) }
-                let apps = try peers.map { try walletApp($0) }
-                for round in 0..<3 {
-                    let id = UUIDv7.next()
-                    let command = Credit(id: "retried\(round)", amount: 42, reference: "order-\(round)")
-                    let outcomes = await withTaskGroup(of: Result<Dispatched<Wallet>, any Error>.self) { group in
-                        for i in 0..<50 {
-                            let app = apps[i % apps.count]
-                            group.addTask {
-                                do {
-                                    return .success(
-                                        try await app.dispatch(command, options: DispatchOptions(commandID: id)))
-                                } catch { return .failure(error) }
+                try await withPeers(of: store, count: 4) { others in
+                    let peers = [store] + others
+                    let apps = try peers.map { try walletApp($0) }
+                    for round in 0..<3 {
+                        let id = UUIDv7.next()
+                        let command = Credit(id: "retried\(round)", amount: 42, reference: "order-\(round)")
+                        let outcomes = await withTaskGroup(of: Result<Dispatched<Wallet>, any Error>.self) { group in
+                            for i in 0..<50 {
+                                let app = apps[i % apps.count]
+                                group.addTask {
+                                    do {
+                                        return .success(
+                                            try await app.dispatch(command, options: DispatchOptions(commandID: id)))
+                                    } catch { return .failure(error) }
+                                }
                             }
+                            return await group.reduce(into: []) { $0.append($1) }
                         }
-                        return await group.reduce(into: []) { $0.append($1) }
+                        let failures = outcomes.compactMap { if case .failure(let e) = $0 { "\(e)" } else { nil } }
+                        #expect(failures.isEmpty, "\(failures)")
+                        let results = outcomes.compactMap { try? $0.get() }
+                        #expect(results.filter { !$0.isDuplicate }.count == 1)
+                        #expect(results.allSatisfy { $0.version == 1 && $0.state.balance == 42 })
                     }
-                    let failures = outcomes.compactMap { if case .failure(let e) = $0 { "\(e)" } else { nil } }
-                    #expect(failures.isEmpty, "\(failures)")
-                    let results = outcomes.compactMap { try? $0.get() }
-                    #expect(results.filter { !$0.isDuplicate }.count == 1)
-                    #expect(results.allSatisfy { $0.version == 1 && $0.state.balance == 42 })
                 }
-                for peer in peers.dropFirst() { await peer.close() }
             }
         }
     }

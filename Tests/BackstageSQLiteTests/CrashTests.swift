@@ -6,10 +6,7 @@ import Synchronization
 import Testing
 
 /// The build folder holding this test binary and the worker executables.
-func productsDirectory() throws -> URL {
-    let exe = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
-    return URL(fileURLWithPath: exe).deletingLastPathComponent()
-}
+func productsDirectory() throws -> URL { try testProductsDirectory() }
 
 /// Runs `executable` and collects its stdout lines; `stop` kills it with SIGKILL once `enough` lines arrived.
 func runUntilKilled(_ executable: URL, arguments: [String], lines enough: Int) async throws -> [String] {

@@ -92,7 +92,7 @@ struct DurableDefaultsSQLiteTests {
             try await service.waitUntilProcessed(timeout: .seconds(30))
             service.stop()
             try await running.value
-            try store.close()
+            try await store.close()
         }
         #expect(handled.withLock { $0.count } == 30)
         // A new process: a new store and a new service on the same file.
@@ -107,7 +107,7 @@ struct DurableDefaultsSQLiteTests {
         let all = handled.withLock { $0 }
         #expect(all.count == 50, "handled \(all.count) times for 50 events: the restart re-handled \(all.count - 50)")
         #expect(Set(all) == Set(1...50))
-        try store.close()
+        try await store.close()
     }
 
     @Test(
@@ -174,8 +174,8 @@ struct DurableDefaultsSQLiteTests {
         let nextToken = try await next.value
         #expect(nextToken > takerToken)
         await third.release("receipts", token: nextToken)
-        try a.close()
-        try b.close()
+        try await a.close()
+        try await b.close()
     }
 
     @Test(
@@ -209,7 +209,7 @@ struct DurableDefaultsSQLiteTests {
         #expect(try await pollUntil(timeout: .seconds(30)) { survivor.handled.count >= 10 })
         #expect(ContinuousClock.now - killedAt < .seconds(8), "takeover took \(ContinuousClock.now - killedAt)")
         #expect(survivor.handled.sorted() == Array(21...30), "the survivor handled \(survivor.handled)")
-        try store.close()
+        try await store.close()
     }
 
     @Test(
@@ -258,6 +258,6 @@ struct DurableDefaultsSQLiteTests {
             return "\(error)".contains("the events were stored")
         }
         #expect(try await store.streamVersion("sqltally-s") == before + 1, "the events were stored")
-        try store.close()
+        try await store.close()
     }
 }

@@ -57,7 +57,7 @@ struct FixtureEvolutionSQLiteTests {
             ], to: "show-s1", expected: .noStream, commandID: nil)
         try await store.database.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA wal_checkpoint(TRUNCATE)")
         }
-        try store.close()
+        try await store.close()
     }
 
     @Test(
@@ -97,7 +97,7 @@ struct FixtureEvolutionSQLiteTests {
         }
         #expect(row == [4, 90])
         #expect(try await service.parkedEvents().isEmpty)
-        try store.close()
+        try await store.close()
     }
 
     @Test("an older file's event data migrates to JSON text: the same bytes read back, SQLite's JSON functions read it")

@@ -1,37 +1,10 @@
 import Backstage
 import BackstageSQLite
+import BackstageTestSupport
 import BackstageTesting
 import Foundation
 import GRDB
 import Testing
-
-/// The crash worker's read model, for the from-scratch rebuild in the test process.
-struct CrashReadModelCopy: SQLiteReadModel {
-    let name = "crash"
-    let tables = ["crash_tally", "crash_applied"]
-
-    func createTables(in db: Database, tables: ProjectionTables) throws {
-        try db.execute(
-            sql: """
-                CREATE TABLE \(try tables.table("crash_tally")) (
-                    stream TEXT PRIMARY KEY, n INTEGER NOT NULL, total INTEGER NOT NULL, last_version INTEGER NOT NULL);
-                CREATE TABLE \(try tables.table("crash_applied")) (position INTEGER NOT NULL);
-                """)
-    }
-
-    func apply(_ event: RecordedEvent, in db: Database, tables: ProjectionTables) throws {
-        struct Body: Decodable { var n: Int }
-        let body = try JSONDecoder().decode(Body.self, from: event.data)
-        try db.execute(
-            sql: """
-                INSERT INTO \(try tables.table("crash_tally")) (stream, n, total, last_version) VALUES (?, 1, ?, ?)
-                ON CONFLICT (stream) DO UPDATE SET n = n + 1, total = total + excluded.total,
-                    last_version = excluded.last_version
-                """, arguments: [event.stream, body.n, event.streamVersion])
-        try db.execute(
-            sql: "INSERT INTO \(try tables.table("crash_applied")) (position) VALUES (?)", arguments: [event.position])
-    }
-}
 
 @Suite("SQLite projections: crash safety")
 struct ProjectionCrashTests {
@@ -49,7 +22,7 @@ struct ProjectionCrashTests {
                 _ = try await store.append(events, to: "crash-\((n / 50) % 173)", expected: .any, commandID: nil)
                 n += 50
             }
-            try store.close()
+            try await store.close()
         }
         let worker = try productsDirectory().appendingPathComponent("backstage-projection-worker")
         let subscription = projectionSubscription("crash", version: 1)
@@ -102,7 +75,7 @@ struct ProjectionCrashTests {
         let rebuildFile = try TemporaryDatabase()
         let rebuildDB = try DatabaseQueue(path: rebuildFile.path)
         let store = try SQLiteEventStore(path: file.path)
-        let fresh = try SQLiteProjection(CrashReadModelCopy(), database: rebuildDB)
+        let fresh = try SQLiteProjection(CrashReadModel(), database: rebuildDB)
         let service = try PipelineService(store: store, projections: [fresh])
         let running = Task { try await service.run() }
         try await service.waitUntilProcessed(LogPosition(position: Int64(total)), timeout: .seconds(120))
@@ -113,6 +86,6 @@ struct ProjectionCrashTests {
         let rebuilt = try rebuildDB.read { db in try Row.fetchAll(db, sql: query) }
         #expect(crashed.count == 173)
         #expect(crashed == rebuilt)
-        try store.close()
+        try await store.close()
     }
 }

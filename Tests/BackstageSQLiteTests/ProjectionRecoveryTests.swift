@@ -91,7 +91,7 @@ struct ProjectionRecoveryTests {
                 if case .parkedEventNotFound = $0 as? PipelineError { return true }
                 return false
             }, "\(errors.compactMap { $0 })")
-        try store.close()
+        try await store.close()
     }
 
     @Test(
@@ -139,7 +139,7 @@ struct ProjectionRecoveryTests {
         #expect(rows == 500 && distinct == 500, "rows \(rows), distinct \(distinct)")
         #expect(sum == 500)
         #expect(!v1)
-        try store.close()
+        try await store.close()
     }
 
     @Test("two read models declaring the same table fail at start, naming both")
@@ -152,6 +152,6 @@ struct ProjectionRecoveryTests {
         #expect(throws: SQLiteProjectionError.tableOwned("totals", owner: "first", projection: "second")) {
             _ = try SQLiteProjection(TotalsReadModel(name: "second"), database: store.database)
         }
-        try store.close()
+        try await store.close()
     }
 }

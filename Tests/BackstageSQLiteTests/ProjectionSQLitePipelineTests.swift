@@ -1,18 +1,13 @@
 import Backstage
+import BackstageTestSupport
 import BackstageSQLite
 import BackstageTesting
 import Foundation
 import GRDB
 import Testing
 
-/// A handler defined by a closure.
-struct SQLiteClosureHandler: EventHandler {
-    let name: String
-    var options: HandlerOptions
-    let body: @Sendable ([RecordedEvent]) async throws -> Void
-    func handle(_ event: RecordedEvent) async throws { try await body([event]) }
-    func handle(batch: [RecordedEvent]) async throws { try await body(batch) }
-}
+/// The shared closure handler (BackstageTestSupport).
+typealias SQLiteClosureHandler = ClosureHandler
 
 @Suite("SQLite pipelines: handlers")
 struct ProjectionSQLitePipelineTests {
@@ -45,7 +40,7 @@ struct ProjectionSQLitePipelineTests {
         #expect(worst.withLock { $0 } <= 50, "held \(worst.withLock { $0 }) events")
         #expect(worst.withLock { $0 } > 10)
         #expect(try #require(service.status(of: "slow")).peakInFlight <= 50)
-        try sqlite.close()
+        try await sqlite.close()
     }
 
     @Test("on the SQLite store, a failing event parks in the SQLite dead-letter table; the checkpoint moves on, nothing after it is lost")
@@ -72,6 +67,6 @@ struct ProjectionSQLitePipelineTests {
         #expect(stored.map(\.event.position) == [123])
         #expect(stored.first?.attempts == 3)
         #expect(try await checkpoints.checkpoint("picky")?.position == LogPosition(position: 500))
-        try store.close()
+        try await store.close()
     }
 }

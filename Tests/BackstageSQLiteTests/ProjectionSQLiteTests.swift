@@ -1,4 +1,5 @@
 import Backstage
+import BackstageTestSupport
 import BackstageSQLite
 import Foundation
 import GRDB
@@ -36,12 +37,8 @@ struct TotalsReadModel: SQLiteReadModel {
     }
 }
 
-/// A value behind a lock that closures can share.
-final class SQLBox<T: Sendable>: Sendable {
-    private let m: Mutex<T>
-    init(_ value: T) { m = Mutex(value) }
-    func withLock<R: Sendable>(_ body: (inout T) throws -> R) rethrows -> R { try m.withLock { try body(&$0) } }
-}
+/// Test bookkeeping behind a lock (BackstageTestSupport).
+typealias SQLBox = TestBox
 
 struct SQLiteTestFailure: Error, CustomStringConvertible {
     var position: Int64
@@ -138,7 +135,7 @@ struct ProjectionSQLiteTests {
         let checkpoints = try await SQLiteCheckpointStore(database: store.database).checkpoints()
         #expect(checkpoints.map(\.subscription) == ["orderly", "totals@v1"])
         #expect(checkpoints.allSatisfy { $0.position == LogPosition(position: 4_000) })
-        try store.close()
+        try await store.close()
     }
 
     @Test("a query right after a .strong dispatch sees the new state in SQLite")
@@ -164,7 +161,7 @@ struct ProjectionSQLiteTests {
         }
         service.stop()
         try await running.value
-        try store.close()
+        try await store.close()
     }
 
     @Test("rebuild into a new version while the old one serves, then readers switch and the old tables are dropped")
@@ -220,7 +217,7 @@ struct ProjectionSQLiteTests {
         let stats = try await logStats(store.database)
         #expect(stats.rows == 2_500, "the view shows version 2")
         #expect(try await projection.checkpoints.checkpoint("totals@v1") == nil)
-        try store.close()
+        try await store.close()
     }
 
     @Test("parked projection events are stored in SQLite, listed, replayed exactly once and discarded")
@@ -255,7 +252,7 @@ struct ProjectionSQLiteTests {
         #expect(stats.rows == 99 && stats.distinct == 99)
         service.stop()
         try await running.value
-        try store.close()
+        try await store.close()
     }
 
     @Test("checkpoint compare-and-set refuses a stale position and an older fencing token")
@@ -274,7 +271,7 @@ struct ProjectionSQLiteTests {
             "s", expected: LogPosition(position: 5), new: LogPosition(transaction: 7, position: 9), token: 4)
         let stored = try await checkpoints.checkpoint("s")
         #expect(stored?.position == LogPosition(transaction: 7, position: 9) && stored?.token == 4)
-        try store.close()
+        try await store.close()
     }
 
     @Test("a projection into a separate database survives a graceful shutdown mid-stream with no event applied twice")
@@ -309,7 +306,7 @@ struct ProjectionSQLiteTests {
         try await again.value
         let end = try await logStats(readModels)
         #expect(end.rows == 5_000 && end.distinct == 5_000)
-        try store.close()
+        try await store.close()
     }
 
     @Test("table names are allowlisted")

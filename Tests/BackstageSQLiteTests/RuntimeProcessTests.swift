@@ -176,7 +176,7 @@ struct RuntimeProcessTests {
         } catch {
             #expect(error is CancellationError, "a cancelled read threw \(type(of: error)): \(error)")
         }
-        try store.close()
+        try await store.close()
         for operation in [
             { _ = try await store.readStream("s-1", from: 1, direction: .forward, limit: 10) },
             {

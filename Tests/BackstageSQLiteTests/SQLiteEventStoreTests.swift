@@ -168,7 +168,7 @@ struct SQLiteEventStoreTests {
             let synchronous = try await store.database.read { try Int.fetchOne($0, sql: "PRAGMA synchronous") }
             #expect(synchronous == expected)
             _ = try await store.append([event("A"), event("B")], to: "s-1", expected: .noStream, commandID: UUID())
-            try store.close()
+            try await store.close()
         }
         let reopened = try SQLiteEventStore(path: file.path, configuration: configuration)
         let events = try await reopened.readStream("s-1", from: 1, direction: .forward, limit: 10)

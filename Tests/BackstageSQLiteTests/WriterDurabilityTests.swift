@@ -25,6 +25,6 @@ struct WriterDurabilityTests {
         #expect(writer == expected)
         let journal = try await store.database.write { try String.fetchOne($0, sql: "PRAGMA journal_mode") }
         #expect(journal == "wal")
-        try store.close()
+        try await store.close()
     }
 }

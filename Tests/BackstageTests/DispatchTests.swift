@@ -217,8 +217,15 @@ struct DispatchTests {
         #expect(store.appendCount == 0)
         #expect(try await store.headPosition() == head)
 
-        // Without the middleware, the same command reaches the aggregate.
-        let unchecked = BackstageApp(store: store, router: try makeRouter(), middleware: [])
+        // Custom middleware keeps validation.
+        let custom = BackstageApp(
+            store: store, router: try makeRouter(), middleware: [JournalMiddleware(name: "m", journal: Journal())])
+        await #expect(throws: InvalidCommand.self) { try await custom.dispatch(Deposit(id: "a", amount: 0)) }
+
+        // Without validation, the same command reaches the aggregate.
+        var configuration = BackstageApp.Configuration()
+        configuration.validatesCommands = false
+        let unchecked = BackstageApp(store: store, router: try makeRouter(), configuration: configuration)
         let result = try await unchecked.dispatch(Deposit(id: "a", amount: 0))
         #expect(result.version == 2)
     }

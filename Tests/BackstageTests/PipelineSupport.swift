@@ -1,15 +1,11 @@
 import Backstage
+import BackstageTestSupport
 import Foundation
 import Synchronization
 import Testing
 
-/// A value behind a lock, for test bookkeeping.
-final class PipeBox<T: Sendable>: Sendable {
-    private let m: Mutex<T>
-    init(_ value: T) { m = Mutex(value) }
-    func with<R: Sendable>(_ body: (inout T) throws -> R) rethrows -> R { try m.withLock { try body(&$0) } }
-    var value: T { m.withLock { $0 } }
-}
+/// Test bookkeeping behind a lock (BackstageTestSupport).
+typealias PipeBox = TestBox
 
 /// Counts something and lets a test await a count without polling.
 final class PipeCounter: Sendable {
@@ -111,16 +107,6 @@ final class AuditingCheckpointStore: CheckpointStore {
     }
 }
 
-/// A handler defined by a closure.
-struct ClosureHandler: EventHandler {
-    let name: String
-    var filter: EventFilter = .all
-    var options: HandlerOptions = HandlerOptions()
-    let body: @Sendable ([RecordedEvent]) async throws -> Void
-
-    func handle(_ event: RecordedEvent) async throws { try await body([event]) }
-    func handle(batch: [RecordedEvent]) async throws { try await body(batch) }
-}
 
 /// Runs `service` in the background; `stop` ends it gracefully and waits for it.
 struct RunningService: Sendable {

@@ -256,7 +256,7 @@ struct BackstageBench: AsyncParsableCommand {
             })
         if parts.contains("w4") { try measureReadCeiling("after") }
         if peer { comparePeer(report: report, store: "sqlite") }
-        try store.close()
+        try await store.close()
         try measureCeilings("after")
         try ceiling.pool.close()
     }

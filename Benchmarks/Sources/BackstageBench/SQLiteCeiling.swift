@@ -53,7 +53,7 @@ struct SQLiteCeiling {
     }
 
     /// The settings SQLite reports for the writer connection of `pool` (the one that commits).
-    static func pragmas(_ pool: DatabasePool) throws -> String {
+    static func pragmas(_ pool: any DatabaseWriter) throws -> String {
         try pool.write { db in
             let journal = try String.fetchOne(db, sql: "PRAGMA journal_mode") ?? "?"
             let sync = try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1

@@ -59,7 +59,7 @@ public protocol CheckpointStore: Sendable {
 }
 
 /// Checks a compare-and-set checkpoint commit against the stored checkpoint (shared by the stores).
-public func checkCheckpointCommit(
+package func checkCheckpointCommit(
     _ subscription: String, stored: Checkpoint?, expected: LogPosition?, token: Int64
 ) throws(CheckpointError) {
     if let stored, token < stored.token {

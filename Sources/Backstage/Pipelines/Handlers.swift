@@ -159,18 +159,19 @@ public struct HandlerOptions: Sendable {
     /// Partitions the subscription is split into, by ``partitionKey`` (1: one subscription, today's
     /// behaviour). Each partition is a subscription of its own (`name#p/N`: checkpoint, lease
     /// with its fencing token, parked events), and the live processes share them: see
-    /// `docs/partitions.md`. Needs a store that selects partitions (PostgreSQL, in-memory) and a
+    /// the Partitions article. Needs a store that selects partitions (PostgreSQL, in-memory) and a
     /// ``PartitionKey/stream`` or ``PartitionKey/category`` key.
     public var partitions: Int = 1
 
     /// The defaults: one worker, one event per batch, partitioned by stream.
     public init() {}
 
-    /// Options with the most common settings changed.
+    /// Options with any of the settings changed.
     public init(
         concurrency: Int = 1, partitionKey: PartitionKey = .stream, batchSize: Int = 1,
         batchTimeout: Duration = .zero, failurePolicy: FailurePolicy = FailurePolicy(),
-        start: StartPosition = .origin, maxInFlight: Int = 1_000, partitions: Int = 1
+        start: StartPosition = .origin, maxInFlight: Int = 1_000, pageSize: Int = 500,
+        pollInterval: Duration = .seconds(1), checkpointInterval: Duration = .milliseconds(100), partitions: Int = 1
     ) {
         self.partitions = partitions
         self.concurrency = concurrency
@@ -180,6 +181,9 @@ public struct HandlerOptions: Sendable {
         self.failurePolicy = failurePolicy
         self.start = start
         self.maxInFlight = maxInFlight
+        self.pageSize = pageSize
+        self.pollInterval = pollInterval
+        self.checkpointInterval = checkpointInterval
     }
 }
 
@@ -218,7 +222,7 @@ public enum PipelineError: Error, Sendable, Hashable, CustomStringConvertible {
 }
 
 /// Checks a subscription name: non-empty, at most 100 characters of `[A-Za-z0-9_.@-]`.
-public func validateSubscriptionName(_ name: String) throws(PipelineError) {
+package func validateSubscriptionName(_ name: String) throws(PipelineError) {
     if name.isEmpty { throw .invalidName(name, reason: "it is empty") }
     if name.utf8.count > 100 { throw .invalidName(String(name.prefix(40)), reason: "it is longer than 100 characters") }
     let allowed = name.utf8.allSatisfy { c in

@@ -403,10 +403,7 @@ public final class PipelineService: Service, Sendable {
             let behind = names.filter { name in
                 if partitions(of: name) > 1 { return !partitionedDone.contains(name) }
                 guard let status = status(of: name) else { return true }
-                if case .failed(let reason) = status.state {
-                    _ = reason
-                    return true
-                }
+                if case .failed = status.state { return true }
                 return (status.checkpoint ?? .start) < target
             }
             if behind.isEmpty { return }

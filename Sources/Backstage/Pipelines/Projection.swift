@@ -49,7 +49,7 @@ extension Projection {
 }
 
 /// The subscription id of version `version` of the projection `name`.
-public func projectionSubscription(_ name: String, version: Int) -> String { "\(name)@v\(version)" }
+package func projectionSubscription(_ name: String, version: Int) -> String { "\(name)@v\(version)" }
 
 /// Batching, failure policy and consistency of a projection.
 public struct ProjectionOptions: Sendable {
@@ -69,7 +69,7 @@ public struct ProjectionOptions: Sendable {
     public var stronglyConsistent = true
     /// Partitions the projection's subscription is split into, by ``partitionKey`` (1: one
     /// subscription, today's behaviour). Each partition (`name@vN#p/count`) has its own checkpoint,
-    /// lease and fencing token; the live processes share them (see `docs/partitions.md`). The read
+    /// lease and fencing token; the live processes share them (see the Partitions article). The read
     /// model must then only need the order of events within one key. Needs a store that selects
     /// partitions (PostgreSQL, in-memory).
     public var partitions: Int = 1
@@ -80,10 +80,11 @@ public struct ProjectionOptions: Sendable {
     /// The defaults.
     public init() {}
 
-    /// Options with the most common settings changed.
+    /// Options with any of the settings changed.
     public init(
         batchSize: Int = 500, batchTimeout: Duration = .milliseconds(2), failurePolicy: FailurePolicy = FailurePolicy(),
-        maxInFlight: Int = 2_000, stronglyConsistent: Bool = true, partitions: Int = 1
+        maxInFlight: Int = 2_000, stronglyConsistent: Bool = true, pageSize: Int = 1_000,
+        pollInterval: Duration = .seconds(1), partitions: Int = 1
     ) {
         self.partitions = partitions
         self.batchSize = batchSize
@@ -91,6 +92,8 @@ public struct ProjectionOptions: Sendable {
         self.failurePolicy = failurePolicy
         self.maxInFlight = maxInFlight
         self.stronglyConsistent = stronglyConsistent
+        self.pageSize = pageSize
+        self.pollInterval = pollInterval
     }
 }
 

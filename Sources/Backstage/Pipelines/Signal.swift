@@ -5,7 +5,7 @@ import Synchronization
 /// A wake-up for async waiters. `signal()` wakes every current waiter; when nobody waits, the next
 /// `wait` returns at once (one pending wake-up is kept). A sticky signal, once signalled, never
 /// blocks again (a latch).
-final class Signal: Sendable {
+package final class Signal: Sendable {
     private struct State {
         var pending = false
         var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
@@ -14,11 +14,11 @@ final class Signal: Sendable {
     private let state = Mutex(State())
     private let sticky: Bool
 
-    init(sticky: Bool = false) {
+    package init(sticky: Bool = false) {
         self.sticky = sticky
     }
 
-    func signal() {
+    package func signal() {
         let woken = state.withLock { s -> [CheckedContinuation<Void, Never>] in
             if s.waiters.isEmpty || sticky { s.pending = true }
             let all = Array(s.waiters.values)
@@ -29,7 +29,7 @@ final class Signal: Sendable {
     }
 
     /// Returns after a signal, after `timeout` (nil: no timeout), or when the task is cancelled.
-    func wait(timeout: Duration? = nil) async {
+    package func wait(timeout: Duration? = nil) async {
         guard let timeout else { return await waitForSignal() }
         if timeout <= .zero { return }
         // The timeout races the signal in a task group: whichever ends first cancels the other.

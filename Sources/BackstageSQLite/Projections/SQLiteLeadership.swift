@@ -120,7 +120,7 @@ public final class SQLiteLeadership: LeaderElection {
     }
 
     /// The current lease of `subscription` in `database`: token, owner, expiry (nil: none).
-    public static func lease(_ subscription: String, in db: Database) throws -> (
+    package static func lease(_ subscription: String, in db: Database) throws -> (
         token: Int64, owner: String, expiresAt: Date
     )? {
         guard
@@ -128,7 +128,7 @@ public final class SQLiteLeadership: LeaderElection {
                 db, sql: "SELECT token, owner, expires_at FROM backstage_leases WHERE subscription = ?",
                 arguments: [subscription])
         else { return nil }
-        return (row[0], row[1], Date(timeIntervalSince1970: row[2]))
+        return (row["token"], row["owner"], Date(timeIntervalSince1970: row["expires_at"]))
     }
 
     /// Takes the lease if it is free; returns the new token, or nil when another process holds it.

@@ -2,11 +2,33 @@ import Backstage
 import Foundation
 import GRDB
 
-/// The pipeline tables (checkpoints, parked events, projection versions), created on first use.
+/// The pipeline tables (checkpoints, parked events, leases, projection versions): a migration of
+/// the event store's migrator, also applied on its own to a database that holds only pipeline
+/// state (a projection's read-model file). `IF NOT EXISTS`: files created before the migration
+/// existed already hold the tables.
 enum PipelineSchema {
+    static let migrationID = "backstage-pipelines-v1"
+
+    /// Adds the pipeline migration to `migrator`.
+    static func register(in migrator: inout DatabaseMigrator) {
+        migrator.registerMigration(migrationID) { db in try create(db) }
+    }
+
+    /// Applies the pipeline migration to `writer` unless it already ran there.
     static func install(_ writer: any DatabaseWriter) throws {
-        try writer.write { db in
-            try db.execute(
+        let applied = try writer.read { db in
+            try db.tableExists("grdb_migrations")
+                && (try Bool.fetchOne(
+                    db, sql: "SELECT 1 FROM grdb_migrations WHERE identifier = ?", arguments: [migrationID]) ?? false)
+        }
+        if applied { return }
+        var migrator = DatabaseMigrator()
+        register(in: &migrator)
+        try migrator.migrate(writer)
+    }
+
+    private static func create(_ db: Database) throws {
+        try db.execute(
                 sql: """
                     CREATE TABLE IF NOT EXISTS backstage_checkpoints (
                         subscription TEXT PRIMARY KEY,
@@ -49,7 +71,6 @@ enum PipelineSchema {
                         updated_at REAL NOT NULL
                     ) WITHOUT ROWID;
                     """)
-        }
     }
 }
 
@@ -77,7 +98,7 @@ public final class SQLiteCheckpointStore: CheckpointStore {
     }
 
     /// The checkpoint of `subscription`, read inside a caller's transaction.
-    public static func checkpoint(_ subscription: String, in db: Database) throws -> Checkpoint? {
+    package static func checkpoint(_ subscription: String, in db: Database) throws -> Checkpoint? {
         guard
             let row = try Row.fetchOne(
                 db.cachedStatement(
@@ -85,8 +106,8 @@ public final class SQLiteCheckpointStore: CheckpointStore {
                 arguments: [subscription])
         else { return nil }
         return Checkpoint(
-            subscription: subscription, position: LogPosition(storedTransaction: row[0], position: row[1]),
-            token: row[2], updatedAt: Date(timeIntervalSince1970: row[3]))
+            subscription: subscription, position: LogPosition(storedTransaction: row["txn"], position: row["position"]),
+            token: row["token"], updatedAt: Date(timeIntervalSince1970: row["updated_at"]))
     }
 
     /// The compare-and-set, inside a caller's transaction. Fenced twice: the stored checkpoint's
@@ -94,7 +115,7 @@ public final class SQLiteCheckpointStore: CheckpointStore {
     /// so a process that lost its lease cannot move the checkpoint even before the new leader's
     /// first commit.
     /// - Throws: ``CheckpointError`` when the stored checkpoint is not `expected` or a token is newer.
-    public static func commit(
+    package static func commit(
         _ subscription: String, expected: LogPosition?, new: LogPosition, token: Int64, in db: Database
     ) throws {
         if let current = try Int64.fetchOne(
@@ -137,8 +158,9 @@ public final class SQLiteCheckpointStore: CheckpointStore {
                     "SELECT subscription, txn, position, token, updated_at FROM backstage_checkpoints ORDER BY subscription"
             ).map { row in
                 Checkpoint(
-                    subscription: row[0], position: LogPosition(storedTransaction: row[1], position: row[2]),
-                    token: row[3], updatedAt: Date(timeIntervalSince1970: row[4]))
+                    subscription: row["subscription"],
+                    position: LogPosition(storedTransaction: row["txn"], position: row["position"]),
+                    token: row["token"], updatedAt: Date(timeIntervalSince1970: row["updated_at"]))
             }
         }
     }
@@ -167,14 +189,14 @@ public final class SQLiteParkedEventStore: ParkedEventStore {
         """
 
     private static func parked(_ row: Row) throws -> ParkedEvent {
-        let metadata = try JSONDecoder().decode(EventMetadata.self, from: row[9] as Data)
+        let metadata = try JSONDecoder().decode(EventMetadata.self, from: row["metadata"] as Data)
         let event = RecordedEvent(
-            position: row[2], transaction: UInt64(bitPattern: row[1] as Int64), stream: row[3], streamVersion: row[4],
-            id: row[5], type: row[6], schemaVersion: row[7], data: row[8], metadata: metadata,
-            recordedAt: Date(timeIntervalSince1970: row[10]))
+            position: row["position"], transaction: UInt64(bitPattern: row["txn"] as Int64), stream: row["stream"],
+            streamVersion: row["version"], id: row["id"], type: row["type"], schemaVersion: row["schema_version"],
+            data: row["data"], metadata: metadata, recordedAt: Date(timeIntervalSince1970: row["recorded_at"]))
         return ParkedEvent(
-            subscription: row[0], event: event, error: row[11], attempts: row[12],
-            parkedAt: Date(timeIntervalSince1970: row[13]))
+            subscription: row["subscription"], event: event, error: row["error"], attempts: row["attempts"],
+            parkedAt: Date(timeIntervalSince1970: row["parked_at"]))
     }
 
     public func park(_ parked: ParkedEvent) async throws {
@@ -222,7 +244,7 @@ public final class SQLiteParkedEventStore: ParkedEventStore {
     }
 
     /// Removes a parked event inside a caller's transaction; true when there was one.
-    public static func remove(subscription: String, position: LogPosition, in db: Database) throws -> Bool {
+    package static func remove(subscription: String, position: LogPosition, in db: Database) throws -> Bool {
         try db.execute(
             sql: "DELETE FROM backstage_parked_events WHERE subscription = ? AND txn = ? AND position = ?",
             arguments: [subscription, position.storedTransaction, position.position])

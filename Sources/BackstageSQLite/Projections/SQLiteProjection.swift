@@ -87,56 +87,10 @@ extension TypedSQLiteReadModel {
     }
 }
 
-/// The table names of one version of a projection; only declared, checked names come out.
-public struct ProjectionTables: Sendable, Hashable {
-    /// The version.
-    public let version: Int
-    /// The declared base names.
-    public let baseNames: [String]
+/// The errors of SQLite projections: ``ProjectionError``, shared with PostgreSQL projections.
+public typealias SQLiteProjectionError = ProjectionError
 
-    /// The names of `version` of the tables `baseNames`.
-    public init(version: Int, baseNames: [String]) {
-        self.version = version
-        self.baseNames = baseNames
-    }
-
-    /// The versioned name of the declared table `base` (`base_vN`).
-    /// - Throws: ``SQLiteProjectionError/undeclaredTable(_:)`` for a name the read model did not declare.
-    public func table(_ base: String) throws(SQLiteProjectionError) -> String {
-        guard baseNames.contains(base) else { throw .undeclaredTable(base) }
-        return "\(base)_v\(version)"
-    }
-}
-
-/// Errors of SQLite projections.
-public enum SQLiteProjectionError: Error, Sendable, Hashable, CustomStringConvertible {
-    /// A table name is not a plain identifier.
-    case invalidTableName(String)
-    /// The read model wrote to a table it did not declare.
-    case undeclaredTable(String)
-    /// A name of the read model is taken by something that is not its view.
-    case nameTaken(String)
-    /// Another projection already declared this table in the same database: two read models
-    /// must not share a table.
-    case tableOwned(String, owner: String, projection: String)
-
-    public var description: String {
-        switch self {
-        case .invalidTableName(let n):
-            "table name '\(n)' is not allowed: use 1 to 48 characters of [A-Za-z0-9_], not starting with a digit"
-        case .undeclaredTable(let n): "table '\(n)' is not declared in the read model's `tables`"
-        case .nameTaken(let n): "'\(n)' already exists and is not a projection view: rename the read model's table"
-        case .tableOwned(let t, let owner, let projection):
-            "projection '\(projection)' declares table '\(t)', which belongs to projection '\(owner)' in the same database: rename one of them"
-        }
-    }
-}
-
-func isPlainIdentifier(_ name: String) -> Bool {
-    guard let first = name.utf8.first, name.utf8.count <= 48 else { return false }
-    let isLetter = { (c: UInt8) in (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x5F }
-    return isLetter(first) && name.utf8.allSatisfy { isLetter($0) || ($0 >= 0x30 && $0 <= 0x39) }
-}
+func isPlainIdentifier(_ name: String) -> Bool { isTableIdentifier(name, lowercase: false) }
 
 /// Runs an ``SQLiteReadModel`` as a ``Projection``: checkpoints and parked events live in the
 /// same database as its tables.

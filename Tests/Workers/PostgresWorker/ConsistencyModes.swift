@@ -18,16 +18,16 @@ struct ReceiptsHandler: EventHandler {
 
 func runHandleMode(_ arguments: [String]) async throws {
     guard arguments.count == 4 else { fail("usage: handle <url> <schema>") }
-    let store = try await PostgresEventStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3]))
-    var options = HandlerOptions()
-    options.pollInterval = .milliseconds(100)
-    options.checkpointInterval = .zero
-    let service = try PipelineService(store: store, handlers: [ReceiptsHandler(options: options)])
-    signal(SIGTERM, SIG_IGN)
-    let terminate = DispatchSource.makeSignalSource(signal: SIGTERM)
-    terminate.setEventHandler { service.stop() }
-    terminate.resume()
-    FileHandle.standardOutput.write(Data("started\n".utf8))
-    try await service.run()
-    await store.close()
+    try await PostgresEventStore.withStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3])) { store in
+        var options = HandlerOptions()
+        options.pollInterval = .milliseconds(100)
+        options.checkpointInterval = .zero
+        let service = try PipelineService(store: store, handlers: [ReceiptsHandler(options: options)])
+        signal(SIGTERM, SIG_IGN)
+        let terminate = DispatchSource.makeSignalSource(signal: SIGTERM)
+        terminate.setEventHandler { service.stop() }
+        terminate.resume()
+        FileHandle.standardOutput.write(Data("started\n".utf8))
+        try await service.run()
+    }
 }

@@ -64,47 +64,47 @@ case "subscribe":
     guard arguments.count == 5, let pollMillis = Int(arguments[4]) else {
         fail("usage: subscribe <url> <schema> <poll ms>")
     }
-    let store = try await PostgresEventStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3]))
-    let follower = store.events(pageSize: 1_000, mode: .follow(pollInterval: .milliseconds(pollMillis)))
-    _ = try await store.headPosition()
-    emit("ready")
-    var buffer = ""
-    var count = 0
-    for try await event in follower {
-        let now = Date().timeIntervalSince1970
-        buffer += "E \(event.transaction) \(event.position) \(event.stream) \(event.streamVersion) \(event.id) \(Int64(now * 1e9))\n"
-        count += 1
-        if event.type == "end" { break }
-        if buffer.utf8.count > 64 * 1024 {
-            FileHandle.standardOutput.write(Data(buffer.utf8))
-            buffer = ""
+    try await PostgresEventStore.withStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3])) { store in
+        let follower = store.events(pageSize: 1_000, mode: .follow(pollInterval: .milliseconds(pollMillis)))
+        _ = try await store.headPosition()
+        emit("ready")
+        var buffer = ""
+        var count = 0
+        for try await event in follower {
+            let now = Date().timeIntervalSince1970
+            buffer += "E \(event.transaction) \(event.position) \(event.stream) \(event.streamVersion) \(event.id) \(Int64(now * 1e9))\n"
+            count += 1
+            if event.type == "end" { break }
+            if buffer.utf8.count > 64 * 1024 {
+                FileHandle.standardOutput.write(Data(buffer.utf8))
+                buffer = ""
+            }
         }
+        FileHandle.standardOutput.write(Data(buffer.utf8))
+        emit("done \(count)")
     }
-    FileHandle.standardOutput.write(Data(buffer.utf8))
-    emit("done \(count)")
-    await store.close()
 
 case "project":
     guard arguments.count == 4 else { fail("usage: project <url> <schema>") }
-    let store = try await PostgresEventStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3]))
-    let service = try countsService(store)
-    emit("started")
-    try await service.run()
-    await store.close()
+    try await PostgresEventStore.withStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3])) { store in
+        let service = try countsService(store)
+        emit("started")
+        try await service.run()
+    }
 
 case "sell":
     guard arguments.count == 7, let shows = Int(arguments[4]), let capacity = Int(arguments[5]),
         let attempts = Int(arguments[6])
     else { fail("usage: sell <url> <schema> <shows> <capacity> <attempts>") }
-    let store = try await PostgresEventStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3]))
-    var router = Router()
-    try router.route(RaceSellTicket.self, id: { $0.show }) { show, command in try show.sell(command) }
-    let app = BackstageApp(store: store, router: router)
-    let tally = RaceTally()
-    try await runSellers(app: app, shows: shows, capacity: capacity, attempts: attempts, tally: tally)
-    let c = tally.counts.withLock { $0 }
-    emit("result sold=\(c.sold) soldOut=\(c.soldOut) conflicts=\(c.conflicts) errors=\(c.errors)")
-    await store.close()
+    try await PostgresEventStore.withStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3])) { store in
+        var router = Router()
+        try router.route(RaceSellTicket.self, id: { $0.show }) { show, command in try show.sell(command) }
+        let app = BackstageApp(store: store, router: router)
+        let tally = RaceTally()
+        try await runSellers(app: app, shows: shows, capacity: capacity, attempts: attempts, tally: tally)
+        let c = tally.counts.withLock { $0 }
+        emit("result sold=\(c.sold) soldOut=\(c.soldOut) conflicts=\(c.conflicts) errors=\(c.errors)")
+    }
 
 case "append":
     try await runAppendMode(arguments)
@@ -114,9 +114,9 @@ case "race":
 
 case "bench":
     guard arguments.count >= 4 else { fail("usage: bench <url> <schema> [append|lag]") }
-    let store = try await PostgresEventStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3], connections: 12))
-    try await bench(store, only: arguments.count > 4 ? arguments[4] : nil)
-    await store.close()
+    try await PostgresEventStore.withStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3], connections: 12)) { store in
+        try await bench(store, only: arguments.count > 4 ? arguments[4] : nil)
+    }
 
 case "serve":
     try await serveMode(arguments)

@@ -5,40 +5,17 @@
 //   finish: projects up to the head of the log, prints "done <checkpoint>" and exits.
 import Backstage
 import BackstageSQLite
+import BackstageTestSupport
 import Foundation
 import GRDB
 import Synchronization
 
 let appliedCount = Atomic<Int>(0)
 
-struct CrashReadModel: SQLiteReadModel {
-    let name = "crash"
-    let tables = ["crash_tally", "crash_applied"]
-    let report: Bool
-
-    func createTables(in db: Database, tables: ProjectionTables) throws {
-        try db.execute(
-            sql: """
-                CREATE TABLE \(try tables.table("crash_tally")) (
-                    stream TEXT PRIMARY KEY, n INTEGER NOT NULL, total INTEGER NOT NULL, last_version INTEGER NOT NULL);
-                CREATE TABLE \(try tables.table("crash_applied")) (position INTEGER NOT NULL);
-                """)
-    }
-
-    func apply(_ event: RecordedEvent, in db: Database, tables: ProjectionTables) throws {
-        struct Body: Decodable { var n: Int }
-        let body = try JSONDecoder().decode(Body.self, from: event.data)
-        try db.execute(
-            sql: """
-                INSERT INTO \(try tables.table("crash_tally")) (stream, n, total, last_version) VALUES (?, 1, ?, ?)
-                ON CONFLICT (stream) DO UPDATE SET n = n + 1, total = total + excluded.total,
-                    last_version = excluded.last_version
-                """, arguments: [event.stream, body.n, event.streamVersion])
-        try db.execute(
-            sql: "INSERT INTO \(try tables.table("crash_applied")) (position) VALUES (?)", arguments: [event.position])
-        if report, appliedCount.add(1, ordering: .relaxed).newValue % 100 == 0 {
-            FileHandle.standardOutput.write(Data("applied \(event.position)\n".utf8))
-        }
+/// Prints "applied <position>" every 100 applied events (inside the batch's transaction).
+@Sendable func report(_ event: RecordedEvent) {
+    if appliedCount.add(1, ordering: .relaxed).newValue % 100 == 0 {
+        FileHandle.standardOutput.write(Data("applied \(event.position)\n".utf8))
     }
 }
 
@@ -51,7 +28,7 @@ var configuration = SQLiteEventStore.Configuration()
 configuration.durability = .normal
 let store = try SQLiteEventStore(path: arguments[1], configuration: configuration)
 let projection = try SQLiteProjection(
-    CrashReadModel(report: arguments[2] == "run"), database: store.database,
+    CrashReadModel(onApplied: arguments[2] == "run" ? report : nil), database: store.database,
     options: ProjectionOptions(batchSize: batchSize, batchTimeout: .zero))
 let service = try PipelineService(store: store, projections: [projection])
 let task = Task { try await service.run() }

@@ -55,5 +55,5 @@ terminate.setEventHandler { service.stop() }
 terminate.resume()
 emit("started")
 try await service.run()
-try store.close()
+try await store.close()
 emit("stopped")

@@ -2,6 +2,7 @@ import Backstage
 import BackstagePostgres
 import BackstageSQLite
 import Foundation
+import ServiceLifecycle
 
 /// Where the box office keeps its events, parsed from a `--database` value:
 /// a file path (SQLite) or `memory` (in-memory, gone at exit).
@@ -56,22 +57,26 @@ public enum DatabaseError: Error, Hashable, CustomStringConvertible {
     }
 }
 
-/// An open event store and how to close it.
+/// The box office's event store, and the service that runs it.
 public struct BoxOfficeDatabase: Sendable {
     /// Where it is.
     public let location: DatabaseLocation
     /// The store.
     public let store: any EventStore
+    /// The store as a swift-service-lifecycle `Service` (nil in memory): an application lists it
+    /// first in its `ServiceGroup`, so it starts before and stops after the services that use it.
+    public let service: (any Service)?
     private let closeStore: @Sendable () async throws -> Void
 
-    /// Opens the store at `location`; `fresh` deletes an existing SQLite file (or PostgreSQL
-    /// schema) first. On PostgreSQL everything lives in `schema`.
+    /// The store at `location`; `fresh` deletes an existing SQLite file first (a PostgreSQL schema
+    /// is reset by ``with(_:fresh:schema:_:)``). On PostgreSQL everything lives in `schema`, and
+    /// nothing connects until ``service`` runs.
     public static func open(_ location: DatabaseLocation, fresh: Bool = false, schema: String = "box_office")
-        async throws -> BoxOfficeDatabase
+        throws -> BoxOfficeDatabase
     {
         switch location {
         case .memory:
-            return BoxOfficeDatabase(location: location, store: InMemoryEventStore()) {}
+            return BoxOfficeDatabase(location: location, store: InMemoryEventStore(), service: nil) {}
         case .sqlite(let path):
             if fresh {
                 for suffix in ["", "-wal", "-shm"] where FileManager.default.fileExists(atPath: path + suffix) {
@@ -79,17 +84,32 @@ public struct BoxOfficeDatabase: Sendable {
                 }
             }
             let store = try SQLiteEventStore(path: path)
-            return BoxOfficeDatabase(location: location, store: store) { try store.close() }
+            return BoxOfficeDatabase(location: location, store: store, service: store) { try await store.close() }
         case .postgres(let url):
             var configuration = PostgresEventStore.Configuration()
             configuration.schema = schema
-            configuration.migrate = false
-            let store = try await PostgresEventStore(url: url, configuration: configuration)
-            if fresh {
-                _ = try await store.client.query("DROP SCHEMA IF EXISTS \(unescaped: store.schema.rawValue) CASCADE")
+            let store = try PostgresEventStore(url: url, configuration: configuration)
+            return BoxOfficeDatabase(location: location, store: store, service: store) { await store.close() }
+        }
+    }
+
+    /// Runs the store at `location` around `body` (for the demo, scripts and tests); `fresh`
+    /// starts from an empty SQLite file or PostgreSQL schema.
+    public static func with<T: Sendable>(
+        _ location: DatabaseLocation, fresh: Bool = false, schema: String = "box_office",
+        _ body: (BoxOfficeDatabase) async throws -> T
+    ) async throws -> T {
+        let database = try open(location, fresh: fresh, schema: schema)
+        switch database.store {
+        case let store as PostgresEventStore:
+            return try await PostgresEventStore.withStore(store) { store in
+                if fresh { try await store.resetSchema() }
+                return try await body(database)
             }
-            try await store.migrate()
-            return BoxOfficeDatabase(location: location, store: store) { await store.close() }
+        case let store as SQLiteEventStore:
+            return try await SQLiteEventStore.withStore(store) { _ in try await body(database) }
+        default:
+            return try await body(database)
         }
     }
 

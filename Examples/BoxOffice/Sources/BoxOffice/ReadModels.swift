@@ -157,7 +157,7 @@ public final class TicketHandler: TypedEventHandler {
 
     /// A receipt sender whose first attempt fails for every `failEvery`-th receipt (0: never).
     /// With `partitions > 1` (PostgreSQL) its work is split into that many partitions by show,
-    /// shared by every process that runs it (see docs/partitions.md).
+    /// shared by every process that runs it (see the Partitions article).
     public init(failEvery: Int = 10, partitions: Int = 1) {
         self.failEvery = failEvery
         var options = HandlerOptions(

@@ -11,7 +11,7 @@ struct AdminCommand: AsyncParsableCommand {
         abstract:
             "Operate the box office's event store: streams, events, tail, subscriptions, parked, rebuild, stats, export.",
         discussion: """
-            The backstage tool (docs/cli.md) with the box office's projections and handlers registered. \
+            The backstage tool with the box office's projections and handlers registered. \
             Example: box-office admin subscriptions --store box-office.sqlite; box-office admin rebuild tickets. \
             See `box-office admin help` for every command.
             """)

@@ -59,21 +59,21 @@ struct DemoCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let database = try await BoxOfficeDatabase.open(try options.location(), fresh: fresh, schema: options.schema)
-        let app = BackstageApp(store: database.store, router: try .boxOffice())
         var demo = Demo()
         demo.commands = commands
         demo.tasks = tasks
-        print("Backstage box office on \(database.location)\n")
-        // The read models (projections) and the receipt sender run next to the commands.
-        let readModels = try BoxOfficeReadModels(store: database.store)
-        let (report, readModelReport) = try await ReadModelReport.measure(
-            readModels: readModels, app: app, sampleShow: "show-1"
-        ) { try await demo.run(on: app) }
-        print(report.text)
-        print("\n" + readModelReport.text)
-        print("\n" + (try await ReservationDemo().run(on: app)))
-        try await database.close()
+        try await BoxOfficeDatabase.with(try options.location(), fresh: fresh, schema: options.schema) { database in
+            let app = BackstageApp(store: database.store, router: try .boxOffice())
+            print("Backstage box office on \(database.location)\n")
+            // The read models (projections) and the receipt sender run next to the commands.
+            let readModels = try BoxOfficeReadModels(store: database.store)
+            let (report, readModelReport) = try await ReadModelReport.measure(
+                readModels: readModels, app: app, sampleShow: "show-1"
+            ) { try await demo.run(on: app) }
+            print(report.text)
+            print("\n" + readModelReport.text)
+            print("\n" + (try await ReservationDemo().run(on: app)))
+        }
     }
 }
 
@@ -129,7 +129,7 @@ struct ServeCommand: AsyncParsableCommand {
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(BoxOfficeAPI.metricsFactory(registry: registry))
 
-        let database = try await BoxOfficeDatabase.open(try options.location(), schema: options.schema)
+        let database = try BoxOfficeDatabase.open(try options.location(), schema: options.schema)
         let logger = Logger(label: "box-office")
         var appConfiguration = BackstageApp.Configuration()
         appConfiguration.snapshotEvery = snapshotEvery > 0 ? snapshotEvery : nil
@@ -149,23 +149,20 @@ struct ServeCommand: AsyncParsableCommand {
                 // One line on stdout, for scripts (and the tests) that start the server on port 0.
                 FileHandle.standardOutput.write(Data("listening on \(host):\(port)\n".utf8))
             })
-        // Services stop in reverse order: the server first (no new commands), then the pipelines.
-        let group = ServiceGroup(
-            configuration: ServiceGroupConfiguration(
-                services: [
-                    .init(service: pipelines), .init(service: try ReservationDesk(app: app)), .init(service: server),
-                ],
-                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        // Services stop in reverse order: the server first (no new commands), then the reservation
+        // desk and the pipelines, then the store (which runs first: on PostgreSQL it connects and
+        // migrates the schema).
+        let services: [any Service] =
+            (database.service.map { [$0] } ?? []) + [pipelines, try ReservationDesk(app: app), server]
+        let group = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         logger.info("serving the box office on \(database.location)")
+        defer { logger.info("stopped") }
         do {
             try await group.run()
         } catch {
             try? await readModels.close()
-            try? await database.close()
             throw error
         }
         try await readModels.close()
-        try await database.close()
-        logger.info("stopped")
     }
 }

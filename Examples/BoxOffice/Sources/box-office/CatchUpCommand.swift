@@ -41,17 +41,18 @@ struct CatchUpCommand: AsyncParsableCommand {
         let pipelines = try PipelineService(store: store, projections: projections, logger: logger)
         print("Catching up \(head.position) stored events with 3 projections (batch size \(batchSize)), RSS \(rss().now / 1024) MiB")
         let start = ContinuousClock.now
-        let running = Task { try await pipelines.run() }
-        try await pipelines.waitUntilProcessed(head, timeout: .seconds(3_600))
-        let elapsed = ContinuousClock.now - start
-        pipelines.stop()
-        try await running.value
+        let elapsed = try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await pipelines.run() }
+            defer { pipelines.stop() }
+            try await pipelines.waitUntilProcessed(head, timeout: .seconds(3_600))
+            return ContinuousClock.now - start
+        }
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
         let rows = try await readModels.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM tickets") ?? 0 }
         let memory = rss()
         print(String(format: "caught up in %.2f s: %.0f events/s (every stored event read by each projection that wants it)", seconds, Double(head.position) / seconds))
         print("tickets rows: \(rows); peak RSS \(memory.peak / 1024) MiB, RSS now \(memory.now / 1024) MiB")
-        try store.close()
+        try await store.close()
         try readModels.close()
     }
 

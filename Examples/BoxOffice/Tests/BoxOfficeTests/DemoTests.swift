@@ -51,13 +51,13 @@ struct DemoTests {
         #expect(second.rejections["soldOut"] == 10, "each show sells out once on the second run")
         #expect(second.rejections["alreadyRefunded"] == 10)
 
-        let fresh = try await BoxOfficeDatabase.open(location, fresh: true)
+        let fresh = try BoxOfficeDatabase.open(location, fresh: true)
         #expect(try await fresh.store.headPosition() == .start)
         try await fresh.close()
     }
 
     private func run(_ demo: Demo, on location: DatabaseLocation) async throws -> DemoReport {
-        let database = try await BoxOfficeDatabase.open(location)
+        let database = try BoxOfficeDatabase.open(location)
         let app = BackstageApp(store: database.store, router: try .boxOffice())
         let report = try await demo.run(on: app)
         try await database.close()

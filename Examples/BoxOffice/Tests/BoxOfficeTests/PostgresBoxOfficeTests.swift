@@ -21,24 +21,21 @@ enum BoxOfficePostgres {
         var description: String { "BACKSTAGE_POSTGRES_URL is not set and CI=true: the PostgreSQL tests must run in CI" }
     }
 
-    /// Opens the box office on a fresh schema, runs `body`, closes it and drops the schema.
+    /// Runs the box office's store on a fresh schema around `body`, then drops the schema.
     static func withDatabase<T: Sendable>(_ body: (BoxOfficeDatabase) async throws -> T) async throws -> T {
         guard let url else { throw Missing() }
         let schema = "bo_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased().prefix(12)
-        let database = try await BoxOfficeDatabase.open(.postgres(url: url), fresh: true, schema: schema)
-        let result: T
-        do {
-            result = try await body(database)
-        } catch {
-            _ = try? await (database.store as? PostgresEventStore)?.client.query(
-                "DROP SCHEMA IF EXISTS \(unescaped: schema) CASCADE")
-            try? await database.close()
-            throw error
+        return try await BoxOfficeDatabase.with(.postgres(url: url), fresh: true, schema: schema) { database in
+            let store = try #require(database.store as? PostgresEventStore)
+            do {
+                let result = try await body(database)
+                try await store.dropSchema()
+                return result
+            } catch {
+                try? await store.dropSchema()
+                throw error
+            }
         }
-        _ = try await (database.store as? PostgresEventStore)?.client.query(
-            "DROP SCHEMA IF EXISTS \(unescaped: schema) CASCADE")
-        try await database.close()
-        return result
     }
 }
 

@@ -13,7 +13,7 @@ struct ReadModelTests {
         defer { try? FileManager.default.removeItem(at: directory) }
         let location: DatabaseLocation =
             storeKind == "memory" ? .memory : .sqlite(path: directory.appendingPathComponent("rm.sqlite").path)
-        let database = try await BoxOfficeDatabase.open(location)
+        let database = try BoxOfficeDatabase.open(location)
         let app = BackstageApp(store: database.store, router: try .boxOffice())
         var demo = Demo()
         demo.commands = 1_500
@@ -40,7 +40,7 @@ struct ReadModelTests {
     }
 
     @Test func aStrongSaleIsVisibleInTheReadModelsAtOnce() async throws {
-        let database = try await BoxOfficeDatabase.open(.memory)
+        let database = try BoxOfficeDatabase.open(.memory)
         let app = BackstageApp(store: database.store, router: try .boxOffice())
         let readModels = try BoxOfficeReadModels(
             store: database.store, options: ProjectionOptions(batchTimeout: .milliseconds(200)))

@@ -1,5 +1,6 @@
 import BackstagePostgres
 import BoxOffice
+import BackstageTesting
 import Foundation
 import GRDB
 import Testing
@@ -12,26 +13,7 @@ import Testing
 @Suite("box-office serve process")
 struct ServeProcessTests {
     /// The `box-office` executable built next to this test binary.
-    static func executable() throws -> URL {
-        #if os(Linux)
-            let exe = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
-            var folder = URL(fileURLWithPath: exe).deletingLastPathComponent()
-        #else
-            var folder = Bundle.main.bundleURL.deletingLastPathComponent()
-        #endif
-        // On Linux the test binary is `BoxOfficePackageTests.xctest` in the build folder itself.
-        if folder.lastPathComponent.hasSuffix(".xctest") { folder.deleteLastPathComponent() }
-        let url = folder.appendingPathComponent("box-office")
-        guard FileManager.default.isExecutableFile(atPath: url.path) else {
-            throw Missing(path: url.path)
-        }
-        return url
-    }
-
-    struct Missing: Error, CustomStringConvertible {
-        var path: String
-        var description: String { "no box-office executable at \(path): build with --build-tests first" }
-    }
+    static func executable() throws -> URL { try testExecutable(named: "box-office") }
 
     struct Timeout: Error, CustomStringConvertible {
         var description: String

@@ -17,7 +17,7 @@ struct ServeTests {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("box-office-serve-\(UUID())")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
-        let database = try await BoxOfficeDatabase.open(
+        let database = try BoxOfficeDatabase.open(
             .sqlite(path: directory.appendingPathComponent("s.sqlite").path))
         let app = BackstageApp(store: database.store, router: try .boxOffice())
         // A long batch timeout: without waiting, a query right after a command would not see it.

@@ -1,0 +1,139 @@
+import Backstage
+import PostgresNIO
+import ServiceLifecycle
+
+extension PostgresEventStore: Service {
+    /// Runs the store: the connection pool it created (if it did), the schema migrations, then
+    /// the notification listener, until graceful shutdown, cancellation or ``close()``.
+    /// Operations issued meanwhile wait until the schema is ready; after `run()` ends they fail
+    /// with ``PostgresStoreError/closed``. While the server is unreachable the pool keeps trying
+    /// to connect (postgres-nio's backoff) and operations keep waiting.
+    ///
+    /// - Throws: what stopped the migrations (for example ``PostgresStoreError`` for an
+    ///   unreachable server or a schema restored into another cluster), or
+    ///   ``PostgresStoreError/closed`` when the store already ran or was closed.
+    public func run() async throws {
+        guard readiness.start() else { throw PostgresStoreError.closed }
+        try await withGracefulShutdownHandler {
+            try await withTaskCancellationHandler {
+                try await runOwnedWork()
+            } onCancel: {
+                readiness.close()
+            }
+        } onGracefulShutdown: {
+            self.readiness.close()
+        }
+    }
+
+    private func runOwnedWork() async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            if let ownedClient {
+                group.addTask { await ownedClient.run() }
+            }
+            // The pool keeps trying to connect while the server is unreachable; close(),
+            // cancellation or graceful shutdown end the wait.
+            let prepared = await withTaskGroup(of: Result<Bool, any Error>.self) { preparing in
+                preparing.addTask {
+                    do {
+                        try await self.prepare()
+                        return .success(true)
+                    } catch {
+                        return .failure(error)
+                    }
+                }
+                preparing.addTask {
+                    await self.readiness.stopRequested.wait()
+                    return .success(false)
+                }
+                let first = await preparing.next() ?? .success(false)
+                preparing.cancelAll()
+                return first
+            }
+            switch prepared {
+            case .success(true):
+                readiness.markReady()
+            case .success(false), .failure(is CancellationError):
+                readiness.close()
+                group.cancelAll()
+                return
+            case .failure(let error):
+                let reported = Self.storeError(error)
+                readiness.fail(reported)
+                group.cancelAll()
+                throw reported
+            }
+            group.addTask { await self.listener.run() }
+            await readiness.stopRequested.wait()
+            group.cancelAll()
+        }
+    }
+
+    /// Stops the store: ``run()`` stops the notification listener and the pool it owns and
+    /// returns; operations fail with ``PostgresStoreError/closed`` from now on.
+    public func close() async {
+        readiness.close()
+    }
+
+    /// Waits until ``run()`` has migrated the schema and the store is ready for operations.
+    ///
+    /// - Throws: the error that stopped ``run()`` before the store was ready,
+    ///   ``PostgresStoreError/closed`` once it has stopped, or `CancellationError`.
+    public func waitUntilReady() async throws {
+        try await readiness.waitUntilReady()
+    }
+
+    /// Runs `store` around `body`: starts ``run()``, waits until the store is ready, runs `body`,
+    /// then closes the store and waits for ``run()`` to end. For scripts and tests; an application
+    /// runs the store in its `ServiceGroup` instead.
+    ///
+    /// - Throws: what preparing the store threw, or what `body` threw.
+    public static func withStore<Result: Sendable>(
+        _ store: PostgresEventStore, _ body: (PostgresEventStore) async throws -> Result
+    ) async throws -> Result {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await store.run() }
+            let outcome: Swift.Result<Result, any Error>
+            do {
+                try await store.waitUntilReady()
+                outcome = .success(try await body(store))
+            } catch {
+                outcome = .failure(error)
+            }
+            await store.close()
+            // The error of a run() that failed is already the outcome (through waitUntilReady).
+            while (try? await group.next()) != nil {}
+            return try outcome.get()
+        }
+    }
+
+    /// Opens a store at `url` with a connection pool of its own, runs `body` with it once its
+    /// schema is ready, and closes it: ``withStore(_:_:)`` for a URL.
+    public static func withStore<Result: Sendable>(
+        url: String, configuration: Configuration = Configuration(),
+        _ body: (PostgresEventStore) async throws -> Result
+    ) async throws -> Result {
+        try await withStore(try PostgresEventStore(url: url, configuration: configuration), body)
+    }
+}
+
+extension PostgresEventStore {
+    /// Drops the store's schema with everything in it: events, checkpoints, leases, parked events
+    /// and the tables of every ``PostgresProjection`` in it. For tests and throwaway environments;
+    /// ``migrate()`` creates an empty schema again (``resetSchema()`` does both).
+    ///
+    /// - Throws: ``PostgresStoreError`` when the database refuses (another session holds a lock on
+    ///   the schema's tables, the role may not drop it).
+    public func dropSchema() async throws {
+        try await run { conn in
+            _ = try await conn.query(
+                PostgresQuery(unsafeSQL: "DROP SCHEMA IF EXISTS \(schema.rawValue) CASCADE"), logger: queryLogger)
+        }
+    }
+
+    /// Drops the store's schema and migrates an empty one: every event, checkpoint and read model
+    /// of it is gone. For tests.
+    public func resetSchema() async throws {
+        try await dropSchema()
+        try await migrate()
+    }
+}

@@ -1,0 +1,85 @@
+import Backstage
+import Foundation
+import Logging
+import ServiceLifecycle
+import Testing
+
+@testable import BackstagePostgres
+
+extension PostgresTests {
+    @Suite("Store lifecycle: run, readiness, close, ServiceGroup")
+    struct Lifecycle {
+        @Test("operations issued before run() wait until it has migrated the schema, then succeed")
+        func operationsWaitForRun() async throws {
+            let store = try unstartedStore()
+            try await withThrowingTaskGroup(of: AppendResult.self) { group in
+                group.addTask {
+                    try await store.append(
+                        [event()], to: "early-1", expected: .noStream, commandID: nil)
+                }
+                // Nothing connects before run(): the append waits.
+                try await Task.sleep(for: .milliseconds(200))
+                try await PostgresEventStore.withStore(store) { store in
+                    let appended = try #require(try await group.next())
+                    #expect(appended.lastVersion == 1)
+                    #expect(try await store.streamVersion("early-1") == 1)
+                    try await store.dropSchema()
+                }
+            }
+        }
+
+        @Test("in a ServiceGroup, graceful shutdown ends run() after the services listed after the store")
+        func serviceGroup() async throws {
+            let store = try unstartedStore()
+            let pipelines = try PipelineService(store: store, handlers: [])
+            let group = ServiceGroup(
+                configuration: ServiceGroupConfiguration(
+                    services: [.init(service: store), .init(service: pipelines)], logger: Logger(label: "test")))
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { try await group.run() }
+                _ = try await store.append([event()], to: "group-1", expected: .noStream, commandID: nil)
+                let hints = store.appendNotifications()
+                #expect(try await eventually { store.notificationStatus.isListening })
+                _ = hints
+                try await store.dropSchema()
+                await group.triggerGracefulShutdown()
+                try await tasks.waitForAll()
+            }
+            #expect(!store.notificationStatus.isListening)
+            await #expect(throws: PostgresStoreError.closed) { try await store.streamVersion("group-1") }
+            await #expect(throws: PostgresStoreError.closed) { try await store.run() }
+        }
+
+        @Test(
+            "close() ends run(), also while the server is unreachable; operations then fail with closed",
+            .timeLimit(.minutes(1)))
+        func closeAndFailure() async throws {
+            let store = try unstartedStore()
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { try await store.run() }
+                try await store.waitUntilReady()
+                try await store.dropSchema()
+                await store.close()
+                try await tasks.waitForAll()
+            }
+            await #expect(throws: PostgresStoreError.closed) {
+                try await store.append([event()], to: "closed-1", expected: .any, commandID: nil)
+            }
+
+            // Port 1 on loopback refuses connections: the pool keeps retrying, operations wait,
+            // and close() ends both.
+            var configuration = PostgresEventStore.Configuration()
+            configuration.schema = freshSchemaName()
+            let unreachable = try PostgresEventStore(url: "postgres://u@127.0.0.1:1/db", configuration: configuration)
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { try await unreachable.run() }
+                tasks.addTask {
+                    await #expect(throws: PostgresStoreError.closed) { try await unreachable.headPosition() }
+                }
+                try await Task.sleep(for: .milliseconds(300))
+                await unreachable.close()
+                try await tasks.waitForAll()
+            }
+        }
+    }
+}
