@@ -25,11 +25,6 @@ struct StoreOptions: ParsableArguments {
 }
 
 /// An opened store and how to close it.
-struct OpenedStore: Sendable {
-    let store: any EventStore
-    let close: @Sendable () async -> Void
-}
-
 /// What `--store` names.
 enum StoreTarget: Equatable {
     case sqlite(path: String)
@@ -56,9 +51,11 @@ enum StoreTarget: Equatable {
 }
 
 extension StoreOptions {
-    /// Opens the store, never creating anything: a missing SQLite file or a schema without a
-    /// store is an error.
-    func open(context: ToolContext) async throws -> OpenedStore {
+    /// Runs `body` with the store the options name (running for as long as `body` runs), never
+    /// creating anything: a missing SQLite file or a schema without a store is an error.
+    func withOpenedStore<T: Sendable>(
+        context: ToolContext, _ body: (any EventStore) async throws -> T
+    ) async throws -> T {
         guard
             let text = store ?? ProcessInfo.processInfo.environment["BACKSTAGE_STORE"] ?? context.tool.defaultStore
         else {
@@ -70,14 +67,15 @@ extension StoreOptions {
             if let problem = SQLiteEventStore.existingStoreProblem(at: path) { throw ToolError(problem) }
             var configuration = SQLiteEventStore.Configuration()
             configuration.maxReaders = 2
-            let store = try SQLiteEventStore(path: path, configuration: configuration)
-            return OpenedStore(store: store, close: { try? store.close() })
+            return try await SQLiteEventStore.withStore(path: path, configuration: configuration) { try await body($0) }
         case .postgres(let url):
-            return try await openPostgres(url: url, context: context)
+            return try await withPostgres(url: url, context: context, body)
         }
     }
 
-    private func openPostgres(url: String, context: ToolContext) async throws -> OpenedStore {
+    private func withPostgres<T: Sendable>(
+        url: String, context: ToolContext, _ body: (any EventStore) async throws -> T
+    ) async throws -> T {
         let settings = try PostgresConnectionSettings(url: url)
         var configuration = PostgresEventStore.Configuration()
         configuration.schema = schema ?? context.tool.defaultSchema ?? "backstage"
@@ -85,33 +83,30 @@ extension StoreOptions {
         configuration.maximumConnections = 4
         configuration.logger = Logger(label: "backstage.cli", factory: { _ in SwiftLogNoOpLogHandler() })
         let timeout = connectTimeout
-        let opening = configuration
         let where_ = "\(settings.host ?? settings.unixSocketFolder ?? "localhost"):\(settings.port)"
-        let store = try await withThrowingTaskGroup(of: PostgresEventStore?.self) { group in
+        // One connection of our own first: a wrong password or an unreachable server is one clear
+        // error at once, not a pool retrying until the timeout.
+        let answered = try await withThrowingTaskGroup(of: Bool.self) { group in
             group.addTask {
                 try await settings.probe()
-                let store = try await PostgresEventStore(settings: settings, configuration: opening)
-                do {
-                    guard try await store.hasEventsTable() else {
-                        throw ToolError("schema '\(opening.schema)' holds no Backstage store (no events table)")
-                    }
-                } catch {
-                    await store.close()
-                    throw error
-                }
-                return store
+                return true
             }
             group.addTask {
                 try await Task.sleep(for: .seconds(timeout))
-                return nil
+                return false
             }
             defer { group.cancelAll() }
-            guard let first = try await group.next(), let store = first else {
-                throw ToolError("PostgreSQL at \(where_) did not answer within \(timeout) seconds")
-            }
-            return store
+            return try await group.next() ?? false
         }
-        return OpenedStore(store: store, close: { await store.close() })
+        guard answered else { throw ToolError("PostgreSQL at \(where_) did not answer within \(timeout) seconds") }
+        let opening = configuration
+        return try await PostgresEventStore.withStore(try PostgresEventStore(settings: settings, configuration: opening)) {
+            store in
+            guard try await store.hasEventsTable() else {
+                throw ToolError("schema '\(opening.schema)' holds no Backstage store (no events table)")
+            }
+            return try await body(store)
+        }
     }
 }
 
@@ -120,13 +115,5 @@ func withStore<T: Sendable>(
     _ options: StoreOptions, _ body: (any EventStore, ToolContext) async throws -> T
 ) async throws -> T {
     let context = try ToolContext.required
-    let opened = try await options.open(context: context)
-    do {
-        let value = try await body(opened.store, context)
-        await opened.close()
-        return value
-    } catch {
-        await opened.close()
-        throw error
-    }
+    return try await options.withOpenedStore(context: context) { store in try await body(store, context) }
 }

@@ -814,12 +814,13 @@ struct SQLiteStoreMetrics: Sendable {
     let appends = Recorder(label: "backstage.store.commit.appends", dimensions: [("store", "sqlite")])
 
     func appended(events count: Int, since start: ContinuousClock.Instant) {
-        let d = ContinuousClock.now - start
-        duration.recordNanoseconds(d.components.seconds * 1_000_000_000 + d.components.attoseconds / 1_000_000_000)
+        duration.record(duration: ContinuousClock.now - start)
         events.record(count)
     }
 
     func committed(appends count: Int) { appends.record(count) }
+}
+
 extension SQLiteEventStore: Service {
     /// Runs until graceful shutdown, cancellation or ``close()``, then closes the store (after
     /// the services listed after it in a `ServiceGroup`, which stop first). The store works

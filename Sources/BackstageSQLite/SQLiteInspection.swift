@@ -17,7 +17,7 @@ struct SQLiteInspector: StoreInspector {
     }
 
     var store: any EventStore { sqliteStore }
-    private var database: DatabasePool { sqliteStore.database }
+    private var database: any DatabaseWriter { sqliteStore.database }
 
     /// The SQL condition (and its arguments) that keeps the streams of `category`: the stream id
     /// is the category, or starts with the category and `-` (a range of the stream index: `.` is

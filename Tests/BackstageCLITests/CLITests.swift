@@ -38,7 +38,7 @@ final class PreparedStore: Sendable {
             "receipts", expected: nil, new: log[1].logPosition, token: 0)
         try await store.pipelineDefaults.parkedEvents.park(
             ParkedEvent(subscription: "receipts", event: log[2], error: "mail server down", attempts: 4))
-        try store.close()
+        try await store.close()
     }
 
     deinit { try? FileManager.default.removeItem(at: directory) }
@@ -165,7 +165,7 @@ struct CLITests {
             }
             throw CancellationError()
         }
-        try store.close()
+        try await store.close()
         #expect(tailStatus == 0)
         let event = try JSONSerialization.jsonObject(with: Data(tailOut.utf8)) as? [String: Any]
         #expect(event?["type"] as? String == "Refunded")

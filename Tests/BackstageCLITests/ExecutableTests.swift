@@ -105,7 +105,7 @@ struct ExecutableTests {
         _ = try await store.append(
             [EventData(type: "Refunded", data: Data(#"{"seat":"A1"}"#.utf8))], to: "show-1", expected: .any,
             commandID: nil)
-        try store.close()
+        try await store.close()
         let next = await output.nextLine()
         #expect(next?.contains("show-1@4  Refunded") == true, "\(next ?? "nil")")
         kill(process.processIdentifier, SIGINT)

@@ -175,34 +175,34 @@ extension PostgresTests {
         @Test("a process that lost a partition's lease cannot commit for it: the checkpoint commit is fenced")
         func fencedAfterTakeover() async throws {
             try await withFreshStore { store in
-                let peer = try await openPeer(of: store)
-                var fast = PostgresLeadership.Configuration()
-                fast.heartbeatInterval = .milliseconds(100)
-                fast.partitionLease = .milliseconds(600)
-                let a = PostgresLeadership(store: store, configuration: fast)
-                let b = PostgresLeadership(store: peer, configuration: fast)
-                let runA = Task { try await a.run() }
-                let tokenA = try await a.acquire(partition: 0, of: 2, subscription: "fenced")
-                let id = partitionSubscription("fenced", partition: 0, of: 2)
-                let checkpoints = PostgresCheckpointStore(store: store)
-                let p1 = try await store.append([event()], to: "s-1", expected: .any, commandID: nil).lastLogPosition
-                try await checkpoints.commit(id, expected: nil, new: p1, token: tokenA)
-                // A leaves (its election stops); B takes the partition over with a newer token.
-                runA.cancel()
-                _ = try? await runA.value
-                let runB = Task { try await b.run() }
-                defer { runB.cancel() }
-                let tokenB = try await b.acquire(partition: 0, of: 2, subscription: "fenced")
-                #expect(tokenB > tokenA)
-                #expect(await a.isLeader(id, token: tokenA) == false)
-                let p2 = try await store.append([event()], to: "s-1", expected: .any, commandID: nil).lastLogPosition
-                await #expect(throws: CheckpointError.fenced(subscription: id, token: tokenA, current: tokenB)) {
-                    try await checkpoints.commit(id, expected: p1, new: p2, token: tokenA)
+                try await withPeer(of: store) { peer in
+                    var fast = PostgresLeadership.Configuration()
+                    fast.heartbeatInterval = .milliseconds(100)
+                    fast.partitionLease = .milliseconds(600)
+                    let a = PostgresLeadership(store: store, configuration: fast)
+                    let b = PostgresLeadership(store: peer, configuration: fast)
+                    let runA = Task { try await a.run() }
+                    let tokenA = try await a.acquire(partition: 0, of: 2, subscription: "fenced")
+                    let id = partitionSubscription("fenced", partition: 0, of: 2)
+                    let checkpoints = PostgresCheckpointStore(store: store)
+                    let p1 = try await store.append([event()], to: "s-1", expected: .any, commandID: nil).lastLogPosition
+                    try await checkpoints.commit(id, expected: nil, new: p1, token: tokenA)
+                    // A leaves (its election stops); B takes the partition over with a newer token.
+                    runA.cancel()
+                    _ = try? await runA.value
+                    let runB = Task { try await b.run() }
+                    defer { runB.cancel() }
+                    let tokenB = try await b.acquire(partition: 0, of: 2, subscription: "fenced")
+                    #expect(tokenB > tokenA)
+                    #expect(await a.isLeader(id, token: tokenA) == false)
+                    let p2 = try await store.append([event()], to: "s-1", expected: .any, commandID: nil).lastLogPosition
+                    await #expect(throws: CheckpointError.fenced(subscription: id, token: tokenA, current: tokenB)) {
+                        try await checkpoints.commit(id, expected: p1, new: p2, token: tokenA)
+                    }
+                    try await PostgresCheckpointStore(store: peer).commit(id, expected: p1, new: p2, token: tokenB)
+                    runB.cancel()
+                    _ = try? await runB.value
                 }
-                try await PostgresCheckpointStore(store: peer).commit(id, expected: p1, new: p2, token: tokenB)
-                runB.cancel()
-                _ = try? await runB.value
-                await peer.close()
             }
         }
     }

@@ -111,7 +111,7 @@ struct FixtureEvolutionSQLiteTests {
             return try Data.fetchAll(db, sql: "SELECT data FROM backstage_events ORDER BY position")
         }
         #expect(before.count == 4)
-        try old.close()
+        try await old.close()
 
         let store = try SQLiteEventStore(path: file.path)
         let after = try await store.readAll(after: .start, limit: 100, filter: .all)
@@ -153,12 +153,12 @@ struct FixtureEvolutionSQLiteTests {
         await #expect(throws: (any Error).self) {
             try await store.database.write { db in try db.execute(sql: "UPDATE backstage_events SET type = 'X'") }
         }
-        try store.close()
+        try await store.close()
 
         // Opening it again migrates nothing more and reads the same.
         let reopened = try SQLiteEventStore(path: file.path)
         #expect(try await reopened.readAll(after: .start, limit: 100, filter: .all).prefix(4).map(\.data) == before)
-        try reopened.close()
+        try await reopened.close()
     }
 
     @Test("the queries of the QueryingEventData article answer on a box-office log")
@@ -233,6 +233,6 @@ struct FixtureEvolutionSQLiteTests {
             return [best, refunds.sorted(), occupancy]
         }
         #expect(answers == [["s1=3", "s2=2"], ["ana=1", "bo=1"], ["Tosca=2/2", "Hamlet=3/4"]])
-        try store.close()
+        try await store.close()
     }
 }

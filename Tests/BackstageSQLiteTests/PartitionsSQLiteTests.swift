@@ -12,7 +12,7 @@ struct PartitionsSQLiteTests {
     }
 
     @Test("a handler or projection with partitions > 1 over a SQLite store is refused when the service is created")
-    func refused() throws {
+    func refused() async throws {
         let file = try TemporaryDatabase()
         let store = try SQLiteEventStore(path: file.path)
         #expect(
@@ -29,6 +29,6 @@ struct PartitionsSQLiteTests {
         options.partitions = 1
         let single = InMemoryProjection(name: "p", options: options, initial: 0) { n, _ in n += 1 }
         _ = try PipelineService(store: store, projections: [single])
-        try store.close()
+        try await store.close()
     }
 }

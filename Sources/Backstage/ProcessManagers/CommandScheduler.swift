@@ -235,8 +235,8 @@ public final class CommandScheduler: Service, Sendable {
         guard let dispatch = commands.entries[command.commandName] else {
             return failed(command, error: CommandSchedulerError.unknownCommand(command.commandName))
         }
+        // The dispatch records the causation (the triggering event) under `commandCausationField`.
         var fields: [String: String] = [:]
-        if let causation = command.causationID { fields[commandCausationField] = causation.uuidString.lowercased() }
         if !command.process.isEmpty { fields[commandProcessField] = command.process }
         let options = DispatchOptions(
             commandID: command.id, correlationID: command.correlationID, causationID: command.causationID,

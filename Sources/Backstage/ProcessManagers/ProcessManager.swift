@@ -152,8 +152,5 @@ public enum CommandFailureAction: Sendable, Hashable {
 /// aggregates may adopt it so the default command failure action skips them at once.
 public protocol RejectionMarker: Error {}
 
-/// The metadata field that stores, on every event of a command a ``CommandScheduler`` dispatched,
-/// the id of the message that caused the command (the triggering event of a process manager).
-public let commandCausationField = "backstage.command.causation"
 /// The metadata field naming the process manager that produced the command.
 public let commandProcessField = "backstage.process"

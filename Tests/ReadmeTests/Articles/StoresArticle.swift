@@ -11,10 +11,10 @@ func openEmbedded(path: String) throws -> SQLiteEventStore {
     return try SQLiteEventStore(path: path, configuration: configuration)
 }
 
-func openShared(url: String) async throws -> PostgresEventStore {
+func withSharedStore(url: String, _ body: (PostgresEventStore) async throws -> Void) async throws {
     var configuration = PostgresEventStore.Configuration()
     configuration.schema = "box_office"
-    return try await PostgresEventStore(url: url, configuration: configuration)
+    try await PostgresEventStore.withStore(url: url, configuration: configuration, body)
 }
 
 @Suite("Article: stores")

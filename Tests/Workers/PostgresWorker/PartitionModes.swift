@@ -16,21 +16,21 @@ func runPartitionedMode(_ arguments: [String]) async throws {
     let logger = Logger(label: "partitioned") { _ in EmitLogHandler() }
     var configuration = storeConfiguration(schema: arguments[3])
     configuration.logger = logger
-    let store = try await PostgresEventStore(url: arguments[2], configuration: configuration)
-    var leaseSettings = PostgresLeadership.Configuration()
-    leaseSettings.retryInterval = .milliseconds(200)
-    leaseSettings.heartbeatInterval = .milliseconds(250)
-    leaseSettings.partitionLease = .milliseconds(leaseMillis)
-    leaseSettings.owner = "worker-\(ProcessInfo.processInfo.processIdentifier)"
-    let leadership = PostgresLeadership(store: store, configuration: leaseSettings)
-    var options = ProjectionOptions(batchSize: 20)
-    options.pollInterval = .milliseconds(200)
-    options.partitions = partitions
-    let projection = try PostgresProjection(AppliedLog(), store: store, options: options)
-    let service = try PipelineService(store: store, projections: [projection], leadership: leadership, logger: logger)
-    emit("started")
-    try await service.run()
-    await store.close()
+    try await PostgresEventStore.withStore(url: arguments[2], configuration: configuration) { store in
+        var leaseSettings = PostgresLeadership.Configuration()
+        leaseSettings.retryInterval = .milliseconds(200)
+        leaseSettings.heartbeatInterval = .milliseconds(250)
+        leaseSettings.partitionLease = .milliseconds(leaseMillis)
+        leaseSettings.owner = "worker-\(ProcessInfo.processInfo.processIdentifier)"
+        let leadership = PostgresLeadership(store: store, configuration: leaseSettings)
+        var options = ProjectionOptions(batchSize: 20)
+        options.pollInterval = .milliseconds(200)
+        options.partitions = partitions
+        let projection = try PostgresProjection(AppliedLog(), store: store, options: options)
+        let service = try PipelineService(store: store, projections: [projection], leadership: leadership, logger: logger)
+        emit("started")
+        try await service.run()
+    }
 }
 
 /// Prints notices and above as `log ...` lines on standard output, for the test to read.

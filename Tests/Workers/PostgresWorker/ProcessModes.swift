@@ -42,36 +42,36 @@ func runHoldsMode(_ arguments: [String]) async throws {
     var configuration = PostgresEventStore.Configuration()
     configuration.schema = arguments[3]
     configuration.maximumConnections = 6
-    let store = try await PostgresEventStore(url: arguments[2], configuration: configuration)
-    let extra = arguments.count > 5 ? Int(arguments[5]) : nil
-    let role = arguments[4]
-    let app = BackstageApp(
-        store: store, router: try .holds(),
-        middleware: [ValidationMiddleware(), DispatchReporter(killAfter: role == "full" ? extra : nil)])
-    let processes = PostgresProcessStore(store: store)
-    let manager = try ProcessManagerProjection(
-        HoldProcess(holdTime: .seconds(600), options: ProjectionOptions(batchTimeout: .milliseconds(1))),
-        store: processes)
-    let scheduler = CommandScheduler(
-        app: app, store: processes, commands: .holds, processManagers: [manager], pollInterval: .milliseconds(100))
-    switch role {
-    case "full":
-        let pipelines = try PipelineService(app: app, projections: [manager])
-        emit("started")
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await pipelines.run() }
-            group.addTask { try await scheduler.run() }
-            try await group.waitForAll()
+    try await PostgresEventStore.withStore(url: arguments[2], configuration: configuration) { store in
+        let extra = arguments.count > 5 ? Int(arguments[5]) : nil
+        let role = arguments[4]
+        let app = BackstageApp(
+            store: store, router: try .holds(),
+            middleware: [ValidationMiddleware(), DispatchReporter(killAfter: role == "full" ? extra : nil)])
+        let processes = PostgresProcessStore(store: store)
+        let manager = try ProcessManagerProjection(
+            HoldProcess(holdTime: .seconds(600), options: ProjectionOptions(batchTimeout: .milliseconds(1))),
+            store: processes)
+        let scheduler = CommandScheduler(
+            app: app, store: processes, commands: .holds, processManagers: [manager], pollInterval: .milliseconds(100))
+        switch role {
+        case "full":
+            let pipelines = try PipelineService(app: app, projections: [manager])
+            emit("started")
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await pipelines.run() }
+                group.addTask { try await scheduler.run() }
+                try await group.waitForAll()
+            }
+        case "scheduler":
+            if let startAt = extra {
+                let wait = Double(startAt) / 1000 - Date().timeIntervalSince1970
+                if wait > 0 { try await Task.sleep(for: .milliseconds(Int(wait * 1000))) }
+            }
+            emit("started")
+            try await scheduler.run()
+        default:
+            fail("unknown holds role \(role)")
         }
-    case "scheduler":
-        if let startAt = extra {
-            let wait = Double(startAt) / 1000 - Date().timeIntervalSince1970
-            if wait > 0 { try await Task.sleep(for: .milliseconds(Int(wait * 1000))) }
-        }
-        emit("started")
-        try await scheduler.run()
-    default:
-        fail("unknown holds role \(role)")
     }
-    await store.close()
 }
