@@ -9,13 +9,15 @@ import ServiceLifecycle
 /// PipelineService run by a ServiceGroup with graceful shutdown on SIGTERM.
 func serveMode(_ arguments: [String]) async throws {
     guard arguments.count == 4 else { fail("usage: serve <url> <schema>") }
-    // The store first: the group shuts the services down in reverse order, the store last.
-    let store = try PostgresEventStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3]))
-    let service = try countsService(store)
-    let group = ServiceGroup(
-        services: [store, service], gracefulShutdownSignals: [.sigterm],
-        logger: Logger(label: "backstage-postgres-worker"))
-    emit("started")
-    try await group.run()
+    try await PostgresEventStore.withStore(
+        url: arguments[2], configuration: storeConfiguration(schema: arguments[3])
+    ) { store in
+        let service = try countsService(store)
+        let group = ServiceGroup(
+            services: [service], gracefulShutdownSignals: [.sigterm],
+            logger: Logger(label: "backstage-postgres-worker"))
+        emit("started")
+        try await group.run()
+    }
     emit("exited")
 }
