@@ -72,12 +72,13 @@ final class NotificationListener: Sendable {
             let connectionsBefore = status.connections
             do {
                 try await client.withConnection { conn in try await listen(on: conn) }
-            } catch {
-                if Task.isCancelled { break }
+            } catch where !Task.isCancelled {
                 let reason = "\(PostgresEventStore.storeError(error))"
                 logger.warning(
                     "notification listener lost its connection; reconnecting",
                     metadata: ["channel": "\(channel)", "error": "\(reason)", "retryIn": "\(delay)"])
+            } catch {
+                // Cancelled: the status below says it no longer listens.
             }
             state.withLock {
                 $0.status.isListening = false
