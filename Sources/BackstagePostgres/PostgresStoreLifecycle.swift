@@ -62,8 +62,16 @@ extension PostgresEventStore: Service {
                 group.cancelAll()
                 throw reported
             }
-            group.addTask { await self.listener.run() }
-            await readiness.stopRequested.wait()
+            // The listener stops first and gives its connection back to a running pool; only
+            // then is the pool stopped. Cancelling both at once raced: when the pool shut down
+            // (closing the listener's connection) while the listener was leasing, starting
+            // LISTEN or consuming notifications, postgres-nio sometimes never resumed the
+            // listener, so run() and withStore waited forever after close().
+            await withTaskGroup(of: Void.self) { listening in
+                listening.addTask { await self.listener.run() }
+                await readiness.stopRequested.wait()
+                listening.cancelAll()
+            }
             group.cancelAll()
         }
     }
