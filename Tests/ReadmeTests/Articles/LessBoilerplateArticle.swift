@@ -143,3 +143,7 @@ func lessBoilerplateArticle() async throws {
         #expect(try await A.sell(app) == "sold at version 5")
     }
 }
+
+// The process-managers article schedules these commands: the scheduler stores them as JSON.
+extension LessBoilerplateArticle.SellTicket: Codable {}
+extension LessBoilerplateArticle.RefundTicket: Codable {}
