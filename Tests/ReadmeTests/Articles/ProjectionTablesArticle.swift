@@ -1,4 +1,4 @@
-// The code of the projection-tables article (Backstage.docc/ProjectionTables.md).
+// The code of the projection-tables article (Backstage.docc/ProjectionTablesAndViews.md).
 import Backstage
 import BackstageSQLite
 
