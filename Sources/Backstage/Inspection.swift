@@ -6,7 +6,7 @@ import Foundation
 public struct StreamInfo: Sendable, Hashable, Codable {
     /// The stream id.
     public var stream: String
-    /// The stream's category (see ``streamCategory(_:)``).
+    /// The stream's category (see `streamCategory(_:)`).
     public var category: String
     /// The stream's version: the number of events in it.
     public var version: Int64

@@ -17,7 +17,7 @@ import Synchronization
 /// exit(await tool.run(Array(CommandLine.arguments.dropFirst(2))))
 /// ```
 public struct BackstageTool: Sendable {
-    /// Builds the application's ``PipelineService`` over the store the tool opened: the same
+    /// Builds the application's `PipelineService` over the store the tool opened: the same
     /// handlers and projections the application runs. The tool never runs the service; it uses
     /// it to rebuild projections and replay parked events, and reads its subscriptions' filters.
     public typealias Pipelines = @Sendable (_ store: any EventStore) async throws -> PipelineService

@@ -43,7 +43,7 @@ public struct ConsoleGuard: Sendable {
 /// console.addRoutes(to: router, at: "/console")
 /// ```
 ///
-/// It reads through the store's ``StoreInspector`` (``EventStore/inspector``) and the store
+/// It reads through the store's `StoreInspector` (`EventStore.inspector`) and the store
 /// itself; `pipelines` (optional) adds the live state of this process's subscriptions and the
 /// replay of parked events.
 public struct BackstageConsole: Sendable {

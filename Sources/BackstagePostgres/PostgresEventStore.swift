@@ -12,7 +12,7 @@ import _ConnectionPoolModule
 ///   assigns the transaction an id, then the stream's row for the expected-version check), so
 ///   one stream's appends get increasing transaction ids. Every event row stores its
 ///   writing transaction's id (`xid8`). Readers of the global log only take rows below the
-///   *read horizon*, ordered by (transaction id, position); a ``LogPosition`` holds that pair.
+///   *read horizon*, ordered by (transaction id, position); a `LogPosition` holds that pair.
 ///   An append that commits late therefore holds readers back instead of being skipped; there
 ///   is no timeout-based gap skipping.
 /// - **The read horizon waits only for appends**: every append transaction first takes, before
@@ -64,7 +64,7 @@ import _ConnectionPoolModule
 ///   (keys reordered, whitespace normalised). Idempotency fingerprints are computed from the bytes
 ///   the caller appended and stored with the command, never from stored data, so they stay
 ///   deterministic. A payload that jsonb cannot hold as the same value (not JSON, invalid UTF-8,
-///   `\u0000`, duplicate keys, see ``isStorableAsJSONB(_:)``) is stored in `data_bytes` and
+///   `\u0000`, duplicate keys, see `isStorableAsJSONB(_:)`) is stored in `data_bytes` and
 ///   reads back byte for byte.
 /// - **Immutable events**: a trigger rejects `UPDATE`, `DELETE` and `TRUNCATE` on the events table.
 /// - The schema (name configurable, checked against an allowlist) is created by migrations.

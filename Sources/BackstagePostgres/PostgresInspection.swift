@@ -5,7 +5,7 @@ import NIOSSL
 import PostgresNIO
 
 extension PostgresEventStore: InspectableEventStore {
-    /// An inspector that answers in SQL over this store's schema (``PostgresInspector``).
+    /// An inspector that answers in SQL over this store's schema (`PostgresInspector`).
     public func makeInspector() -> any StoreInspector { PostgresInspector(store: self) }
 }
 

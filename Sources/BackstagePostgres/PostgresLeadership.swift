@@ -9,7 +9,7 @@ import Synchronization
 /// subscription, plus a lease row whose token grows with every takeover.
 ///
 /// All the leases of a process, held or waited for, live on **one** connection, whatever the
-/// number of subscriptions. ``run()`` (which ``PipelineService`` runs for its lifetime) takes it
+/// number of subscriptions. ``run()`` (which `PipelineService` runs for its lifetime) takes it
 /// from the store's pool for as long as it runs, and on it:
 ///
 /// - every ``Configuration/retryInterval`` (and at once when a new candidate arrives) tries the

@@ -28,7 +28,7 @@ public struct PostgresSchemaName: Sendable, Hashable, CustomStringConvertible {
     public var description: String { rawValue }
 }
 
-/// Errors of the PostgreSQL backend (event store errors are ``EventStoreError``).
+/// Errors of the PostgreSQL backend (event store errors are `EventStoreError`).
 public enum PostgresStoreError: Error, Sendable, Hashable, CustomStringConvertible {
     /// The schema name does not match the allowlist pattern `^[a-z_][a-z0-9_]{0,62}$` (or starts with `pg_`).
     case invalidSchemaName(String)

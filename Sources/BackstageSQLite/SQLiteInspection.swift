@@ -3,7 +3,7 @@ import Foundation
 import GRDB
 
 extension SQLiteEventStore: InspectableEventStore {
-    /// An inspector that answers in SQL over this store's file (``SQLiteInspector``).
+    /// An inspector that answers in SQL over this store's file (`SQLiteInspector`).
     public func makeInspector() -> any StoreInspector { SQLiteInspector(store: self) }
 }
 

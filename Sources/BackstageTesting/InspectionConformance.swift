@@ -1,7 +1,7 @@
 import Backstage
 import Foundation
 
-/// The checks every store's ``StoreInspector`` (``EventStore/inspector``) passes: streams paged
+/// The checks every store's `StoreInspector` (`EventStore.inspector`) passes: streams paged
 /// and filtered by category, one stream, subscriptions with checkpoint, lag and parked count,
 /// and statistics by type and day.
 ///
@@ -12,7 +12,7 @@ import Foundation
 /// ```
 public enum InspectionConformance {
     /// Runs every check on `store`, which must be empty and have durable or in-memory pipeline
-    /// defaults (``EventStore/pipelineDefaults``): the checks write a checkpoint and a parked event.
+    /// defaults (`EventStore.pipelineDefaults`): the checks write a checkpoint and a parked event.
     /// - Throws: ``ConformanceFailure`` naming what the inspector answered wrongly.
     public static func run(on store: any EventStore) async throws {
         func expect(_ condition: Bool, _ message: @autoclosure () -> String, line: Int = #line) throws {

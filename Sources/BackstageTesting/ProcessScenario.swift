@@ -1,7 +1,7 @@
 import Backstage
 import Foundation
 
-/// Given/when/then tests of a ``ProcessManager``, with no store involved: given past events,
+/// Given/when/then tests of a `ProcessManager`, with no store involved: given past events,
 /// when an event arrives, then these commands are dispatched, scheduled or cancelled.
 ///
 /// ```swift

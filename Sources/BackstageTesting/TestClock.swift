@@ -2,7 +2,7 @@ import Backstage
 import Foundation
 import Synchronization
 
-/// A ``SchedulerClock`` that only moves when a test advances it: scheduled commands come due
+/// A `SchedulerClock` that only moves when a test advances it: scheduled commands come due
 /// without waiting for the real hold time.
 ///
 /// ```swift

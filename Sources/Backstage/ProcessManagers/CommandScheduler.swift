@@ -73,7 +73,7 @@ public enum CommandSchedulerError: Error, Sendable, Hashable, CustomStringConver
 }
 
 /// Dispatches the commands of the outbox when they come due: those process managers stored with
-/// their batches, and those application code scheduled with ``schedule(_:at:key:id:)``. Runs as a
+/// their batches, and those application code scheduled with `schedule(_:at:key:id:)`. Runs as a
 /// swift-service-lifecycle `Service`.
 ///
 /// A command is deleted from the outbox only after its dispatch; it is dispatched with its stored
@@ -106,9 +106,15 @@ public final class CommandScheduler: Service, Sendable {
 
     /// Creates a scheduler.
     /// - Parameters:
+    ///   - app: the app it dispatches the due commands through.
+    ///   - store: the process store that holds the scheduled commands (the command outbox).
+    ///   - commands: the command types it can decode from the outbox and dispatch.
     ///   - processManagers: the process managers whose commands it dispatches, asked what to do
     ///     when one of their commands fails (``ProcessManagerProjection`` conforms).
+    ///   - clock: where the time comes from (BackstageTesting's `TestClock` in tests).
     ///   - pollInterval: how often it looks for commands stored by other processes.
+    ///   - batchSize: how many due commands it reads at a time.
+    ///   - logger: where it logs dispatches and failures.
     public init(
         app: BackstageApp, store: any ProcessStore, commands: CommandCatalog,
         processManagers: [any CommandFailureHandling] = [], clock: any SchedulerClock = SystemSchedulerClock(),

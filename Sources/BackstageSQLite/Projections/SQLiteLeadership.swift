@@ -25,7 +25,7 @@ import Synchronization
 ///   without a successful renewal (measured from before the renewal was written, so this process
 ///   gives up no later than another one may take over).
 /// - `SQLiteCheckpointStore` rejects a commit whose token is older than the lease row's
-///   (``CheckpointError/fenced(subscription:token:current:)``), in the commit's own transaction:
+///   (`CheckpointError.fenced(subscription:token:current:)`), in the commit's own transaction:
 ///   a process that lost its lease cannot move a checkpoint, even before it notices. This holds
 ///   for checkpoints in the same file as the lease rows.
 ///

@@ -85,7 +85,7 @@ extension LogPosition {
 
 /// Checkpoints in an SQLite database (the store's, or the one holding a projection's tables).
 ///
-/// ``commit(_:expected:new:token:in:)`` runs the compare-and-set inside a caller's transaction,
+/// `commit(_:expected:new:token:in:)` runs the compare-and-set inside a caller's transaction,
 /// which is how projections commit their writes and their checkpoint together.
 public final class SQLiteCheckpointStore: CheckpointStore {
     /// The database.

@@ -35,6 +35,8 @@ struct ReservationAPITests {
                 #expect(reply.status == .ok)
                 #expect(reply.json["status"] as? String == "paid")
                 try await waitUntil { try await app.load(Show.self, id: "s1").state.onSale.isEmpty }
+                // The process has stored r2's release (its projection caught up) before time moves on.
+                try await desk.pipelines.waitUntilProcessed()
                 clock.advance(by: .seconds(601))
                 desk.scheduler.poke()
                 try await waitUntil { try await app.load(Reservation.self, id: "r2").state.status == .released }

@@ -183,8 +183,9 @@ struct ServiceTests {
             #expect(response.status == .ok)
             #expect(response.headers[.contentType]?.hasPrefix("text/plain; version=0.0.4") == true)
             let text = String(buffer: response.body)
-            #expect(text.contains("# TYPE backstage_commands_dispatched_total counter"))
-            #expect(text.contains("backstage_commands_dispatched_total{"))
+            #expect(text.contains("# TYPE backstage_commands counter"))
+            #expect(text.contains("backstage_commands{command=\"ScheduleShow\",category=\"show\",outcome=\"success\""))
+            #expect(text.contains("# TYPE backstage_store_append_duration histogram"), "store metrics")
             #expect(text.contains("service=\"box-office\""))
             #expect(text.contains("hb_requests"), "HTTP request metrics")
         }
