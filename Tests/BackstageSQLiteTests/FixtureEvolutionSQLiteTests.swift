@@ -111,7 +111,7 @@ struct FixtureEvolutionSQLiteTests {
             return try Data.fetchAll(db, sql: "SELECT data FROM backstage_events ORDER BY position")
         }
         #expect(before.count == 4)
-        try await old.close()
+        try old.close()
 
         let store = try SQLiteEventStore(path: file.path)
         let after = try await store.readAll(after: .start, limit: 100, filter: .all)

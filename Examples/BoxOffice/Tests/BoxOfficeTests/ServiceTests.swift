@@ -29,7 +29,7 @@ struct ServiceTests {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("box-office-svc-\(UUID())")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
-        let database = try await BoxOfficeDatabase.open(
+        let database = try BoxOfficeDatabase.open(
             .sqlite(path: directory.appendingPathComponent("s.sqlite").path))
         try await withService(database: database, test)
         try await database.close()
@@ -167,7 +167,7 @@ struct ServiceTests {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("box-office-down-\(UUID())")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
-        let database = try await BoxOfficeDatabase.open(
+        let database = try BoxOfficeDatabase.open(
             .sqlite(path: directory.appendingPathComponent("d.sqlite").path))
         try await database.close()
         let health = await HealthView.check(store: database.store, pipelines: nil)
