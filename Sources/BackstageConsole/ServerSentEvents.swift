@@ -116,7 +116,7 @@ public enum ServerSentEvents {
     }
 }
 
-/// Parses a log position as ``LogPosition/description`` prints it: `P` or `T:P`.
+/// Parses a log position as `LogPosition.description` prints it: `P` or `T:P`.
 func parseLogPosition(_ text: String) -> LogPosition? {
     let parts = text.split(separator: ":", omittingEmptySubsequences: false)
     switch parts.count {

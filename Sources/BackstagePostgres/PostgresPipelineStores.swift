@@ -82,7 +82,7 @@ public final class PostgresCheckpointStore: CheckpointStore {
     }
 
     /// The compare-and-set, inside the caller's transaction (a projection's batch).
-    /// - Throws: ``CheckpointError`` (nothing is written then).
+    /// - Throws: `CheckpointError` (nothing is written then).
     static func commit(
         _ subscription: String, expected: LogPosition?, new: LogPosition, token: Int64, store: PostgresEventStore,
         on conn: PostgresConnection

@@ -11,7 +11,7 @@ import PostgresNIO
 /// Tables are versioned: version N of a table `tickets` is `<schema>.tickets_vN`, and a view
 /// `<schema>.tickets` shows the active version to readers. A rebuild fills version N+1 while N
 /// keeps serving, then the view switches in one transaction. Always write through
-/// ``PostgresProjectionTables/table(_:)``.
+/// `PostgresProjectionTables.table(_:)`.
 ///
 /// ```swift
 /// struct TicketsReadModel: PostgresReadModel {
@@ -111,11 +111,11 @@ extension TypedPostgresReadModel {
     }
 }
 
-/// The table names of one version of a PostgreSQL projection: ``ProjectionTables`` with the
+/// The table names of one version of a PostgreSQL projection: `ProjectionTables` with the
 /// store's schema.
 public typealias PostgresProjectionTables = ProjectionTables
 
-/// The errors of PostgreSQL projections: ``ProjectionError``, shared with SQLite projections.
+/// The errors of PostgreSQL projections: `ProjectionError`, shared with SQLite projections.
 public typealias PostgresProjectionError = ProjectionError
 
 extension ProjectionTables {
@@ -141,7 +141,7 @@ public final class PostgresProjection<Model: PostgresReadModel>: Projection {
     private let parkedStore: PostgresParkedEventStore
 
     /// Creates the projection in `store`'s schema.
-    /// - Throws: ``PostgresProjectionError/invalidTableName(_:)`` or `PipelineError.invalidName`.
+    /// - Throws: `PostgresProjectionError.invalidTableName(_:)` or `PipelineError.invalidName`.
     public init(_ model: Model, store: PostgresEventStore, options: ProjectionOptions = ProjectionOptions()) throws {
         try validateSubscriptionName(model.name)
         for table in model.tables where !isLowerIdentifier(table) {

@@ -7,7 +7,7 @@ import Logging
 import ServiceLifecycle
 import Synchronization
 
-/// Errors of the SQLite backend (event store errors are ``EventStoreError``): what SQLite or
+/// Errors of the SQLite backend (event store errors are `EventStoreError`): what SQLite or
 /// GRDB reported, never the driver's own error type.
 public enum SQLiteStoreError: Error, Sendable, Hashable, CustomStringConvertible {
     /// SQLite answered with an error: its result code (`SQLITE_BUSY` is 5, `SQLITE_FULL` 13, ...)
@@ -80,7 +80,7 @@ func translatingErrors<T>(_ body: () async throws -> T) async throws -> T {
 /// ## Lifecycle
 ///
 /// The store is ready when its initialiser returns (SQLite opens and migrates synchronously, as
-/// GRDB does). It is also a swift-service-lifecycle `Service`, like ``PostgresEventStore``: in an
+/// GRDB does). It is also a swift-service-lifecycle `Service`, like `PostgresEventStore`: in an
 /// application's `ServiceGroup`, listed before the services that use it, ``run()`` closes it on
 /// graceful shutdown, after them. Scripts and tests use ``withStore(_:_:)`` or call ``close()``.
 public final class SQLiteEventStore: EventStore {
@@ -118,7 +118,7 @@ public final class SQLiteEventStore: EventStore {
     /// The limits this store enforces.
     public let limits: StoreLimits
     /// Checkpoints, parked events and lease leadership in this file (``SQLiteCheckpointStore``,
-    /// ``SQLiteParkedEventStore``, ``SQLiteLeadership``), shared by every ``PipelineService`` over
+    /// ``SQLiteParkedEventStore``, ``SQLiteLeadership``), shared by every `PipelineService` over
     /// this store that is not given others.
     public let pipelineDefaults: PipelineDefaults
     let configuration: Configuration

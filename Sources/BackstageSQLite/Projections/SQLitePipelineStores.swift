@@ -114,7 +114,7 @@ public final class SQLiteCheckpointStore: CheckpointStore {
     /// token, and the subscription's lease row in the same database (see ``SQLiteLeadership``),
     /// so a process that lost its lease cannot move the checkpoint even before the new leader's
     /// first commit.
-    /// - Throws: ``CheckpointError`` when the stored checkpoint is not `expected` or a token is newer.
+    /// - Throws: `CheckpointError` when the stored checkpoint is not `expected` or a token is newer.
     package static func commit(
         _ subscription: String, expected: LogPosition?, new: LogPosition, token: Int64, in db: Database
     ) throws {

@@ -8,7 +8,7 @@ import GRDB
 ///
 /// Tables are versioned: version N of a table `tickets` is `tickets_vN`, and a view `tickets`
 /// shows the active version to readers. A rebuild fills version N+1 while N keeps serving, then
-/// the view switches in one transaction. Always write through ``ProjectionTables/table(_:)``.
+/// the view switches in one transaction. Always write through `ProjectionTables.table(_:)`.
 ///
 /// ```swift
 /// struct TicketsReadModel: SQLiteReadModel {
@@ -87,12 +87,12 @@ extension TypedSQLiteReadModel {
     }
 }
 
-/// The errors of SQLite projections: ``ProjectionError``, shared with PostgreSQL projections.
+/// The errors of SQLite projections: `ProjectionError`, shared with PostgreSQL projections.
 public typealias SQLiteProjectionError = ProjectionError
 
 func isPlainIdentifier(_ name: String) -> Bool { isTableIdentifier(name, lowercase: false) }
 
-/// Runs an ``SQLiteReadModel`` as a ``Projection``: checkpoints and parked events live in the
+/// Runs an ``SQLiteReadModel`` as a `Projection`: checkpoints and parked events live in the
 /// same database as its tables.
 public final class SQLiteProjection<Model: SQLiteReadModel>: Projection {
     /// The read model.
@@ -106,7 +106,7 @@ public final class SQLiteProjection<Model: SQLiteReadModel>: Projection {
 
     /// Creates the projection over `database`, creating Backstage's pipeline tables if needed.
     /// Records in the database that the read model's tables belong to it.
-    /// - Throws: ``SQLiteProjectionError/invalidTableName(_:)``, ``SQLiteProjectionError/tableOwned(_:owner:projection:)``
+    /// - Throws: `SQLiteProjectionError.invalidTableName(_:)`, `SQLiteProjectionError.tableOwned(_:owner:projection:)`
     ///   when another projection declared one of its tables, `PipelineError.invalidName`, or a database error.
     public init(_ model: Model, database: any DatabaseWriter, options: ProjectionOptions = ProjectionOptions()) throws {
         try validateSubscriptionName(model.name)
