@@ -43,9 +43,10 @@ struct ArticleCodeTests {
         return blocks
     }
 
-    /// Trimmed, non-empty lines.
+    /// Trimmed, non-empty lines, each run of spaces as one (so `swift format`'s spacing, e.g. before
+    /// a line's trailing comment, does not matter).
     static func normalized(_ lines: [String]) -> [String] {
-        lines.map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        lines.map { $0.split(whereSeparator: \.isWhitespace).joined(separator: " ") }.filter { !$0.isEmpty }
     }
 
     /// Whether `needle` is a subsequence of `haystack` (in order, gaps allowed).
