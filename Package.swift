@@ -47,6 +47,8 @@ let package = Package(
             name: "BackstageSQLite",
             dependencies: [
                 "Backstage", .product(name: "GRDB", package: "GRDB.swift"),
+                // SQLite's C API for binding the append's values without GRDB's argument arrays.
+                .product(name: "GRDBSQLite", package: "GRDB.swift"),
                 // Store metrics: append duration, events per append, appends per transaction.
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "DequeModule", package: "swift-collections"),

@@ -443,7 +443,7 @@ public final class SQLiteEventStore: EventStore {
     private static func transaction(_ batch: [PendingAppend], in db: Database) throws {
         if batch.count > 1 {
             do {
-                try db.inTransaction(.immediate) {
+                try immediateTransaction(db) {
                     for item in batch {
                         let outcome = write(item, in: db)
                         if case .failure(let error) = outcome, error is PartialAppend { throw RedoWithSavepoints() }
@@ -456,7 +456,7 @@ public final class SQLiteEventStore: EventStore {
                 // Rolled back: nothing of the group is stored; written again below.
             }
         }
-        try db.inTransaction(.immediate) {
+        try immediateTransaction(db) {
             if batch.count == 1 {
                 // A group of one needs no savepoint: a failed append rolls back the transaction.
                 let outcome = write(batch[0], in: db)
@@ -466,6 +466,44 @@ public final class SQLiteEventStore: EventStore {
                 for item in batch { item.outcome = writeInSavepoint(item, in: db) }
             }
             return .commit
+        }
+    }
+
+    /// Runs `body` in a `BEGIN IMMEDIATE` transaction, like GRDB's `inTransaction(.immediate)`,
+    /// with cached statements for `BEGIN`, `COMMIT` and `ROLLBACK` (GRDB parses them again for
+    /// every transaction, a cost a lone append notices).
+    private static func immediateTransaction(
+        _ db: Database, _ body: () throws -> Database.TransactionCompletion
+    ) throws {
+        try db.cachedStatement(sql: "BEGIN IMMEDIATE TRANSACTION").execute()
+        let completion: Database.TransactionCompletion
+        do {
+            completion = try body()
+        } catch {
+            rollback(db)
+            throw error
+        }
+        switch completion {
+        case .commit:
+            do {
+                try db.cachedStatement(sql: "COMMIT TRANSACTION").execute()
+            } catch {
+                rollback(db)
+                throw error
+            }
+        case .rollback:
+            rollback(db)
+        }
+    }
+
+    /// Rolls back the transaction, if SQLite has not already (after some errors it has).
+    private static func rollback(_ db: Database) {
+        guard db.isInsideTransaction else { return }
+        do {
+            try db.cachedStatement(sql: "ROLLBACK TRANSACTION").execute()
+        } catch {
+            // Still inside: GRDB's own rollback closes what holds the transaction open.
+            try? db.rollback()
         }
     }
 
@@ -545,39 +583,52 @@ public final class SQLiteEventStore: EventStore {
     }
 
     private static func insert(_ item: PendingAppend, in db: Database) throws -> AppendResult {
-        if let commandID = item.commandID,
-            let row = try Row.fetchOne(
-                db.cachedStatement(
+        if let commandID = item.commandID {
+            let lookup = SQLiteBinder(
+                try db.cachedStatement(
                     sql: """
                         SELECT stream, first_version, last_version, first_position, last_position, fingerprint
                         FROM backstage_commands WHERE command_id = ?
-                        """), arguments: [commandID])
-        {
-            let stream: String = row[0]
-            guard row[5] as String == item.fingerprint else {
-                throw EventStoreError.idempotencyConflict(commandID: commandID, stream: stream)
+                        """))
+            lookup.bind(1, commandID)
+            if let row = try Row.fetchOne(lookup.statement) {
+                let stream: String = row[0]
+                guard row[5] as String == item.fingerprint else {
+                    throw EventStoreError.idempotencyConflict(commandID: commandID, stream: stream)
+                }
+                return AppendResult(
+                    stream: stream, firstVersion: row[1], lastVersion: row[2], firstPosition: row[3],
+                    lastPosition: row[4], isDuplicate: true)
             }
-            return AppendResult(
-                stream: stream, firstVersion: row[1], lastVersion: row[2], firstPosition: row[3],
-                lastPosition: row[4], isDuplicate: true)
-        }
-        let actual =
-            try Int64.fetchOne(
-                db.cachedStatement(sql: "SELECT MAX(version) FROM backstage_events WHERE stream = ?"),
-                arguments: [item.stream]) ?? 0
-        guard item.expected.accepts(actual) else {
-            throw EventStoreError.wrongExpectedVersion(stream: item.stream, expected: item.expected, actual: actual)
         }
         let category = streamCategory(item.stream)
         let now = Date().timeIntervalSince1970
-        do {
-            return try insertEvents(item, from: actual, category: category, now: now, in: db)
-        } catch {
-            throw PartialAppend(error: error)
+        let actual: Int64
+        switch item.expected {
+        case .noStream, .exact(0):
+            // A new stream: no read first. Its first event takes version 1, which the
+            // (stream, version) key refuses when the stream has events; then it is a conflict.
+            actual = 0
+        default:
+            actual = try streamVersion(item.stream, in: db)
+            guard item.expected.accepts(actual) else {
+                throw EventStoreError.wrongExpectedVersion(stream: item.stream, expected: item.expected, actual: actual)
+            }
         }
+        return try insertEvents(item, from: actual, category: category, now: now, in: db)
     }
 
-    /// Inserts the events (and the command row) of an append that passed its checks.
+    /// The version of `stream` in the write transaction.
+    private static func streamVersion(_ stream: String, in db: Database) throws -> Int64 {
+        let query = SQLiteBinder(
+            try db.cachedStatement(sql: "SELECT MAX(version) FROM backstage_events WHERE stream = ?"))
+        query.bind(1, stream)
+        return try Int64.fetchOne(query.statement) ?? 0
+    }
+
+    /// Inserts the events (and the command row) of an append that passed its checks (for a new
+    /// stream, the first insert is the check). Throws ``PartialAppend`` when it fails after
+    /// inserting some events.
     private static func insertEvents(
         _ item: PendingAppend, from actual: Int64, category: String, now: TimeInterval, in db: Database
     ) throws -> AppendResult {
@@ -591,17 +642,42 @@ public final class SQLiteEventStore: EventStore {
         var firstPosition: Int64 = 0
         for event in item.events {
             version += 1
-            let fields: String? =
-                event.metadata.fields.isEmpty
-                ? nil : String(decoding: try fieldsEncoder.encode(event.metadata.fields), as: UTF8.self)
             do {
-                try insert.execute(arguments: [
-                    item.stream, category, version, event.id, event.type, event.schemaVersion, storedData(event.data),
-                    event.metadata.commandID, event.metadata.causationID, event.metadata.correlationID,
-                    fields, now,
-                ])
+                let fields: String? =
+                    event.metadata.fields.isEmpty
+                    ? nil : String(decoding: try fieldsEncoder.encode(event.metadata.fields), as: UTF8.self)
+                let binder = SQLiteBinder(insert)
+                binder.bind(1, item.stream)
+                binder.bind(2, category)
+                binder.bind(3, version)
+                binder.bind(4, event.id)
+                binder.bind(5, event.type)
+                binder.bind(6, Int64(event.schemaVersion))
+                binder.bindStoredData(7, event.data)
+                binder.bind(8, event.metadata.commandID)
+                binder.bind(9, event.metadata.causationID)
+                binder.bind(10, event.metadata.correlationID)
+                binder.bind(11, fields)
+                binder.bind(12, now)
+                try insert.execute()
             } catch let error as DatabaseError where error.resultCode == .SQLITE_CONSTRAINT {
-                throw EventStoreError.invalidInput("event id \(event.id) is already stored")
+                if firstPosition == 0 {
+                    // Nothing of this append is stored: the stream moved (a new stream's first
+                    // event), or an event id is taken.
+                    let stored = try streamVersion(item.stream, in: db)
+                    if stored != actual {
+                        throw EventStoreError.wrongExpectedVersion(
+                            stream: item.stream, expected: item.expected, actual: stored)
+                    }
+                    throw EventStoreError.invalidInput("event id \(event.id) is already stored")
+                }
+                throw PartialAppend(error: EventStoreError.invalidInput("event id \(event.id) is already stored"))
+            } catch let error as EventStoreError {
+                throw error
+            } catch {
+                // Another failure (I/O, a full disk) may have rolled back the transaction: the
+                // group runs again, each append in its own savepoint.
+                throw PartialAppend(error: error)
             }
             if firstPosition == 0 { firstPosition = db.lastInsertedRowID }
         }
@@ -609,15 +685,24 @@ public final class SQLiteEventStore: EventStore {
             stream: item.stream, firstVersion: actual + 1, lastVersion: version, firstPosition: firstPosition,
             lastPosition: db.lastInsertedRowID, recordedAt: Date(timeIntervalSince1970: now))
         if let commandID = item.commandID {
-            try db.cachedStatement(
-                sql: """
-                    INSERT INTO backstage_commands (command_id, stream, first_version, last_version,
-                        first_position, last_position, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?)
-                    """
-            ).execute(arguments: [
-                commandID, item.stream, result.firstVersion, result.lastVersion, result.firstPosition,
-                result.lastPosition, item.fingerprint,
-            ])
+            do {
+                let row = SQLiteBinder(
+                    try db.cachedStatement(
+                        sql: """
+                            INSERT INTO backstage_commands (command_id, stream, first_version, last_version,
+                                first_position, last_position, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?)
+                            """))
+                row.bind(1, commandID)
+                row.bind(2, item.stream)
+                row.bind(3, result.firstVersion)
+                row.bind(4, result.lastVersion)
+                row.bind(5, result.firstPosition)
+                row.bind(6, result.lastPosition)
+                row.bind(7, item.fingerprint)
+                try row.statement.execute()
+            } catch {
+                throw PartialAppend(error: error)
+            }
         }
         return result
     }
@@ -633,22 +718,25 @@ public final class SQLiteEventStore: EventStore {
     /// `json_extract(data, '$.showID')`) when it is UTF-8 without NUL bytes, as every JSON
     /// document is; a blob otherwise, so any bytes read back identical.
     static func storedData(_ data: Data) -> any DatabaseValueConvertible {
-        let isText = data.withUnsafeBytes { raw -> Bool in
-            let bytes = raw.bindMemory(to: UInt8.self)
-            if bytes.contains(0) { return false }
-            // Pure ASCII, the usual case, is UTF-8; otherwise validate.
-            if !bytes.contains(where: { $0 >= 0x80 }) { return true }
-            var iterator = bytes.makeIterator()
-            var decoder = UTF8()
-            while true {
-                switch decoder.decode(&iterator) {
-                case .scalarValue: continue
-                case .emptyInput: return true
-                case .error: return false
-                }
+        let isText = data.withUnsafeBytes { isStoredAsText($0) }
+        return isText ? String(decoding: data, as: UTF8.self) : data
+    }
+
+    /// Whether event data is stored as text: UTF-8 without NUL bytes (see ``storedData(_:)``).
+    static func isStoredAsText(_ raw: UnsafeRawBufferPointer) -> Bool {
+        let bytes = raw.bindMemory(to: UInt8.self)
+        if bytes.contains(0) { return false }
+        // Pure ASCII, the usual case, is UTF-8; otherwise validate.
+        if !bytes.contains(where: { $0 >= 0x80 }) { return true }
+        var iterator = bytes.makeIterator()
+        var decoder = UTF8()
+        while true {
+            switch decoder.decode(&iterator) {
+            case .scalarValue: continue
+            case .emptyInput: return true
+            case .error: return false
             }
         }
-        return isText ? String(decoding: data, as: UTF8.self) : data
     }
 
     // MARK: Reading

@@ -153,6 +153,57 @@ struct SQLiteEventStoreTests {
         #expect(try await store.headPosition().position == 21)
     }
 
+    @Test(
+        "a new stream's append is checked by its first insert: a stream with events is a conflict with its version, a stored event id is invalid input, alone and in a group",
+        arguments: [1, 16])
+    func newStreamFirstInsertIsTheCheck(group: Int) async throws {
+        let file = try TemporaryDatabase()
+        let store = try SQLiteEventStore(path: file.path)
+        let stored = try await store.append([event(), event()], to: "taken-1", expected: .any, commandID: nil)
+        let reused = try await store.readStream("taken-1", from: 1, direction: .forward, limit: 1)[0].id
+        let outcomes = await withTaskGroup(of: (String, String).self) { tasks in
+            tasks.addTask {
+                for expected in [ExpectedVersion.noStream, .exact(0)] {
+                    do {
+                        _ = try await store.append([event()], to: "taken-1", expected: expected, commandID: nil)
+                        return ("taken", "appended")
+                    } catch EventStoreError.wrongExpectedVersion(_, _, let actual) {
+                        guard actual == stored.lastVersion else { return ("taken", "actual \(actual)") }
+                    } catch { return ("taken", "\(error)") }
+                }
+                return ("taken", "conflict")
+            }
+            tasks.addTask {
+                do {
+                    let copy = EventData(id: reused, type: "Copy", data: Data("{}".utf8))
+                    _ = try await store.append([copy, event()], to: "fresh-1", expected: .noStream, commandID: nil)
+                    return ("reused", "appended")
+                } catch EventStoreError.invalidInput(let message) {
+                    return ("reused", message.contains("already stored") ? "invalid" : message)
+                } catch { return ("reused", "\(error)") }
+            }
+            for i in 0..<(group - 1) {
+                tasks.addTask {
+                    do {
+                        _ = try await store.append([event()], to: "new-\(i)", expected: .noStream, commandID: nil)
+                        return ("new-\(i)", "appended")
+                    } catch { return ("new-\(i)", "\(error)") }
+                }
+            }
+            return await tasks.reduce(into: [String: String]()) { $0[$1.0] = $1.1 }
+        }
+        #expect(outcomes["taken"] == "conflict")
+        #expect(outcomes["reused"] == "invalid")
+        for i in 0..<(group - 1) { #expect(outcomes["new-\(i)"] == "appended") }
+        #expect(try await store.streamVersion("taken-1") == 2)
+        #expect(try await store.streamVersion("fresh-1") == 0)
+        #expect(try await store.headPosition().position == Int64(2 + group - 1))
+        // The stream that refused an append still takes the next one at its version.
+        let next = try await store.append([event()], to: "taken-1", expected: .exact(2), commandID: nil)
+        #expect(next.firstVersion == 3)
+        try await store.close()
+    }
+
     @Test("events survive closing and reopening the file", arguments: [SQLiteEventStore.Durability.full, .normal, .off])
     func reopen(durability: SQLiteEventStore.Durability) async throws {
         let file = try TemporaryDatabase()
