@@ -1,76 +1,10 @@
 import Backstage
+import BackstageTestSupport
 import Foundation
 import Synchronization
 import Testing
 
 @testable import BackstagePostgres
-
-// A wallet whose first command is cached in this process while a worker process appends.
-
-private struct Credited: Event, Equatable {
-    static let typeName = "Credited"
-    var amount: Int
-    var reference: String
-    var note: String
-}
-
-private struct Debited: Event, Equatable {
-    static let typeName = "Debited"
-    var amount: Int
-}
-
-private enum WalletEvent: EventFamily {
-    case credited(Credited)
-    case debited(Debited)
-    static let members: [EventMember<WalletEvent>] = [
-        .init(Credited.self, WalletEvent.credited), .init(Debited.self, WalletEvent.debited),
-    ]
-    var event: any Event {
-        switch self {
-        case .credited(let e): e
-        case .debited(let e): e
-        }
-    }
-}
-
-private struct Wallet: Aggregate {
-    typealias Event = WalletEvent
-    enum Rejection: Error, Equatable { case insufficientFunds(balance: Int) }
-    static let category = "wallet"
-    var balance = 0
-    init() {}
-    mutating func apply(_ event: WalletEvent) {
-        switch event {
-        case .credited(let e): balance += e.amount
-        case .debited(let e): balance -= e.amount
-        }
-    }
-}
-
-private struct Credit: Command {
-    typealias Target = Wallet
-    var id: String
-    var amount: Int
-    var reference: String
-}
-
-private struct Debit: Command {
-    typealias Target = Wallet
-    var id: String
-    var amount: Int
-}
-
-private func walletApp(_ store: any EventStore) throws -> BackstageApp {
-    var router = Router()
-    try router.route(Credit.self, id: \.id) { _, c in
-        [.credited(Credited(amount: c.amount, reference: c.reference, note: "credit of \(c.amount)"))]
-    }
-    try router.route(Debit.self, id: \.id) { wallet, c throws(Wallet.Rejection) in
-        guard wallet.balance >= c.amount else { throw .insufficientFunds(balance: wallet.balance) }
-        return [.debited(Debited(amount: c.amount))]
-    }
-    return BackstageApp(store: store, router: router)
-}
 
 extension PostgresTests {
     @Suite("Aggregate runtime across PostgreSQL processes")

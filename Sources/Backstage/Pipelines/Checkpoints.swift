@@ -97,6 +97,40 @@ public final class InMemoryCheckpointStore: CheckpointStore {
     }
 }
 
+/// State kept in memory with the checkpoints of the subscriptions that update it.
+package protocol CheckpointedState {
+    /// The checkpoints, by subscription.
+    var checkpoints: [String: Checkpoint] { get set }
+}
+
+/// In-memory state and its checkpoints under one lock, so a batch's changes and its checkpoint
+/// take effect together: the checkpoint store of ``InMemoryProjection`` and ``InMemoryProcessStore``.
+package final class LockedCheckpointStore<State: CheckpointedState>: CheckpointStore {
+    /// The state and its checkpoints.
+    package let storage: Mutex<State>
+
+    package init(_ initial: sending State) { storage = Mutex(initial) }
+
+    package func checkpoint(_ subscription: String) async throws -> Checkpoint? {
+        storage.withLock { $0.checkpoints[subscription] }
+    }
+
+    package func commit(_ subscription: String, expected: LogPosition?, new: LogPosition, token: Int64) async throws {
+        try storage.withLock { s throws(CheckpointError) in
+            try checkCheckpointCommit(subscription, stored: s.checkpoints[subscription], expected: expected, token: token)
+            s.checkpoints[subscription] = Checkpoint(subscription: subscription, position: new, token: token)
+        }
+    }
+
+    package func checkpoints() async throws -> [Checkpoint] {
+        storage.withLock { Array($0.checkpoints.values) }
+    }
+
+    package func delete(_ subscription: String) async throws {
+        _ = storage.withLock { $0.checkpoints.removeValue(forKey: subscription) }
+    }
+}
+
 /// Decides which process runs a subscription. Each subscription has one active consumer at a
 /// time; its fencing token goes with every checkpoint commit.
 ///

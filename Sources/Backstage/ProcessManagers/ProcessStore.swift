@@ -140,45 +140,19 @@ public protocol ProcessStore: Sendable {
 /// Process instances, outbox and checkpoints in memory, under one lock: each batch's changes
 /// and its checkpoint take effect together. For tests and the in-memory store.
 public final class InMemoryProcessStore: ProcessStore {
-    struct Storage {
+    struct Storage: CheckpointedState {
         var instances: [String: [String: (Data, Date)]] = [:]
         var outbox: [UUID: OutboxCommand] = [:]
         var checkpoints: [String: Checkpoint] = [:]
         var claimed: Set<UUID> = []
     }
-    final class Box: Sendable {
-        let storage = Mutex(Storage())
-    }
-    private final class Checkpoints: CheckpointStore {
-        let box: Box
-        init(box: Box) { self.box = box }
-        func checkpoint(_ subscription: String) async throws -> Checkpoint? {
-            box.storage.withLock { $0.checkpoints[subscription] }
-        }
-        func commit(_ subscription: String, expected: LogPosition?, new: LogPosition, token: Int64) async throws {
-            try box.storage.withLock { s throws(CheckpointError) in
-                try checkCheckpointCommit(
-                    subscription, stored: s.checkpoints[subscription], expected: expected, token: token)
-                s.checkpoints[subscription] = Checkpoint(subscription: subscription, position: new, token: token)
-            }
-        }
-        func checkpoints() async throws -> [Checkpoint] {
-            box.storage.withLock { Array($0.checkpoints.values) }
-        }
-        func delete(_ subscription: String) async throws {
-            _ = box.storage.withLock { $0.checkpoints.removeValue(forKey: subscription) }
-        }
-    }
-    private let box = Box()
-    private let checkpointStore: Checkpoints
+    private let box = LockedCheckpointStore(Storage())
 
     /// Creates an empty store.
-    public init() {
-        checkpointStore = Checkpoints(box: box)
-    }
+    public init() {}
 
     /// Its checkpoints (next to the instances).
-    public var checkpoints: any CheckpointStore { checkpointStore }
+    public var checkpoints: any CheckpointStore { box }
     /// The pipeline service's parked-event store.
     public var parkedEvents: (any ParkedEventStore)? { nil }
 
