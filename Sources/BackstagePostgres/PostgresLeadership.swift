@@ -102,9 +102,9 @@ public final class PostgresLeadership: LeaderElection {
     }
 
     /// The store whose pool lends the lease connection and whose schema holds the lease rows.
-    public let store: PostgresEventStore
+    package let store: PostgresEventStore
     /// The settings.
-    public let configuration: Configuration
+    package let configuration: Configuration
     private let state = Mutex(State())
     private let logger: Logger
     /// This election's name among the members of partitioned subscriptions (and in their lease rows).

@@ -271,8 +271,8 @@ struct ProjectionSQLiteTests {
             func apply(_ event: RecordedEvent, in db: Database, tables: ProjectionTables) throws {}
         }
         let db = try DatabaseQueue()
-        #expect(throws: SQLiteProjectionError.self) { try SQLiteProjection(Bad(), database: db) }
-        #expect(throws: SQLiteProjectionError.undeclaredTable("other")) {
+        #expect(throws: ProjectionError.self) { try SQLiteProjection(Bad(), database: db) }
+        #expect(throws: ProjectionError.undeclaredTable("other")) {
             try ProjectionTables(version: 1, baseNames: ["tickets"]).table("other")
         }
     }

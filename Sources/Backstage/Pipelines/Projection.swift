@@ -77,10 +77,7 @@ public struct ProjectionOptions: Sendable {
     /// ``PartitionKey/category``; events of one key are applied in log order.
     public var partitionKey: PartitionKey = .stream
 
-    /// The defaults.
-    public init() {}
-
-    /// Options with any of the settings changed.
+    /// The defaults, with any of the settings changed.
     public init(
         batchSize: Int = 500, batchTimeout: Duration = .milliseconds(2), failurePolicy: FailurePolicy = FailurePolicy(),
         maxInFlight: Int = 2_000, stronglyConsistent: Bool = true, pageSize: Int = 1_000,

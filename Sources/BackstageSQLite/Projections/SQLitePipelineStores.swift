@@ -89,7 +89,7 @@ extension LogPosition {
 /// which is how projections commit their writes and their checkpoint together.
 public final class SQLiteCheckpointStore: CheckpointStore {
     /// The database.
-    public let database: any DatabaseWriter
+    package let database: any DatabaseWriter
 
     /// Uses `database`, creating the pipeline tables if needed.
     public init(database: any DatabaseWriter) throws {
@@ -175,7 +175,7 @@ public final class SQLiteCheckpointStore: CheckpointStore {
 /// The parked-event (dead-letter) table in an SQLite database.
 public final class SQLiteParkedEventStore: ParkedEventStore {
     /// The database.
-    public let database: any DatabaseWriter
+    package let database: any DatabaseWriter
 
     /// Uses `database`, creating the pipeline tables if needed.
     public init(database: any DatabaseWriter) throws {
