@@ -66,18 +66,7 @@ extension PostgresTests {
                     for round in 0..<3 {
                         let id = UUIDv7.next()
                         let command = Credit(id: "retried\(round)", amount: 42, reference: "order-\(round)")
-                        let outcomes = await withTaskGroup(of: Result<Dispatched<Wallet>, any Error>.self) { group in
-                            for i in 0..<50 {
-                                let app = apps[i % apps.count]
-                                group.addTask {
-                                    do {
-                                        return .success(
-                                            try await app.dispatch(command, options: DispatchOptions(commandID: id)))
-                                    } catch { return .failure(error) }
-                                }
-                            }
-                            return await group.reduce(into: []) { $0.append($1) }
-                        }
+                        let outcomes = await dispatchRetried(command, id: id, over: apps)
                         let failures = outcomes.compactMap { if case .failure(let e) = $0 { "\(e)" } else { nil } }
                         #expect(failures.isEmpty, "\(failures)")
                         let results = outcomes.compactMap { try? $0.get() }

@@ -1,4 +1,5 @@
 import Backstage
+import Foundation
 
 // A wallet whose events carry several fields (so JSON key order matters): the runtime's
 // multi-process tests on SQLite and PostgreSQL, where a worker process appends to it.
@@ -81,4 +82,22 @@ package func walletApp(_ store: any EventStore) throws -> BackstageApp {
         return [.debited(Debited(amount: c.amount))]
     }
     return BackstageApp(store: store, router: router)
+}
+
+/// Dispatches `command` with command id `id` `copies` times at once, spread over `apps` (a
+/// client retrying through several application instances); the outcomes, in completion order.
+package func dispatchRetried(
+    _ command: Credit, id: UUID, copies: Int = 50, over apps: [BackstageApp]
+) async -> [Result<Dispatched<Wallet>, any Error>] {
+    await withTaskGroup(of: Result<Dispatched<Wallet>, any Error>.self) { group in
+        for i in 0..<copies {
+            let app = apps[i % apps.count]
+            group.addTask {
+                do {
+                    return .success(try await app.dispatch(command, options: DispatchOptions(commandID: id)))
+                } catch { return .failure(error) }
+            }
+        }
+        return await group.reduce(into: []) { $0.append($1) }
+    }
 }

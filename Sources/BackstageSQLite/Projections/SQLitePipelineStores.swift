@@ -281,3 +281,18 @@ public final class SQLiteParkedEventStore: ParkedEventStore {
         }
     }
 }
+
+extension ProjectionCommit {
+    /// Performs the commit inside `db`'s transaction: the checkpoint's compare-and-set, or the
+    /// removal of the replayed parked event (`PipelineError.parkedEventNotFound` when it is gone).
+    func perform(in db: Database) throws {
+        switch self {
+        case .checkpoint(let subscription, let expected, let new, let token):
+            try SQLiteCheckpointStore.commit(subscription, expected: expected, new: new, token: token, in: db)
+        case .replay(let subscription, let position):
+            guard try SQLiteParkedEventStore.remove(subscription: subscription, position: position, in: db) else {
+                throw PipelineError.parkedEventNotFound(subscription: subscription, position: position)
+            }
+        }
+    }
+}

@@ -104,15 +104,7 @@ public final class SQLiteProcessStore: ProcessStore, ProcessStoreBackend {
     ) async throws {
         try await database.writeWithoutTransaction { db in
             try db.inTransaction(.immediate) {
-                switch commit {
-                case .checkpoint(let subscription, let expected, let new, let token):
-                    try SQLiteCheckpointStore.commit(subscription, expected: expected, new: new, token: token, in: db)
-                case .replay(let subscription, let position):
-                    guard try SQLiteParkedEventStore.remove(subscription: subscription, position: position, in: db)
-                    else {
-                        throw PipelineError.parkedEventNotFound(subscription: subscription, position: position)
-                    }
-                }
+                try commit.perform(in: db)
                 var loaded: [String: Data] = [:]
                 let select = try db.cachedStatement(
                     sql: "SELECT state FROM backstage_process_instances WHERE process = ? AND key = ?")

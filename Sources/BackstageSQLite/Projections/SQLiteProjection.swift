@@ -190,15 +190,7 @@ public final class SQLiteProjection<Model: SQLiteReadModel>: Projection {
             try db.inTransaction(.immediate) {
                 // The compare-and-set first: a runner of a dropped version (or a stale one) stops at
                 // its checkpoint conflict before touching any table.
-                switch commit {
-                case .checkpoint(let subscription, let expected, let new, let token):
-                    try SQLiteCheckpointStore.commit(subscription, expected: expected, new: new, token: token, in: db)
-                case .replay(let subscription, let position):
-                    guard try SQLiteParkedEventStore.remove(subscription: subscription, position: position, in: db)
-                    else {
-                        throw PipelineError.parkedEventNotFound(subscription: subscription, position: position)
-                    }
-                }
+                try commit.perform(in: db)
                 for event in events { try self.model.apply(event, in: db, tables: names) }
                 return .commit
             }
