@@ -244,3 +244,22 @@ package final class PostgresParkedEventStore: ParkedEventStore {
         }
     }
 }
+
+extension ProjectionCommit {
+    /// Performs the commit inside the transaction open on `conn`: the checkpoint's compare-and-set,
+    /// or the removal of the replayed parked event (`PipelineError.parkedEventNotFound` when it is gone).
+    func perform(store: PostgresEventStore, on conn: PostgresConnection) async throws {
+        switch self {
+        case .checkpoint(let subscription, let expected, let new, let token):
+            try await PostgresCheckpointStore.commit(
+                subscription, expected: expected, new: new, token: token, store: store, on: conn)
+        case .replay(let subscription, let position):
+            guard
+                try await PostgresParkedEventStore.remove(
+                    subscription: subscription, position: position, store: store, on: conn)
+            else {
+                throw PipelineError.parkedEventNotFound(subscription: subscription, position: position)
+            }
+        }
+    }
+}

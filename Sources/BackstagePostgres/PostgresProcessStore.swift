@@ -86,18 +86,7 @@ public final class PostgresProcessStore: ProcessStore, ProcessStoreBackend {
     ) async throws {
         try await store.run { conn in
             try await PostgresTransaction.run(on: conn, logger: self.logger) { conn in
-                switch commit {
-                case .checkpoint(let subscription, let expected, let new, let token):
-                    try await PostgresCheckpointStore.commit(
-                        subscription, expected: expected, new: new, token: token, store: self.store, on: conn)
-                case .replay(let subscription, let position):
-                    guard
-                        try await PostgresParkedEventStore.remove(
-                            subscription: subscription, position: position, store: self.store, on: conn)
-                    else {
-                        throw PipelineError.parkedEventNotFound(subscription: subscription, position: position)
-                    }
-                }
+                try await commit.perform(store: self.store, on: conn)
                 var loaded: [String: Data] = [:]
                 if !keys.isEmpty {
                     let rows = try await conn.query(
