@@ -23,7 +23,9 @@ package struct Tally: Aggregate {
     package var total = 0
     package init() {}
     package mutating func apply(_ event: TallyEvent) {
-        switch event { case .bumped(let e): total += e.by }
+        switch event {
+        case .bumped(let e): total += e.by
+        }
     }
 }
 
