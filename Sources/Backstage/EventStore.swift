@@ -74,7 +74,7 @@ public enum ExpectedVersion: Sendable, Hashable, CustomStringConvertible {
     case exact(Int64)
 
     /// Whether a stream at `actual` satisfies this expectation.
-    public func accepts(_ actual: Int64) -> Bool {
+    package func accepts(_ actual: Int64) -> Bool {
         switch self {
         case .any: true
         case .noStream: actual == 0
@@ -155,7 +155,7 @@ public struct EventFilter: Sendable, Hashable {
     /// Names compare byte for byte (UTF-8), as in the databases: `café` spelled with a combining
     /// accent (NFD) is not `café` spelled with a precomposed one (NFC). A `Set<String>` holds one
     /// spelling of canonically equivalent names, so a filter matches that spelling only.
-    public func matches(type: String, stream: String) -> Bool {
+    package func matches(type: String, stream: String) -> Bool {
         if let types, !Self.containsExactly(types, type) { return false }
         if let categories, !Self.containsExactly(categories, streamCategory(stream)) { return false }
         if let partition, !partition.contains(stream: stream) { return false }
@@ -389,7 +389,7 @@ public struct StoreLimits: Sendable, Hashable {
     }
 
     /// Checks a stream id: non-empty, at most ``maxStreamIDBytes``, no NUL.
-    public func validate(stream: String) throws(EventStoreError) {
+    package func validate(stream: String) throws(EventStoreError) {
         if stream.isEmpty { throw .invalidInput("stream id is empty") }
         if stream.utf8.count > maxStreamIDBytes {
             throw .invalidInput(
@@ -399,7 +399,7 @@ public struct StoreLimits: Sendable, Hashable {
     }
 
     /// Checks an append before anything is written.
-    public func validate(append events: [EventData], to stream: String) throws(EventStoreError) {
+    package func validate(append events: [EventData], to stream: String) throws(EventStoreError) {
         try validate(stream: stream)
         if events.isEmpty { throw .invalidInput("an append needs at least one event") }
         if events.count > maxEventsPerAppend {
@@ -431,7 +431,7 @@ public struct StoreLimits: Sendable, Hashable {
 
     /// Checks the metadata fields of one event: no NUL in a key or value (PostgreSQL's `jsonb`
     /// cannot store it), at most ``maxMetadataBytes`` of keys and values together.
-    public func validate(metadata: EventMetadata, of type: String) throws(EventStoreError) {
+    package func validate(metadata: EventMetadata, of type: String) throws(EventStoreError) {
         var bytes = 0
         for (key, value) in metadata.fields {
             if key.utf8.contains(0) || value.utf8.contains(0) {
@@ -446,7 +446,7 @@ public struct StoreLimits: Sendable, Hashable {
     }
 
     /// Checks a page size.
-    public func validate(pageSize: Int) throws(EventStoreError) {
+    package func validate(pageSize: Int) throws(EventStoreError) {
         if pageSize < 1 || pageSize > maxPageSize {
             throw .invalidInput("page size \(pageSize) is outside 1...\(maxPageSize)")
         }

@@ -16,7 +16,7 @@ public struct StreamInfo: Sendable, Hashable, Codable {
     public var lastWrittenAt: Date
 
     /// Creates a stream summary (stores use this).
-    public init(stream: String, version: Int64, lastPosition: Int64, lastWrittenAt: Date) {
+    package init(stream: String, version: Int64, lastPosition: Int64, lastWrittenAt: Date) {
         self.stream = stream
         self.category = streamCategory(stream)
         self.version = version
@@ -33,7 +33,7 @@ public struct StreamPage: Sendable, Hashable, Codable {
     public var next: String?
 
     /// Creates a page.
-    public init(streams: [StreamInfo], next: String?) {
+    package init(streams: [StreamInfo], next: String?) {
         self.streams = streams
         self.next = next
     }
@@ -54,7 +54,7 @@ public struct LeaseInfo: Sendable, Hashable, Codable {
     public var held: Bool
 
     /// Creates a lease summary (stores use this).
-    public init(owner: String, token: Int64, acquiredAt: Date, expiresAt: Date?, held: Bool) {
+    package init(owner: String, token: Int64, acquiredAt: Date, expiresAt: Date?, held: Bool) {
         self.owner = owner
         self.token = token
         self.acquiredAt = acquiredAt
@@ -98,7 +98,7 @@ public struct SubscriptionInfo: Sendable, Hashable, Codable {
     public var parked: Int
 
     /// Creates a subscription summary (stores use this).
-    public init(
+    package init(
         subscription: String, checkpoint: LogPosition?, checkpointUpdatedAt: Date?, lagEvents: Int64,
         lagSeconds: Double, filtered: Bool, lease: LeaseInfo?, activity: Activity, parked: Int
     ) {
@@ -128,7 +128,7 @@ public struct EventStatistics: Sendable, Hashable, Codable {
         public var last: Date
 
         /// Creates a count.
-        public init(type: String, count: Int64, first: Date, last: Date) {
+        package init(type: String, count: Int64, first: Date, last: Date) {
             self.type = type
             self.count = count
             self.first = first
@@ -144,7 +144,7 @@ public struct EventStatistics: Sendable, Hashable, Codable {
         public var count: Int64
 
         /// Creates a count.
-        public init(day: String, count: Int64) {
+        package init(day: String, count: Int64) {
             self.day = day
             self.count = count
         }
@@ -160,7 +160,7 @@ public struct EventStatistics: Sendable, Hashable, Codable {
     public var byDay: [DayCount]
 
     /// Creates statistics (stores use this).
-    public init(events: Int64, streams: Int64, byType: [TypeCount], byDay: [DayCount]) {
+    package init(events: Int64, streams: Int64, byType: [TypeCount], byDay: [DayCount]) {
         self.events = events
         self.streams = streams
         self.byType = byType.sorted { ($1.count, $0.type) < ($0.count, $1.type) }
@@ -220,7 +220,7 @@ public protocol InspectableEventStore: EventStore {
 
 extension EventStore {
     /// An inspector over this store: the store's own for an ``InspectableEventStore``, otherwise
-    /// one that scans the log (``LogScanningInspector``).
+    /// one that scans the log.
     public var inspector: any StoreInspector {
         if let inspectable = self as? any InspectableEventStore { return inspectable.makeInspector() }
         return LogScanningInspector(store: self)
@@ -231,12 +231,12 @@ extension EventStore {
 
 /// Answers inspection by reading the whole log through the ``EventStore`` protocol: correct for
 /// any store, in time proportional to the log. For the in-memory store and tests.
-public struct LogScanningInspector: StoreInspector {
+package struct LogScanningInspector: StoreInspector {
     /// The store inspected.
-    public let store: any EventStore
+    package let store: any EventStore
 
     /// Inspects `store`.
-    public init(store: any EventStore) {
+    package init(store: any EventStore) {
         self.store = store
     }
 
@@ -261,7 +261,7 @@ public struct LogScanningInspector: StoreInspector {
         return byStream.values.sorted { $0.stream.utf8.lexicographicallyPrecedes($1.stream.utf8) }
     }
 
-    public func streams(category: String?, after: String?, limit: Int) async throws -> StreamPage {
+    package func streams(category: String?, after: String?, limit: Int) async throws -> StreamPage {
         try store.limits.validate(pageSize: limit)
         let all = try await allStreams(category: category)
         let rest = all.filter { after == nil || after!.utf8.lexicographicallyPrecedes($0.stream.utf8) }
@@ -269,7 +269,7 @@ public struct LogScanningInspector: StoreInspector {
         return StreamPage(streams: page, next: rest.count > limit ? page.last?.stream : nil)
     }
 
-    public func stream(_ stream: String) async throws -> StreamInfo? {
+    package func stream(_ stream: String) async throws -> StreamInfo? {
         let last = try await store.readStream(stream, from: .max, direction: .backward, limit: 1)
         return last.first.map {
             StreamInfo(
@@ -277,7 +277,7 @@ public struct LogScanningInspector: StoreInspector {
         }
     }
 
-    public func subscriptions(filters: [String: EventFilter]) async throws -> [SubscriptionInfo] {
+    package func subscriptions(filters: [String: EventFilter]) async throws -> [SubscriptionInfo] {
         let defaults = store.pipelineDefaults
         let checkpoints = try await defaults.checkpoints.checkpoints()
         let parked = try await defaults.parkedEvents.parkedEvents(subscription: nil, limit: Int.max)
@@ -305,7 +305,7 @@ public struct LogScanningInspector: StoreInspector {
         return result
     }
 
-    public func statistics(category: String?) async throws -> EventStatistics {
+    package func statistics(category: String?) async throws -> EventStatistics {
         var types: [String: EventStatistics.TypeCount] = [:]
         var days: [String: Int64] = [:]
         var streams = Set<String>()

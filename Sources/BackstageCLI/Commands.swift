@@ -366,26 +366,39 @@ struct ParkedListCommand: AsyncParsableCommand {
     }
 }
 
-struct ParkedReplayCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "replay", abstract: "Handle a parked event again (needs the application's build of the tool).")
-
+/// The store and the parked event that `parked replay` and `parked discard` act on.
+struct ParkedEventArguments: ParsableArguments {
     @OptionGroup var options: StoreOptions
     @Argument(help: "The subscription (a handler's name, or projection@vN).")
     var subscription: String
     @Argument(help: "The event's position, as `parked list` prints it.")
     var position: String
 
-    func run() async throws {
+    /// Opens the store and runs `body` with it, the tool's context and the event's position;
+    /// then writes "`done` the parked event at <position> for <subscription>".
+    func run(done: String, _ body: (any EventStore, ToolContext, LogPosition) async throws -> Void) async throws {
         let at = try Format.position(position)
         try await withStore(options) { store, context in
+            try await body(store, context, at)
+            context.output.write("\(done) the parked event at \(at) for \(subscription)\n")
+        }
+    }
+}
+
+struct ParkedReplayCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "replay", abstract: "Handle a parked event again (needs the application's build of the tool).")
+
+    @OptionGroup var event: ParkedEventArguments
+
+    func run() async throws {
+        try await event.run(done: "replayed") { store, context, at in
             guard let pipelines = context.tool.pipelines else {
                 throw ToolError(
                     "replaying runs the subscription's handler, which this build does not have: run the application's build of the tool (see the BackstageCLI documentation: Sources/BackstageCLI/BackstageCLI.docc/CommandLine.md)"
                 )
             }
-            try await pipelines(store).replayParked(subscription: subscription, position: at)
-            context.output.write("replayed the parked event at \(at) for \(subscription)\n")
+            try await pipelines(store).replayParked(subscription: event.subscription, position: at)
         }
     }
 }
@@ -394,15 +407,11 @@ struct ParkedDiscardCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "discard", abstract: "Remove a parked event without handling it.")
 
-    @OptionGroup var options: StoreOptions
-    @Argument(help: "The subscription (a handler's name, or projection@vN).")
-    var subscription: String
-    @Argument(help: "The event's position, as `parked list` prints it.")
-    var position: String
+    @OptionGroup var event: ParkedEventArguments
 
     func run() async throws {
-        let at = try Format.position(position)
-        try await withStore(options) { store, context in
+        try await event.run(done: "discarded") { store, context, at in
+            let subscription = event.subscription
             if let pipelines = context.tool.pipelines {
                 try await pipelines(store).discardParked(subscription: subscription, position: at)
             } else if try await store.pipelineDefaults.parkedEvents.remove(subscription: subscription, position: at)
@@ -410,7 +419,6 @@ struct ParkedDiscardCommand: AsyncParsableCommand {
             {
                 throw PipelineError.parkedEventNotFound(subscription: subscription, position: at)
             }
-            context.output.write("discarded the parked event at \(at) for \(subscription)\n")
         }
     }
 }

@@ -102,9 +102,9 @@ public final class PostgresLeadership: LeaderElection {
     }
 
     /// The store whose pool lends the lease connection and whose schema holds the lease rows.
-    public let store: PostgresEventStore
+    package let store: PostgresEventStore
     /// The settings.
-    public let configuration: Configuration
+    package let configuration: Configuration
     private let state = Mutex(State())
     private let logger: Logger
     /// This election's name among the members of partitioned subscriptions (and in their lease rows).
@@ -127,6 +127,26 @@ public final class PostgresLeadership: LeaderElection {
     ///
     /// - Throws: `CancellationError` when the task is cancelled or ``run()`` ends.
     public func acquire(_ subscription: String) async throws -> Int64 {
+        try await waitForLease { s, id, continuation in
+            let previous = s.waiters[subscription]?.continuation
+            s.waiters[subscription] = Waiter(id: id, continuation: continuation)
+            if s.held.removeValue(forKey: subscription) != nil { s.unlocks.append(subscription) }
+            s.pending = true
+            return previous
+        } dequeue: { s, id in
+            guard s.waiters[subscription]?.id == id else { return nil }
+            return s.waiters.removeValue(forKey: subscription)?.continuation
+        }
+    }
+
+    /// Waits for a lease's token: `enqueue` registers the continuation of waiter `id` (a fresh
+    /// id) in the state, and returns the continuation of the waiter it replaces, which ends with
+    /// `CancellationError`; when the task is cancelled, `dequeue` removes waiter `id` if it is
+    /// still there, and returns its continuation.
+    private func waitForLease(
+        enqueue: (inout State, UInt64, CheckedContinuation<Int64, any Error>) -> CheckedContinuation<Int64, any Error>?,
+        dequeue: @escaping @Sendable (inout State, UInt64) -> CheckedContinuation<Int64, any Error>?
+    ) async throws -> Int64 {
         let id = state.withLock { s in
             s.nextID += 1
             return s.nextID
@@ -135,20 +155,12 @@ public final class PostgresLeadership: LeaderElection {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Int64, any Error>) in
                 let replaced = state.withLock { s -> CheckedContinuation<Int64, any Error>? in
                     if Task.isCancelled { return continuation }
-                    let previous = s.waiters[subscription]?.continuation
-                    s.waiters[subscription] = Waiter(id: id, continuation: continuation)
-                    if s.held.removeValue(forKey: subscription) != nil { s.unlocks.append(subscription) }
-                    s.pending = true
-                    return previous
+                    return enqueue(&s, id, continuation)
                 }
                 replaced?.resume(throwing: CancellationError())
             }
         } onCancel: {
-            let waiter = state.withLock { s -> Waiter? in
-                guard s.waiters[subscription]?.id == id else { return nil }
-                return s.waiters.removeValue(forKey: subscription)
-            }
-            waiter?.continuation.resume(throwing: CancellationError())
+            state.withLock { s in dequeue(&s, id) }?.resume(throwing: CancellationError())
         }
     }
 
@@ -179,31 +191,18 @@ public final class PostgresLeadership: LeaderElection {
     /// - Throws: `CancellationError` when the task is cancelled or ``run()`` ends.
     public func acquire(partition: Int, of count: Int, subscription base: String) async throws -> Int64 {
         let id = partitionSubscription(base, partition: partition, of: count)
-        let waiterID = state.withLock { s in
-            s.nextID += 1
-            return s.nextID
-        }
-        return try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Int64, any Error>) in
-                let replaced = state.withLock { s -> CheckedContinuation<Int64, any Error>? in
-                    if Task.isCancelled { return continuation }
-                    let previous = s.partitionWaiters[id]?.continuation
-                    s.partitionWaiters[id] = PartitionWaiter(
-                        id: waiterID, group: base, partition: partition, count: count, continuation: continuation)
-                    if let lease = s.partitionHeld.removeValue(forKey: id) {
-                        s.partitionReleases.append((id, lease.token))
-                    }
-                    s.partitionPending = true
-                    return previous
-                }
-                replaced?.resume(throwing: CancellationError())
+        return try await waitForLease { s, waiterID, continuation in
+            let previous = s.partitionWaiters[id]?.continuation
+            s.partitionWaiters[id] = PartitionWaiter(
+                id: waiterID, group: base, partition: partition, count: count, continuation: continuation)
+            if let lease = s.partitionHeld.removeValue(forKey: id) {
+                s.partitionReleases.append((id, lease.token))
             }
-        } onCancel: {
-            let waiter = state.withLock { s -> PartitionWaiter? in
-                guard s.partitionWaiters[id]?.id == waiterID else { return nil }
-                return s.partitionWaiters.removeValue(forKey: id)
-            }
-            waiter?.continuation.resume(throwing: CancellationError())
+            s.partitionPending = true
+            return previous
+        } dequeue: { s, waiterID in
+            guard s.partitionWaiters[id]?.id == waiterID else { return nil }
+            return s.partitionWaiters.removeValue(forKey: id)?.continuation
         }
     }
 

@@ -11,7 +11,7 @@ import PostgresNIO
 /// cannot move the checkpoint even before the new leader's first commit.
 public final class PostgresCheckpointStore: CheckpointStore {
     /// The store whose schema holds the checkpoints.
-    public let store: PostgresEventStore
+    package let store: PostgresEventStore
 
     /// Uses the checkpoints table of `store`'s schema.
     public init(store: PostgresEventStore) {
@@ -134,16 +134,16 @@ public final class PostgresCheckpointStore: CheckpointStore {
 
 /// Parked events in the store's schema: the record points at the event in the log (events are
 /// immutable, so the event itself is not copied).
-public final class PostgresParkedEventStore: ParkedEventStore {
+package final class PostgresParkedEventStore: ParkedEventStore {
     /// The store whose schema holds the parked events.
-    public let store: PostgresEventStore
+    package let store: PostgresEventStore
 
     /// Uses the parked-events table of `store`'s schema.
-    public init(store: PostgresEventStore) {
+    package init(store: PostgresEventStore) {
         self.store = store
     }
 
-    public func park(_ parked: ParkedEvent) async throws {
+    package func park(_ parked: ParkedEvent) async throws {
         let attempts = Int32(clamping: parked.attempts)
         let position = parked.event.logPosition
         try await store.run { conn in
@@ -159,20 +159,20 @@ public final class PostgresParkedEventStore: ParkedEventStore {
         }
     }
 
-    public func parkedEvents(subscription: String?, limit: Int) async throws -> [ParkedEvent] {
+    package func parkedEvents(subscription: String?, limit: Int) async throws -> [ParkedEvent] {
         guard limit > 0 else { return [] }
         return try await select(
             subscription == nil ? "TRUE" : "p.subscription = $1", binds: subscription.map { [$0] } ?? [], limit: limit)
     }
 
-    public func parkedEvent(subscription: String, position: LogPosition) async throws -> ParkedEvent? {
+    package func parkedEvent(subscription: String, position: LogPosition) async throws -> ParkedEvent? {
         try await select(
             "p.subscription = $1 AND p.transaction_id = $2::xid8 AND p.position = $3::bigint",
             binds: [subscription, String(position.transaction), String(position.position)], limit: 1
         ).first
     }
 
-    public func update(_ parked: ParkedEvent, expectedAttempts: Int) async throws -> Bool {
+    package func update(_ parked: ParkedEvent, expectedAttempts: Int) async throws -> Bool {
         let attempts = Int32(clamping: parked.attempts)
         let expected = Int32(clamping: expectedAttempts)
         let position = parked.event.logPosition
@@ -192,7 +192,7 @@ public final class PostgresParkedEventStore: ParkedEventStore {
     }
 
     @discardableResult
-    public func remove(subscription: String, position: LogPosition) async throws -> ParkedEvent? {
+    package func remove(subscription: String, position: LogPosition) async throws -> ParkedEvent? {
         guard let parked = try await parkedEvent(subscription: subscription, position: position) else { return nil }
         let removed = try await store.run { conn in
             try await Self.remove(subscription: subscription, position: position, store: self.store, on: conn)
@@ -241,6 +241,25 @@ public final class PostgresParkedEventStore: ParkedEventStore {
                         parkedAt: try r[16].decode(Date.self)))
             }
             return parked
+        }
+    }
+}
+
+extension ProjectionCommit {
+    /// Performs the commit inside the transaction open on `conn`: the checkpoint's compare-and-set,
+    /// or the removal of the replayed parked event (`PipelineError.parkedEventNotFound` when it is gone).
+    func perform(store: PostgresEventStore, on conn: PostgresConnection) async throws {
+        switch self {
+        case .checkpoint(let subscription, let expected, let new, let token):
+            try await PostgresCheckpointStore.commit(
+                subscription, expected: expected, new: new, token: token, store: store, on: conn)
+        case .replay(let subscription, let position):
+            guard
+                try await PostgresParkedEventStore.remove(
+                    subscription: subscription, position: position, store: store, on: conn)
+            else {
+                throw PipelineError.parkedEventNotFound(subscription: subscription, position: position)
+            }
         }
     }
 }

@@ -12,9 +12,9 @@ import PostgresNIO
 /// dispatched and deletes the row before it commits, so exactly one process dispatches it; a
 /// process that dies mid-dispatch releases the row (its transaction rolls back), and the next
 /// dispatch, with the same command id, returns the stored result.
-public final class PostgresProcessStore: ProcessStore {
+public final class PostgresProcessStore: ProcessStore, ProcessStoreBackend {
     /// The store whose schema holds the tables.
-    public let store: PostgresEventStore
+    package let store: PostgresEventStore
     private let checkpointStore: PostgresCheckpointStore
     private let parkedStore: PostgresParkedEventStore
 
@@ -25,10 +25,13 @@ public final class PostgresProcessStore: ProcessStore {
         self.parkedStore = PostgresParkedEventStore(store: store)
     }
 
+    /// Its operations.
+    public var storage: ProcessStorage { ProcessStorage(self) }
+
     /// Its checkpoints, in the store's schema.
-    public var checkpoints: any CheckpointStore { checkpointStore }
+    package var checkpoints: any CheckpointStore { checkpointStore }
     /// Its parked events, in the store's schema.
-    public var parkedEvents: (any ParkedEventStore)? { parkedStore }
+    package var parkedEvents: (any ParkedEventStore)? { parkedStore }
 
     private var s: String { store.s }
     private var logger: Logger { store.queryLogger }
@@ -77,24 +80,13 @@ public final class PostgresProcessStore: ProcessStore {
             logger: logger)
     }
 
-    public func transact(
+    package func transact(
         process: String, keys: Set<String>, commit: ProjectionCommit,
         compute: @Sendable ([String: Data]) throws -> ProcessChanges
     ) async throws {
         try await store.run { conn in
             try await PostgresTransaction.run(on: conn, logger: self.logger) { conn in
-                switch commit {
-                case .checkpoint(let subscription, let expected, let new, let token):
-                    try await PostgresCheckpointStore.commit(
-                        subscription, expected: expected, new: new, token: token, store: self.store, on: conn)
-                case .replay(let subscription, let position):
-                    guard
-                        try await PostgresParkedEventStore.remove(
-                            subscription: subscription, position: position, store: self.store, on: conn)
-                    else {
-                        throw PipelineError.parkedEventNotFound(subscription: subscription, position: position)
-                    }
-                }
+                try await commit.perform(store: self.store, on: conn)
                 var loaded: [String: Data] = [:]
                 if !keys.isEmpty {
                     let rows = try await conn.query(
@@ -130,7 +122,7 @@ public final class PostgresProcessStore: ProcessStore {
         }
     }
 
-    public func instances(process: String) async throws -> [StoredProcessInstance] {
+    package func instances(process: String) async throws -> [StoredProcessInstance] {
         try await store.run { conn in
             let rows = try await conn.query(
                 """
@@ -146,7 +138,7 @@ public final class PostgresProcessStore: ProcessStore {
         }
     }
 
-    public func deleteInstance(process: String, key: String) async throws {
+    package func deleteInstance(process: String, key: String) async throws {
         try await store.run { conn in
             try await PostgresTransaction.run(on: conn, logger: self.logger) { conn in
                 try await self.deleteInstance(process: process, key: key, on: conn)
@@ -155,7 +147,7 @@ public final class PostgresProcessStore: ProcessStore {
         }
     }
 
-    public func schedule(_ commands: [OutboxCommand]) async throws {
+    package func schedule(_ commands: [OutboxCommand]) async throws {
         try await store.run { conn in
             try await PostgresTransaction.run(on: conn, logger: self.logger) { conn in
                 try await self.insert(commands, on: conn)
@@ -164,7 +156,7 @@ public final class PostgresProcessStore: ProcessStore {
         }
     }
 
-    public func cancel(key: String) async throws -> Int {
+    package func cancel(key: String) async throws -> Int {
         try await store.run { conn in
             let rows = try await conn.query(
                 "DELETE FROM \(unescaped: self.s).command_outbox WHERE cancel_key = \(key) RETURNING id",
@@ -175,7 +167,7 @@ public final class PostgresProcessStore: ProcessStore {
         }
     }
 
-    public func pending(limit: Int) async throws -> [OutboxCommand] {
+    package func pending(limit: Int) async throws -> [OutboxCommand] {
         try await store.run { conn in
             try await self.commands(
                 try await conn.query(
@@ -186,7 +178,7 @@ public final class PostgresProcessStore: ProcessStore {
         }
     }
 
-    public func nextDue() async throws -> Date? {
+    package func nextDue() async throws -> Date? {
         try await store.run { conn in
             let rows = try await conn.query(
                 "SELECT min(due_at) FROM \(unescaped: self.s).command_outbox", logger: self.logger)
@@ -195,7 +187,7 @@ public final class PostgresProcessStore: ProcessStore {
         }
     }
 
-    public func dispatchDue(now: Date, limit: Int, dispatch: @Sendable (OutboxCommand) async -> OutboxOutcome)
+    package func dispatchDue(now: Date, limit: Int, dispatch: @Sendable (OutboxCommand) async -> OutboxOutcome)
         async throws -> Int
     {
         var handled = 0

@@ -249,7 +249,7 @@ public struct ScenarioFailure: Error, Sendable, CustomStringConvertible, Localiz
     public let message: String
 
     /// Creates a failure with `message`.
-    public init(message: String) {
+    package init(message: String) {
         self.message = message
     }
 

@@ -14,7 +14,7 @@ public struct ConformanceFailure: Error, Sendable, CustomStringConvertible {
     public var location: String
 
     /// Creates a failure.
-    public init(check: String = "", message: String, location: String = "") {
+    package init(check: String = "", message: String, location: String = "") {
         self.check = check
         self.message = message
         self.location = location
@@ -48,7 +48,7 @@ public struct ConformanceCheck: Sendable, CustomStringConvertible {
     let body: @Sendable (any EventStore) async throws -> Void
 
     /// Creates a check; `body` throws a ``ConformanceFailure`` when the store misbehaves.
-    public init(_ name: String, _ body: @escaping @Sendable (any EventStore) async throws -> Void) {
+    package init(_ name: String, _ body: @escaping @Sendable (any EventStore) async throws -> Void) {
         self.name = name
         self.body = body
     }

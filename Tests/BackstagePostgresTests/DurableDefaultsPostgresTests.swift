@@ -1,4 +1,5 @@
 import Backstage
+import BackstageTestSupport
 import BackstageTesting
 import Foundation
 import PostgresNIO

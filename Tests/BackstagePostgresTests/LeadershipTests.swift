@@ -1,4 +1,5 @@
 import Backstage
+import BackstageTestSupport
 import Foundation
 import PostgresNIO
 import Synchronization

@@ -1,4 +1,5 @@
 import Backstage
+import BackstageTestSupport
 import BackstageTesting
 import Foundation
 import PostgresNIO
@@ -149,27 +150,14 @@ final class WorkerProcess: Sendable {
         self.lines = stream
         self.finished = finished
         let box = self.box
-        let handle = pipe.fileHandleForReading
-        let thread = Thread {
-            var buffer = Data()
-            var all: [String] = []
-            while true {
-                let chunk = handle.availableData
-                if chunk.isEmpty { break }
-                buffer.append(chunk)
-                while let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) {
-                    let line = String(decoding: buffer[buffer.startIndex..<newline], as: UTF8.self)
-                    buffer.removeSubrange(buffer.startIndex...newline)
-                    all.append(line)
-                    box.value.withLock { $0.append(line) }
-                    continuation.yield(line)
-                }
-            }
+        readLines(of: pipe.fileHandleForReading) { line in
+            box.value.withLock { $0.append(line) }
+            continuation.yield(line)
+        } end: {
             continuation.finish()
-            done.yield(all)
+            done.yield(box.value.withLock { $0 })
             done.finish()
         }
-        thread.start()
     }
 
     /// Waits for a line that satisfies `predicate` (or the end of the output).
@@ -193,8 +181,3 @@ final class WorkerProcess: Sendable {
     }
 }
 
-/// A value behind a lock, shareable between tasks and storable in arrays.
-final class Locked<T: Sendable>: Sendable {
-    let value: Mutex<T>
-    init(_ initial: T) { value = Mutex(initial) }
-}

@@ -35,20 +35,7 @@ final class SQLiteWorkerProcess: Sendable {
         try process.run()
         self.process = process
         let lines = self.lines
-        let handle = pipe.fileHandleForReading
-        Thread.detachNewThread {
-            var buffer = Data()
-            while true {
-                let chunk = handle.availableData
-                if chunk.isEmpty { break }
-                buffer.append(chunk)
-                while let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) {
-                    let line = String(decoding: buffer[buffer.startIndex..<newline], as: UTF8.self)
-                    buffer.removeSubrange(buffer.startIndex...newline)
-                    lines.withLock { $0.append(line) }
-                }
-            }
-        }
+        readLines(of: pipe.fileHandleForReading) { line in lines.withLock { $0.append(line) } }
     }
 
     /// The lines printed so far.
@@ -222,9 +209,7 @@ struct DurableDefaultsSQLiteTests {
         defer { worker.kill() }
         #expect(try await worker.waitFor("leading"), "the worker did not start the projection: \(worker.output)")
 
-        var router = Router()
-        try router.route(SQLBump.self, id: \.id) { _, c in [.bumped(SQLBumped(by: c.by))] }
-        let app = BackstageApp(store: store, router: router)
+        let app = try tallyApp(store)
         let projection = try SQLiteProjection(SQLiteSumsModel(), database: store.database)
         let service = try PipelineService(app: app, projections: [projection])
         let running = Task { try await service.run() }
@@ -232,15 +217,15 @@ struct DurableDefaultsSQLiteTests {
         #expect(service.status(of: "sums") == nil, "this process must not lead the projection")
         var expected = 0
         for i in 1...5 {
-            try await app.dispatch(SQLBump(id: "s", by: i), options: DispatchOptions(consistency: .strong))
+            try await app.dispatch(Bump(id: "s", by: i), options: DispatchOptions(consistency: .strong))
             expected += i
             let seen = try await store.database.read { db in
-                try Int.fetchOne(db, sql: "SELECT total FROM sums WHERE stream = 'sqltally-s'")
+                try Int.fetchOne(db, sql: "SELECT total FROM sums WHERE stream = 'tally-s'")
             }
             #expect(seen == expected, "read right after a .strong dispatch")
         }
         try await app.dispatch(
-            SQLBump(id: "s", by: 1),
+            Bump(id: "s", by: 1),
             options: DispatchOptions(consistency: .projections(["sums"]), timeout: .seconds(10)))
 
         // This process stops being a candidate (cancelled: it waits for the lease), and the
@@ -249,15 +234,15 @@ struct DurableDefaultsSQLiteTests {
         try? await running.value
         worker.kill()
         await worker.process.exited()
-        let before = try await store.streamVersion("sqltally-s")
+        let before = try await store.streamVersion("tally-s")
         await #expect {
             try await app.dispatch(
-                SQLBump(id: "s", by: 100), options: DispatchOptions(consistency: .strong, timeout: .milliseconds(800)))
+                Bump(id: "s", by: 100), options: DispatchOptions(consistency: .strong, timeout: .milliseconds(800)))
         } throws: { error in
             guard case ConsistencyError.timeout = error else { return false }
             return "\(error)".contains("the events were stored")
         }
-        #expect(try await store.streamVersion("sqltally-s") == before + 1, "the events were stored")
+        #expect(try await store.streamVersion("tally-s") == before + 1, "the events were stored")
         try await store.close()
     }
 }

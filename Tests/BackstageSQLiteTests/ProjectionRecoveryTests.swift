@@ -149,7 +149,7 @@ struct ProjectionRecoveryTests {
         _ = try SQLiteProjection(TotalsReadModel(name: "first"), database: store.database)
         // The same projection again (another process, a restart) is fine.
         _ = try SQLiteProjection(TotalsReadModel(name: "first"), database: store.database)
-        #expect(throws: SQLiteProjectionError.tableOwned("totals", owner: "first", projection: "second")) {
+        #expect(throws: ProjectionError.tableOwned("totals", owner: "first", projection: "second")) {
             _ = try SQLiteProjection(TotalsReadModel(name: "second"), database: store.database)
         }
         try await store.close()

@@ -62,51 +62,6 @@ func logStats(_ db: any DatabaseReader, table: String = "totals_log") async thro
     }
 }
 
-struct SQLBumped: Event {
-    static let typeName = "SQLBumped"
-    var by: Int
-}
-
-enum SQLTallyEvent: EventFamily {
-    case bumped(SQLBumped)
-    static let members: [EventMember<SQLTallyEvent>] = [.init(SQLBumped.self, SQLTallyEvent.bumped)]
-}
-
-struct SQLTally: Aggregate {
-    static let category = "sqltally"
-    var total = 0
-    init() {}
-    mutating func apply(_ event: SQLTallyEvent) {
-        switch event { case .bumped(let e): total += e.by }
-    }
-}
-
-struct SQLBump: Command {
-    typealias Target = SQLTally
-    var id: String
-    var by: Int
-}
-
-/// Sums per aggregate, for the strong consistency test.
-struct SumsReadModel: SQLiteReadModel {
-    let name = "sums"
-    let tables = ["sums"]
-    let filter = EventFilter(types: [SQLBumped.typeName])
-
-    func createTables(in db: Database, tables: ProjectionTables) throws {
-        try db.execute(sql: "CREATE TABLE \(try tables.table("sums")) (stream TEXT PRIMARY KEY, total INTEGER NOT NULL)")
-    }
-
-    func apply(_ event: RecordedEvent, in db: Database, tables: ProjectionTables) throws {
-        guard let bumped = try event.decode(as: SQLBumped.self) else { return }
-        try db.execute(
-            sql: """
-                INSERT INTO \(try tables.table("sums")) (stream, total) VALUES (?, ?)
-                ON CONFLICT (stream) DO UPDATE SET total = total + excluded.total
-                """, arguments: [event.stream, bumped.by])
-    }
-}
-
 @Suite("SQLite projections")
 struct ProjectionSQLiteTests {
     @Test("projection and handler over the SQLite store: every event once in the read model, checkpoints stored in the file")
@@ -142,20 +97,18 @@ struct ProjectionSQLiteTests {
     func strongConsistency() async throws {
         let file = try TemporaryDatabase()
         let store = try SQLiteEventStore(path: file.path)
-        var router = Router()
-        try router.route(SQLBump.self, id: \.id) { _, c in [.bumped(SQLBumped(by: c.by))] }
-        let app = BackstageApp(store: store, router: router)
+        let app = try tallyApp(store)
         let projection = try SQLiteProjection(
-            SumsReadModel(), database: store.database,
+            SQLiteSumsModel(), database: store.database,
             options: ProjectionOptions(batchSize: 500, batchTimeout: .milliseconds(200)))
         let service = try PipelineService(app: app, projections: [projection])
         let running = Task { try await service.run() }
         var expected = 0
         for i in 1...20 {
-            try await app.dispatch(SQLBump(id: "s", by: i), options: DispatchOptions(consistency: .strong))
+            try await app.dispatch(Bump(id: "s", by: i), options: DispatchOptions(consistency: .strong))
             expected += i
             let seen = try await store.database.read { db in
-                try Int.fetchOne(db, sql: "SELECT total FROM sums WHERE stream = 'sqltally-s'")
+                try Int.fetchOne(db, sql: "SELECT total FROM sums WHERE stream = 'tally-s'")
             }
             #expect(seen == expected)
         }
@@ -318,8 +271,8 @@ struct ProjectionSQLiteTests {
             func apply(_ event: RecordedEvent, in db: Database, tables: ProjectionTables) throws {}
         }
         let db = try DatabaseQueue()
-        #expect(throws: SQLiteProjectionError.self) { try SQLiteProjection(Bad(), database: db) }
-        #expect(throws: SQLiteProjectionError.undeclaredTable("other")) {
+        #expect(throws: ProjectionError.self) { try SQLiteProjection(Bad(), database: db) }
+        #expect(throws: ProjectionError.undeclaredTable("other")) {
             try ProjectionTables(version: 1, baseNames: ["tickets"]).table("other")
         }
     }

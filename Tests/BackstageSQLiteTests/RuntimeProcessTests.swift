@@ -1,76 +1,10 @@
 import Backstage
 import BackstageSQLite
+import BackstageTestSupport
 import BackstageTesting
 import Foundation
 import Synchronization
 import Testing
-
-// MARK: A wallet (its events carry several fields, so JSON key order matters)
-
-struct Credited: Event, Equatable {
-    static let typeName = "Credited"
-    var amount: Int
-    var reference: String
-    var note: String
-}
-
-struct Debited: Event, Equatable {
-    static let typeName = "Debited"
-    var amount: Int
-}
-
-enum WalletEvent: EventFamily {
-    case credited(Credited)
-    case debited(Debited)
-    static let members: [EventMember<WalletEvent>] = [
-        .init(Credited.self, WalletEvent.credited), .init(Debited.self, WalletEvent.debited),
-    ]
-    var event: any Event {
-        switch self {
-        case .credited(let e): e
-        case .debited(let e): e
-        }
-    }
-}
-
-struct Wallet: Aggregate {
-    typealias Event = WalletEvent
-    enum Rejection: Error, Equatable { case insufficientFunds(balance: Int) }
-    static let category = "wallet"
-    var balance = 0
-    init() {}
-    mutating func apply(_ event: WalletEvent) {
-        switch event {
-        case .credited(let e): balance += e.amount
-        case .debited(let e): balance -= e.amount
-        }
-    }
-}
-
-struct Credit: Command {
-    typealias Target = Wallet
-    var id: String
-    var amount: Int
-    var reference: String
-}
-
-struct Debit: Command {
-    typealias Target = Wallet
-    var id: String
-    var amount: Int
-}
-
-func walletApp(_ store: any EventStore) throws -> BackstageApp {
-    var router = Router()
-    try router.route(Credit.self, id: \.id) { _, c in
-        [.credited(Credited(amount: c.amount, reference: c.reference, note: "credit of \(c.amount)"))]
-    }
-    try router.route(Debit.self, id: \.id) { wallet, c throws(Wallet.Rejection) in
-        guard wallet.balance >= c.amount else { throw .insufficientFunds(balance: wallet.balance) }
-        return [.debited(Debited(amount: c.amount))]
-    }
-    return BackstageApp(store: store, router: router)
-}
 
 /// Runs the SQLite worker to its end and returns its stdout lines.
 func runAppendWorker(_ arguments: [String]) async throws -> [String] {
@@ -141,17 +75,7 @@ struct RuntimeProcessTests {
         for round in 0..<4 {
             let id = UUIDv7.next()
             let command = Credit(id: "retried\(round)", amount: 42, reference: "order-\(round)")
-            let outcomes = await withTaskGroup(of: Result<Dispatched<Wallet>, any Error>.self) { group in
-                for i in 0..<50 {
-                    let app = apps[i % apps.count]
-                    group.addTask {
-                        do {
-                            return .success(try await app.dispatch(command, options: DispatchOptions(commandID: id)))
-                        } catch { return .failure(error) }
-                    }
-                }
-                return await group.reduce(into: []) { $0.append($1) }
-            }
+            let outcomes = await dispatchRetried(command, id: id, over: apps)
             let failures = outcomes.compactMap { if case .failure(let e) = $0 { "\(e)" } else { nil } }
             #expect(failures.isEmpty, "\(failures)")
             let results = outcomes.compactMap { try? $0.get() }

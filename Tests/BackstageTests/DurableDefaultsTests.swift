@@ -31,24 +31,24 @@ struct DurableDefaultsTests {
     )
     func strongFromCommittedCheckpoint() async throws {
         let store = InMemoryEventStore()
-        let app = try pipeTallyApp(store)
+        let app = try tallyApp(store)
         let totals = InMemoryProjection(
             name: "totals", options: ProjectionOptions(batchSize: 1_000, batchTimeout: .milliseconds(100)),
             initial: [String: Int]()
         ) { totals, event in
-            if let bumped = try event.decode(as: PipeBumped.self) { totals[event.stream, default: 0] += bumped.by }
+            if let bumped = try event.decode(as: TallyBumped.self) { totals[event.stream, default: 0] += bumped.by }
         }
         // The app only knows the projection; another service (with its own registry) runs it.
         app.consistency.register(totals)
         let elsewhere = RunningService(try PipelineService(store: store, projections: [totals]))
         for i in 1...5 {
-            try await app.dispatch(PipeBump(id: "a", by: i), options: DispatchOptions(consistency: .strong))
-            #expect(totals.state["pipetally-a"] == (1...i).reduce(0, +))
+            try await app.dispatch(Bump(id: "a", by: i), options: DispatchOptions(consistency: .strong))
+            #expect(totals.state["tally-a"] == (1...i).reduce(0, +))
         }
         try await elsewhere.stop()
         await #expect(throws: ConsistencyError.self) {
             try await app.dispatch(
-                PipeBump(id: "a", by: 1), options: DispatchOptions(consistency: .strong, timeout: .milliseconds(300)))
+                Bump(id: "a", by: 1), options: DispatchOptions(consistency: .strong, timeout: .milliseconds(300)))
         }
     }
 }

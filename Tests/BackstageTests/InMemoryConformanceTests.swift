@@ -1,4 +1,5 @@
 import Backstage
+import BackstageTestSupport
 import BackstageTesting
 import Foundation
 import Synchronization
@@ -102,11 +103,6 @@ final class BrokenStore: EventStore {
     func appendNotifications() -> AsyncStream<Void> { inner.appendNotifications() }
 }
 
-/// A value behind a lock, shareable between closures.
-final class Locked<T: Sendable>: Sendable {
-    let value: Mutex<T>
-    init(_ initial: T) { value = Mutex(initial) }
-}
 
 let mutants: [Mutant] = [
     Mutant(description: "ignores the expected version", check: "expected version exact") {

@@ -25,29 +25,29 @@ struct PipelineProjectionTests {
     @Test("a query right after a .strong dispatch sees the new state")
     func strongConsistency() async throws {
         let store = InMemoryEventStore()
-        let app = try pipeTallyApp(store)
+        let app = try tallyApp(store)
         // A batch timeout far longer than a dispatch: an eventual read would see nothing yet.
         let totals = InMemoryProjection(
             name: "totals", options: ProjectionOptions(batchSize: 1_000, batchTimeout: .milliseconds(300)),
             initial: [String: Int]()
         ) { totals, event in
-            if let bumped = try event.decode(as: PipeBumped.self) { totals[event.stream, default: 0] += bumped.by }
+            if let bumped = try event.decode(as: TallyBumped.self) { totals[event.stream, default: 0] += bumped.by }
         }
         let service = try PipelineService(app: app, projections: [totals])
         let running = RunningService(service)
         for i in 1...5 {
-            try await app.dispatch(PipeBump(id: "a", by: i), options: DispatchOptions(consistency: .strong))
-            #expect(totals.state["pipetally-a"] == (1...i).reduce(0, +))
+            try await app.dispatch(Bump(id: "a", by: i), options: DispatchOptions(consistency: .strong))
+            #expect(totals.state["tally-a"] == (1...i).reduce(0, +))
         }
-        try await app.dispatch(PipeBump(id: "b", by: 7), options: DispatchOptions(consistency: .projections(["totals"])))
-        #expect(totals.state["pipetally-b"] == 7)
+        try await app.dispatch(Bump(id: "b", by: 7), options: DispatchOptions(consistency: .projections(["totals"])))
+        #expect(totals.state["tally-b"] == 7)
         try await running.stop()
     }
 
     @Test("a .strong dispatch whose projection cannot catch up fails with its own timeout error saying the events were stored")
     func strongConsistencyTimeout() async throws {
         let store = InMemoryEventStore()
-        let app = try pipeTallyApp(store)
+        let app = try tallyApp(store)
         let stuck = InMemoryProjection(
             name: "stuck",
             options: ProjectionOptions(failurePolicy: FailurePolicy(maxRetries: 0, finalAction: .stop)),
@@ -57,16 +57,16 @@ struct PipelineProjectionTests {
         let running = RunningService(service)
         do {
             try await app.dispatch(
-                PipeBump(id: "x", by: 1), options: DispatchOptions(consistency: .strong, timeout: .milliseconds(200)))
+                Bump(id: "x", by: 1), options: DispatchOptions(consistency: .strong, timeout: .milliseconds(200)))
             Issue.record("the dispatch should have timed out")
         } catch let error as ConsistencyError {
             #expect("\(error)".contains("the events were stored"))
             #expect("\(error)".contains("stuck"))
         }
-        #expect(try await store.streamVersion("pipetally-x") == 1)
+        #expect(try await store.streamVersion("tally-x") == 1)
         await #expect(throws: ConsistencyError.self) {
             try await app.dispatch(
-                PipeBump(id: "x", by: 1), options: DispatchOptions(consistency: .projections(["nonexistent"])))
+                Bump(id: "x", by: 1), options: DispatchOptions(consistency: .projections(["nonexistent"])))
         }
         try await running.stop()
     }

@@ -138,21 +138,21 @@ struct PipelineRecoveryTests {
     )
     func projectionRecoversFromLostLease() async throws {
         let store = InMemoryEventStore()
-        let app = try pipeTallyApp(store)
+        let app = try tallyApp(store)
         let leases = TestLeases()
         let totals = InMemoryProjection(name: "totals", initial: [String: Int]()) { totals, event in
-            if let bumped = try event.decode(as: PipeBumped.self) { totals[event.stream, default: 0] += bumped.by }
+            if let bumped = try event.decode(as: TallyBumped.self) { totals[event.stream, default: 0] += bumped.by }
         }
         let service = try PipelineService(app: app, projections: [totals], leadership: leases)
         let running = RunningService(service)
         let strong = DispatchOptions(consistency: .strong, timeout: .seconds(10))
-        try await app.dispatch(PipeBump(id: "a", by: 1), options: strong)
+        try await app.dispatch(Bump(id: "a", by: 1), options: strong)
         #expect(leases.grants("totals@v1") == 1)
         leases.revoke("totals@v1")
         // The next batch finds the lease lost: the runner must give up and run again.
-        try await app.dispatch(PipeBump(id: "a", by: 2), options: strong)
-        try await app.dispatch(PipeBump(id: "a", by: 3), options: strong)
-        #expect(totals.state["pipetally-a"] == 6)
+        try await app.dispatch(Bump(id: "a", by: 2), options: strong)
+        try await app.dispatch(Bump(id: "a", by: 3), options: strong)
+        #expect(totals.state["tally-a"] == 6)
         #expect(leases.grants("totals@v1") == 2)
         try await running.stop()
     }

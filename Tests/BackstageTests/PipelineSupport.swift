@@ -128,35 +128,3 @@ struct PipeFailure: Error, CustomStringConvertible {
     var position: Int64
     var description: String { "deliberate failure at \(position)" }
 }
-
-/// A tiny aggregate for dispatch tests.
-struct PipeBumped: Event {
-    static let typeName = "PipeBumped"
-    var by: Int
-}
-
-enum PipeTallyEvent: EventFamily {
-    case bumped(PipeBumped)
-    static let members: [EventMember<PipeTallyEvent>] = [.init(PipeBumped.self, PipeTallyEvent.bumped)]
-}
-
-struct PipeTally: Aggregate {
-    static let category = "pipetally"
-    var total = 0
-    init() {}
-    mutating func apply(_ event: PipeTallyEvent) {
-        switch event { case .bumped(let e): total += e.by }
-    }
-}
-
-struct PipeBump: Command {
-    typealias Target = PipeTally
-    var id: String
-    var by: Int
-}
-
-func pipeTallyApp(_ store: any EventStore) throws -> BackstageApp {
-    var router = Router()
-    try router.route(PipeBump.self, id: \.id) { _, c in [.bumped(PipeBumped(by: c.by))] }
-    return BackstageApp(store: store, router: router)
-}

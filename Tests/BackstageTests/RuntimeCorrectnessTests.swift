@@ -1,4 +1,5 @@
 import Backstage
+import BackstageTestSupport
 import BackstageTesting
 import Foundation
 import Synchronization
@@ -142,25 +143,9 @@ struct RuntimeCorrectnessTests {
     @Test("conflicts are retried after a growing, jittered wait")
     func backoff() async throws {
         let shared = InMemoryEventStore()
-        let foreign = EventData(type: "CounterIncremented", data: Data(#"{"by":1}"#.utf8))
-        let remaining = Mutex(0)
+        let remaining = Locked(0)
         // Another writer gets in first three times, once the aggregate exists.
-        let store = RecordingEventStore(
-            shared,
-            beforeAppend: { stream in
-                guard
-                    remaining.withLock({ n in
-                        n > 0
-                            ? {
-                                n -= 1
-                                return true
-                            }() : false
-                    })
-                else { return }
-                var event = foreign
-                event.id = UUIDv7.next()
-                _ = try await shared.append([event], to: stream, expected: .any, commandID: nil)
-            })
+        let store = interferedStore(shared, interferences: remaining)
         let app = try makeApp(store) {
             $0.conflictBackoff = .milliseconds(20)
             $0.maxConflictBackoff = .milliseconds(40)

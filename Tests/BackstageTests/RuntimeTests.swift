@@ -1,4 +1,5 @@
 import Backstage
+import BackstageTestSupport
 import BackstageTesting
 import Foundation
 import Synchronization
@@ -168,25 +169,11 @@ struct RuntimeTests {
     @Test("with no retries the typed conflict surfaces, and the next command recovers")
     func conflictSurfaces() async throws {
         let shared = InMemoryEventStore()
-        let interfere = Mutex(0)
+        let interfere = Locked(0)
         // Another writer appends before the next two appends of this app: the first makes the
         // cached state stale (read and decided again), the second gets in between that catch-up
         // and the append.
-        let store = RecordingEventStore(
-            shared,
-            beforeAppend: { stream in
-                guard
-                    interfere.withLock({ n in
-                        n > 0
-                            ? {
-                                n -= 1
-                                return true
-                            }() : false
-                    })
-                else { return }
-                let foreign = EventData(type: "CounterIncremented", data: Data(#"{"by":1}"#.utf8))
-                _ = try await shared.append([foreign], to: stream, expected: .any, commandID: nil)
-            })
+        let store = interferedStore(shared, interferences: interfere)
         let app = try makeApp(store) { $0.maxConflictRetries = 0 }
         try await app.dispatch(Increment(id: "k"))
         interfere.withLock { $0 = 2 }
@@ -303,4 +290,21 @@ extension Counter {
         for _ in 0..<n { c.apply(.incremented(CounterIncremented(by: 1))) }
         return c
     }
+}
+
+/// A store over `shared` where another writer appends a `CounterIncremented` event to the stream
+/// just before each append of this store, as long as `interferences` (counted down) is positive.
+func interferedStore(_ shared: InMemoryEventStore, interferences: Locked<Int>) -> RecordingEventStore {
+    RecordingEventStore(
+        shared,
+        beforeAppend: { stream in
+            let interferes = interferences.withLock { n in
+                guard n > 0 else { return false }
+                n -= 1
+                return true
+            }
+            guard interferes else { return }
+            let foreign = EventData(type: "CounterIncremented", data: Data(#"{"by":1}"#.utf8))
+            _ = try await shared.append([foreign], to: stream, expected: .any, commandID: nil)
+        })
 }

@@ -4,12 +4,12 @@ import Foundation
 import GRDB
 
 /// The `sums` read model of the SQLite multi-process tests: per stream, the total of the `by`
-/// fields of its `SQLBumped` events. The test process and the SQLite worker use the same one.
+/// fields of its `TallyBumped` events. The test process and the SQLite worker use the same one.
 package struct SQLiteSumsModel: SQLiteReadModel {
     package init() {}
     package let name = "sums"
     package let tables = ["sums"]
-    package let filter = EventFilter(types: ["SQLBumped"])
+    package let filter = EventFilter(types: ["TallyBumped"])
 
     package func createTables(in db: Database, tables: ProjectionTables) throws {
         try db.execute(

@@ -4,6 +4,14 @@ import Foundation
 import GRDB
 import Synchronization
 
+/// A value behind a lock, shareable between tasks and storable in arrays (its `value` is the
+/// mutex itself).
+package final class Locked<T: Sendable>: Sendable {
+    package let value: Mutex<T>
+    package init(_ initial: T) { value = Mutex(initial) }
+    package func withLock<R>(_ body: (inout T) -> R) -> R { value.withLock { body(&$0) } }
+}
+
 /// A value behind a lock, shared by the closures of a test.
 package final class TestBox<T: Sendable>: Sendable {
     private let m: Mutex<T>

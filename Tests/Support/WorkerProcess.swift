@@ -29,3 +29,24 @@ package func exitWithParent() {
         }
     }
 }
+
+/// Reads `handle` (a child process's output) to its end on a thread of its own, so a blocking
+/// read never occupies one of the few threads of the concurrency pool: calls `line` with each
+/// complete line, then `end`.
+package func readLines(
+    of handle: FileHandle, line: @escaping @Sendable (String) -> Void, end: @escaping @Sendable () -> Void = {}
+) {
+    Thread.detachNewThread {
+        var buffer = Data()
+        while true {
+            let chunk = handle.availableData
+            if chunk.isEmpty { break }
+            buffer.append(chunk)
+            while let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) {
+                line(String(decoding: buffer[buffer.startIndex..<newline], as: UTF8.self))
+                buffer.removeSubrange(buffer.startIndex...newline)
+            }
+        }
+        end()
+    }
+}

@@ -71,37 +71,71 @@ package func checkCheckpointCommit(
 }
 
 /// Checkpoints in memory: for tests and the in-memory store.
-public final class InMemoryCheckpointStore: CheckpointStore {
+package final class InMemoryCheckpointStore: CheckpointStore {
     private let state = Mutex<[String: Checkpoint]>([:])
 
     /// Creates an empty store.
-    public init() {}
+    package init() {}
 
-    public func checkpoint(_ subscription: String) async throws -> Checkpoint? {
+    package func checkpoint(_ subscription: String) async throws -> Checkpoint? {
         state.withLock { $0[subscription] }
     }
 
-    public func commit(_ subscription: String, expected: LogPosition?, new: LogPosition, token: Int64) async throws {
+    package func commit(_ subscription: String, expected: LogPosition?, new: LogPosition, token: Int64) async throws {
         try state.withLock { s throws(CheckpointError) in
             try checkCheckpointCommit(subscription, stored: s[subscription], expected: expected, token: token)
             s[subscription] = Checkpoint(subscription: subscription, position: new, token: token)
         }
     }
 
-    public func checkpoints() async throws -> [Checkpoint] {
+    package func checkpoints() async throws -> [Checkpoint] {
         state.withLock { Array($0.values).sorted { $0.subscription < $1.subscription } }
     }
 
-    public func delete(_ subscription: String) async throws {
+    package func delete(_ subscription: String) async throws {
         _ = state.withLock { $0.removeValue(forKey: subscription) }
+    }
+}
+
+/// State kept in memory with the checkpoints of the subscriptions that update it.
+package protocol CheckpointedState {
+    /// The checkpoints, by subscription.
+    var checkpoints: [String: Checkpoint] { get set }
+}
+
+/// In-memory state and its checkpoints under one lock, so a batch's changes and its checkpoint
+/// take effect together: the checkpoint store of ``InMemoryProjection`` and ``InMemoryProcessStore``.
+package final class LockedCheckpointStore<State: CheckpointedState>: CheckpointStore {
+    /// The state and its checkpoints.
+    package let storage: Mutex<State>
+
+    package init(_ initial: sending State) { storage = Mutex(initial) }
+
+    package func checkpoint(_ subscription: String) async throws -> Checkpoint? {
+        storage.withLock { $0.checkpoints[subscription] }
+    }
+
+    package func commit(_ subscription: String, expected: LogPosition?, new: LogPosition, token: Int64) async throws {
+        try storage.withLock { s throws(CheckpointError) in
+            try checkCheckpointCommit(subscription, stored: s.checkpoints[subscription], expected: expected, token: token)
+            s.checkpoints[subscription] = Checkpoint(subscription: subscription, position: new, token: token)
+        }
+    }
+
+    package func checkpoints() async throws -> [Checkpoint] {
+        storage.withLock { Array($0.checkpoints.values) }
+    }
+
+    package func delete(_ subscription: String) async throws {
+        _ = storage.withLock { $0.checkpoints.removeValue(forKey: subscription) }
     }
 }
 
 /// Decides which process runs a subscription. Each subscription has one active consumer at a
 /// time; its fencing token goes with every checkpoint commit.
 ///
-/// Single-process stores (in-memory, SQLite) use ``SingleProcessLeadership``; a multi-process
-/// backend (PostgreSQL advisory locks or lease rows) implements the real election.
+/// The in-memory store's process leads every subscription; `SQLiteLeadership` (lease rows in the
+/// file) and `PostgresLeadership` (advisory locks and lease rows) elect across processes.
 public protocol LeaderElection: Sendable {
     /// Waits until this process leads `subscription`; returns the lease's fencing token, which
     /// must be greater than or equal to every token issued before for that subscription.
@@ -114,7 +148,7 @@ public protocol LeaderElection: Sendable {
     func run() async throws
     /// Waits until this process owns partition `partition` of `count` of the subscription `base`;
     /// returns the lease's fencing token. The partition's id for ``isLeader(_:token:)`` and
-    /// ``release(_:token:)`` is ``partitionSubscription(_:partition:of:)``. An election shared by
+    /// ``release(_:token:)`` is `partitionSubscription(_:partition:of:)`. An election shared by
     /// processes spreads the partitions over the live processes that run `base`, and takes a
     /// partition back when its fair share changes (then ``isLeader(_:token:)`` turns false).
     /// The default is ``acquire(_:)`` of the partition's id.
@@ -133,13 +167,13 @@ extension LeaderElection {
 }
 
 /// Leadership for a single process: always the leader, token 0.
-public struct SingleProcessLeadership: LeaderElection {
+package struct SingleProcessLeadership: LeaderElection {
     /// Creates the trivial election.
-    public init() {}
+    package init() {}
     /// Returns token 0 at once.
-    public func acquire(_ subscription: String) async throws -> Int64 { 0 }
+    package func acquire(_ subscription: String) async throws -> Int64 { 0 }
     /// Always true.
-    public func isLeader(_ subscription: String, token: Int64) async -> Bool { true }
+    package func isLeader(_ subscription: String, token: Int64) async -> Bool { true }
     /// Does nothing.
-    public func release(_ subscription: String, token: Int64) async {}
+    package func release(_ subscription: String, token: Int64) async {}
 }

@@ -41,10 +41,10 @@ public enum ConsistencyError: Error, Sendable, Hashable, CustomStringConvertible
 /// process's own runner published (at once, woken by its commits); when that is behind (another
 /// process leads the projection), the checkpoint committed in the projection's checkpoint store
 /// for its active version `name@vN`. That one is polled: first after 5 ms, then at an interval
-/// that doubles up to 200 ms (``committedPollInterval``), and at once on every local commit.
+/// that doubles up to 200 ms (`committedPollInterval`), and at once on every local commit.
 public final class ConsistencyRegistry: Sendable {
     /// Reads a projection's committed checkpoint.
-    public typealias CommittedPosition = @Sendable () async throws -> LogPosition?
+    package typealias CommittedPosition = @Sendable () async throws -> LogPosition?
 
     private struct Entry {
         var position: LogPosition?
@@ -56,7 +56,7 @@ public final class ConsistencyRegistry: Sendable {
 
     /// How often a wait reads the committed checkpoints of projections that are behind: the
     /// first interval, doubled after every read up to the last.
-    public static let committedPollInterval: ClosedRange<Duration> = .milliseconds(5) ... .milliseconds(200)
+    package static let committedPollInterval: ClosedRange<Duration> = .milliseconds(5) ... .milliseconds(200)
 
     /// Creates an empty registry.
     public init() {}
@@ -64,7 +64,7 @@ public final class ConsistencyRegistry: Sendable {
     /// Makes a projection known; `strong`: included in ``Consistency/strong``. `committed` reads
     /// its committed checkpoint (nil: only positions published with ``update(_:position:)`` count,
     /// so only a process that runs the projection can wait for it).
-    public func register(
+    package func register(
         _ name: String, strong: Bool, position: LogPosition?, committed: CommittedPosition? = nil
     ) {
         entries.withLock { $0[name] = Entry(position: position, strong: strong, committed: committed) }
@@ -101,20 +101,20 @@ public final class ConsistencyRegistry: Sendable {
     }
 
     /// Forgets a projection.
-    public func unregister(_ name: String) {
+    package func unregister(_ name: String) {
         _ = entries.withLock { $0.removeValue(forKey: name) }
         changed.signal()
     }
 
     /// Publishes the committed checkpoint of a projection.
-    public func update(_ name: String, position: LogPosition) {
+    package func update(_ name: String, position: LogPosition) {
         entries.withLock { $0[name]?.position = position }
         changed.signal()
     }
 
     /// The latest position known for a projection (published, or read from its checkpoint store
     /// by a wait).
-    public func position(of name: String) -> LogPosition? {
+    package func position(of name: String) -> LogPosition? {
         entries.withLock { $0[name]?.position }
     }
 

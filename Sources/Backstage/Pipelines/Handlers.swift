@@ -21,7 +21,7 @@ public protocol EventHandler: Sendable {
     var name: String { get }
     /// Which events the handler wants; evaluated in the database. Defaults to every event.
     var filter: EventFilter { get }
-    /// Concurrency, partitioning, batching and failure policy. Defaults to ``HandlerOptions/init()``.
+    /// Concurrency, partitioning, batching and failure policy. Defaults to `HandlerOptions()`.
     var options: HandlerOptions { get }
     /// Handles one event. Throw to have it retried according to the failure policy.
     func handle(_ event: RecordedEvent) async throws
@@ -63,7 +63,7 @@ public enum PartitionKey: Sendable {
     /// The worker (0..<concurrency) that handles `event`: a stable hash of its key. A worker
     /// handles its partitions in order, so an event that is being retried holds back the other
     /// partitions of its worker (not those of other workers).
-    public func worker(for event: RecordedEvent, concurrency: Int) -> Int {
+    package func worker(for event: RecordedEvent, concurrency: Int) -> Int {
         guard concurrency > 1 else { return 0 }
         var hash = FNV1a()
         hash.add(key(event))
@@ -122,7 +122,7 @@ public struct FailurePolicy: Sendable, Hashable {
     }
 
     /// The wait before retry number `retry` (1 is the first retry), jitter included.
-    public func backoff(retry: Int) -> Duration {
+    package func backoff(retry: Int) -> Duration {
         func seconds(_ d: Duration) -> Double {
             Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
         }
@@ -163,10 +163,8 @@ public struct HandlerOptions: Sendable {
     /// ``PartitionKey/stream`` or ``PartitionKey/category`` key.
     public var partitions: Int = 1
 
-    /// The defaults: one worker, one event per batch, partitioned by stream.
-    public init() {}
-
-    /// Options with any of the settings changed.
+    /// The defaults (one worker, one event per batch, partitioned by stream), with any of the
+    /// settings changed.
     public init(
         concurrency: Int = 1, partitionKey: PartitionKey = .stream, batchSize: Int = 1,
         batchTimeout: Duration = .zero, failurePolicy: FailurePolicy = FailurePolicy(),

@@ -45,7 +45,7 @@ public protocol ParkedEventStore: Sendable {
 }
 
 /// Parked events in memory: for tests and the in-memory store.
-public final class InMemoryParkedEventStore: ParkedEventStore {
+package final class InMemoryParkedEventStore: ParkedEventStore {
     private struct Key: Hashable {
         var subscription: String
         var position: LogPosition
@@ -53,13 +53,13 @@ public final class InMemoryParkedEventStore: ParkedEventStore {
     private let state = Mutex<[Key: ParkedEvent]>([:])
 
     /// Creates an empty store.
-    public init() {}
+    package init() {}
 
-    public func park(_ parked: ParkedEvent) async throws {
+    package func park(_ parked: ParkedEvent) async throws {
         state.withLock { $0[Key(subscription: parked.subscription, position: parked.event.logPosition)] = parked }
     }
 
-    public func parkedEvents(subscription: String?, limit: Int) async throws -> [ParkedEvent] {
+    package func parkedEvents(subscription: String?, limit: Int) async throws -> [ParkedEvent] {
         state.withLock { s in
             s.values.filter { subscription == nil || $0.subscription == subscription }
                 .sorted { ($0.event.logPosition, $0.subscription) < ($1.event.logPosition, $1.subscription) }
@@ -67,15 +67,15 @@ public final class InMemoryParkedEventStore: ParkedEventStore {
         }
     }
 
-    public func parkedEvent(subscription: String, position: LogPosition) async throws -> ParkedEvent? {
+    package func parkedEvent(subscription: String, position: LogPosition) async throws -> ParkedEvent? {
         state.withLock { $0[Key(subscription: subscription, position: position)] }
     }
 
-    public func remove(subscription: String, position: LogPosition) async throws -> ParkedEvent? {
+    package func remove(subscription: String, position: LogPosition) async throws -> ParkedEvent? {
         state.withLock { $0.removeValue(forKey: Key(subscription: subscription, position: position)) }
     }
 
-    public func update(_ parked: ParkedEvent, expectedAttempts: Int) async throws -> Bool {
+    package func update(_ parked: ParkedEvent, expectedAttempts: Int) async throws -> Bool {
         state.withLock { s in
             let key = Key(subscription: parked.subscription, position: parked.event.logPosition)
             guard s[key]?.attempts == expectedAttempts else { return false }

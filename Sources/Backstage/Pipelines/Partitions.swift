@@ -32,7 +32,7 @@ public struct EventPartition: Sendable, Hashable {
 
     /// Whether the in-memory hash puts an event of `stream` in this partition (FNV-1a of the key's
     /// UTF-8 bytes). Stores with their own hash (PostgreSQL) do not use it.
-    public func contains(stream: String) -> Bool {
+    package func contains(stream: String) -> Bool {
         guard count > 1 else { return true }
         var hash = FNV1a()
         hash.add(key == .stream ? stream : streamCategory(stream))
@@ -45,12 +45,12 @@ public struct EventPartition: Sendable, Hashable {
 ///
 /// Each partition is a subscription of its own: its own checkpoint, lease (with its own fencing
 /// token) and parked events, all keyed by this id. With `count` 1 it is `base` itself.
-public func partitionSubscription(_ base: String, partition: Int, of count: Int) -> String {
+package func partitionSubscription(_ base: String, partition: Int, of count: Int) -> String {
     count > 1 ? "\(base)#\(partition)/\(count)" : base
 }
 
 /// Splits a partition's subscription id (`base#p/N`) into its parts; nil for any other id.
-public func parsePartitionSubscription(_ id: String) -> (base: String, partition: Int, count: Int)? {
+package func parsePartitionSubscription(_ id: String) -> (base: String, partition: Int, count: Int)? {
     guard let hash = id.lastIndex(of: "#") else { return nil }
     let rest = id[id.index(after: hash)...]
     let parts = rest.split(separator: "/", omittingEmptySubsequences: false)

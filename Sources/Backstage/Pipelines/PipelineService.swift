@@ -50,7 +50,7 @@ public final class PipelineService: Service, Sendable {
     /// ``EventStore/pipelineDefaults``: durable checkpoints and parked events and a multi-process
     /// election in the store's database for the SQLite and PostgreSQL stores, so a restarted
     /// service resumes where it stopped and each subscription runs in one process at a time.
-    /// Pass in-memory ones by name only for tests.
+    /// Pass in-memory ones (``PipelineDefaults/inMemory()``) only for tests.
     ///
     /// - Throws: ``PipelineError`` for an invalid or duplicate name.
     public init(

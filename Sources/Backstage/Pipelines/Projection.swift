@@ -77,10 +77,7 @@ public struct ProjectionOptions: Sendable {
     /// ``PartitionKey/category``; events of one key are applied in log order.
     public var partitionKey: PartitionKey = .stream
 
-    /// The defaults.
-    public init() {}
-
-    /// Options with any of the settings changed.
+    /// The defaults, with any of the settings changed.
     public init(
         batchSize: Int = 500, batchTimeout: Duration = .milliseconds(2), failurePolicy: FailurePolicy = FailurePolicy(),
         maxInFlight: Int = 2_000, stronglyConsistent: Bool = true, pageSize: Int = 1_000,
@@ -109,33 +106,10 @@ public struct ProjectionOptions: Sendable {
 /// To receive typed events (decoded and upcast by the family's codec, filter derived from the
 /// family), use ``init(name:consuming:options:decodeFailure:initial:apply:)``.
 public final class InMemoryProjection<State: Sendable>: Projection {
-    private struct Storage {
+    private struct Storage: CheckpointedState {
         var versions: [Int: State] = [:]
         var active = 1
         var checkpoints: [String: Checkpoint] = [:]
-    }
-    private final class Box: Sendable {
-        let storage = Mutex(Storage())
-    }
-    private final class Checkpoints: CheckpointStore {
-        let box: Box
-        init(box: Box) { self.box = box }
-        func checkpoint(_ subscription: String) async throws -> Checkpoint? {
-            box.storage.withLock { $0.checkpoints[subscription] }
-        }
-        func commit(_ subscription: String, expected: LogPosition?, new: LogPosition, token: Int64) async throws {
-            try box.storage.withLock { s throws(CheckpointError) in
-                try checkCheckpointCommit(
-                    subscription, stored: s.checkpoints[subscription], expected: expected, token: token)
-                s.checkpoints[subscription] = Checkpoint(subscription: subscription, position: new, token: token)
-            }
-        }
-        func checkpoints() async throws -> [Checkpoint] {
-            box.storage.withLock { Array($0.checkpoints.values) }
-        }
-        func delete(_ subscription: String) async throws {
-            _ = box.storage.withLock { $0.checkpoints.removeValue(forKey: subscription) }
-        }
     }
 
     /// The projection's name.
@@ -146,8 +120,7 @@ public final class InMemoryProjection<State: Sendable>: Projection {
     public let options: ProjectionOptions
     private let initial: State
     private let update: @Sendable (inout State, RecordedEvent) throws -> Void
-    private let box = Box()
-    private let checkpointStore: Checkpoints
+    private let box = LockedCheckpointStore(Storage())
 
     /// Creates a projection that folds events into `initial` with `apply`.
     public init(
@@ -159,11 +132,10 @@ public final class InMemoryProjection<State: Sendable>: Projection {
         self.options = options
         self.initial = initial
         self.update = apply
-        self.checkpointStore = Checkpoints(box: box)
     }
 
     /// Where its checkpoints live (next to the state).
-    public var checkpoints: any CheckpointStore { checkpointStore }
+    public var checkpoints: any CheckpointStore { box }
 
     /// The state readers see (the active version).
     public var state: State {

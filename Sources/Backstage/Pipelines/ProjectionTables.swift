@@ -13,7 +13,7 @@ public struct ProjectionTables: Sendable, Hashable {
     public let baseNames: [String]
 
     /// The names of `version` of the tables `baseNames`, in `schema` if given.
-    public init(version: Int, baseNames: [String], schema: String? = nil) {
+    package init(version: Int, baseNames: [String], schema: String? = nil) {
         self.schema = schema
         self.version = version
         self.baseNames = baseNames

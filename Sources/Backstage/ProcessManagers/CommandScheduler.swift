@@ -87,13 +87,13 @@ public enum CommandSchedulerError: Error, Sendable, Hashable, CustomStringConver
 /// ``commandProcessField``; their correlation id is the command's (inherited from the trigger).
 public final class CommandScheduler: Service, Sendable {
     /// The application that dispatches the commands.
-    public let app: BackstageApp
+    package let app: BackstageApp
     /// Where the outbox lives.
-    public let store: any ProcessStore
+    package let store: any ProcessStore
     /// The command types it can decode.
-    public let commands: CommandCatalog
+    package let commands: CommandCatalog
     /// The clock deciding what is due.
-    public let clock: any SchedulerClock
+    package let clock: any SchedulerClock
     private let failureHandlers: [String: any CommandFailureHandling]
     private let pollInterval: Duration
     private let batchSize: Int

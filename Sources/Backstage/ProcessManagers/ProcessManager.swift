@@ -89,7 +89,7 @@ public enum ProcessRouting: Sendable, Hashable {
 
 /// What a process manager (or any code, through a ``CommandScheduler``) asks for.
 public enum ProcessAction: Sendable {
-    /// Dispatches the command as soon as possible (stored as due at ``immediateDueDate``).
+    /// Dispatches the command as soon as possible (stored as due at the epoch, due whatever the clock says).
     case dispatch(any Command & Encodable)
     /// Dispatches the command at a time: ``ScheduleTime``. `key` names it for ``cancel(key:)``.
     case schedule(any Command & Encodable, at: ScheduleTime, key: String?)

@@ -15,7 +15,7 @@ public final class ProcessManagerProjection<Manager: ProcessManager>: Projection
     /// The process manager.
     public let manager: Manager
     /// Where its instances, commands and checkpoints live.
-    public let store: any ProcessStore
+    package let store: any ProcessStore
     private let codec: EventCodec<Manager.Family>
 
     /// Runs `manager` over `store`.
@@ -198,7 +198,7 @@ public protocol CommandFailureHandling: Sendable {
 }
 
 /// The due date of commands to dispatch at once (due whatever the scheduler's clock says).
-public let immediateDueDate = Date(timeIntervalSince1970: 0)
+package let immediateDueDate = Date(timeIntervalSince1970: 0)
 
 /// The outbox row for `command`, caused by `event`: id derived from (process, event id, index),
 /// correlation inherited from the event.
@@ -214,7 +214,7 @@ func outboxCommand(
 }
 
 /// A command as JSON with sorted keys (deterministic byte for byte).
-public func encodeCommand(_ command: any Command & Encodable) throws -> Data {
+package func encodeCommand(_ command: any Command & Encodable) throws -> Data {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.sortedKeys]
     encoder.dateEncodingStrategy = .iso8601
@@ -229,10 +229,10 @@ public func deterministicCommandID(process: String, eventID: UUID, index: Int) -
 }
 
 /// The namespace of process-manager command ids (a fixed, random UUID).
-public let processCommandNamespace = UUID(uuidString: "5f0c3a52-8e1d-4b7a-9c36-2d4e6f8a1b0c")!
+package let processCommandNamespace = UUID(uuidString: "5f0c3a52-8e1d-4b7a-9c36-2d4e6f8a1b0c")!
 
 /// The name-based UUID (RFC 9562 version 5, SHA-1) of `name` in `namespace`.
-public func deterministicUUIDv5(namespace: UUID, name: String) -> UUID {
+package func deterministicUUIDv5(namespace: UUID, name: String) -> UUID {
     let ns = namespace.uuid
     var bytes: [UInt8] = [
         ns.0, ns.1, ns.2, ns.3, ns.4, ns.5, ns.6, ns.7, ns.8, ns.9, ns.10, ns.11, ns.12, ns.13, ns.14, ns.15,

@@ -33,7 +33,7 @@ public struct OutboxCommand: Sendable, Hashable {
     public var createdAt: Date
 
     /// Creates an outbox command.
-    public init(
+    package init(
         id: UUID, process: String = "", instance: String = "", commandName: String, data: Data,
         causationID: UUID? = nil, correlationID: UUID? = nil, dueAt: Date, cancelKey: String? = nil,
         attempts: Int = 0, lastError: String? = nil, createdAt: Date = Date()
@@ -54,18 +54,18 @@ public struct OutboxCommand: Sendable, Hashable {
 }
 
 /// A process instance as stored: its key and its state as JSON.
-public struct StoredProcessInstance: Sendable, Hashable {
+package struct StoredProcessInstance: Sendable, Hashable {
     /// The process manager's name.
-    public var process: String
+    package var process: String
     /// The correlation key.
-    public var key: String
+    package var key: String
     /// The state, as JSON.
-    public var state: Data
+    package var state: Data
     /// When it last changed.
-    public var updatedAt: Date
+    package var updatedAt: Date
 
     /// Creates a stored instance.
-    public init(process: String, key: String, state: Data, updatedAt: Date) {
+    package init(process: String, key: String, state: Data, updatedAt: Date) {
         self.process = process
         self.key = key
         self.state = state
@@ -74,22 +74,22 @@ public struct StoredProcessInstance: Sendable, Hashable {
 }
 
 /// What one batch of a process manager writes (in its transaction, with its checkpoint).
-public struct ProcessChanges: Sendable {
+package struct ProcessChanges: Sendable {
     /// Instances created or changed: key -> state JSON.
-    public var upserts: [String: Data] = [:]
+    package var upserts: [String: Data] = [:]
     /// Instances stopped.
-    public var deletes: Set<String> = []
+    package var deletes: Set<String> = []
     /// Cancel keys whose stored commands are deleted (before ``commands`` are inserted).
-    public var cancels: [String] = []
+    package var cancels: [String] = []
     /// Commands to store.
-    public var commands: [OutboxCommand] = []
+    package var commands: [OutboxCommand] = []
 
     /// No changes.
-    public init() {}
+    package init() {}
 }
 
 /// What the scheduler did with a claimed outbox command.
-public enum OutboxOutcome: Sendable, Hashable {
+package enum OutboxOutcome: Sendable, Hashable {
     /// Dispatched (or skipped): delete it.
     case done
     /// Failed: keep it, due again at `at`, with the error and one more attempt.
@@ -102,8 +102,21 @@ public enum OutboxOutcome: Sendable, Hashable {
 /// checkpoints, so a batch's instance changes, its commands and its checkpoint commit together.
 ///
 /// Backends: ``InMemoryProcessStore``, `SQLiteProcessStore` (BackstageSQLite) and
-/// `PostgresProcessStore` (BackstagePostgres).
+/// `PostgresProcessStore` (BackstagePostgres). An application creates one and hands it to its
+/// ``ProcessManagerProjection``s and its ``CommandScheduler``; the operations are theirs.
 public protocol ProcessStore: Sendable {
+    /// The store's operations, for the process managers and the scheduler.
+    var storage: ProcessStorage { get }
+}
+
+/// The operations of a ``ProcessStore`` (opaque: the backends are Backstage's).
+public struct ProcessStorage: Sendable {
+    package let backend: any ProcessStoreBackend
+    package init(_ backend: any ProcessStoreBackend) { self.backend = backend }
+}
+
+/// What a process store does (the backends' side of ``ProcessStore``).
+package protocol ProcessStoreBackend: Sendable {
     /// Where the process managers' checkpoints live (the same database).
     var checkpoints: any CheckpointStore { get }
     /// Where their parked events live; nil: the pipeline service's store.
@@ -137,52 +150,55 @@ public protocol ProcessStore: Sendable {
         async throws -> Int
 }
 
+extension ProcessStore {
+    package var checkpoints: any CheckpointStore { storage.backend.checkpoints }
+    package var parkedEvents: (any ParkedEventStore)? { storage.backend.parkedEvents }
+    package func transact(
+        process: String, keys: Set<String>, commit: ProjectionCommit,
+        compute: @Sendable ([String: Data]) throws -> ProcessChanges
+    ) async throws {
+        try await storage.backend.transact(process: process, keys: keys, commit: commit, compute: compute)
+    }
+    package func instances(process: String) async throws -> [StoredProcessInstance] {
+        try await storage.backend.instances(process: process)
+    }
+    package func deleteInstance(process: String, key: String) async throws {
+        try await storage.backend.deleteInstance(process: process, key: key)
+    }
+    package func schedule(_ commands: [OutboxCommand]) async throws { try await storage.backend.schedule(commands) }
+    package func cancel(key: String) async throws -> Int { try await storage.backend.cancel(key: key) }
+    package func pending(limit: Int) async throws -> [OutboxCommand] { try await storage.backend.pending(limit: limit) }
+    package func nextDue() async throws -> Date? { try await storage.backend.nextDue() }
+    package func dispatchDue(now: Date, limit: Int, dispatch: @Sendable (OutboxCommand) async -> OutboxOutcome)
+        async throws -> Int
+    {
+        try await storage.backend.dispatchDue(now: now, limit: limit, dispatch: dispatch)
+    }
+}
+
 /// Process instances, outbox and checkpoints in memory, under one lock: each batch's changes
 /// and its checkpoint take effect together. For tests and the in-memory store.
-public final class InMemoryProcessStore: ProcessStore {
-    struct Storage {
+public final class InMemoryProcessStore: ProcessStore, ProcessStoreBackend {
+    struct Storage: CheckpointedState {
         var instances: [String: [String: (Data, Date)]] = [:]
         var outbox: [UUID: OutboxCommand] = [:]
         var checkpoints: [String: Checkpoint] = [:]
         var claimed: Set<UUID> = []
     }
-    final class Box: Sendable {
-        let storage = Mutex(Storage())
-    }
-    private final class Checkpoints: CheckpointStore {
-        let box: Box
-        init(box: Box) { self.box = box }
-        func checkpoint(_ subscription: String) async throws -> Checkpoint? {
-            box.storage.withLock { $0.checkpoints[subscription] }
-        }
-        func commit(_ subscription: String, expected: LogPosition?, new: LogPosition, token: Int64) async throws {
-            try box.storage.withLock { s throws(CheckpointError) in
-                try checkCheckpointCommit(
-                    subscription, stored: s.checkpoints[subscription], expected: expected, token: token)
-                s.checkpoints[subscription] = Checkpoint(subscription: subscription, position: new, token: token)
-            }
-        }
-        func checkpoints() async throws -> [Checkpoint] {
-            box.storage.withLock { Array($0.checkpoints.values) }
-        }
-        func delete(_ subscription: String) async throws {
-            _ = box.storage.withLock { $0.checkpoints.removeValue(forKey: subscription) }
-        }
-    }
-    private let box = Box()
-    private let checkpointStore: Checkpoints
+    private let box = LockedCheckpointStore(Storage())
 
     /// Creates an empty store.
-    public init() {
-        checkpointStore = Checkpoints(box: box)
-    }
+    public init() {}
+
+    /// Its operations.
+    public var storage: ProcessStorage { ProcessStorage(self) }
 
     /// Its checkpoints (next to the instances).
-    public var checkpoints: any CheckpointStore { checkpointStore }
+    package var checkpoints: any CheckpointStore { box }
     /// The pipeline service's parked-event store.
-    public var parkedEvents: (any ParkedEventStore)? { nil }
+    package var parkedEvents: (any ParkedEventStore)? { nil }
 
-    public func transact(
+    package func transact(
         process: String, keys: Set<String>, commit: ProjectionCommit,
         compute: @Sendable ([String: Data]) throws -> ProcessChanges
     ) async throws {
@@ -207,7 +223,7 @@ public final class InMemoryProcessStore: ProcessStore {
         }
     }
 
-    public func instances(process: String) async throws -> [StoredProcessInstance] {
+    package func instances(process: String) async throws -> [StoredProcessInstance] {
         box.storage.withLock { s in
             (s.instances[process] ?? [:]).map {
                 StoredProcessInstance(process: process, key: $0.key, state: $0.value.0, updatedAt: $0.value.1)
@@ -215,20 +231,20 @@ public final class InMemoryProcessStore: ProcessStore {
         }
     }
 
-    public func deleteInstance(process: String, key: String) async throws {
+    package func deleteInstance(process: String, key: String) async throws {
         box.storage.withLock { s in
             s.instances[process]?[key] = nil
             s.outbox = s.outbox.filter { !($0.value.process == process && $0.value.instance == key) }
         }
     }
 
-    public func schedule(_ commands: [OutboxCommand]) async throws {
+    package func schedule(_ commands: [OutboxCommand]) async throws {
         box.storage.withLock { s in
             for command in commands where s.outbox[command.id] == nil { s.outbox[command.id] = command }
         }
     }
 
-    public func cancel(key: String) async throws -> Int {
+    package func cancel(key: String) async throws -> Int {
         box.storage.withLock { s in
             let before = s.outbox.count
             s.outbox = s.outbox.filter { $0.value.cancelKey != key || s.claimed.contains($0.key) }
@@ -236,17 +252,17 @@ public final class InMemoryProcessStore: ProcessStore {
         }
     }
 
-    public func pending(limit: Int) async throws -> [OutboxCommand] {
+    package func pending(limit: Int) async throws -> [OutboxCommand] {
         box.storage.withLock { s in
             Array(s.outbox.values.sorted { ($0.dueAt, $0.createdAt) < ($1.dueAt, $1.createdAt) }.prefix(max(limit, 0)))
         }
     }
 
-    public func nextDue() async throws -> Date? {
+    package func nextDue() async throws -> Date? {
         box.storage.withLock { s in s.outbox.values.filter { !s.claimed.contains($0.id) }.map(\.dueAt).min() }
     }
 
-    public func dispatchDue(now: Date, limit: Int, dispatch: @Sendable (OutboxCommand) async -> OutboxOutcome)
+    package func dispatchDue(now: Date, limit: Int, dispatch: @Sendable (OutboxCommand) async -> OutboxOutcome)
         async throws -> Int
     {
         var handled = 0

@@ -58,9 +58,9 @@ public final class SQLiteLeadership: LeaderElection {
     }
 
     /// The database holding the lease rows (the store's file).
-    public let database: any DatabaseWriter
+    package let database: any DatabaseWriter
     /// The settings.
-    public let configuration: Configuration
+    package let configuration: Configuration
     private let state = Mutex(State())
 
     /// Elects leaders through the lease rows of `database`, creating the pipeline tables if needed.

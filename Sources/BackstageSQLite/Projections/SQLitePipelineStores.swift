@@ -89,7 +89,7 @@ extension LogPosition {
 /// which is how projections commit their writes and their checkpoint together.
 public final class SQLiteCheckpointStore: CheckpointStore {
     /// The database.
-    public let database: any DatabaseWriter
+    package let database: any DatabaseWriter
 
     /// Uses `database`, creating the pipeline tables if needed.
     public init(database: any DatabaseWriter) throws {
@@ -175,7 +175,7 @@ public final class SQLiteCheckpointStore: CheckpointStore {
 /// The parked-event (dead-letter) table in an SQLite database.
 public final class SQLiteParkedEventStore: ParkedEventStore {
     /// The database.
-    public let database: any DatabaseWriter
+    package let database: any DatabaseWriter
 
     /// Uses `database`, creating the pipeline tables if needed.
     public init(database: any DatabaseWriter) throws {
@@ -278,6 +278,21 @@ public final class SQLiteParkedEventStore: ParkedEventStore {
             else { return nil }
             _ = try Self.remove(subscription: subscription, position: position, in: db)
             return try Self.parked(row)
+        }
+    }
+}
+
+extension ProjectionCommit {
+    /// Performs the commit inside `db`'s transaction: the checkpoint's compare-and-set, or the
+    /// removal of the replayed parked event (`PipelineError.parkedEventNotFound` when it is gone).
+    func perform(in db: Database) throws {
+        switch self {
+        case .checkpoint(let subscription, let expected, let new, let token):
+            try SQLiteCheckpointStore.commit(subscription, expected: expected, new: new, token: token, in: db)
+        case .replay(let subscription, let position):
+            guard try SQLiteParkedEventStore.remove(subscription: subscription, position: position, in: db) else {
+                throw PipelineError.parkedEventNotFound(subscription: subscription, position: position)
+            }
         }
     }
 }

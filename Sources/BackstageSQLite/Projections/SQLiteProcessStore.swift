@@ -45,14 +45,14 @@ enum ProcessSchema {
 ///
 /// SQLite runs in one process at a time (see `SQLiteLeadership`), so the scheduler does not
 /// claim rows; a repeated dispatch after a crash is harmless (command idempotency).
-public final class SQLiteProcessStore: ProcessStore {
+public final class SQLiteProcessStore: ProcessStore, ProcessStoreBackend {
     /// The database.
-    public let database: any DatabaseWriter
+    package let database: any DatabaseWriter
     private let checkpointStore: SQLiteCheckpointStore
     private let parkedStore: SQLiteParkedEventStore
 
     /// Uses `database` (the event store's `database`), creating the tables if needed.
-    public init(database: any DatabaseWriter) throws {
+    package init(database: any DatabaseWriter) throws {
         self.database = database
         self.checkpointStore = try SQLiteCheckpointStore(database: database)
         self.parkedStore = try SQLiteParkedEventStore(database: database)
@@ -64,10 +64,13 @@ public final class SQLiteProcessStore: ProcessStore {
         try self.init(database: store.database)
     }
 
+    /// Its operations.
+    public var storage: ProcessStorage { ProcessStorage(self) }
+
     /// Its checkpoints, in the same database.
-    public var checkpoints: any CheckpointStore { checkpointStore }
+    package var checkpoints: any CheckpointStore { checkpointStore }
     /// Its parked events, in the same database.
-    public var parkedEvents: (any ParkedEventStore)? { parkedStore }
+    package var parkedEvents: (any ParkedEventStore)? { parkedStore }
 
     private static let columns = """
         id, process, instance, command, data, causation_id, correlation_id, due_at, cancel_key, attempts,
@@ -95,21 +98,13 @@ public final class SQLiteProcessStore: ProcessStore {
         }
     }
 
-    public func transact(
+    package func transact(
         process: String, keys: Set<String>, commit: ProjectionCommit,
         compute: @Sendable ([String: Data]) throws -> ProcessChanges
     ) async throws {
         try await database.writeWithoutTransaction { db in
             try db.inTransaction(.immediate) {
-                switch commit {
-                case .checkpoint(let subscription, let expected, let new, let token):
-                    try SQLiteCheckpointStore.commit(subscription, expected: expected, new: new, token: token, in: db)
-                case .replay(let subscription, let position):
-                    guard try SQLiteParkedEventStore.remove(subscription: subscription, position: position, in: db)
-                    else {
-                        throw PipelineError.parkedEventNotFound(subscription: subscription, position: position)
-                    }
-                }
+                try commit.perform(in: db)
                 var loaded: [String: Data] = [:]
                 let select = try db.cachedStatement(
                     sql: "SELECT state FROM backstage_process_instances WHERE process = ? AND key = ?")
@@ -140,7 +135,7 @@ public final class SQLiteProcessStore: ProcessStore {
         }
     }
 
-    public func instances(process: String) async throws -> [StoredProcessInstance] {
+    package func instances(process: String) async throws -> [StoredProcessInstance] {
         try await database.read { db in
             try Row.fetchAll(
                 db,
@@ -153,7 +148,7 @@ public final class SQLiteProcessStore: ProcessStore {
         }
     }
 
-    public func deleteInstance(process: String, key: String) async throws {
+    package func deleteInstance(process: String, key: String) async throws {
         try await database.write { db in
             try Self.deleteInstance(process: process, key: key, in: db)
         }
@@ -166,18 +161,18 @@ public final class SQLiteProcessStore: ProcessStore {
             sql: "DELETE FROM backstage_command_outbox WHERE process = ? AND instance = ?", arguments: [process, key])
     }
 
-    public func schedule(_ commands: [OutboxCommand]) async throws {
+    package func schedule(_ commands: [OutboxCommand]) async throws {
         try await database.write { db in try Self.insert(commands, in: db) }
     }
 
-    public func cancel(key: String) async throws -> Int {
+    package func cancel(key: String) async throws -> Int {
         try await database.write { db in
             try db.execute(sql: "DELETE FROM backstage_command_outbox WHERE cancel_key = ?", arguments: [key])
             return db.changesCount
         }
     }
 
-    public func pending(limit: Int) async throws -> [OutboxCommand] {
+    package func pending(limit: Int) async throws -> [OutboxCommand] {
         try await database.read { db in
             try Row.fetchAll(
                 db,
@@ -187,14 +182,14 @@ public final class SQLiteProcessStore: ProcessStore {
         }
     }
 
-    public func nextDue() async throws -> Date? {
+    package func nextDue() async throws -> Date? {
         try await database.read { db in
             try Double.fetchOne(db, sql: "SELECT min(due_at) FROM backstage_command_outbox")
                 .map { Date(timeIntervalSince1970: $0) }
         }
     }
 
-    public func dispatchDue(now: Date, limit: Int, dispatch: @Sendable (OutboxCommand) async -> OutboxOutcome)
+    package func dispatchDue(now: Date, limit: Int, dispatch: @Sendable (OutboxCommand) async -> OutboxOutcome)
         async throws -> Int
     {
         // One process: read the due rows, dispatch each (its own transactions), then record the outcome.

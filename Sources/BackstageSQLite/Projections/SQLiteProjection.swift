@@ -87,18 +87,15 @@ extension TypedSQLiteReadModel {
     }
 }
 
-/// The errors of SQLite projections: `ProjectionError`, shared with PostgreSQL projections.
-public typealias SQLiteProjectionError = ProjectionError
-
 func isPlainIdentifier(_ name: String) -> Bool { isTableIdentifier(name, lowercase: false) }
 
 /// Runs an ``SQLiteReadModel`` as a `Projection`: checkpoints and parked events live in the
 /// same database as its tables.
 public final class SQLiteProjection<Model: SQLiteReadModel>: Projection {
     /// The read model.
-    public let model: Model
+    package let model: Model
     /// The database holding the tables (the store's `database`, or another file).
-    public let database: any DatabaseWriter
+    package let database: any DatabaseWriter
     /// Batching, failure policy, consistency.
     public let options: ProjectionOptions
     private let checkpointStore: SQLiteCheckpointStore
@@ -106,12 +103,12 @@ public final class SQLiteProjection<Model: SQLiteReadModel>: Projection {
 
     /// Creates the projection over `database`, creating Backstage's pipeline tables if needed.
     /// Records in the database that the read model's tables belong to it.
-    /// - Throws: `SQLiteProjectionError.invalidTableName(_:)`, `SQLiteProjectionError.tableOwned(_:owner:projection:)`
+    /// - Throws: `ProjectionError.invalidTableName(_:)`, `ProjectionError.tableOwned(_:owner:projection:)`
     ///   when another projection declared one of its tables, `PipelineError.invalidName`, or a database error.
     public init(_ model: Model, database: any DatabaseWriter, options: ProjectionOptions = ProjectionOptions()) throws {
         try validateSubscriptionName(model.name)
         for table in model.tables where !isPlainIdentifier(table) {
-            throw SQLiteProjectionError.invalidTableName(table)
+            throw ProjectionError.invalidTableName(table)
         }
         self.model = model
         self.database = database
@@ -128,7 +125,7 @@ public final class SQLiteProjection<Model: SQLiteReadModel>: Projection {
                     db, sql: "SELECT projection FROM backstage_projection_tables WHERE base_name = ?",
                     arguments: [table.lowercased()])
                 if let owner, owner != model.name {
-                    throw SQLiteProjectionError.tableOwned(table, owner: owner, projection: model.name)
+                    throw ProjectionError.tableOwned(table, owner: owner, projection: model.name)
                 }
             }
         }
@@ -144,7 +141,7 @@ public final class SQLiteProjection<Model: SQLiteReadModel>: Projection {
     public var parkedEvents: (any ParkedEventStore)? { parkedStore }
 
     /// The table names of `version`.
-    public func tables(version: Int) -> ProjectionTables {
+    package func tables(version: Int) -> ProjectionTables {
         ProjectionTables(version: version, baseNames: model.tables)
     }
 
@@ -165,7 +162,7 @@ public final class SQLiteProjection<Model: SQLiteReadModel>: Projection {
     private func pointViews(at version: Int, in db: Database) throws {
         let names = tables(version: version)
         for base in names.baseNames {
-            if try db.tableExists(base) { throw SQLiteProjectionError.nameTaken(base) }
+            if try db.tableExists(base) { throw ProjectionError.nameTaken(base) }
             try db.execute(sql: "DROP VIEW IF EXISTS \(base)")
             try db.execute(sql: "CREATE VIEW \(base) AS SELECT * FROM \(try names.table(base))")
         }
@@ -193,15 +190,7 @@ public final class SQLiteProjection<Model: SQLiteReadModel>: Projection {
             try db.inTransaction(.immediate) {
                 // The compare-and-set first: a runner of a dropped version (or a stale one) stops at
                 // its checkpoint conflict before touching any table.
-                switch commit {
-                case .checkpoint(let subscription, let expected, let new, let token):
-                    try SQLiteCheckpointStore.commit(subscription, expected: expected, new: new, token: token, in: db)
-                case .replay(let subscription, let position):
-                    guard try SQLiteParkedEventStore.remove(subscription: subscription, position: position, in: db)
-                    else {
-                        throw PipelineError.parkedEventNotFound(subscription: subscription, position: position)
-                    }
-                }
+                try commit.perform(in: db)
                 for event in events { try self.model.apply(event, in: db, tables: names) }
                 return .commit
             }

@@ -31,11 +31,6 @@ struct DispatchReporter: Middleware {
     }
 }
 
-final class Locked<T: Sendable>: Sendable {
-    private let value: Mutex<T>
-    init(_ v: T) { value = Mutex(v) }
-    func withLock<R>(_ body: (inout T) -> R) -> R { value.withLock { body(&$0) } }
-}
 
 func runHoldsMode(_ arguments: [String]) async throws {
     guard arguments.count >= 5 else { fail("usage: holds <url> <schema> full|scheduler [n]") }

@@ -3,7 +3,7 @@
 // leadership (so it gets the store's durable defaults). Modes:
 //
 //   project <path>
-//       Runs the `sums` projection (table `sums`: total of `by` per stream, for `SQLBumped`
+//       Runs the `sums` projection (table `sums`: total of `by` per stream, for `TallyBumped`
 //       events) until killed or SIGTERM; prints `started`, then `leading` once it runs it.
 //
 //   handle <path>

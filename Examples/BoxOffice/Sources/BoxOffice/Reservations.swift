@@ -152,20 +152,22 @@ extension Router {
             ]
         }
         try route(PayReservation.self, id: \.reservationID) { r, c throws(ReservationError) in
-            switch r.status {
-            case .none: throw .unknownReservation(c.reservationID)
-            case .paid: throw .alreadyPaid(c.reservationID)
-            case .released: throw .alreadyReleased(c.reservationID)
-            case .held: return [.paid(ReservationPaid(reservationID: c.reservationID))]
-            }
+            try r.ending(c.reservationID, with: .paid(ReservationPaid(reservationID: c.reservationID)))
         }
         try route(ReleaseReservation.self, id: \.reservationID) { r, c throws(ReservationError) in
-            switch r.status {
-            case .none: throw .unknownReservation(c.reservationID)
-            case .paid: throw .alreadyPaid(c.reservationID)
-            case .released: throw .alreadyReleased(c.reservationID)
-            case .held: return [.released(ReservationReleased(reservationID: c.reservationID))]
-            }
+            try r.ending(c.reservationID, with: .released(ReservationReleased(reservationID: c.reservationID)))
+        }
+    }
+}
+
+extension Reservation {
+    /// Paying and releasing end a held reservation with `event`; any other status is the rejection.
+    fileprivate func ending(_ id: String, with event: ReservationEvent) throws(ReservationError) -> [ReservationEvent] {
+        switch status {
+        case .none: throw .unknownReservation(id)
+        case .paid: throw .alreadyPaid(id)
+        case .released: throw .alreadyReleased(id)
+        case .held: return [event]
         }
     }
 }

@@ -43,47 +43,17 @@ struct ConsoleBrowserTests {
 
     /// Runs `executable` with `arguments`, its stdout in `output`, and waits (at most `timeout`) for it to exit.
     func run(_ executable: String, _ arguments: [String], output: URL, timeout: Duration) async throws -> Int32 {
-        #expect(FileManager.default.createFile(atPath: output.path, contents: nil))
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.standardOutput = try FileHandle(forWritingTo: output)
-        process.standardError = FileHandle.nullDevice
-        let exited = AsyncStream<Int32>.makeStream()
-        process.terminationHandler = { process in
-            exited.continuation.yield(process.terminationStatus)
-            exited.continuation.finish()
-        }
-        try process.run()
-        let status = try await withThrowingTaskGroup(of: Int32?.self) { group in
-            group.addTask {
-                for await status in exited.stream { return status }
-                return nil
-            }
-            group.addTask {
-                try await Task.sleep(for: timeout)
-                return nil
-            }
-            let first = try await group.next() ?? nil
-            group.cancelAll()
-            return first
-        }
-        guard let status else {
-            process.terminate()
+        let child = try ChildProcess(URL(fileURLWithPath: executable), arguments, output: output)
+        guard let status = try await child.exitStatus(within: timeout) else {
+            child.process.terminate()
             throw Failure(description: "\(executable) did not finish within \(timeout)")
         }
         return status
     }
 
     /// Sends a JSON command to the server and expects a 2xx answer.
-    func post(_ port: Int, _ path: String, _ body: String) async throws {
-        var request = URLRequest(url: URL(string: "http://127.0.0.1:\(port)\(path)")!)
-        request.httpMethod = "POST"
-        request.setValue("application/json", forHTTPHeaderField: "Content-Type")
-        request.setValue("strong", forHTTPHeaderField: "Consistency")
-        request.httpBody = Data(body.utf8)
-        let (_, response) = try await URLSession.shared.data(for: request)
-        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
+    func post(_ server: ServeProcess, _ path: String, _ body: String) async throws {
+        let status = try await server.post(path, body)
         guard (200..<300).contains(status) else { throw Failure(description: "POST \(path) answered \(status)") }
     }
 
@@ -106,38 +76,16 @@ struct ConsoleBrowserTests {
         defer { try? FileManager.default.removeItem(at: directory) }
 
         // The real server, on a free port.
-        let output = directory.appendingPathComponent("serve.txt")
-        #expect(FileManager.default.createFile(atPath: output.path, contents: nil))
-        let executable = try ServeProcessTests.executable()
-        let server = Process()
-        server.executableURL = executable
-        server.arguments = [
-            "serve", "--port", "0", "--fail-every", "0", "--database",
-            directory.appendingPathComponent("c.sqlite").path,
-        ]
-        server.standardOutput = try FileHandle(forWritingTo: output)
-        server.standardError = FileHandle.nullDevice
-        try server.run()
-        defer { if server.isRunning { server.terminate() } }
-        let deadline = ContinuousClock.now + .seconds(60)
-        var port: Int?
-        while port == nil {
-            let text = (try? String(contentsOf: output, encoding: .utf8)) ?? ""
-            if let line = text.split(separator: "\n").first(where: { $0.hasPrefix("listening on ") }) {
-                port = line.split(separator: ":").last.flatMap { Int($0) }
-            } else {
-                guard server.isRunning, ContinuousClock.now < deadline else {
-                    throw Failure(description: "box-office serve did not start: \(text)")
-                }
-                try await Task.sleep(for: .milliseconds(50))
-            }
-        }
-        let base = "http://127.0.0.1:\(port!)"
+        let executable = try ServeProcess.executable()
+        let server = try await ServeProcess(
+            ["--fail-every", "0", "--database", directory.appendingPathComponent("c.sqlite").path], in: directory)
+        defer { server.child.stop() }
+        let base = server.base
 
         // A show whose title is markup: the console must show it as text.
-        try await post(port!, "/shows", #"{"id": "gala", "title": "Gala <b>night</b>", "capacity": 3}"#)
-        for ticket in ["a", "b", "c"] { try await post(port!, "/shows/gala/tickets", #"{"ticketID": "\#(ticket)"}"#) }
-        try await post(port!, "/shows/gala/sell", #"{"buyer": "ada"}"#)
+        try await post(server, "/shows", #"{"id": "gala", "title": "Gala <b>night</b>", "capacity": 3}"#)
+        for ticket in ["a", "b", "c"] { try await post(server, "/shows/gala/tickets", #"{"ticketID": "\#(ticket)"}"#) }
+        try await post(server, "/shows/gala/sell", #"{"buyer": "ada"}"#)
 
         let flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars"]
         let dom = directory.appendingPathComponent("dom.html")
@@ -177,6 +125,5 @@ struct ConsoleBrowserTests {
         #expect(png.count > 10_000)
         print("console screenshot: \(screenshot)")
 
-        server.terminate()
     }
 }

@@ -12,7 +12,7 @@ struct ReceiptPartitionsTests {
             let store = try #require(database.store as? PostgresEventStore)
             let processes = try (0..<2).map { _ in
                 let process = Process()
-                process.executableURL = try ServeProcessTests.executable()
+                process.executableURL = try ServeProcess.executable()
                 process.arguments = [
                     "serve", "--port", "0", "--database", BoxOfficePostgres.url!, "--schema", store.schema.rawValue,
                     "--receipt-partitions", "4",

@@ -40,9 +40,9 @@ import Testing
             for i in 1...4 { try await app.dispatch(AddTicket(showID: "s1", ticketID: "t\(i)")) }
             try await app.dispatch(ReserveSeats(reservationID: "paid", showID: "s1", customer: "ada", seats: 2))
             try await app.dispatch(ReserveSeats(reservationID: "unpaid", showID: "s1", customer: "bob", seats: 1))
-            try await until { try await app.load(Show.self, id: "s1").state.onSale.count == 1 }
+            try await waitUntil { try await app.load(Show.self, id: "s1").state.onSale.count == 1 }
             try await app.dispatch(PayReservation(reservationID: "paid"))
-            try await until { try await desk.scheduler.pending().count == 1 }
+            try await waitUntil { try await desk.scheduler.pending().count == 1 }
             // 14 minutes: nothing released yet.
             clock.advance(by: .seconds(14 * 60))
             desk.scheduler.poke()
@@ -50,25 +50,26 @@ import Testing
             #expect(try await app.load(Reservation.self, id: "unpaid").state.status == .held)
             clock.advance(by: .seconds(2 * 60))
             desk.scheduler.poke()
-            try await until { try await app.load(Show.self, id: "s1").state.onSale.count == 2 }
+            try await waitUntil { try await app.load(Show.self, id: "s1").state.onSale.count == 2 }
             #expect(try await app.load(Reservation.self, id: "unpaid").state.status == .released)
             #expect(try await app.load(Reservation.self, id: "paid").state.status == .paid)
             await #expect(throws: ReservationError.alreadyReleased("unpaid")) {
                 try await app.dispatch(PayReservation(reservationID: "unpaid"))
             }
-            try await until { try await desk.process.instances().isEmpty }
+            try await waitUntil { try await desk.process.instances().isEmpty }
             #expect(try await desk.scheduler.pending().isEmpty)
         }
     }
+}
 
-    private func until(_ condition: @Sendable () async throws -> Bool) async throws {
-        let deadline = ContinuousClock.now + .seconds(60)
-        while try await !condition() {
-            guard ContinuousClock.now < deadline else {
-                Issue.record("timed out")
-                return
-            }
-            try await Task.sleep(for: .milliseconds(10))
+/// Waits (at most 60 s, then records an issue) until `condition` holds.
+func waitUntil(_ condition: @Sendable () async throws -> Bool) async throws {
+    let deadline = ContinuousClock.now + .seconds(60)
+    while try await !condition() {
+        guard ContinuousClock.now < deadline else {
+            Issue.record("timed out")
+            return
         }
+        try await Task.sleep(for: .milliseconds(10))
     }
 }

@@ -53,40 +53,16 @@ struct ServeStreamShutdownTests {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("box-office-sse-\(UUID())")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
-        let output = directory.appendingPathComponent("stdout.txt")
-        #expect(FileManager.default.createFile(atPath: output.path, contents: nil))
-        let process = Process()
-        process.executableURL = try ServeProcessTests.executable()
-        process.arguments = ["serve", "--port", "0", "--database", directory.appendingPathComponent("s.sqlite").path]
-        process.standardOutput = try FileHandle(forWritingTo: output)
-        process.standardError = FileHandle.nullDevice
-        let exited = AsyncStream<Int32>.makeStream()
-        process.terminationHandler = { process in
-            exited.continuation.yield(process.terminationStatus)
-            exited.continuation.finish()
-        }
-        try process.run()
-        defer { if process.isRunning { process.interrupt() } }
-
+        let server = try await ServeProcess(
+            ["--database", directory.appendingPathComponent("s.sqlite").path], in: directory)
+        defer { server.child.stop() }
         let deadline = ContinuousClock.now + .seconds(60)
-        var port: Int?
-        while port == nil {
-            let text = (try? String(contentsOf: output, encoding: .utf8)) ?? ""
-            if let line = text.split(separator: "\n").first(where: { $0.hasPrefix("listening on ") }) {
-                port = line.split(separator: ":").last.flatMap { Int($0) }
-            } else {
-                guard process.isRunning, ContinuousClock.now < deadline else {
-                    throw Failure(description: "box-office serve did not start: \(text)")
-                }
-                try await Task.sleep(for: .milliseconds(50))
-            }
-        }
 
         // Two streams that never end by themselves: the API's and the console's.
         var streams: [Connection] = []
         for path in ["/events?after=0", "/console/tail"] {
             let connection = try Connection(
-                port: port!, request: "GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
+                port: server.port, request: "GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
             var received = ""
             while !received.contains(": backstage log after") {
                 guard ContinuousClock.now < deadline else { throw Failure(description: "no stream from \(path)") }
@@ -99,21 +75,7 @@ struct ServeStreamShutdownTests {
         }
 
         let sent = ContinuousClock.now
-        process.terminate()  // SIGTERM
-        let status = try await withThrowingTaskGroup(of: Int32?.self) { group in
-            group.addTask {
-                for await status in exited.stream { return status }
-                return nil
-            }
-            group.addTask {
-                try await Task.sleep(for: .seconds(20))
-                return nil
-            }
-            let first = try await group.next() ?? nil
-            group.cancelAll()
-            return first
-        }
-        guard let status else {
+        guard let status = try await server.terminate() else {
             throw Failure(description: "box-office serve did not exit within 20 s of SIGTERM with open event streams")
         }
         #expect(status == 0)
