@@ -164,6 +164,8 @@ public final class InMemoryEventStore: EventStore {
 /// pending hint, so a slow listener never makes memory grow.
 package final class AppendNotifier: Sendable {
     private let continuations = Mutex<[UUID: AsyncStream<Void>.Continuation]>([:])
+    /// How many listeners there are: an append with nobody listening takes no lock here.
+    private let listeners = Atomic<Int>(0)
 
     /// Creates a notifier with no listeners.
     package init() {}
@@ -173,14 +175,23 @@ package final class AppendNotifier: Sendable {
         let (stream, continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         let id = UUID()
         continuation.onTermination = { [weak self] _ in
-            _ = self?.continuations.withLock { $0.removeValue(forKey: id) }
+            guard let self else { return }
+            self.continuations.withLock {
+                if $0.removeValue(forKey: id) != nil { self.listeners.subtract(1, ordering: .relaxed) }
+            }
         }
-        continuations.withLock { $0[id] = continuation }
+        continuations.withLock {
+            $0[id] = continuation
+            listeners.add(1, ordering: .relaxed)
+        }
         return stream
     }
 
     /// Wakes every listener.
     package func notify() {
+        // A listener that registers after this load is told of this append by its own first
+        // read (hints are only wake-ups; readers poll), so skipping the lock here loses nothing.
+        guard listeners.load(ordering: .relaxed) > 0 else { return }
         let all = continuations.withLock { Array($0.values) }
         for c in all { c.yield() }
     }

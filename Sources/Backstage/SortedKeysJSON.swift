@@ -243,13 +243,31 @@ final class SortedJSONBuilder {
 
     /// `JSONEncoder`'s key order: by UTF-8 bytes.
     static func precedes(_ a: String, _ b: String) -> Bool {
-        a.utf8.lexicographicallyPrecedes(b.utf8)
+        var a = a
+        var b = b
+        return a.withUTF8 { x in
+            b.withUTF8 { y in
+                let n = min(x.count, y.count)
+                let c = n == 0 ? 0 : memcmp(x.baseAddress!, y.baseAddress!, n)
+                return c < 0 || (c == 0 && x.count < y.count)
+            }
+        }
     }
 
     /// Appends `string`'s UTF-8 bytes escaped as `JSONEncoder` escapes them (without quotes).
     static func appendEscaped(_ string: String, to out: inout [UInt8]) {
         var string = string
         string.withUTF8 { bytes in
+            // Most strings need no escape: one scan, one copy.
+            var clean = true
+            for b in bytes where b < 0x20 || b == UInt8(ascii: "\"") || b == UInt8(ascii: "\\") || b == UInt8(ascii: "/") {
+                clean = false
+                break
+            }
+            if clean {
+                out.append(contentsOf: bytes)
+                return
+            }
             var mark = 0
             for i in bytes.indices {
                 let b = bytes[i]
