@@ -260,7 +260,8 @@ final class SortedJSONBuilder {
         string.withUTF8 { bytes in
             // Most strings need no escape: one scan, one copy.
             var clean = true
-            for b in bytes where b < 0x20 || b == UInt8(ascii: "\"") || b == UInt8(ascii: "\\") || b == UInt8(ascii: "/") {
+            for b in bytes
+            where b < 0x20 || b == UInt8(ascii: "\"") || b == UInt8(ascii: "\\") || b == UInt8(ascii: "/") {
                 clean = false
                 break
             }
@@ -316,7 +317,8 @@ struct SortedJSONEncoder: Encoder {
 
     func container<Key: CodingKey>(keyedBy type: Key.Type) -> KeyedEncodingContainer<Key> {
         KeyedEncodingContainer(
-            SortedJSONKeyedContainer<Key>(builder: builder, container: builder.object(at: slot), codingPath: codingPath))
+            SortedJSONKeyedContainer<Key>(builder: builder, container: builder.object(at: slot), codingPath: codingPath)
+        )
     }
 
     func unkeyedContainer() -> any UnkeyedEncodingContainer {
