@@ -51,21 +51,35 @@ public final class InMemoryEventStore: EventStore {
                 return original
             }
             let key = ExactString(stream)
-            let actual = Int64(s.streams[key]?.count ?? 0)
+            // One hash of the stream id per append: its index entry is found (or made) once.
+            let streamIndex = s.streams.index(forKey: key)
+            let actual = Int64(streamIndex.map { s.streams.values[$0].count } ?? 0)
             guard expected.accepts(actual) else {
                 throw .wrongExpectedVersion(stream: stream, expected: expected, actual: actual)
             }
-            for e in events where s.eventIDs.contains(e.id) {
-                throw .invalidInput("event id \(e.id) is already stored")
+            if events.count == 1 {
+                // Checked and recorded in one lookup; nothing else is written before this point.
+                guard s.eventIDs.insert(events[0].id).inserted else {
+                    throw .invalidInput("event id \(events[0].id) is already stored")
+                }
+            } else {
+                for e in events where s.eventIDs.contains(e.id) {
+                    throw .invalidInput("event id \(e.id) is already stored")
+                }
+                for e in events { s.eventIDs.insert(e.id) }
             }
             let now = Date()
             var version = actual
             let firstPosition = Int64(s.events.count + 1)
+            let positions = s.events.count..<(s.events.count + events.count)
+            // In place: copying the stream's index out and back would cost O(stream length).
+            if let streamIndex {
+                s.streams.values[streamIndex].append(contentsOf: positions)
+            } else {
+                s.streams[key] = Array(positions)
+            }
             for e in events {
                 version += 1
-                // In place: copying the stream's index out and back would cost O(stream length).
-                s.streams[key, default: []].append(s.events.count)
-                s.eventIDs.insert(e.id)
                 s.events.append(
                     RecordedEvent(
                         position: Int64(s.events.count + 1), stream: stream, streamVersion: version,
