@@ -51,12 +51,14 @@ final class SortedJSONBuilder {
     /// `JSONEncoder` rejects deeper nesting; this writer leaves such values to it.
     static let maximumDepth = 500
 
-    var scratch: [UInt8] = []
-    var containers: [Container] = []
+    // A builder lives for one `encode` on one thread and no access to these overlaps another:
+    // the runtime's exclusivity checks (a thread-local access set per access) are left out.
+    @exclusivity(unchecked) var scratch: [UInt8] = []
+    @exclusivity(unchecked) var containers: [Container] = []
     /// The value each `encode(to:)` in progress produced so far (a stack: one per nesting level).
-    var slots: [Value?] = []
+    @exclusivity(unchecked) var slots: [Value?] = []
     /// Set when the value used something this writer does not reproduce exactly.
-    var unsupported = false
+    @exclusivity(unchecked) var unsupported = false
 
     init() {
         scratch.reserveCapacity(256)
