@@ -2,61 +2,21 @@ import DequeModule
 import Foundation
 import Synchronization
 
-/// A lock that async code waits on without blocking a thread; waiters are served first come,
-/// first served.
-final class AsyncLock: Sendable {
-    private struct State {
-        var locked = false
-        var waiters: Deque<CheckedContinuation<Void, Never>> = []
-    }
-    private let state = Mutex(State())
-
-    func lock() async {
-        if state.withLock({ s in
-            s.locked
-                ? false
-                : {
-                    s.locked = true
-                    return true
-                }()
-        }) {
-            return
-        }
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let acquired = state.withLock { s -> Bool in
-                if !s.locked {
-                    s.locked = true
-                    return true
-                }
-                s.waiters.append(c)
-                return false
-            }
-            if acquired { c.resume() }
-        }
-    }
-
-    /// Hands the lock to the next waiter, or releases it.
-    func unlock() {
-        let next = state.withLock { s -> CheckedContinuation<Void, Never>? in
-            if let next = s.waiters.popFirst() { return next }
-            s.locked = false
-            return nil
-        }
-        next?.resume()
-    }
-}
-
 class CacheEntry: @unchecked Sendable {
-    let lock = AsyncLock()
-    // Guarded by the cache's mutex: use count, recency, and the links of the recency list.
+    // Guarded by the cache's mutex: use count, the entry's lock and its waiters, recency, and the
+    // links of the recency list. The links do not retain: an entry is owned by the cache's
+    // dictionary and unlinked before it leaves it.
     var users = 0
+    var locked = false
+    var waiters: Deque<CheckedContinuation<Void, Never>> = []
     var lastUsed: ContinuousClock.Instant = .now
     var key = ExactString("")
-    var older: CacheEntry?
-    var newer: CacheEntry?
+    unowned(unsafe) var older: CacheEntry?
+    unowned(unsafe) var newer: CacheEntry?
 }
 
-/// A hydrated aggregate. Its fields are only touched while `lock` is held.
+/// A hydrated aggregate. Its fields are only touched while the entry is held (between
+/// ``AggregateCache/acquire(_:as:)`` and ``AggregateCache/release(_:)``).
 final class AggregateEntry<A: Aggregate>: CacheEntry, @unchecked Sendable {
     var state = A()
     var version: Int64 = 0
@@ -66,14 +26,16 @@ final class AggregateEntry<A: Aggregate>: CacheEntry, @unchecked Sendable {
 
 /// Hydrated aggregates, bounded by count and idle time, evicted least recently used first.
 /// Entries in use are never evicted, so two commands for one aggregate in one process always
-/// share an entry and run one at a time. Every operation is O(1): a recency list threads the entries.
+/// share an entry and run one at a time: an entry is held by one command at a time, the others
+/// wait first come, first served, without blocking a thread. Every operation is O(1) under one
+/// mutex: a recency list threads the entries.
 /// Stream ids are keys byte for byte (``ExactString``), as in the stores: two canonically
 /// equivalent spellings of an id are two aggregates.
 final class AggregateCache: Sendable {
     private struct State {
         var entries: [ExactString: CacheEntry] = [:]
-        var oldest: CacheEntry?
-        var newest: CacheEntry?
+        unowned(unsafe) var oldest: CacheEntry?
+        unowned(unsafe) var newest: CacheEntry?
 
         mutating func unlink(_ e: CacheEntry) {
             if let older = e.older { older.newer = e.newer } else { oldest = e.newer }
@@ -105,14 +67,15 @@ final class AggregateCache: Sendable {
 
     var count: Int { state.withLock { $0.entries.count } }
 
-    /// The entry of `stream`, marked in use; pair with ``release(_:_:)``.
-    func acquire<A: Aggregate>(_ stream: String, as type: A.Type) -> AggregateEntry<A> {
+    /// The entry of `stream`, held by the caller (after the commands that wait for it before);
+    /// pair with ``release(_:)``.
+    func acquire<A: Aggregate>(_ stream: String, as type: A.Type) async -> AggregateEntry<A> {
         let now = ContinuousClock.now
         let key = ExactString(stream)
-        return state.withLock { s in
+        let (entry, held) = state.withLock { s -> (AggregateEntry<A>, Bool) in
             let entry: AggregateEntry<A>
-            if let existing = s.entries[key] as? AggregateEntry<A> {
-                entry = existing
+            if let existing = s.entries[key], let typed = existing as? AggregateEntry<A> {
+                entry = typed
                 s.unlink(entry)
             } else {
                 if let other = s.entries[key] { s.remove(other) }
@@ -124,18 +87,39 @@ final class AggregateCache: Sendable {
             entry.lastUsed = now
             s.pushNewest(entry)
             evict(&s, now: now)
-            return entry
+            if entry.locked { return (entry, false) }
+            entry.locked = true
+            return (entry, true)
         }
-    }
-
-    /// Marks the entry no longer in use; when the cache is disabled it is dropped.
-    func release(_ stream: String, _ entry: CacheEntry) {
-        state.withLock { s in
-            entry.users -= 1
-            if entry.users == 0, s.entries[ExactString(stream)] === entry, capacity == 0 || s.entries.count > capacity {
-                s.remove(entry)
+        if !held {
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                let acquired = state.withLock { _ -> Bool in
+                    if !entry.locked {
+                        entry.locked = true
+                        return true
+                    }
+                    entry.waiters.append(c)
+                    return false
+                }
+                if acquired { c.resume() }
             }
         }
+        return entry
+    }
+
+    /// Hands the entry to the next command waiting for it, or frees it; an entry nobody uses is
+    /// dropped when the cache is over capacity (or disabled).
+    func release(_ entry: CacheEntry) {
+        let next = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            entry.users -= 1
+            if let next = entry.waiters.popFirst() { return next }
+            entry.locked = false
+            if entry.users == 0, capacity == 0 || s.entries.count > capacity, s.entries[entry.key] === entry {
+                s.remove(entry)
+            }
+            return nil
+        }
+        next?.resume()
     }
 
     /// Drops the least recently used idle entries while over capacity or past the idle timeout.

@@ -79,7 +79,14 @@ public struct EventCodec<Family: EventFamily>: Sendable {
         let type = Swift.type(of: event)
         return EventData(
             id: id, type: type.typeName, schemaVersion: type.schemaVersion,
-            data: try encoder.encode(event), metadata: metadata)
+            data: try sortedKeysJSON(event), metadata: metadata)
+    }
+
+    /// The JSON of `event` with sorted keys: the same bytes as `JSONEncoder` writes, through the
+    /// faster ``SortedKeysJSON`` where it reproduces them, through `JSONEncoder` otherwise.
+    private func sortedKeysJSON(_ event: some Event) throws -> Data {
+        if let data = SortedKeysJSON.encode(event) { return data }
+        return try encoder.encode(event)
     }
 
     /// Decodes a stored event into the family, following upcasters from older shapes and names.

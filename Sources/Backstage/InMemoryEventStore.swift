@@ -51,21 +51,35 @@ public final class InMemoryEventStore: EventStore {
                 return original
             }
             let key = ExactString(stream)
-            let actual = Int64(s.streams[key]?.count ?? 0)
+            // One hash of the stream id per append: its index entry is found (or made) once.
+            let streamIndex = s.streams.index(forKey: key)
+            let actual = Int64(streamIndex.map { s.streams.values[$0].count } ?? 0)
             guard expected.accepts(actual) else {
                 throw .wrongExpectedVersion(stream: stream, expected: expected, actual: actual)
             }
-            for e in events where s.eventIDs.contains(e.id) {
-                throw .invalidInput("event id \(e.id) is already stored")
+            if events.count == 1 {
+                // Checked and recorded in one lookup; nothing else is written before this point.
+                guard s.eventIDs.insert(events[0].id).inserted else {
+                    throw .invalidInput("event id \(events[0].id) is already stored")
+                }
+            } else {
+                for e in events where s.eventIDs.contains(e.id) {
+                    throw .invalidInput("event id \(e.id) is already stored")
+                }
+                for e in events { s.eventIDs.insert(e.id) }
             }
             let now = Date()
             var version = actual
             let firstPosition = Int64(s.events.count + 1)
+            let positions = s.events.count..<(s.events.count + events.count)
+            // In place: copying the stream's index out and back would cost O(stream length).
+            if let streamIndex {
+                s.streams.values[streamIndex].append(contentsOf: positions)
+            } else {
+                s.streams[key] = Array(positions)
+            }
             for e in events {
                 version += 1
-                // In place: copying the stream's index out and back would cost O(stream length).
-                s.streams[key, default: []].append(s.events.count)
-                s.eventIDs.insert(e.id)
                 s.events.append(
                     RecordedEvent(
                         position: Int64(s.events.count + 1), stream: stream, streamVersion: version,
@@ -164,6 +178,8 @@ public final class InMemoryEventStore: EventStore {
 /// pending hint, so a slow listener never makes memory grow.
 package final class AppendNotifier: Sendable {
     private let continuations = Mutex<[UUID: AsyncStream<Void>.Continuation]>([:])
+    /// How many listeners there are: an append with nobody listening takes no lock here.
+    private let listeners = Atomic<Int>(0)
 
     /// Creates a notifier with no listeners.
     package init() {}
@@ -173,14 +189,23 @@ package final class AppendNotifier: Sendable {
         let (stream, continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         let id = UUID()
         continuation.onTermination = { [weak self] _ in
-            _ = self?.continuations.withLock { $0.removeValue(forKey: id) }
+            guard let self else { return }
+            self.continuations.withLock {
+                if $0.removeValue(forKey: id) != nil { self.listeners.subtract(1, ordering: .relaxed) }
+            }
         }
-        continuations.withLock { $0[id] = continuation }
+        continuations.withLock {
+            $0[id] = continuation
+            listeners.add(1, ordering: .relaxed)
+        }
         return stream
     }
 
     /// Wakes every listener.
     package func notify() {
+        // A listener that registers after this load is told of this append by its own first
+        // read (hints are only wake-ups; readers poll), so skipping the lock here loses nothing.
+        guard listeners.load(ordering: .relaxed) > 0 else { return }
         let all = continuations.withLock { Array($0.values) }
         for c in all { c.yield() }
     }

@@ -6,49 +6,48 @@ import Synchronization
 /// keep B-tree inserts at the right edge of the index, which made SQLite inserts about 4x
 /// faster than random ids in measurements here.
 public enum UUIDv7 {
-    private struct State {
-        var lastMillis: UInt64 = 0
-        var counter: UInt64 = 0
-        // Seeded once from the system; ids need uniqueness, not secrecy, and a syscall per id is slow.
-        var rng = SplitMix64(seed: UInt64.random(in: .min ... .max))
+    /// The last id's milliseconds (high 52 bits) and counter (low 12 bits), advanced lock-free.
+    private static let clock = Atomic<UInt64>(0)
+    /// The state of a SplitMix64 sequence shared by every thread: each id takes the next step.
+    /// Seeded once from the system; ids need uniqueness, not secrecy, and a syscall per id is slow.
+    private static let rngState = Atomic<UInt64>(UInt64.random(in: .min ... .max))
+
+    private static func random() -> UInt64 {
+        var z = rngState.wrappingAdd(0x9E37_79B9_7F4A_7C15, ordering: .relaxed).newValue
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
-    private static let state = Mutex(State())
 
     /// A new id, greater than every id this process made before.
     public static func next() -> UUID {
         let now = UInt64(Date().timeIntervalSince1970 * 1000)
-        let (millis, counter, random) = state.withLock { s -> (UInt64, UInt64, UInt64) in
-            if now > s.lastMillis {
-                s.lastMillis = now
-                s.counter = s.rng.next() & 0x1FF  // leave room to count up within a millisecond
+        var old = clock.load(ordering: .relaxed)
+        var new: UInt64
+        while true {
+            let lastMillis = old >> 12
+            if now > lastMillis {
+                new = now << 12 | (random() & 0x1FF)  // leave room to count up within a millisecond
+            } else if old & 0xFFF < 0xFFF {
+                new = old + 1
             } else {
-                s.counter += 1
-                if s.counter > 0xFFF {  // 4096 ids in one millisecond: borrow the next one
-                    s.lastMillis += 1
-                    s.counter = 0
-                }
+                new = (lastMillis + 1) << 12  // 4096 ids in one millisecond: borrow the next one
             }
-            return (s.lastMillis, s.counter, s.rng.next())
+            let (exchanged, original) = clock.compareExchange(
+                expected: old, desired: new, ordering: .relaxed)
+            if exchanged { break }
+            old = original
         }
-        var b = [UInt8](repeating: 0, count: 16)
-        for i in 0..<6 { b[i] = UInt8(truncatingIfNeeded: millis >> (40 - 8 * UInt64(i))) }
-        b[6] = 0x70 | UInt8(truncatingIfNeeded: counter >> 8)
-        b[7] = UInt8(truncatingIfNeeded: counter)
-        b[8] = 0x80 | UInt8(truncatingIfNeeded: random >> 56) & 0x3F
-        for i in 9..<16 { b[i] = UInt8(truncatingIfNeeded: random >> (8 * UInt64(15 - i))) }
-        return UUID(uuid: (b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]))
-    }
-}
-
-/// A small, fast pseudo-random generator (SplitMix64).
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
+        let millis = new >> 12
+        let counter = new & 0xFFF
+        let random = random()
+        // Bytes 0-5: milliseconds; 6-7: version 7 and the counter; 8: variant; 9-15: random.
+        let high = millis << 16 | 0x7000 | counter
+        let low = (0x80 | (random >> 56) & 0x3F) << 56 | random & 0x00FF_FFFF_FFFF_FFFF
+        let h = high.bigEndian
+        let l = low.bigEndian
+        return withUnsafeBytes(of: (h, l)) { raw in
+            UUID(uuid: raw.loadUnaligned(as: uuid_t.self))
+        }
     }
 }
