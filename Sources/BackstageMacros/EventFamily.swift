@@ -1,6 +1,6 @@
 import Backstage
 
-/// Makes an enum whose cases each carry one ``Backstage/Event`` an ``Backstage/EventFamily``:
+/// Makes an enum whose cases each carry one `Event` an `EventFamily`:
 /// each event type is named once, in its case.
 ///
 /// ```swift

@@ -16,7 +16,7 @@ struct TicketAdded: Event, Equatable {
     var ticketID: String
 }
 
-@EventFamily   // each event once: the macro writes the family's member list and `event`
+@EventFamily  // each event once: the macro writes the family's member list and `event`
 enum ShowEvent: Equatable {
     case scheduled(ShowScheduled)
     case ticketAdded(TicketAdded)
