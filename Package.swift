@@ -1,4 +1,5 @@
 // swift-tools-version: 6.1
+import CompilerPluginSupport
 import PackageDescription
 
 let package = Package(
@@ -15,6 +16,9 @@ let package = Package(
         // embeds with its own handlers and projections registered.
         .library(name: "BackstageCLI", targets: ["BackstageCLI"]),
         .executable(name: "backstage", targets: ["backstage"]),
+        // `@EventFamily`, a macro: a product of its own, so that only applications that use it
+        // build swift-syntax (a clean debug build of it takes minutes on 2 cores).
+        .library(name: "BackstageMacros", targets: ["BackstageMacros"]),
     ],
     dependencies: [
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
@@ -31,6 +35,8 @@ let package = Package(
         // nothing of it is built unless documentation is generated.
         .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
+        // The macros of BackstageMacros; 603 is the version for Swift 6.3.
+        .package(url: "https://github.com/swiftlang/swift-syntax", "600.0.0"..<"604.0.0"),
     ],
     targets: [
         .target(
@@ -94,6 +100,25 @@ let package = Package(
             name: "BackstageCLITests",
             dependencies: ["Backstage", "BackstageCLI", "BackstageSQLite", "BackstageTesting"]
         ),
+        .macro(
+            name: "BackstageMacrosPlugin",
+            dependencies: [
+                .product(name: "SwiftSyntax", package: "swift-syntax"),
+                .product(name: "SwiftSyntaxBuilder", package: "swift-syntax"),
+                .product(name: "SwiftSyntaxMacros", package: "swift-syntax"),
+                .product(name: "SwiftDiagnostics", package: "swift-syntax"),
+                .product(name: "SwiftCompilerPlugin", package: "swift-syntax"),
+            ]
+        ),
+        .target(name: "BackstageMacros", dependencies: ["Backstage", "BackstageMacrosPlugin"]),
+        .testTarget(
+            name: "BackstageMacrosTests",
+            dependencies: [
+                "Backstage", "BackstageMacros", "BackstageMacrosPlugin",
+                .product(name: "SwiftSyntaxMacroExpansion", package: "swift-syntax"),
+                .product(name: "SwiftSyntaxMacrosGenericTestSupport", package: "swift-syntax"),
+            ]
+        ),
         .testTarget(
             name: "BackstageTests",
             dependencies: [
@@ -108,7 +133,7 @@ let package = Package(
             name: "ReadmeTests",
             dependencies: [
                 "Backstage", "BackstageSQLite", "BackstagePostgres", "BackstageTesting", "BackstageConsole",
-                "BackstageCLI", .product(name: "GRDB", package: "GRDB.swift"),
+                "BackstageCLI", "BackstageMacros", .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

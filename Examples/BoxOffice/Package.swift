@@ -26,6 +26,8 @@ let package = Package(
             name: "BoxOffice",
             dependencies: [
                 .product(name: "Backstage", package: "Backstage"),
+                // @EventFamily for the event enums (builds swift-syntax).
+                .product(name: "BackstageMacros", package: "Backstage"),
                 .product(name: "BackstageSQLite", package: "Backstage"),
                 .product(name: "BackstagePostgres", package: "Backstage"),
                 .product(name: "BackstageConsole", package: "Backstage"),

@@ -52,6 +52,9 @@ extension Event {
 ///     }
 /// }
 /// ```
+///
+/// The `BackstageMacros` product's `@EventFamily` macro writes both `members` and this `switch`
+/// from the cases, so each event type is named once.
 public protocol EventFamily: Sendable {
     /// Every event type of the family with the case that wraps it.
     static var members: [EventMember<Self>] { get }
@@ -196,7 +199,6 @@ extension Command {
 ///
 /// ```swift
 /// struct AddTicket: DecidingCommand {
-///     typealias Target = Show
 ///     var showID: String
 ///     var ticketID: String
 ///
@@ -211,7 +213,13 @@ extension Command {
 ///
 /// `decide` can only throw the aggregate's `Rejection` (a `Target` whose `Rejection` is `Never`
 /// decides without throwing), so a business rule's error reaches the caller with its type.
-public protocol DecidingCommand: Command {
+/// `Target` is inferred from `decide`'s parameter: no `typealias Target` is needed.
+public protocol DecidingCommand: Command where Target: Aggregate {
+    /// The aggregate that decides the command: inferred from the parameter of ``decide(_:)``.
+    // Restated so that Swift infers it from `decide(_:)` (it does not infer an inherited
+    // associated type from a requirement of the refining protocol); the `where` clause keeps it
+    // the same as `Command.Target` without the redeclaration warning.
+    associatedtype Target
     /// The identity of the aggregate instance the command goes to: its stream is
     /// `"<category>-<aggregateID>"`.
     var aggregateID: String { get }

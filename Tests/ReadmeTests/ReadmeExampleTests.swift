@@ -1,5 +1,6 @@
 // The README's example, compiled and run exactly as the README shows it (keep the two in step).
 import Backstage
+import BackstageMacros
 import BackstageSQLite
 
 // Events: facts, stored forever under a stable type name.
@@ -15,15 +16,15 @@ struct TicketAdded: Event, Equatable {
     var ticketID: String
 }
 
-enum ShowEvent: EventFamily, Equatable {
+@EventFamily  // each event once: the macro writes the family's member list and `event`
+enum ShowEvent: Equatable {
     case scheduled(ShowScheduled)
     case ticketAdded(TicketAdded)
-    static let members: [EventMember<ShowEvent>] = [.init(scheduled), .init(ticketAdded)]
 }
 
-// Commands: requests that may be rejected. Each names its show and decides on its state.
+// Commands: requests that may be rejected. Each names its show and decides on its state
+// (`decide`'s parameter makes it a command of the show).
 struct ScheduleShow: DecidingCommand {
-    typealias Target = Show
     var showID: String
     var capacity: Int
     var aggregateID: String { showID }
@@ -34,7 +35,6 @@ struct ScheduleShow: DecidingCommand {
 }
 
 struct AddTicket: DecidingCommand {
-    typealias Target = Show
     var showID: String
     var ticketID: String
     var aggregateID: String { showID }

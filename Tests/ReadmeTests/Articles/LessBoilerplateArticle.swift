@@ -1,6 +1,7 @@
 // The code of the domain-writing article (Backstage.docc/LessBoilerplate.md): its own small show
 // domain (with sales), in a namespace so that it does not clash with the README's.
 import Backstage
+import BackstageMacros
 import Testing
 
 enum LessBoilerplateArticle {
@@ -22,18 +23,28 @@ enum LessBoilerplateArticle {
         var buyer: String
     }
 
-    enum ShowEvent: EventFamily {
+    @EventFamily
+    enum ShowEvent {
         case scheduled(ShowScheduled)
         case ticketAdded(TicketAdded)
         case ticketSold(TicketSold)
+    }
 
-        static let members: [EventMember<ShowEvent>] = [.init(scheduled), .init(ticketAdded), .init(ticketSold)]
+    /// The same family without the macro, as the article's "Without the macro" shows it.
+    enum WithoutMacro {
+        enum ShowEvent: EventFamily {
+            case scheduled(ShowScheduled)
+            case ticketAdded(TicketAdded)
+            case ticketSold(TicketSold)
 
-        var event: any Event {
-            switch self {
-            case .scheduled(let e): e
-            case .ticketAdded(let e): e
-            case .ticketSold(let e): e
+            static let members: [EventMember<ShowEvent>] = [.init(scheduled), .init(ticketAdded), .init(ticketSold)]
+
+            var event: any Event {
+                switch self {
+                case .scheduled(let e): e
+                case .ticketAdded(let e): e
+                case .ticketSold(let e): e
+                }
             }
         }
     }
@@ -65,14 +76,12 @@ enum LessBoilerplateArticle {
     }
 
     struct ScheduleShow: DecidingCommand {
-        typealias Target = Show
         var showID: String
         var aggregateID: String { showID }
         func decide(_ show: Show) -> [ShowEvent] { [.scheduled(ShowScheduled(showID: showID))] }
     }
 
     struct AddTicket: DecidingCommand {
-        typealias Target = Show
         var showID: String
         var ticketID: String
         var aggregateID: String { showID }
@@ -83,7 +92,6 @@ enum LessBoilerplateArticle {
     }
 
     struct SellTicket: DecidingCommand {
-        typealias Target = Show
         var showID: String
         var buyer: String
 
@@ -97,7 +105,6 @@ enum LessBoilerplateArticle {
     }
 
     struct RefundTicket: DecidingCommand {
-        typealias Target = Show
         var showID: String
         var ticketID: String
         var aggregateID: String { showID }
@@ -127,6 +134,19 @@ enum LessBoilerplateArticle {
         }
         return said
     }
+}
+
+@Test("the domain article's family, with and without the macro, reads and writes the same events")
+func lessBoilerplateFamilies() throws {
+    typealias A = LessBoilerplateArticle
+    let withMacro = try EventCodec<A.ShowEvent>()
+    let byHand = try EventCodec<A.WithoutMacro.ShowEvent>()
+    #expect(withMacro.typeNames == ["ShowScheduled", "TicketAdded", "TicketSold"])
+    #expect(withMacro.typeNames == byHand.typeNames)
+    let sold = A.TicketSold(showID: "s1", ticketID: "t1", buyer: "ada")
+    let data = try withMacro.encode(.ticketSold(sold), metadata: EventMetadata())
+    #expect(data.type == "TicketSold")
+    #expect(data.data == (try byHand.encode(.ticketSold(sold), metadata: EventMetadata())).data)
 }
 
 @Test("the domain article's deciding commands sell, reject typed, and refund through a closure route")

@@ -1,4 +1,5 @@
 import Backstage
+import BackstageMacros
 import Foundation
 
 // Reservations: reserving seats holds them (tickets sold to the reservation) and starts a
@@ -35,21 +36,11 @@ public struct ReservationReleased: Event, Hashable {
 }
 
 /// The events of a reservation.
-public enum ReservationEvent: EventFamily, Hashable {
+@EventFamily
+public enum ReservationEvent: Hashable {
     case reserved(SeatsReserved)
     case paid(ReservationPaid)
     case released(ReservationReleased)
-    public static let members: [EventMember<ReservationEvent>] = [
-        .init(SeatsReserved.self, ReservationEvent.reserved), .init(ReservationPaid.self, ReservationEvent.paid),
-        .init(ReservationReleased.self, ReservationEvent.released),
-    ]
-    public var event: any Event {
-        switch self {
-        case .reserved(let e): e
-        case .paid(let e): e
-        case .released(let e): e
-        }
-    }
 }
 
 /// Why a reservation command was rejected.
@@ -173,25 +164,12 @@ extension Reservation {
 }
 
 /// What the reservation process reads: the reservation's events and the show's sales and refunds.
-public enum ReservationFlowEvent: EventFamily, Hashable {
+@EventFamily
+public enum ReservationFlowEvent: Hashable {
     case reserved(SeatsReserved)
     case paid(ReservationPaid)
     case released(ReservationReleased)
     case ticketSold(TicketSold)
-    public static let members: [EventMember<ReservationFlowEvent>] = [
-        .init(SeatsReserved.self, ReservationFlowEvent.reserved),
-        .init(ReservationPaid.self, ReservationFlowEvent.paid),
-        .init(ReservationReleased.self, ReservationFlowEvent.released),
-        .init(TicketSold.self, ReservationFlowEvent.ticketSold),
-    ]
-    public var event: any Event {
-        switch self {
-        case .reserved(let e): e
-        case .paid(let e): e
-        case .released(let e): e
-        case .ticketSold(let e): e
-        }
-    }
 }
 
 /// The buyer name under which a reservation holds its tickets.

@@ -1,4 +1,5 @@
 import Backstage
+import BackstageMacros
 
 // The box office: a show has a seat capacity; tickets are added to it up to that capacity, then
 // sold to buyers and refunded. Every change is an event; the state of a show is rebuilt from them.
@@ -71,26 +72,14 @@ public struct TicketRefunded: Event, Hashable {
     }
 }
 
-/// Every event of a show.
-public enum ShowEvent: EventFamily, Hashable {
+/// Every event of a show. `@EventFamily` writes its `members` and its `event` switch (no
+/// reflection: every sale appends one).
+@EventFamily
+public enum ShowEvent: Hashable {
     case scheduled(ShowScheduled)
     case ticketAdded(TicketAdded)
     case ticketSold(TicketSold)
     case ticketRefunded(TicketRefunded)
-
-    public static let members: [EventMember<ShowEvent>] = [
-        .init(scheduled), .init(ticketAdded), .init(ticketSold), .init(ticketRefunded),
-    ]
-
-    /// The event of the case, without reflection (every sale appends one).
-    public var event: any Event {
-        switch self {
-        case .scheduled(let e): e
-        case .ticketAdded(let e): e
-        case .ticketSold(let e): e
-        case .ticketRefunded(let e): e
-        }
-    }
 
     /// The ticket the event is about, if any.
     public var ticketID: String? {
@@ -103,11 +92,11 @@ public enum ShowEvent: EventFamily, Hashable {
     }
 }
 
-// MARK: Commands: requests that the show may reject. Each names its show and decides on its state.
+// MARK: Commands: requests that the show may reject. Each names its show and decides on its state
+// (the `Show` parameter of `decide` makes it a command of the show).
 
 /// Puts a new show on the programme.
 public struct ScheduleShow: DecidingCommand, Codable, Hashable {
-    public typealias Target = Show
     /// The new show's id.
     public var showID: String
     /// Its title.
@@ -133,7 +122,6 @@ public struct ScheduleShow: DecidingCommand, Codable, Hashable {
 
 /// Adds a ticket to a show, up to its capacity.
 public struct AddTicket: DecidingCommand, Codable, Hashable {
-    public typealias Target = Show
     /// The show.
     public var showID: String
     /// The new ticket's id.
@@ -157,7 +145,6 @@ public struct AddTicket: DecidingCommand, Codable, Hashable {
 
 /// Sells the show's next ticket on sale to a buyer.
 public struct SellTicket: DecidingCommand, Codable, Hashable {
-    public typealias Target = Show
     /// The show.
     public var showID: String
     /// Who buys the ticket.
@@ -180,7 +167,6 @@ public struct SellTicket: DecidingCommand, Codable, Hashable {
 
 /// Refunds a sold ticket; it goes back on sale.
 public struct RefundTicket: DecidingCommand, Codable, Hashable {
-    public typealias Target = Show
     /// The show.
     public var showID: String
     /// The ticket to refund.
@@ -272,7 +258,6 @@ public enum TicketStatus: String, Codable, Hashable, Sendable {
 
 /// A show and its tickets.
 public struct Show: Aggregate, Codable, Hashable {
-    public typealias Event = ShowEvent
     public typealias Rejection = ShowError
     public static let category = "show"
 
