@@ -390,6 +390,18 @@ extension BackstageBench {
                 }
             }
         }
+        // How late this process gets the CPU: a task asks to wake after 1 ms, again and again;
+        // its overshoot is the scheduling delay every step of the delivery pays (on 2 cores
+        // shared with the server, the 64 callers and whatever else the machine runs).
+        let overshoot = LagSamples()
+        let prober = Task {
+            while !Task.isCancelled {
+                let asked = ContinuousClock.now
+                try await Task.sleep(for: .milliseconds(1))
+                overshoot.add([(ContinuousClock.now - asked - .milliseconds(1)).seconds])
+            }
+        }
+        let loadBefore = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").first ?? "?"
         let before = store.statistics
         let cpuBefore = processCPUTime()
         let d = try await timed {
@@ -399,6 +411,8 @@ extension BackstageBench {
             }
         }
         let cpu = processCPUTime() - cpuBefore
+        prober.cancel()
+        let loadAfter = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").first ?? "?"
         let after = store.statistics
         let tx = after.transactions - before.transactions
         try await Task.sleep(for: .milliseconds(200))
@@ -465,6 +479,12 @@ extension BackstageBench {
                 + "p90 \(ms(commitToReader, 0.9)) ms; readAll p50 \(ms(reads, 0.5)) ms, p99 \(ms(reads, 0.99)) ms over "
                 + "\(reads.count) reads; \(wakes.load(ordering: .relaxed)) wake-ups, \(emptyReads.load(ordering: .relaxed)) "
                 + "found nothing; bench CPU \(String(format: "%.2f", cpu / d.seconds)) cores of \(ProcessInfo.processInfo.activeProcessorCount)")
+        report.figure(
+            "scheduling delay p99 (1 ms sleep overshoot), W1 \(callers)", store: "postgres",
+            value: (overshoot.percentile(0.99) ?? 0) * 1_000, unit: "ms",
+            note: "p50 \(ms(overshoot, 0.5)) ms, p90 \(ms(overshoot, 0.9)) ms over \(overshoot.count) wake-ups of a task "
+                + "sleeping 1 ms during the run: what the machine adds to every hop; load average \(loadBefore) before, "
+                + "\(loadAfter) after")
     }
 
     /// W5 across processes: `w5Writers` copies of this program, each with its own store (pool),
