@@ -1,0 +1,66 @@
+import Backstage
+import BackstagePostgres
+import Foundation
+import Testing
+
+extension PostgresTests {
+    /// Reads run as statements prepared on their connection and decode rows by position.
+    @Suite("Prepared reads on PostgreSQL")
+    struct PreparedReads {
+        @Test(
+            "a read that failed on a connection (its schema was gone) works on that connection once the schema is back")
+        func recoversAfterAFailedPreparation() async throws {
+            // One connection: the failed read and the later ones share it.
+            try await withFreshStore(configure: { $0.maximumConnections = 1 }) { store in
+                _ = try await store.append(
+                    [EventData(type: "Noted", data: Data(#"{"n":1}"#.utf8))], to: "note-1", expected: .noStream,
+                    commandID: nil)
+                try await store.dropSchema()
+                await #expect(throws: PostgresStoreError.self) {
+                    _ = try await store.readAll(after: .start, limit: 10, filter: .all)
+                }
+                await #expect(throws: PostgresStoreError.self) {
+                    _ = try await store.readStream("note-1", from: 1, direction: .forward, limit: 10)
+                }
+                try await store.migrate()
+                _ = try await store.append(
+                    [EventData(type: "Noted", data: Data(#"{"n":2}"#.utf8))], to: "note-2", expected: .noStream,
+                    commandID: nil)
+                let all = try await store.readAll(after: .start, limit: 10, filter: .all)
+                #expect(all.map(\.stream) == ["note-2"])
+                let stream = try await store.readStream("note-2", from: 1, direction: .forward, limit: 10)
+                #expect(stream.map(\.data) == [Data(#"{"n": 2}"#.utf8)])
+                #expect(try await store.headPosition() == all.last?.logPosition)
+            }
+        }
+
+        @Test("metadata fields, ids and positions read back exactly through every read")
+        func fieldsReadBack() async throws {
+            try await withFreshStore { store in
+                let fields = [
+                    "plain": "value", "quote": #"a "quoted" \ back\slash"#, "lines": "one\ntwo\tthree\u{1}",
+                    "unicode": "Zürich 😀 東京", "empty": "", "": "empty key",
+                ]
+                let ids = (UUID(), UUID(), UUID())
+                let metadata = EventMetadata(commandID: ids.0, causationID: ids.1, correlationID: ids.2, fields: fields)
+                let appended = try await store.append(
+                    [
+                        EventData(type: "Noted", data: Data(#"{"n":1}"#.utf8), metadata: metadata),
+                        EventData(type: "Noted", data: Data(#"{"n":2}"#.utf8)),
+                    ], to: "note-1", expected: .noStream, commandID: nil)
+                let all = try await store.readAll(
+                    after: .start, limit: 10, filter: EventFilter(types: ["Noted"], categories: ["note"]))
+                let stream = try await store.readStream("note-1", from: 2, direction: .backward, limit: 10)
+                #expect(all.count == 2)
+                #expect(stream.map(\.streamVersion) == [2, 1])
+                for events in [all, stream.reversed()] {
+                    #expect(events.first?.metadata == metadata)
+                    #expect(events.last?.metadata.fields == [:])
+                    #expect(events.map(\.transaction) == [appended.transaction, appended.transaction])
+                    #expect(events.map(\.position) == [appended.firstPosition, appended.lastPosition])
+                }
+                #expect(try await store.headPosition().transaction == appended.transaction)
+            }
+        }
+    }
+}
