@@ -11,7 +11,8 @@ extension PostgresTests {
             "a read that failed on a connection (its schema was gone) works on that connection once the schema is back")
         func recoversAfterAFailedPreparation() async throws {
             // One connection: the failed read and the later ones share it.
-            try await withFreshStore(configure: { $0.maximumConnections = 1 }) { store in
+            let oneConnection: (inout PostgresEventStore.Configuration) -> Void = { $0.maximumConnections = 1 }
+            try await withFreshStore(configure: oneConnection) { store in
                 _ = try await store.append(
                     [EventData(type: "Noted", data: Data(#"{"n":1}"#.utf8))], to: "note-1", expected: .noStream,
                     commandID: nil)
