@@ -131,6 +131,8 @@ public final class PostgresEventStore: EventStore {
     let ownedClient: PostgresClient?
     let listener: NotificationListener
     let readiness = ServiceReadiness(closedError: PostgresStoreError.closed)
+    /// Reads of the global log known to have nothing more below a horizon (see ``readAll(after:limit:filter:)``).
+    let completeReads = CompleteReads()
 
     /// A store at `url` (`postgres://user:password@host:port/database`), with a connection pool
     /// of its own that ``run()`` runs. Nothing connects until ``run()`` runs.
@@ -671,8 +673,15 @@ public final class PostgresEventStore: EventStore {
         return try await run { conn in
             // Two statements, in this order: see the type's documentation.
             let horizon = try await self.horizon(on: conn).horizon
+            // A reader woken by a hint that brought nothing new (its own commit's notification
+            // echoed, an append still running below the others) skips the page statement.
+            if self.completeReads.isComplete(after: position, filter: filter, below: horizon) { return [] }
             let (sql, binds) = self.readAllStatement(after: position, below: horizon, limit: limit, filter: filter)
-            return try await Self.decodeEvents(conn.executePrepared(sql, binds: binds, logger: self.queryLogger))
+            let events = try await Self.decodeEvents(conn.executePrepared(sql, binds: binds, logger: self.queryLogger))
+            if events.count < limit {
+                self.completeReads.record(after: events.last?.logPosition ?? position, filter: filter, below: horizon)
+            }
+            return events
         }
     }
 

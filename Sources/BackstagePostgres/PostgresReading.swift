@@ -230,3 +230,51 @@ enum FlatJSONObject {
         return try? JSONDecoder().decode(String.self, from: Data(quoted))
     }
 }
+
+/// Reads of the global log that are known to be complete below a horizon: a page statement that
+/// ran after the horizon `h` was computed and came back short had every event matching the
+/// filter after its position in every transaction below `h` (those transactions had all ended
+/// before it took its snapshot). So a later read from the last position it returned, with the
+/// same filter, whose horizon is still at most `h`, would find nothing: ``readAll`` answers it
+/// without the page statement. Transaction ids only grow, so an event appended later (even
+/// after the schema was dropped and created again) is never below a recorded horizon. Bounded:
+/// the oldest entries are forgotten.
+final class CompleteReads: Sendable {
+    private struct Key: Hashable {
+        var after: LogPosition
+        var filter: EventFilter
+    }
+
+    private struct State {
+        var horizons: [Key: UInt64] = [:]
+        var order: [Key] = []
+    }
+
+    private static let capacity = 64
+    private let state = Mutex(State())
+
+    /// Whether a read after `position` with `filter` is known to find nothing below `horizon`.
+    func isComplete(after position: LogPosition, filter: EventFilter, below horizon: UInt64) -> Bool {
+        state.withLock { s in
+            guard let known = s.horizons[Key(after: position, filter: filter)] else { return false }
+            return horizon <= known
+        }
+    }
+
+    /// Records that nothing matches `filter` after `position` below `horizon`.
+    func record(after position: LogPosition, filter: EventFilter, below horizon: UInt64) {
+        let key = Key(after: position, filter: filter)
+        state.withLock { s in
+            if let known = s.horizons[key] {
+                s.horizons[key] = max(known, horizon)
+                return
+            }
+            s.horizons[key] = horizon
+            s.order.append(key)
+            if s.order.count > Self.capacity {
+                let oldest = s.order.removeFirst()
+                s.horizons[oldest] = nil
+            }
+        }
+    }
+}
