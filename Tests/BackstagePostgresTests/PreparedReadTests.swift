@@ -1,7 +1,8 @@
 import Backstage
-import BackstagePostgres
 import Foundation
 import Testing
+
+@testable import BackstagePostgres
 
 extension PostgresTests {
     /// Reads run as statements prepared on their connection and decode rows by position.
@@ -63,5 +64,36 @@ extension PostgresTests {
                 #expect(try await store.headPosition().transaction == appended.transaction)
             }
         }
+    }
+}
+
+/// The record of reads known to be complete below a horizon (no server needed).
+@Suite("Complete reads (PostgreSQL read path)")
+struct CompleteReadsTests {
+    @Test("a read is known complete only from the same position and filter, at a horizon not above the recorded one")
+    func knownComplete() {
+        let reads = CompleteReads()
+        let at = LogPosition(transaction: 10, position: 5)
+        let filter = EventFilter(types: ["A"])
+        #expect(!reads.isComplete(after: at, filter: filter, below: 20))
+        reads.record(after: at, filter: filter, below: 20)
+        #expect(reads.isComplete(after: at, filter: filter, below: 20))
+        #expect(reads.isComplete(after: at, filter: filter, below: 15))
+        #expect(!reads.isComplete(after: at, filter: filter, below: 21))
+        #expect(!reads.isComplete(after: at, filter: .all, below: 20))
+        #expect(!reads.isComplete(after: LogPosition(transaction: 10, position: 4), filter: filter, below: 20))
+        // A lower horizon recorded later does not forget what the higher one established.
+        reads.record(after: at, filter: filter, below: 12)
+        #expect(reads.isComplete(after: at, filter: filter, below: 20))
+    }
+
+    @Test("the record is bounded: the oldest entries are forgotten")
+    func bounded() {
+        let reads = CompleteReads()
+        for p in 0..<100 {
+            reads.record(after: LogPosition(transaction: 1, position: Int64(p)), filter: .all, below: 5)
+        }
+        #expect(!reads.isComplete(after: LogPosition(transaction: 1, position: 0), filter: .all, below: 5))
+        #expect(reads.isComplete(after: LogPosition(transaction: 1, position: 99), filter: .all, below: 5))
     }
 }
