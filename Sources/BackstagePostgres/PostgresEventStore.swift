@@ -131,6 +131,8 @@ public final class PostgresEventStore: EventStore {
     let ownedClient: PostgresClient?
     let listener: NotificationListener
     let readiness = ServiceReadiness(closedError: PostgresStoreError.closed)
+    /// Reads of the global log known to have nothing more below a horizon (see ``readAll(after:limit:filter:)``).
+    let completeReads = CompleteReads()
 
     /// A store at `url` (`postgres://user:password@host:port/database`), with a connection pool
     /// of its own that ``run()`` runs. Nothing connects until ``run()`` runs.
@@ -617,15 +619,21 @@ public final class PostgresEventStore: EventStore {
 
     // MARK: Reading
 
-    /// The columns every event read selects, in the order ``decodeEvent(_:)`` expects.
+    // Every read runs as a statement prepared on its connection (see ``PostgresConnection/executePrepared(_:binds:logger:)``),
+    // with transaction ids bound and read in binary, and rows decoded by position.
+
+    /// The columns every event read selects, in the order ``decodeEvent(_:)-(PostgresRow)`` expects.
     var eventColumns: String { Self.eventColumns(prefix: "") }
 
-    /// The event columns, each qualified with `prefix` (a table alias and a dot, or nothing).
+    /// The event columns, each qualified with `prefix` (a table alias and a dot, or nothing). The
+    /// transaction id and the metadata fields are selected as they are (binary `xid8` and `jsonb`);
+    /// the payload is a jsonb value in binary format (format version 1, then its JSON text) or 0
+    /// followed by the bytes of a payload stored as bytes.
     static func eventColumns(prefix p: String) -> String {
         """
-        \(p)position, \(p)transaction_id::text AS transaction_text, \(p)stream, \(p)stream_version, \(p)event_id, \(p)type,
+        \(p)position, \(p)transaction_id, \(p)stream, \(p)stream_version, \(p)event_id, \(p)type,
         \(p)schema_version, CASE WHEN \(p)data IS NULL THEN '\\x00'::bytea || \(p)data_bytes ELSE jsonb_send(\(p)data) END,
-        \(p)command_id, \(p)causation_id, \(p)correlation_id, \(p)fields::text,
+        \(p)command_id, \(p)causation_id, \(p)correlation_id, \(p)fields,
         \(p)recorded_at
         """
     }
@@ -635,22 +643,26 @@ public final class PostgresEventStore: EventStore {
     ) async throws -> [RecordedEvent] {
         try limits.validate(stream: stream)
         try limits.validate(pageSize: limit)
-        let query: PostgresQuery =
+        let sql =
             switch direction {
             case .forward:
                 """
-                SELECT \(unescaped: eventColumns) FROM \(unescaped: s).events
-                WHERE stream = \(stream) AND stream_version >= \(version)
-                ORDER BY stream_version LIMIT \(limit)
+                SELECT \(eventColumns) FROM \(s).events
+                WHERE stream = $1 AND stream_version >= $2 ORDER BY stream_version LIMIT $3
                 """
             case .backward:
                 """
-                SELECT \(unescaped: eventColumns) FROM \(unescaped: s).events
-                WHERE stream = \(stream) AND stream_version <= \(version)
-                ORDER BY stream_version DESC LIMIT \(limit)
+                SELECT \(eventColumns) FROM \(s).events
+                WHERE stream = $1 AND stream_version <= $2 ORDER BY stream_version DESC LIMIT $3
                 """
             }
-        return try await run { try await self.decodeEvents($0.query(query, logger: self.queryLogger)) }
+        var binds = PostgresBindings(capacity: 3)
+        binds.append(stream)
+        binds.append(version)
+        binds.append(Int64(limit))
+        return try await run { conn in
+            try await Self.decodeEvents(conn.executePrepared(sql, binds: binds, logger: self.queryLogger))
+        }
     }
 
     public func readAll(after position: LogPosition, limit: Int, filter: EventFilter) async throws
@@ -661,69 +673,73 @@ public final class PostgresEventStore: EventStore {
         return try await run { conn in
             // Two statements, in this order: see the type's documentation.
             let horizon = try await self.horizon(on: conn).horizon
-            let query = self.readAllQuery(after: position, below: horizon, limit: limit, filter: filter)
-            return try await self.decodeEvents(conn.query(query, logger: self.queryLogger))
+            // A reader woken by a hint that brought nothing new (its own commit's notification
+            // echoed, an append still running below the others) skips the page statement.
+            if self.completeReads.isComplete(after: position, filter: filter, below: horizon) { return [] }
+            let (sql, binds) = self.readAllStatement(after: position, below: horizon, limit: limit, filter: filter)
+            let events = try await Self.decodeEvents(conn.executePrepared(sql, binds: binds, logger: self.queryLogger))
+            if events.count < limit {
+                self.completeReads.record(after: events.last?.logPosition ?? position, filter: filter, below: horizon)
+            }
+            return events
         }
     }
 
-    private func readAllQuery(after position: LogPosition, below horizon: UInt64, limit: Int, filter: EventFilter)
-        -> PostgresQuery
+    /// The page statement of ``readAll(after:limit:filter:)``: its SQL depends only on the shape of
+    /// the filter (one prepared statement per shape), the values are bound.
+    private func readAllStatement(after position: LogPosition, below horizon: UInt64, limit: Int, filter: EventFilter)
+        -> (String, PostgresBindings)
     {
-        var sql = PostgresQuery.StringInterpolation(literalCapacity: 512, interpolationCount: 6)
-        sql.appendLiteral("SELECT ")
-        sql.appendInterpolation(unescaped: eventColumns)
-        sql.appendLiteral(" FROM ")
-        sql.appendInterpolation(unescaped: s)
-        sql.appendLiteral(".events WHERE (transaction_id, position) > (")
-        sql.appendInterpolation(String(position.transaction))
-        sql.appendLiteral("::xid8, ")
-        sql.appendInterpolation(position.position)
+        var binds = PostgresBindings(capacity: 6)
+        binds.append(TransactionID(position.transaction))
+        binds.append(position.position)
+        binds.append(TransactionID(horizon))
+        binds.append(Int64(limit))
         // Only transactions below the horizon: no append can commit below it any more.
-        sql.appendLiteral(") AND transaction_id < ")
-        sql.appendInterpolation(String(horizon))
-        sql.appendLiteral("::xid8")
+        var sql = """
+            SELECT \(eventColumns) FROM \(s).events
+            WHERE (transaction_id, position) > ($1, $2) AND transaction_id < $3
+            """
         if let types = filter.types {
-            sql.appendLiteral(" AND type = ANY(")
-            sql.appendInterpolation(types.sorted())
-            sql.appendLiteral(")")
+            binds.append(types.sorted())
+            sql += " AND type = ANY($\(binds.count))"
         }
         if let categories = filter.categories {
-            sql.appendLiteral(" AND category = ANY(")
-            sql.appendInterpolation(categories.sorted())
-            sql.appendLiteral(")")
+            binds.append(categories.sorted())
+            sql += " AND category = ANY($\(binds.count))"
         }
         if let partition = filter.partition {
-            sql.appendLiteral(" AND ")
-            sql.appendInterpolation(unescaped: Self.partitionPredicate(partition))
+            sql += " AND " + Self.partitionPredicate(partition)
         }
-        // The text form of the id is selected under another name: an output column called
-        // transaction_id would make ORDER BY sort by text ("1000" before "999").
-        sql.appendLiteral(" ORDER BY transaction_id, position LIMIT ")
-        sql.appendInterpolation(limit)
-        return PostgresQuery(stringInterpolation: sql)
+        sql += " ORDER BY transaction_id, position LIMIT $4"
+        return (sql, binds)
     }
 
     public func streamVersion(_ stream: String) async throws -> Int64 {
         try limits.validate(stream: stream)
+        var binds = PostgresBindings(capacity: 1)
+        binds.append(stream)
         return try await run { conn in
-            let rows = try await conn.query(
-                "SELECT version FROM \(unescaped: self.s).streams WHERE stream = \(stream)", logger: self.queryLogger)
-            for try await version in rows.decode(Int64.self) { return version }
+            let rows = try await conn.executePrepared(
+                "SELECT version FROM \(self.s).streams WHERE stream = $1", binds: binds, logger: self.queryLogger)
+            for try await row in rows { return try row.decode(Int64.self) }
             return 0
         }
     }
 
     public func headPosition() async throws -> LogPosition {
         try await run { conn in
-            let horizon = String(try await self.horizon(on: conn).horizon)
-            let rows = try await conn.query(
+            let horizon = try await self.horizon(on: conn).horizon
+            var binds = PostgresBindings(capacity: 1)
+            binds.append(TransactionID(horizon))
+            let rows = try await conn.executePrepared(
                 """
-                SELECT transaction_id::text AS transaction_text, position FROM \(unescaped: self.s).events
-                WHERE transaction_id < \(horizon)::xid8
-                ORDER BY transaction_id DESC, position DESC LIMIT 1
-                """, logger: self.queryLogger)
-            for try await (transaction, position) in rows.decode((String, Int64).self) {
-                return LogPosition(transaction: try Self.parseTransaction(transaction), position: position)
+                SELECT transaction_id, position FROM \(self.s).events
+                WHERE transaction_id < $1 ORDER BY transaction_id DESC, position DESC LIMIT 1
+                """, binds: binds, logger: self.queryLogger)
+            for try await row in rows {
+                let (transaction, position) = try row.decode((TransactionID, Int64).self)
+                return LogPosition(transaction: transaction.value, position: position)
             }
             return .start
         }
@@ -745,37 +761,43 @@ public final class PostgresEventStore: EventStore {
         try await run { try await self.horizon(on: $0) }
     }
 
+    /// The SQL of the horizon statement ($1: the appender lock's class).
+    private var horizonSQL: String {
+        // pg_stat_activity.backend_xid is a 32-bit xid: it is widened to 64 bits with the epoch
+        // of the snapshot's xmax, from which a running transaction is less than 2^31 away.
+        """
+        WITH snapshot AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax),
+        holders AS (
+            SELECT l.pid, a.xact_start, a.application_name,
+                   (snapshot.xmax >> 32 << 32) + a.backend_xid::text::bigint AS xid, snapshot.xmax
+            FROM snapshot, pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+            WHERE l.locktype = 'advisory' AND l.granted
+              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+              AND l.classid = hashtext($1)::oid AND l.objid = 0 AND l.objsubid = 2
+              AND a.backend_xid IS NOT NULL
+        ),
+        widened AS (
+            SELECT pid, xact_start, application_name,
+                   CASE WHEN xid > xmax + 2147483648 THEN xid - 4294967296
+                        WHEN xid < xmax - 2147483648 THEN xid + 4294967296
+                        ELSE xid END AS xid
+            FROM holders
+        )
+        SELECT snapshot.xmax, o.pid, o.xid, o.xact_start,
+               extract(epoch FROM clock_timestamp() - o.xact_start)::float8, o.application_name
+        FROM snapshot LEFT JOIN (SELECT * FROM widened ORDER BY xid LIMIT 1) o ON true
+        """
+    }
+
     /// The horizon, in a statement of its own: the statement that reads events must come after
     /// it, with a snapshot of its own (see the type's documentation).
     func horizon(on conn: PostgresConnection) async throws -> PostgresReadHorizon {
-        // pg_stat_activity.backend_xid is a 32-bit xid: it is widened to 64 bits with the epoch
-        // of the snapshot's xmax, from which a running transaction is less than 2^31 away.
-        let rows = try await conn.query(
-            """
-            WITH snapshot AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax),
-            holders AS (
-                SELECT l.pid, a.xact_start, a.application_name,
-                       (snapshot.xmax >> 32 << 32) + a.backend_xid::text::bigint AS xid, snapshot.xmax
-                FROM snapshot, pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-                WHERE l.locktype = 'advisory' AND l.granted
-                  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                  AND l.classid = hashtext(\(appenderLockClass))::oid AND l.objid = 0 AND l.objsubid = 2
-                  AND a.backend_xid IS NOT NULL
-            ),
-            widened AS (
-                SELECT pid, xact_start, application_name,
-                       CASE WHEN xid > xmax + 2147483648 THEN xid - 4294967296
-                            WHEN xid < xmax - 2147483648 THEN xid + 4294967296
-                            ELSE xid END AS xid
-                FROM holders
-            )
-            SELECT snapshot.xmax, o.pid, o.xid, o.xact_start,
-                   extract(epoch FROM clock_timestamp() - o.xact_start)::float8, o.application_name
-            FROM snapshot LEFT JOIN (SELECT * FROM widened ORDER BY xid LIMIT 1) o ON true
-            """, logger: queryLogger)
-        for try await (xmax, pid, xid, started, age, application) in rows.decode(
-            (Int64, Int32?, Int64?, Date?, Double?, String?).self)
-        {
+        var binds = PostgresBindings(capacity: 1)
+        binds.append(appenderLockClass)
+        let rows = try await conn.executePrepared(horizonSQL, binds: binds, logger: queryLogger)
+        for try await row in rows {
+            let (xmax, pid, xid, started, age, application) = try row.decode(
+                (Int64, Int32?, Int64?, Date?, Double?, String?).self)
             var oldest: PostgresReadHorizon.Append?
             // Only the id counts for the horizon: pg_stat_activity shows backend_xid of every
             // session, but xact_start only of the sessions this role may inspect.
@@ -856,34 +878,6 @@ public final class PostgresEventStore: EventStore {
         } catch {
             throw Self.storeError(error)
         }
-    }
-
-    func decodeEvents(_ rows: PostgresRowSequence) async throws -> [RecordedEvent] {
-        var events: [RecordedEvent] = []
-        for try await row in rows { events.append(try Self.decodeEvent(row.makeRandomAccess())) }
-        return events
-    }
-
-    /// Decodes the event in columns 0..<13 of `row` (selected as ``eventColumns``).
-    static func decodeEvent(_ row: PostgresRandomAccessRow) throws -> RecordedEvent {
-        let fieldsJSON = try row[11].decode(String?.self)
-        var fields: [String: String] = [:]
-        if let fieldsJSON {
-            fields = try JSONDecoder().decode([String: String].self, from: Data(fieldsJSON.utf8))
-        }
-        return RecordedEvent(
-            position: try row[0].decode(Int64.self),
-            transaction: try parseTransaction(try row[1].decode(String.self)),
-            stream: try row[2].decode(String.self),
-            streamVersion: try row[3].decode(Int64.self),
-            id: try row[4].decode(UUID.self),
-            type: try row[5].decode(String.self),
-            schemaVersion: Int(try row[6].decode(Int32.self)),
-            data: try decodePayload(row[7].decode(ByteBuffer.self)),
-            metadata: EventMetadata(
-                commandID: try row[8].decode(UUID?.self), causationID: try row[9].decode(UUID?.self),
-                correlationID: try row[10].decode(UUID?.self), fields: fields),
-            recordedAt: try row[12].decode(Date.self))
     }
 
     /// The payload column: a jsonb value as `jsonb_send` writes it (format version 1, then the

@@ -3,6 +3,7 @@ import BackstagePostgres
 import Foundation
 import Logging
 import PostgresNIO
+import Synchronization
 
 /// The fastest PostgreSQL does on this machine through postgres-nio, with the server's settings
 /// (the cluster of `scripts/postgres`: fsync and synchronous_commit on) and the store's row shape
@@ -200,7 +201,10 @@ extension BackstageBench {
 
         var configuration = PostgresEventStore.Configuration()
         configuration.schema = "bench_store_\(tag)"
-        let store = try await PostgresEventStore(url: url, configuration: configuration)
+        let store = try PostgresEventStore(url: url, configuration: configuration)
+        // The store is a Service: it runs (pool, migrations, notification listener) beside the workloads.
+        let storeRun = Task { try await store.run() }
+        try await store.waitUntilReady()
         var w = Workloads(
             store: store, storeName: "postgres", sizes: sizes, report: report, singleRowCeiling: "raw 1-row tx",
             batchCeiling: "raw 1000-row tx", readCeiling: "raw read", absoluteTargets: false)
@@ -258,6 +262,7 @@ extension BackstageBench {
             try await w5Processes(url: url, schema: configuration.schema, sizes: sizes, report: report)
         }
         await store.close()
+        _ = try? await storeRun.value
         try await measureCeilings("after")
         try await ceiling.drop()
         try await client.query("DROP SCHEMA \(unescaped: configuration.schema) CASCADE", logger: ceiling.logger)
@@ -313,6 +318,17 @@ struct PostgresTypeCountReadModel: PostgresReadModel {
     }
 }
 
+/// One time per command index (seconds since 1970), set once.
+final class TimeTable: @unchecked Sendable {
+    private let lock = NSLock()
+    private var times: [Double?]
+    init(count: Int) { times = Array(repeating: nil, count: count) }
+    func set(_ i: Int, _ date: Date) {
+        lock.withLock { if times.indices.contains(i), times[i] == nil { times[i] = date.timeIntervalSince1970 } }
+    }
+    var values: [Double?] { lock.withLock { times } }
+}
+
 /// Delivery delays seen by a reader, in seconds.
 final class LagSamples: @unchecked Sendable {
     private let lock = NSLock()
@@ -339,26 +355,64 @@ extension BackstageBench {
         let app = BackstageApp(store: store, router: try accountRouter())
         let start = try await store.headPosition()
         let samples = LagSamples()
+        // Where the lag goes: when each command's dispatch returned (its commit acknowledged to
+        // the caller), when the reader had its event, how long each readAll took.
+        let acked = TimeTable(count: n)
+        let seen = TimeTable(count: n)
+        let reads = LagSamples()
+        let wakes = Atomic<Int>(0)
+        let emptyReads = Atomic<Int>(0)
         let notifications = store.appendNotifications()
         let reader = Task {
             var after = start
             // Woken by each notification (a hint: the store's notifications are coalesced).
             for await _ in notifications {
+                wakes.add(1, ordering: .relaxed)
+                var first = true
                 while true {
+                    let readStart = Date()
                     let page = try await store.readAll(after: after, limit: 1_000, filter: .all)
-                    guard let last = page.last else { break }
                     let now = Date()
+                    reads.add([now.timeIntervalSince(readStart)])
+                    guard let last = page.last else {
+                        if first { emptyReads.add(1, ordering: .relaxed) }
+                        break
+                    }
+                    first = false
                     samples.add(page.map { now.timeIntervalSince($0.recordedAt) })
+                    for event in page {
+                        if let i = Int(event.stream.dropFirst("account-w1lag".count)) { seen.set(i, now) }
+                    }
                     after = last.logPosition
+                    // A short page had every event below the horizon: wait for the next hint,
+                    // as a subscription does.
+                    if page.count < 1_000 { break }
                 }
             }
         }
+        // How late this process gets the CPU: a task asks to wake after 1 ms, again and again;
+        // its overshoot is the scheduling delay every step of the delivery pays (on 2 cores
+        // shared with the server, the 64 callers and whatever else the machine runs).
+        let overshoot = LagSamples()
+        let prober = Task {
+            while !Task.isCancelled {
+                let asked = ContinuousClock.now
+                try await Task.sleep(for: .milliseconds(1))
+                overshoot.add([(ContinuousClock.now - asked - .milliseconds(1)).seconds])
+            }
+        }
+        let loadBefore = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").first ?? "?"
         let before = store.statistics
+        let cpuBefore = processCPUTime()
         let d = try await timed {
             try await concurrently(callers: callers, count: n) { i in
                 try await app.dispatch(Deposit(account: "w1lag\(i)", amount: 10))
+                acked.set(i, Date())
             }
         }
+        let cpu = processCPUTime() - cpuBefore
+        prober.cancel()
+        let loadAfter = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").first ?? "?"
         let after = store.statistics
         let tx = after.transactions - before.transactions
         try await Task.sleep(for: .milliseconds(200))
@@ -380,6 +434,57 @@ extension BackstageBench {
             "lag p99, recorded_at -> reader, W1 \(callers)", store: "postgres", value: p99, unit: "ms",
             target: Target(text: "< 20 ms") { value, _ in value < 20 },
             note: "recorded_at is the transaction's start: an upper bound of commit-to-delivery")
+        func ms(_ samples: LagSamples, _ p: Double) -> String {
+            String(format: "%.1f", (samples.percentile(p) ?? 0) * 1_000)
+        }
+        let ceilingLogger = Logger(label: "backstage-bench.postgres", factory: { _ in SwiftLogNoOpLogHandler() })
+        // The parts: commit acknowledged -> reader (negative when the reader was first), the reads.
+        let commitToReader = LagSamples()
+        commitToReader.add(zip(acked.values, seen.values).compactMap { a, s in a.flatMap { a in s.map { $0 - a } } })
+        // With track_commit_timestamp on (not the default), each transaction's commit time is
+        // known: commit -> reader exactly, and recorded_at -> commit (the transaction itself).
+        let committed = TimeTable(count: n)
+        let recorded = TimeTable(count: n)
+        let tracking = try await store.client.query("SELECT current_setting('track_commit_timestamp')", logger: ceilingLogger)
+        var tracked = false
+        for try await value in tracking.decode(String.self) { tracked = value == "on" }
+        if tracked {
+            let rows = try await store.client.query(
+                """
+                SELECT stream, extract(epoch FROM recorded_at)::float8,
+                       extract(epoch FROM pg_xact_commit_timestamp((transaction_id::text::bigint % 4294967296)::text::xid))::float8
+                FROM \(unescaped: store.schema.rawValue).events WHERE stream LIKE 'account-w1lag%'
+                """, logger: ceilingLogger)
+            for try await (stream, start, commit) in rows.decode((String, Double, Double?).self) {
+                guard let i = Int(stream.dropFirst("account-w1lag".count)) else { continue }
+                recorded.set(i, Date(timeIntervalSince1970: start))
+                if let commit { committed.set(i, Date(timeIntervalSince1970: commit)) }
+            }
+            let exact = LagSamples()
+            exact.add(zip(committed.values, seen.values).compactMap { c, s in c.flatMap { c in s.map { $0 - c } } })
+            let transactions = LagSamples()
+            transactions.add(zip(recorded.values, committed.values).compactMap { r, c in r.flatMap { r in c.map { $0 - r } } })
+            report.figure(
+                "lag p99, commit -> reader, W1 \(callers)", store: "postgres",
+                value: (exact.percentile(0.99) ?? 0) * 1_000, unit: "ms",
+                target: Target(text: "< 20 ms") { value, _ in value < 20 },
+                note: "pg_xact_commit_timestamp (track_commit_timestamp = on) to the reader having the event: p50 "
+                    + "\(ms(exact, 0.5)) ms, p90 \(ms(exact, 0.9)) ms over \(exact.count) events; the transactions "
+                    + "themselves (recorded_at -> commit): p50 \(ms(transactions, 0.5)) ms, p99 \(ms(transactions, 0.99)) ms")
+        }
+        report.figure(
+            "lag p99, commit ack -> reader, W1 \(callers)", store: "postgres",
+            value: (commitToReader.percentile(0.99) ?? 0) * 1_000, unit: "ms",
+            note: "the dispatch's return (after its commit) to the reader having the event: p50 \(ms(commitToReader, 0.5)) ms, "
+                + "p90 \(ms(commitToReader, 0.9)) ms; readAll p50 \(ms(reads, 0.5)) ms, p99 \(ms(reads, 0.99)) ms over "
+                + "\(reads.count) reads; \(wakes.load(ordering: .relaxed)) wake-ups, \(emptyReads.load(ordering: .relaxed)) "
+                + "found nothing; bench CPU \(String(format: "%.2f", cpu / d.seconds)) cores of \(ProcessInfo.processInfo.activeProcessorCount)")
+        report.figure(
+            "scheduling delay p99 (1 ms sleep overshoot), W1 \(callers)", store: "postgres",
+            value: (overshoot.percentile(0.99) ?? 0) * 1_000, unit: "ms",
+            note: "p50 \(ms(overshoot, 0.5)) ms, p90 \(ms(overshoot, 0.9)) ms over \(overshoot.count) wake-ups of a task "
+                + "sleeping 1 ms during the run: what the machine adds to every hop; load average \(loadBefore) before, "
+                + "\(loadAfter) after")
     }
 
     /// W5 across processes: `w5Writers` copies of this program, each with its own store (pool),
@@ -428,14 +533,14 @@ extension BackstageBench {
         var configuration = PostgresEventStore.Configuration()
         configuration.schema = schema
         configuration.migrate = false
-        let store = try await PostgresEventStore(url: url, configuration: configuration)
-        let app = BackstageApp(store: store, router: try accountRouter())
-        // Warm the pool: the timing starts with connections open, as in a running service.
-        _ = try await store.headPosition()
-        let start = Date().timeIntervalSince1970
-        for i in 0..<commands { try await app.dispatch(Deposit(account: "w5p\(index)-\(i)", amount: 1)) }
-        let end = Date().timeIntervalSince1970
-        print("w5 \(start) \(end)")
-        await store.close()
+        try await PostgresEventStore.withStore(url: url, configuration: configuration) { store in
+            let app = BackstageApp(store: store, router: try accountRouter())
+            // Warm the pool: the timing starts with connections open, as in a running service.
+            _ = try await store.headPosition()
+            let start = Date().timeIntervalSince1970
+            for i in 0..<commands { try await app.dispatch(Deposit(account: "w5p\(index)-\(i)", amount: 1)) }
+            let end = Date().timeIntervalSince1970
+            print("w5 \(start) \(end)")
+        }
     }
 }
