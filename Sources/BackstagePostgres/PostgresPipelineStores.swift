@@ -9,7 +9,7 @@ import PostgresNIO
 /// be at `expected` with a token not newer than `token`, and `token` must not be older than the
 /// subscription's current lease (see ``PostgresLeadership``), so a process that lost its lease
 /// cannot move the checkpoint even before the new leader's first commit.
-public final class PostgresCheckpointStore: CheckpointStore {
+package final class PostgresCheckpointStore: CheckpointStore {
     /// The store whose schema holds the checkpoints.
     package let store: PostgresEventStore
 

@@ -115,9 +115,6 @@ extension TypedPostgresReadModel {
 /// store's schema.
 public typealias PostgresProjectionTables = ProjectionTables
 
-/// The errors of PostgreSQL projections: `ProjectionError`, shared with SQLite projections.
-public typealias PostgresProjectionError = ProjectionError
-
 extension ProjectionTables {
     /// The names of `version` of the tables `baseNames` in `schema`.
     init(schema: PostgresSchemaName, version: Int, baseNames: [String]) {
@@ -141,11 +138,11 @@ public final class PostgresProjection<Model: PostgresReadModel>: Projection {
     private let parkedStore: PostgresParkedEventStore
 
     /// Creates the projection in `store`'s schema.
-    /// - Throws: `PostgresProjectionError.invalidTableName(_:)` or `PipelineError.invalidName`.
+    /// - Throws: `ProjectionError.invalidTableName(_:)` or `PipelineError.invalidName`.
     public init(_ model: Model, store: PostgresEventStore, options: ProjectionOptions = ProjectionOptions()) throws {
         try validateSubscriptionName(model.name)
         for table in model.tables where !isLowerIdentifier(table) {
-            throw PostgresProjectionError.invalidTableName(table)
+            throw ProjectionError.invalidTableName(table)
         }
         self.model = model
         self.store = store
@@ -211,7 +208,7 @@ public final class PostgresProjection<Model: PostgresReadModel>: Projection {
         let names = tables(version: version)
         for base in names.baseNames {
             if let kind = try await relationKind(base, on: conn), kind != "v" {
-                throw PostgresProjectionError.nameTaken(base)
+                throw ProjectionError.nameTaken(base)
             }
             _ = try await conn.query(
                 PostgresQuery(unsafeSQL: "DROP VIEW IF EXISTS \(try names.view(base))"), logger: store.queryLogger)
@@ -249,7 +246,7 @@ public final class PostgresProjection<Model: PostgresReadModel>: Projection {
             return (owners, true)
         }
         for (table, owner) in owners where owner != model.name {
-            throw PostgresProjectionError.tableOwned(table, owner: owner, projection: model.name)
+            throw ProjectionError.tableOwned(table, owner: owner, projection: model.name)
         }
     }
 
@@ -286,18 +283,7 @@ public final class PostgresProjection<Model: PostgresReadModel>: Projection {
             try await PostgresTransaction.run(on: conn, logger: self.store.queryLogger) { conn in
                 // The compare-and-set first: a runner of a dropped version (or a stale one) stops at
                 // its checkpoint conflict before touching any table.
-                switch commit {
-                case .checkpoint(let subscription, let expected, let new, let token):
-                    try await PostgresCheckpointStore.commit(
-                        subscription, expected: expected, new: new, token: token, store: self.store, on: conn)
-                case .replay(let subscription, let position):
-                    guard
-                        try await PostgresParkedEventStore.remove(
-                            subscription: subscription, position: position, store: self.store, on: conn)
-                    else {
-                        throw PipelineError.parkedEventNotFound(subscription: subscription, position: position)
-                    }
-                }
+                try await commit.perform(store: self.store, on: conn)
                 try await self.model.apply(events, on: conn, tables: names)
                 return ((), true)
             }

@@ -117,8 +117,8 @@ public final class SQLiteEventStore: EventStore {
     public let database: any DatabaseWriter
     /// The limits this store enforces.
     public let limits: StoreLimits
-    /// Checkpoints, parked events and lease leadership in this file (``SQLiteCheckpointStore``,
-    /// ``SQLiteParkedEventStore``, ``SQLiteLeadership``), shared by every `PipelineService` over
+    /// Checkpoints, parked events and lease leadership in this file (`SQLiteCheckpointStore`,
+    /// `SQLiteParkedEventStore`, ``SQLiteLeadership``), shared by every `PipelineService` over
     /// this store that is not given others.
     public let pipelineDefaults: PipelineDefaults
     let configuration: Configuration

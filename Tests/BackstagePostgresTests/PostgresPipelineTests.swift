@@ -394,14 +394,14 @@ extension PostgresTests {
                 #expect(try await counts.activeVersion() == 1)
                 let other = try PostgresProjection(OtherCountsModel(), store: store)
                 await #expect(
-                    throws: PostgresProjectionError.tableOwned("counts", owner: "counts", projection: "other")
+                    throws: ProjectionError.tableOwned("counts", owner: "counts", projection: "other")
                 ) {
                     _ = try await other.activeVersion()
                 }
                 // Another process (its own pool) gets the same answer; the owner itself is fine.
                 try await withPeer(of: store) { peer async throws in
                     await #expect(
-                        throws: PostgresProjectionError.tableOwned("counts", owner: "counts", projection: "other")
+                        throws: ProjectionError.tableOwned("counts", owner: "counts", projection: "other")
                     ) {
                         _ = try await PostgresProjection(OtherCountsModel(), store: peer).activeVersion()
                     }

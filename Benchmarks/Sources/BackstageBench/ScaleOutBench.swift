@@ -62,7 +62,7 @@ enum ScaleOut {
             }
             // Every partition has committed its start (the end of the log): only the events
             // appended from now on are its work.
-            let checkpoints = PostgresCheckpointStore(store: store)
+            let checkpoints = store.pipelineDefaults.checkpoints
             try await until(timeout: .seconds(60)) {
                 try await committedPosition(of: name, partitions: partitions, in: checkpoints) != nil
             }

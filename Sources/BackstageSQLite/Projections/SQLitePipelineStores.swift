@@ -87,7 +87,7 @@ extension LogPosition {
 ///
 /// `commit(_:expected:new:token:in:)` runs the compare-and-set inside a caller's transaction,
 /// which is how projections commit their writes and their checkpoint together.
-public final class SQLiteCheckpointStore: CheckpointStore {
+package final class SQLiteCheckpointStore: CheckpointStore {
     /// The database.
     package let database: any DatabaseWriter
 
@@ -173,7 +173,7 @@ public final class SQLiteCheckpointStore: CheckpointStore {
 }
 
 /// The parked-event (dead-letter) table in an SQLite database.
-public final class SQLiteParkedEventStore: ParkedEventStore {
+package final class SQLiteParkedEventStore: ParkedEventStore {
     /// The database.
     package let database: any DatabaseWriter
 
