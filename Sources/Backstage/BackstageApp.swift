@@ -241,7 +241,9 @@ public final class BackstageApp: Sendable {
             dispatched = result
         } catch {
             for m in middleware { await m.afterFailure(context, error: error) }
-            if let commandMetrics, let start { commandMetrics.failed(rejected: error is C.Target.Rejection, since: start) }
+            if let commandMetrics, let start {
+                commandMetrics.failed(rejected: error is C.Target.Rejection, since: start)
+            }
             throw error
         }
         // The events are stored; a consistency timeout says so.
@@ -324,7 +326,7 @@ public final class BackstageApp: Sendable {
                     traced
                     ? try withSpan(route.decideSpanName) { _ in try route.decide(entry.state, command) }
                     : try route.decide(entry.state, command)
-            } catch where unverified {
+            } catch  where unverified {
                 unverified = false
                 try await refresh(entry, stream: stream, codec: codec)
                 continue

@@ -100,7 +100,9 @@ extension StoreOptions {
         }
         guard answered else { throw ToolError("PostgreSQL at \(where_) did not answer within \(timeout) seconds") }
         let opening = configuration
-        return try await PostgresEventStore.withStore(try PostgresEventStore(settings: settings, configuration: opening)) {
+        return try await PostgresEventStore.withStore(
+            try PostgresEventStore(settings: settings, configuration: opening)
+        ) {
             store in
             guard try await store.hasEventsTable() else {
                 throw ToolError("schema '\(opening.schema)' holds no Backstage store (no events table)")

@@ -72,7 +72,7 @@ final class NotificationListener: Sendable {
             let connectionsBefore = status.connections
             do {
                 try await client.withConnection { conn in try await listen(on: conn) }
-            } catch where !Task.isCancelled {
+            } catch  where !Task.isCancelled {
                 let reason = "\(PostgresEventStore.storeError(error))"
                 logger.warning(
                     "notification listener lost its connection; reconnecting",

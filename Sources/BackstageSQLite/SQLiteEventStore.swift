@@ -2,8 +2,8 @@ import Backstage
 import DequeModule
 import Foundation
 import GRDB
-import Metrics
 import Logging
+import Metrics
 import ServiceLifecycle
 import Synchronization
 

@@ -273,7 +273,9 @@ private func timeTravel(_ base: any EventStore) async throws {
         try require(read == Int(min(version, 35)) - 30, "a load at \(version) from the snapshot read \(read) events")
     }
     // Below the snapshot: replayed from the start, and still right.
-    let (early, earlyRead) = try await store.countingStreamReads { try await app.load(Tally.self, id: id, atVersion: 25) }
+    let (early, earlyRead) = try await store.countingStreamReads {
+        try await app.load(Tally.self, id: id, atVersion: 25)
+    }
     try require(early.version == 25 && early.state.amounts == Array(1...25), "at version 25: \(early.state.amounts)")
     try require(earlyRead == 25, "a load at 25 read \(earlyRead) events")
     // The current state, from the snapshot.

@@ -1,10 +1,11 @@
 import Backstage
-@testable import BackstagePostgres
 import BackstageTestSupport
 import Foundation
 import Logging
 import PostgresNIO
 import Testing
+
+@testable import BackstagePostgres
 
 // The box office's show events as they are today; Tests/Fixtures/evolution-v1.postgres.sql holds
 // older shapes: "SeatSold" v1 (the old name of "TicketSold"), "TicketSold" v1 {show, seat} and

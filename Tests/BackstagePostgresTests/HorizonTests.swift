@@ -169,7 +169,9 @@ extension PostgresTests {
                         }
                     }
                     await holding.wait()
-                    let append = Task { try await peer.append([event()], to: "cancel-1", expected: .any, commandID: nil) }
+                    let append = Task {
+                        try await peer.append([event()], to: "cancel-1", expected: .any, commandID: nil)
+                    }
                     let read = Task { try await peer.readAll(after: .start, limit: 10, filter: .all) }
                     let head = Task { try await peer.headPosition() }
                     try await Task.sleep(for: .milliseconds(200))

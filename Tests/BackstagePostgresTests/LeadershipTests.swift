@@ -211,7 +211,9 @@ extension PostgresTests {
                             #expect(try await leaseToken(store, subscription) == token)
                         }
                         // Every leader lets go: the other process takes over with a newer token.
-                        for (side, subscription, token) in first { await elections[side]!.release(subscription, token: token) }
+                        for (side, subscription, token) in first {
+                            await elections[side]!.release(subscription, token: token)
+                        }
                         #expect(try await eventually { seen.count == 20 }, "\(seen.count - 10) of 10 takeovers")
                         let second = seen.list.dropFirst(10)
                         for (side, subscription, token) in second {

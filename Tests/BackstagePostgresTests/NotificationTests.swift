@@ -26,7 +26,9 @@ extension PostgresTests {
             }
         }
 
-        @Test("the listening connection is terminated: events appended meanwhile arrive within one polling interval; notifications work again after")
+        @Test(
+            "the listening connection is terminated: events appended meanwhile arrive within one polling interval; notifications work again after"
+        )
         func lostNotifications() async throws {
             let poll = Duration.seconds(2)
             // The listener waits 4 s before reconnecting, so the appends below happen while
@@ -65,7 +67,8 @@ extension PostgresTests {
                     }
                     #expect(store.notificationStatus.connections == 1, "the listener came back too early for this test")
                     for (id, committedAt) in lost {
-                        #expect(try await eventually(timeout: .seconds(5)) { delivered.value.withLock { $0[id] } != nil })
+                        #expect(
+                            try await eventually(timeout: .seconds(5)) { delivered.value.withLock { $0[id] } != nil })
                         let lag = try #require(delivered.value.withLock { $0[id] }).timeIntervalSince(committedAt)
                         #expect(lag <= 2.3, "delivered \(lag) s after its commit; the polling interval is 2 s")
                     }

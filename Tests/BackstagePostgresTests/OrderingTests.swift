@@ -57,7 +57,8 @@ func checkDelivery(_ delivered: [Delivered], committed: Set<UUID>, subscriber: S
     #expect(extra.isEmpty, "\(subscriber): \(extra.count) delivered events were never committed")
     var outOfOrder: [String] = []
     for (index, (a, b)) in zip(delivered, delivered.dropFirst()).enumerated() where !(a.logPosition < b.logPosition) {
-        outOfOrder.append("#\(index + 1) \(b.logPosition) \(b.stream)@\(b.version) after \(a.logPosition) \(a.stream)@\(a.version)")
+        outOfOrder.append(
+            "#\(index + 1) \(b.logPosition) \(b.stream)@\(b.version) after \(a.logPosition) \(a.stream)@\(a.version)")
     }
     #expect(outOfOrder.isEmpty, "\(subscriber): \(outOfOrder.count) events out of log order: \(outOfOrder.prefix(5))")
     var versions: [String: Int64] = [:]
@@ -144,9 +145,11 @@ extension PostgresTests {
                 var outputs: [[Delivered]] = []
                 for (index, s) in subscribers.enumerated() {
                     let lines = await s.allLines()
-                    #expect(lines.last?.hasPrefix("done") == true, "subscriber \(index) did not finish: \(lines.suffix(3))")
+                    #expect(
+                        lines.last?.hasPrefix("done") == true, "subscriber \(index) did not finish: \(lines.suffix(3))")
                     outputs.append(lines.compactMap(Delivered.init(line:)))
-                    let file = FileManager.default.temporaryDirectory.appendingPathComponent("\(schema)-subscriber-\(index).txt")
+                    let file = FileManager.default.temporaryDirectory.appendingPathComponent(
+                        "\(schema)-subscriber-\(index).txt")
                     try lines.joined(separator: "\n").write(to: file, atomically: false, encoding: .utf8)
                 }
                 for (index, delivered) in outputs.enumerated() {
@@ -168,7 +171,8 @@ extension PostgresTests {
             }
         }
 
-        @Test("a transaction held open 20 s: subscribers wait for it, skip nothing, deliver it within 2 s of its commit",
+        @Test(
+            "a transaction held open 20 s: subscribers wait for it, skip nothing, deliver it within 2 s of its commit",
             .timeLimit(.minutes(3)))
         func slowTransaction() async throws {
             try await withFreshStore { store in
@@ -210,7 +214,9 @@ extension PostgresTests {
                 try await Task.sleep(for: .seconds(1))
                 for (index, box) in deliveries.enumerated() {
                     let duringHold = box.value.withLock { $0 }
-                    #expect(duringHold.map(\.stream) == ["slow-0"], "subscriber \(index) did not wait: \(duringHold.count) delivered")
+                    #expect(
+                        duringHold.map(\.stream) == ["slow-0"],
+                        "subscriber \(index) did not wait: \(duringHold.count) delivered")
                 }
                 let head = try await store.headPosition()
                 #expect(head.transaction < (slowTransaction.value.withLock { $0 } ?? 0))

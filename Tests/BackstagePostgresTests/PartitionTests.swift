@@ -186,7 +186,8 @@ extension PostgresTests {
                     let tokenA = try await a.acquire(partition: 0, of: 2, subscription: "fenced")
                     let id = partitionSubscription("fenced", partition: 0, of: 2)
                     let checkpoints = PostgresCheckpointStore(store: store)
-                    let p1 = try await store.append([event()], to: "s-1", expected: .any, commandID: nil).lastLogPosition
+                    let p1 = try await store.append([event()], to: "s-1", expected: .any, commandID: nil)
+                        .lastLogPosition
                     try await checkpoints.commit(id, expected: nil, new: p1, token: tokenA)
                     // A leaves (its election stops); B takes the partition over with a newer token.
                     runA.cancel()
@@ -196,7 +197,8 @@ extension PostgresTests {
                     let tokenB = try await b.acquire(partition: 0, of: 2, subscription: "fenced")
                     #expect(tokenB > tokenA)
                     #expect(await a.isLeader(id, token: tokenA) == false)
-                    let p2 = try await store.append([event()], to: "s-1", expected: .any, commandID: nil).lastLogPosition
+                    let p2 = try await store.append([event()], to: "s-1", expected: .any, commandID: nil)
+                        .lastLogPosition
                     await #expect(throws: CheckpointError.fenced(subscription: id, token: tokenA, current: tokenB)) {
                         try await checkpoints.commit(id, expected: p1, new: p2, token: tokenA)
                     }

@@ -17,7 +17,8 @@ extension PostgresTests {
         func smallLimits() async throws {
             let limits = StoreLimits(
                 maxPayloadBytes: 64, maxEventsPerAppend: 5, maxStreamIDBytes: 24, maxPageSize: 7, maxTypeNameBytes: 20)
-            for check in StoreConformance.checks where check.name.hasPrefix("rejects") || check.name.hasPrefix("accepts") {
+            for check in StoreConformance.checks
+            where check.name.hasPrefix("rejects") || check.name.hasPrefix("accepts") {
                 try await withFreshStore(configure: { $0.limits = limits }) { store in try await check.run(on: store) }
             }
         }

@@ -180,4 +180,3 @@ final class WorkerProcess: Sendable {
         if process.isRunning { Foundation.kill(process.processIdentifier, signal) }
     }
 }
-

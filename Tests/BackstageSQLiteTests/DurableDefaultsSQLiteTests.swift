@@ -1,6 +1,6 @@
 import Backstage
-import BackstageTesting
 import BackstageTestSupport
+import BackstageTesting
 import Foundation
 import GRDB
 import Synchronization
@@ -19,7 +19,6 @@ struct RecordingHandler: EventHandler {
     }
     func handle(_ event: RecordedEvent) async throws { handled.withLock { $0.append(event.position) } }
 }
-
 
 /// A running `backstage-sqlite-worker` whose stdout lines are collected by a thread of its own.
 final class SQLiteWorkerProcess: Sendable {

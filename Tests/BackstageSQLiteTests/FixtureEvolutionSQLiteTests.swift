@@ -170,7 +170,10 @@ struct FixtureEvolutionSQLiteTests {
         }
         for (show, title, capacity) in [("s1", "Hamlet", 4), ("s2", "Tosca", 2)] {
             _ = try await store.append(
-                [EventData(type: "ShowScheduled", data: try json(["showID": show, "title": title, "capacity": capacity]))],
+                [
+                    EventData(
+                        type: "ShowScheduled", data: try json(["showID": show, "title": title, "capacity": capacity]))
+                ],
                 to: "show-\(show)", expected: .noStream, commandID: nil)
         }
         func sell(_ show: String, _ ticket: String, _ buyer: String) async throws {

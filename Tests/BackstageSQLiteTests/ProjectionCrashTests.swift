@@ -34,7 +34,8 @@ struct ProjectionCrashTests {
                 worker, arguments: [file.path, "run", "\(batch)"], lines: Int.random(in: 3...12))
             #expect(lines.allSatisfy { $0.hasPrefix("applied ") }, "round \(round): \(lines.prefix(3))")
             let pool = try DatabasePool(path: file.path)
-            let checkpoint = try await SQLiteCheckpointStore(database: pool).checkpoint(subscription)?.position ?? .start
+            let checkpoint =
+                try await SQLiteCheckpointStore(database: pool).checkpoint(subscription)?.position ?? .start
             let applied = try await pool.read { db in
                 try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM crash_applied") ?? 0
             }

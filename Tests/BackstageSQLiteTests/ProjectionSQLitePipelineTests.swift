@@ -1,6 +1,6 @@
 import Backstage
-import BackstageTestSupport
 import BackstageSQLite
+import BackstageTestSupport
 import BackstageTesting
 import Foundation
 import GRDB
@@ -11,7 +11,9 @@ typealias SQLiteClosureHandler = ClosureHandler
 
 @Suite("SQLite pipelines: handlers")
 struct ProjectionSQLitePipelineTests {
-    @Test("back-pressure on the SQLite store: with a handler slower than the writers, events in memory stay under the bound")
+    @Test(
+        "back-pressure on the SQLite store: with a handler slower than the writers, events in memory stay under the bound"
+    )
     func backPressure() async throws {
         let file = try TemporaryDatabase()
         let sqlite = try SQLiteEventStore(path: file.path)
@@ -30,7 +32,9 @@ struct ProjectionSQLitePipelineTests {
             store: store, handlers: [handler], checkpoints: try SQLiteCheckpointStore(database: sqlite.database))
         let running = Task { try await service.run() }
         try await withThrowingTaskGroup(of: Void.self) { group in
-            for w in 0..<4 { group.addTask { try await appendSQLiteTicks(sqlite, count: 400, streams: 8, prefix: "w\(w)") } }
+            for w in 0..<4 {
+                group.addTask { try await appendSQLiteTicks(sqlite, count: 400, streams: 8, prefix: "w\(w)") }
+            }
             try await group.waitForAll()
         }
         try await service.waitUntilProcessed(LogPosition(position: 1_600), timeout: .seconds(60))
@@ -43,7 +47,9 @@ struct ProjectionSQLitePipelineTests {
         try await sqlite.close()
     }
 
-    @Test("on the SQLite store, a failing event parks in the SQLite dead-letter table; the checkpoint moves on, nothing after it is lost")
+    @Test(
+        "on the SQLite store, a failing event parks in the SQLite dead-letter table; the checkpoint moves on, nothing after it is lost"
+    )
     func parkInSQLite() async throws {
         let file = try TemporaryDatabase()
         let store = try SQLiteEventStore(path: file.path)
@@ -57,7 +63,8 @@ struct ProjectionSQLitePipelineTests {
         }
         let parked = try SQLiteParkedEventStore(database: store.database)
         let checkpoints = try SQLiteCheckpointStore(database: store.database)
-        let service = try PipelineService(store: store, handlers: [handler], checkpoints: checkpoints, parkedEvents: parked)
+        let service = try PipelineService(
+            store: store, handlers: [handler], checkpoints: checkpoints, parkedEvents: parked)
         let running = Task { try await service.run() }
         try await service.waitUntilProcessed(LogPosition(position: 500))
         service.stop()

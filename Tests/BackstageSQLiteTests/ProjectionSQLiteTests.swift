@@ -1,6 +1,6 @@
 import Backstage
-import BackstageTestSupport
 import BackstageSQLite
+import BackstageTestSupport
 import Foundation
 import GRDB
 import Synchronization
@@ -33,7 +33,8 @@ struct TotalsReadModel: SQLiteReadModel {
                 INSERT INTO \(try tables.table("totals")) (stream, n) VALUES (?, 1)
                 ON CONFLICT (stream) DO UPDATE SET n = n + 1
                 """, arguments: [event.stream])
-        try db.execute(sql: "INSERT INTO \(try tables.table("totals_log")) (position) VALUES (?)", arguments: [event.position])
+        try db.execute(
+            sql: "INSERT INTO \(try tables.table("totals_log")) (position) VALUES (?)", arguments: [event.position])
     }
 }
 
@@ -64,7 +65,9 @@ func logStats(_ db: any DatabaseReader, table: String = "totals_log") async thro
 
 @Suite("SQLite projections")
 struct ProjectionSQLiteTests {
-    @Test("projection and handler over the SQLite store: every event once in the read model, checkpoints stored in the file")
+    @Test(
+        "projection and handler over the SQLite store: every event once in the read model, checkpoints stored in the file"
+    )
     func projectsExactlyOnce() async throws {
         let file = try TemporaryDatabase()
         let store = try SQLiteEventStore(path: file.path)
@@ -133,7 +136,9 @@ struct ProjectionSQLiteTests {
         let reader = Task {
             while !Task.isCancelled {
                 do {
-                    let sum = try await store.database.read { db in try Int.fetchOne(db, sql: "SELECT SUM(n) FROM totals") }
+                    let sum = try await store.database.read { db in
+                        try Int.fetchOne(db, sql: "SELECT SUM(n) FROM totals")
+                    }
                     if (sum ?? 0) < 2_000 { readerErrors.withLock { $0.append("saw \(sum ?? 0) rows") } }
                     reads.withLock { $0 += 1 }
                 } catch is CancellationError {
@@ -190,7 +195,8 @@ struct ProjectionSQLiteTests {
         try await service.waitUntilProcessed(LogPosition(position: 100))
         let parked = try await service.parkedEvents()
         #expect(parked.map(\.event.position) == [33, 66])
-        #expect(parked.allSatisfy { $0.attempts == 3 && $0.subscription == "totals@v1" && $0.error.contains("deliberate") })
+        #expect(
+            parked.allSatisfy { $0.attempts == 3 && $0.subscription == "totals@v1" && $0.error.contains("deliberate") })
         #expect(parked.first?.event.stream == "tick-0")
         #expect(try await logStats(store.database).rows == 98)
 
@@ -214,11 +220,14 @@ struct ProjectionSQLiteTests {
         let store = try SQLiteEventStore(path: file.path)
         let checkpoints = try SQLiteCheckpointStore(database: store.database)
         try await checkpoints.commit("s", expected: nil, new: LogPosition(position: 5), token: 3)
-        await #expect(throws: CheckpointError.conflict(subscription: "s", expected: nil, actual: LogPosition(position: 5))) {
+        await #expect(
+            throws: CheckpointError.conflict(subscription: "s", expected: nil, actual: LogPosition(position: 5))
+        ) {
             try await checkpoints.commit("s", expected: nil, new: LogPosition(position: 9), token: 3)
         }
         await #expect(throws: CheckpointError.fenced(subscription: "s", token: 2, current: 3)) {
-            try await checkpoints.commit("s", expected: LogPosition(position: 5), new: LogPosition(position: 9), token: 2)
+            try await checkpoints.commit(
+                "s", expected: LogPosition(position: 5), new: LogPosition(position: 9), token: 2)
         }
         try await checkpoints.commit(
             "s", expected: LogPosition(position: 5), new: LogPosition(transaction: 7, position: 9), token: 4)
@@ -237,11 +246,17 @@ struct ProjectionSQLiteTests {
         let applied = SQLBox(0)
         let (reached, reachedContinuation) = AsyncStream<Void>.makeStream()
         let model = TotalsReadModel(failOn: { _ in
-            if applied.withLock({ $0 += 1; return $0 }) == 1_000 { reachedContinuation.yield() }
+            if applied.withLock({
+                $0 += 1
+                return $0
+            }) == 1_000 {
+                reachedContinuation.yield()
+            }
             return false
         })
         let first = try PipelineService(
-            store: store, projections: [try SQLiteProjection(model, database: readModels, options: ProjectionOptions(batchSize: 25))])
+            store: store,
+            projections: [try SQLiteProjection(model, database: readModels, options: ProjectionOptions(batchSize: 25))])
         let running = Task { try await first.run() }
         for await _ in reached { break }
         first.stop()

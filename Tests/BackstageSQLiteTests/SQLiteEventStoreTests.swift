@@ -204,18 +204,20 @@ struct SQLiteEventStoreTests {
         try await store.close()
     }
 
-    @Test("events survive closing and reopening the file", arguments: [SQLiteEventStore.Durability.full, .normal, .off])
+    @Test(
+        "events survive closing and reopening the file", arguments: [SQLiteEventStore.Durability.full, .normal, .off])
     func reopen(durability: SQLiteEventStore.Durability) async throws {
         let file = try TemporaryDatabase()
         var configuration = SQLiteEventStore.Configuration()
         configuration.durability = durability
         do {
             let store = try SQLiteEventStore(path: file.path, configuration: configuration)
-            let expected = switch durability {
-            case .full: 2
-            case .normal: 1
-            case .off: 0
-            }
+            let expected =
+                switch durability {
+                case .full: 2
+                case .normal: 1
+                case .off: 0
+                }
             let synchronous = try await store.database.read { try Int.fetchOne($0, sql: "PRAGMA synchronous") }
             #expect(synchronous == expected)
             _ = try await store.append([event("A"), event("B")], to: "s-1", expected: .noStream, commandID: UUID())

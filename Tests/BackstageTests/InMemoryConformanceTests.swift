@@ -103,7 +103,6 @@ final class BrokenStore: EventStore {
     func appendNotifications() -> AsyncStream<Void> { inner.appendNotifications() }
 }
 
-
 let mutants: [Mutant] = [
     Mutant(description: "ignores the expected version", check: "expected version exact") {
         BrokenStore(append: { s, e, stream, _, id in try await s.append(e, to: stream, expected: .any, commandID: id) })

@@ -44,7 +44,9 @@ struct PipelineProjectionTests {
         try await running.stop()
     }
 
-    @Test("a .strong dispatch whose projection cannot catch up fails with its own timeout error saying the events were stored")
+    @Test(
+        "a .strong dispatch whose projection cannot catch up fails with its own timeout error saying the events were stored"
+    )
     func strongConsistencyTimeout() async throws {
         let store = InMemoryEventStore()
         let app = try tallyApp(store)
@@ -71,7 +73,9 @@ struct PipelineProjectionTests {
         try await running.stop()
     }
 
-    @Test("graceful shutdown mid-stream: projections apply each event once across the restart; handlers at most once more")
+    @Test(
+        "graceful shutdown mid-stream: projections apply each event once across the restart; handlers at most once more"
+    )
     func gracefulShutdownMidStream() async throws {
         let store = InMemoryEventStore()
         try await appendTicks(store, count: 3_000, streams: 20)
@@ -89,7 +93,8 @@ struct PipelineProjectionTests {
         let logger = Logger(label: "test")
 
         // First run, through a ServiceGroup stopped by graceful shutdown in the middle.
-        let first = try PipelineService(store: store, handlers: [handler], projections: [projection], checkpoints: checkpoints)
+        let first = try PipelineService(
+            store: store, handlers: [handler], projections: [projection], checkpoints: checkpoints)
         let group = ServiceGroup(configuration: .init(services: [first], logger: logger))
         let run = Task { try await group.run() }
         try await progress.wait(for: 600)
@@ -103,7 +108,8 @@ struct PipelineProjectionTests {
         #expect(projection.state.counts.count == Int(projectionCheckpoint.position))
 
         // Second run to the end.
-        let second = try PipelineService(store: store, handlers: [handler], projections: [projection], checkpoints: checkpoints)
+        let second = try PipelineService(
+            store: store, handlers: [handler], projections: [projection], checkpoints: checkpoints)
         let running = RunningService(second)
         try await second.waitUntilProcessed(LogPosition(position: 3_000))
         try await running.stop()

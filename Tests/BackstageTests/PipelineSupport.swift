@@ -107,7 +107,6 @@ final class AuditingCheckpointStore: CheckpointStore {
     }
 }
 
-
 /// Runs `service` in the background; `stop` ends it gracefully and waits for it.
 struct RunningService: Sendable {
     let service: PipelineService

@@ -105,7 +105,9 @@ struct PipelineTests {
         options.failurePolicy = FailurePolicy(
             maxRetries: 2, initialBackoff: .milliseconds(1), maxBackoff: .milliseconds(2), finalAction: .park)
         let handler = ClosureHandler(name: "parking", options: options) { batch in
-            for e in batch where poisoned.contains(e.position) && broken.value { throw PipeFailure(position: e.position) }
+            for e in batch where poisoned.contains(e.position) && broken.value {
+                throw PipeFailure(position: e.position)
+            }
             handled.with { for e in batch { $0[e.position, default: 0] += 1 } }
         }
         let service = try PipelineService(store: store, handlers: [handler])
@@ -225,8 +227,11 @@ struct PipelineTests {
             }
         }
         let service = try PipelineService(
-            store: store, handlers: [handler("origin", .origin), handler("end", .end),
-                handler("after", .after(LogPosition(position: 7)))])
+            store: store,
+            handlers: [
+                handler("origin", .origin), handler("end", .end),
+                handler("after", .after(LogPosition(position: 7))),
+            ])
         let running = RunningService(service)
         try await service.waitUntilProcessed(LogPosition(position: 10))
         try await appendTicks(store, count: 2, streams: 1, prefix: "new")
@@ -264,7 +269,8 @@ struct PipelineTests {
         }
         #expect(throws: PipelineError.self) {
             try PipelineService(
-                store: store, handlers: [ClosureHandler(name: "twice") { _ in }, ClosureHandler(name: "twice") { _ in }])
+                store: store,
+                handlers: [ClosureHandler(name: "twice") { _ in }, ClosureHandler(name: "twice") { _ in }])
         }
     }
 }

@@ -88,7 +88,9 @@ struct RuntimeCorrectnessTests {
         #expect(touched.version == 4)
     }
 
-    @Test("an aggregate that is not cached is taken to be new: no read when it is, a load and a new decision when it is not")
+    @Test(
+        "an aggregate that is not cached is taken to be new: no read when it is, a load and a new decision when it is not"
+    )
     func uncachedAssumedNew() async throws {
         let shared = InMemoryEventStore()
         let store = RecordingEventStore(shared)

@@ -2,6 +2,9 @@
 import Backstage
 import BackstageMacros
 import BackstageSQLite
+import BackstageTesting
+import Foundation
+import Testing
 
 // Events: facts, stored forever under a stable type name.
 struct ShowScheduled: Event, Equatable {
@@ -74,15 +77,15 @@ func boxOffice(path: String = "box-office.sqlite") async throws {
     let app = BackstageApp(store: try SQLiteEventStore(path: path), router: try showRouter())
     try await app.dispatch(ScheduleShow(showID: "hamlet", capacity: 2))
     let result = try await app.dispatch(AddTicket(showID: "hamlet", ticketID: "A1"))
-    print(result.version, result.state.tickets)           // 2 ["A1"]
+    print(result.version, result.state.tickets)  // 2 ["A1"]
 
     try await app.dispatch(AddTicket(showID: "hamlet", ticketID: "A2"))
     if case .failure(let rejection) = try await app.attempt(AddTicket(showID: "hamlet", ticketID: "A3")) {
-        print(rejection)                                   // soldOut: a ShowError, typed
+        print(rejection)  // soldOut: a ShowError, typed
     }
     let earlier = try await app.load(Show.self, id: "hamlet", atVersion: 2)
-    print(earlier.state.tickets)                           // ["A1"]: any page of the script
-    print(try await ticketsPerShow(app))                   // ["hamlet": 2]
+    print(earlier.state.tickets)  // ["A1"]: any page of the script
+    print(try await ticketsPerShow(app))  // ["hamlet": 2]
 }
 
 // A read model: tickets per show, kept up to date from the log by a typed projection.
@@ -93,8 +96,8 @@ func ticketsPerShow(_ app: BackstageApp) async throws -> [String: Int] {
     }
     let pipelines = try PipelineService(app: app, projections: [tickets])
     try await withThrowingTaskGroup(of: Void.self) { group in
-        group.addTask { try await pipelines.run() }   // a swift-service-lifecycle Service
-        try await pipelines.waitUntilProcessed()      // caught up with the log
+        group.addTask { try await pipelines.run() }  // a swift-service-lifecycle Service
+        try await pipelines.waitUntilProcessed()  // caught up with the log
         pipelines.stop()
     }
     return tickets.state
@@ -102,14 +105,15 @@ func ticketsPerShow(_ app: BackstageApp) async throws -> [String: Int] {
 
 // MARK: - The README's scenario test
 
-import BackstageTesting
-import Foundation
-import Testing
-
 @Test func aFullShowRejectsAnotherTicket() throws {
     try Scenario(router: showRouter())
-        .given(Show.self, [.scheduled(ShowScheduled(showID: "hamlet", capacity: 1)),
-                           .ticketAdded(TicketAdded(showID: "hamlet", ticketID: "A1"))])
+        .given(
+            Show.self,
+            [
+                .scheduled(ShowScheduled(showID: "hamlet", capacity: 1)),
+                .ticketAdded(TicketAdded(showID: "hamlet", ticketID: "A1")),
+            ]
+        )
         .when(AddTicket(showID: "hamlet", ticketID: "A2"))
         .thenRejected(.soldOut)
 }

@@ -117,7 +117,8 @@ package final class LockedCheckpointStore<State: CheckpointedState>: CheckpointS
 
     package func commit(_ subscription: String, expected: LogPosition?, new: LogPosition, token: Int64) async throws {
         try storage.withLock { s throws(CheckpointError) in
-            try checkCheckpointCommit(subscription, stored: s.checkpoints[subscription], expected: expected, token: token)
+            try checkCheckpointCommit(
+                subscription, stored: s.checkpoints[subscription], expected: expected, token: token)
             s.checkpoints[subscription] = Checkpoint(subscription: subscription, position: new, token: token)
         }
     }

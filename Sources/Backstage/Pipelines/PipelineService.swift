@@ -303,7 +303,8 @@ public final class PipelineService: Service, Sendable {
         let settings = RunSettings(projection.options)
         let count = settings.partitions
         let filter = filter(projection.filter, partition: partition, of: count, key: projection.options.partitionKey)
-        let liveKey = partition.map { partitionSubscription(projection.name, partition: $0, of: count) } ?? projection.name
+        let liveKey =
+            partition.map { partitionSubscription(projection.name, partition: $0, of: count) } ?? projection.name
         while !isStopping {
             let version: Int
             let token: Int64

@@ -29,48 +29,48 @@ enum PipelineSchema {
 
     private static func create(_ db: Database) throws {
         try db.execute(
-                sql: """
-                    CREATE TABLE IF NOT EXISTS backstage_checkpoints (
-                        subscription TEXT PRIMARY KEY,
-                        txn INTEGER NOT NULL,
-                        position INTEGER NOT NULL,
-                        token INTEGER NOT NULL,
-                        updated_at REAL NOT NULL
-                    ) WITHOUT ROWID;
-                    CREATE TABLE IF NOT EXISTS backstage_parked_events (
-                        subscription TEXT NOT NULL,
-                        txn INTEGER NOT NULL,
-                        position INTEGER NOT NULL,
-                        stream TEXT NOT NULL,
-                        version INTEGER NOT NULL,
-                        id BLOB NOT NULL,
-                        type TEXT NOT NULL,
-                        schema_version INTEGER NOT NULL,
-                        data BLOB NOT NULL,
-                        metadata BLOB NOT NULL,
-                        recorded_at REAL NOT NULL,
-                        error TEXT NOT NULL,
-                        attempts INTEGER NOT NULL,
-                        parked_at REAL NOT NULL,
-                        PRIMARY KEY (subscription, txn, position)
-                    ) WITHOUT ROWID;
-                    CREATE TABLE IF NOT EXISTS backstage_projection_tables (
-                        base_name TEXT PRIMARY KEY,
-                        projection TEXT NOT NULL
-                    ) WITHOUT ROWID;
-                    CREATE TABLE IF NOT EXISTS backstage_leases (
-                        subscription TEXT PRIMARY KEY,
-                        token INTEGER NOT NULL,
-                        owner TEXT NOT NULL,
-                        acquired_at REAL NOT NULL,
-                        expires_at REAL NOT NULL
-                    ) WITHOUT ROWID;
-                    CREATE TABLE IF NOT EXISTS backstage_projections (
-                        name TEXT PRIMARY KEY,
-                        active_version INTEGER NOT NULL,
-                        updated_at REAL NOT NULL
-                    ) WITHOUT ROWID;
-                    """)
+            sql: """
+                CREATE TABLE IF NOT EXISTS backstage_checkpoints (
+                    subscription TEXT PRIMARY KEY,
+                    txn INTEGER NOT NULL,
+                    position INTEGER NOT NULL,
+                    token INTEGER NOT NULL,
+                    updated_at REAL NOT NULL
+                ) WITHOUT ROWID;
+                CREATE TABLE IF NOT EXISTS backstage_parked_events (
+                    subscription TEXT NOT NULL,
+                    txn INTEGER NOT NULL,
+                    position INTEGER NOT NULL,
+                    stream TEXT NOT NULL,
+                    version INTEGER NOT NULL,
+                    id BLOB NOT NULL,
+                    type TEXT NOT NULL,
+                    schema_version INTEGER NOT NULL,
+                    data BLOB NOT NULL,
+                    metadata BLOB NOT NULL,
+                    recorded_at REAL NOT NULL,
+                    error TEXT NOT NULL,
+                    attempts INTEGER NOT NULL,
+                    parked_at REAL NOT NULL,
+                    PRIMARY KEY (subscription, txn, position)
+                ) WITHOUT ROWID;
+                CREATE TABLE IF NOT EXISTS backstage_projection_tables (
+                    base_name TEXT PRIMARY KEY,
+                    projection TEXT NOT NULL
+                ) WITHOUT ROWID;
+                CREATE TABLE IF NOT EXISTS backstage_leases (
+                    subscription TEXT PRIMARY KEY,
+                    token INTEGER NOT NULL,
+                    owner TEXT NOT NULL,
+                    acquired_at REAL NOT NULL,
+                    expires_at REAL NOT NULL
+                ) WITHOUT ROWID;
+                CREATE TABLE IF NOT EXISTS backstage_projections (
+                    name TEXT PRIMARY KEY,
+                    active_version INTEGER NOT NULL,
+                    updated_at REAL NOT NULL
+                ) WITHOUT ROWID;
+                """)
     }
 }
 
@@ -124,7 +124,8 @@ package final class SQLiteCheckpointStore: CheckpointStore {
         {
             throw CheckpointError.fenced(subscription: subscription, token: token, current: current)
         }
-        try checkCheckpointCommit(subscription, stored: checkpoint(subscription, in: db), expected: expected, token: token)
+        try checkCheckpointCommit(
+            subscription, stored: checkpoint(subscription, in: db), expected: expected, token: token)
         try db.cachedStatement(
             sql: """
                 INSERT INTO backstage_checkpoints (subscription, txn, position, token, updated_at)

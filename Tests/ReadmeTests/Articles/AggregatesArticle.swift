@@ -13,9 +13,11 @@ struct AggregatesArticle {
         try await app.dispatch(AddTicket(showID: "hamlet", ticketID: "A1"))
 
         let key = UUID()
-        let first = try await app.dispatch(AddTicket(showID: "hamlet", ticketID: "A7"), options: DispatchOptions(commandID: key))
-        let again = try await app.dispatch(AddTicket(showID: "hamlet", ticketID: "A7"), options: DispatchOptions(commandID: key))
-        print(first.version == again.version, again.isDuplicate)   // true true
+        let first = try await app.dispatch(
+            AddTicket(showID: "hamlet", ticketID: "A7"), options: DispatchOptions(commandID: key))
+        let again = try await app.dispatch(
+            AddTicket(showID: "hamlet", ticketID: "A7"), options: DispatchOptions(commandID: key))
+        print(first.version == again.version, again.isDuplicate)  // true true
         #expect(first.version == again.version && again.isDuplicate)
 
         var rejection: ShowError?

@@ -7,7 +7,8 @@ struct ConsistencyArticle {
     @Test("a strongly consistent dispatch returns once the projection has the events")
     func article() async throws {
         let app = BackstageApp(store: InMemoryEventStore(), router: try showRouter())
-        let tickets = try InMemoryProjection(name: "tickets", consuming: ShowEvent.self, initial: 0) { count, envelope in
+        let tickets = try InMemoryProjection(name: "tickets", consuming: ShowEvent.self, initial: 0) {
+            count, envelope in
             if case .ticketAdded = envelope.event { count += 1 }
         }
         let pipelines = try PipelineService(app: app, projections: [tickets])

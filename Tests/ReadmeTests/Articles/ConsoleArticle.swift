@@ -9,12 +9,12 @@ import Testing
 func mountConsole(app: BackstageApp, pipelines: PipelineService) -> Hummingbird.Router<BasicRequestContext> {
     var configuration = BackstageConsole.Configuration()
     configuration.title = "Box office"
-    configuration.actions = .readOnly          // the default: nobody replays or discards
+    configuration.actions = .readOnly  // the default: nobody replays or discards
     var console = BackstageConsole(app: app, pipelines: pipelines, configuration: configuration)
-    console.register(Show.self) { show in      // its state at any version (Encodable states need no closure)
+    console.register(Show.self) { show in  // its state at any version (Encodable states need no closure)
         "\(show.tickets.count) of \(show.capacity) tickets"
     }
-    let router = Hummingbird.Router()          // Backstage has a Router too
+    let router = Hummingbird.Router()  // Backstage has a Router too
     console.addRoutes(to: router, at: "/console")
     return router
 }
@@ -35,7 +35,7 @@ struct ConsoleArticle {
         let app = BackstageApp(store: InMemoryEventStore(), router: try showRouter())
         try await app.dispatch(ScheduleShow(showID: "<script>", capacity: 2))
         let event = try await app.store.readStream("show-<script>", from: 1, direction: .forward, limit: 1)[0]
-        let cell: HTML = "<td>\(event.stream)</td>"   // a stream named "<script>" prints as text
+        let cell: HTML = "<td>\(event.stream)</td>"  // a stream named "<script>" prints as text
         #expect(cell.rendered == "<td>show-&lt;script&gt;</td>")
         let pipelines = try PipelineService(app: app)
         let application = Application(router: mountConsole(app: app, pipelines: pipelines))

@@ -8,14 +8,18 @@ import Testing
 enum EvolvingEventsV2 {
     public struct TicketSold: Event, Hashable {
         public static let typeName = "TicketSold"
-        public static let schemaVersion = 2      // was 1
+        public static let schemaVersion = 2  // was 1
         public var showID: String
         public var ticketID: String
         public var buyer: String
-        public var price: Int                    // new
+        public var price: Int  // new
     }
 
-    struct TicketSoldV1: Decodable, Sendable { var showID: String; var ticketID: String; var buyer: String }
+    struct TicketSoldV1: Decodable, Sendable {
+        var showID: String
+        var ticketID: String
+        var buyer: String
+    }
 
     enum ShowEvent: EventFamily, Hashable {
         case ticketSold(TicketSold)
@@ -24,7 +28,7 @@ enum EvolvingEventsV2 {
         public static let upcasters: [Upcaster<ShowEvent>] = [
             Upcaster(from: "TicketSold", version: 1, as: TicketSoldV1.self) { old in
                 .ticketSold(TicketSold(showID: old.showID, ticketID: old.ticketID, buyer: old.buyer, price: 0))
-            },
+            }
         ]
     }
 }
@@ -41,8 +45,17 @@ enum EvolvingEventsV3 {
         public var currency: String
     }
 
-    struct TicketSoldV1: Decodable, Sendable { var showID: String; var ticketID: String; var buyer: String }
-    struct TicketSoldV2: Codable, Sendable { var showID: String; var ticketID: String; var buyer: String; var price: Int }
+    struct TicketSoldV1: Decodable, Sendable {
+        var showID: String
+        var ticketID: String
+        var buyer: String
+    }
+    struct TicketSoldV2: Codable, Sendable {
+        var showID: String
+        var ticketID: String
+        var buyer: String
+        var price: Int
+    }
 
     enum ShowEvent: EventFamily, Hashable {
         case ticketSold(TicketSold)
@@ -55,7 +68,10 @@ enum EvolvingEventsV3 {
             },
             // v2 -> current (v3)
             Upcaster(from: "TicketSold", version: 2, as: TicketSoldV2.self) { old in
-                .ticketSold(TicketSold(showID: old.showID, ticketID: old.ticketID, buyer: old.buyer, price: old.price, currency: "EUR"))
+                .ticketSold(
+                    TicketSold(
+                        showID: old.showID, ticketID: old.ticketID, buyer: old.buyer, price: old.price, currency: "EUR")
+                )
             },
             .renamed(from: "SeatSold", version: 1, to: "TicketSold", version: 1),
         ]
@@ -75,7 +91,8 @@ struct EvolvingEventsArticle {
             ], to: "show-hamlet", expected: .noStream, commandID: nil)
         let stored = try await store.readStream("show-hamlet", from: 1, direction: .forward, limit: 10)
         let v2 = try EventCodec<EvolvingEventsV2.ShowEvent>()
-        #expect(try v2.decode(stored[0]) == .ticketSold(.init(showID: "hamlet", ticketID: "A1", buyer: "ada", price: 0)))
+        #expect(
+            try v2.decode(stored[0]) == .ticketSold(.init(showID: "hamlet", ticketID: "A1", buyer: "ada", price: 0)))
         let v3 = try EventCodec<EvolvingEventsV3.ShowEvent>()
         let expected = EvolvingEventsV3.ShowEvent.ticketSold(
             .init(showID: "hamlet", ticketID: "A1", buyer: "ada", price: 0, currency: "EUR"))

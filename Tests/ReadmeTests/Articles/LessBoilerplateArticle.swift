@@ -95,7 +95,7 @@ enum LessBoilerplateArticle {
         var showID: String
         var buyer: String
 
-        var aggregateID: String { showID }   // the stream is "show-<showID>"
+        var aggregateID: String { showID }  // the stream is "show-<showID>"
 
         func decide(_ show: Show) throws(ShowError) -> [ShowEvent] {
             guard show.id != nil else { throw .unknownShow(showID) }

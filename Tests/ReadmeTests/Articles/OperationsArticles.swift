@@ -12,7 +12,7 @@ struct ReceiptSender: EventHandler {
     let name = "receipts"
     // 8 partitions by stream (the default key; `.category` also works).
     let options = HandlerOptions(partitions: 8)
-    func handle(_ event: RecordedEvent) async throws { /* call the mail API */ }
+    func handle(_ event: RecordedEvent) async throws { /* call the mail API */  }
 }
 
 /// The read model the partitions article splits (tickets added per show).

@@ -105,9 +105,14 @@ enum ProcessManagersArticle {
         {
             switch envelope.event {
             case .reserved(let e):
-                (0..<e.seats).map { _ in .dispatch(SellTicket(showID: e.showID, buyer: "reservation:\(e.reservationID)")) }
-                    + [.schedule(ReleaseReservation(reservationID: e.reservationID), after: holdTime,
-                                 key: "release-\(e.reservationID)")]
+                (0..<e.seats).map { _ in
+                    .dispatch(SellTicket(showID: e.showID, buyer: "reservation:\(e.reservationID)"))
+                }
+                    + [
+                        .schedule(
+                            ReleaseReservation(reservationID: e.reservationID), after: holdTime,
+                            key: "release-\(e.reservationID)")
+                    ]
             case .paid(let e): [.cancel(key: "release-\(e.reservationID)")]
             case .released: state.tickets.map { .dispatch(RefundTicket(showID: state.showID, ticketID: $0)) }
             case .ticketSold: []
@@ -125,7 +130,7 @@ enum ProcessManagersArticle {
 
     /// Running one: the process manager, its pipelines and the scheduler in a service group.
     static func running(app: BackstageApp, sqliteStore: SQLiteEventStore, logger: Logger) throws -> ServiceGroup {
-        let processes = try SQLiteProcessStore(store: sqliteStore)      // or PostgresProcessStore(store:), InMemoryProcessStore()
+        let processes = try SQLiteProcessStore(store: sqliteStore)  // or PostgresProcessStore(store:), InMemoryProcessStore()
         let reservations = try ProcessManagerProjection(ReservationProcess(holdTime: .seconds(900)), store: processes)
         let pipelines = try PipelineService(app: app, projections: [reservations])
         let scheduler = CommandScheduler(
@@ -145,7 +150,8 @@ enum ProcessManagersArticle {
             let processes = InMemoryProcessStore()
             process = try ProcessManagerProjection(ReservationProcess(holdTime: holdTime), store: processes)
             scheduler = CommandScheduler(
-                app: app, store: processes, commands: .of([SellTicket.self, RefundTicket.self, ReleaseReservation.self]),
+                app: app, store: processes,
+                commands: .of([SellTicket.self, RefundTicket.self, ReleaseReservation.self]),
                 processManagers: [process], clock: clock)
             pipelines = try PipelineService(app: app, projections: [process])
         }
@@ -156,7 +162,7 @@ enum ProcessManagersArticle {
         let clock = TestClock()
         let desk = try ReservationDesk(app: app, holdTime: .seconds(15 * 60), clock: clock)
         clock.advance(by: .seconds(16 * 60))
-        desk.scheduler.poke()   // look for due commands now
+        desk.scheduler.poke()  // look for due commands now
         return desk
     }
 }

@@ -4,8 +4,8 @@ import BackstageSQLite
 
 enum ProjectionTablesArticle {
     struct TicketsReadModel: SQLiteReadModel {
-        let name = "tickets"                 // the projection's name
-        let tables = ["tickets", "seats"]    // base names of its tables
+        let name = "tickets"  // the projection's name
+        let tables = ["tickets", "seats"]  // base names of its tables
         // ...
 
         func createTables(in db: Database, tables: ProjectionTables) throws {

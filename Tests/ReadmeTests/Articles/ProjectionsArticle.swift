@@ -12,7 +12,10 @@ struct TicketsPerShow: TypedSQLiteReadModel {
     let tables = ["tickets_per_show"]
 
     func createTables(in db: Database, tables: ProjectionTables) throws {
-        try db.execute(sql: "CREATE TABLE \(try tables.table("tickets_per_show")) (show TEXT PRIMARY KEY, tickets INTEGER NOT NULL)")
+        try db.execute(
+            sql:
+                "CREATE TABLE \(try tables.table("tickets_per_show")) (show TEXT PRIMARY KEY, tickets INTEGER NOT NULL)"
+        )
     }
 
     func apply(_ envelope: Envelope<ShowEvent>, in db: Database, tables: ProjectionTables) throws {
@@ -46,9 +49,10 @@ func runReadSide(_ app: BackstageApp, database: any DatabaseWriter) async throws
         pipelines.stop()
         try await group.waitForAll()
         return try await database.read { db in
-            try [String: Int](uniqueKeysWithValues: Row.fetchAll(db, sql: "SELECT show, tickets FROM tickets_per_show").map {
-                ($0["show"], $0["tickets"])
-            })
+            try [String: Int](
+                uniqueKeysWithValues: Row.fetchAll(db, sql: "SELECT show, tickets FROM tickets_per_show").map {
+                    ($0["show"], $0["tickets"])
+                })
         }
     }
 }

@@ -41,9 +41,9 @@ func scheduleInScript(url: String) async throws {
 
 /// The SQLite store in the application's own GRDB database.
 func storeNextToOwnTables(migrator: DatabaseMigrator) throws -> SQLiteEventStore {
-    let pool = try DatabasePool(path: "app.sqlite")      // your application's database
-    try migrator.migrate(pool)                           // your own tables
-    let store = try SQLiteEventStore(database: pool)     // Backstage's tables, prefixed backstage_
+    let pool = try DatabasePool(path: "app.sqlite")  // your application's database
+    try migrator.migrate(pool)  // your own tables
+    let store = try SQLiteEventStore(database: pool)  // Backstage's tables, prefixed backstage_
     return store
 }
 
@@ -53,6 +53,6 @@ func runWorker(url: String) async throws -> Int32 {
     process.executableURL = try testExecutable(named: "my-worker")
     process.arguments = ["serve", url]
     try process.run()
-    let status = await process.exited()   // without blocking a thread of the cooperative pool
+    let status = await process.exited()  // without blocking a thread of the cooperative pool
     return status
 }

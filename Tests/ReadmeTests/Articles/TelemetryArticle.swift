@@ -13,8 +13,8 @@ func bootstrapTelemetry<Factory: MetricsFactory, OTelTracer: Tracer>(
     receipts: any EventHandler, tickets: any Projection
 ) throws -> PipelineService {
     LoggingSystem.bootstrap(StreamLogHandler.standardOutput)
-    MetricsSystem.bootstrap(myPrometheusFactory)       // e.g. swift-prometheus's PrometheusMetricsFactory
-    InstrumentationSystem.bootstrap(myOTelTracer)      // e.g. swift-otel, with its W3C propagator
+    MetricsSystem.bootstrap(myPrometheusFactory)  // e.g. swift-prometheus's PrometheusMetricsFactory
+    InstrumentationSystem.bootstrap(myOTelTracer)  // e.g. swift-otel, with its W3C propagator
 
     // Create the app and the pipelines after bootstrapping: their metrics bind to the factory in
     // force when they are created.

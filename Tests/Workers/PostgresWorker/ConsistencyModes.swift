@@ -18,7 +18,8 @@ struct ReceiptsHandler: EventHandler {
 
 func runHandleMode(_ arguments: [String]) async throws {
     guard arguments.count == 4 else { fail("usage: handle <url> <schema>") }
-    try await PostgresEventStore.withStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3])) { store in
+    try await PostgresEventStore.withStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3])) {
+        store in
         var options = HandlerOptions()
         options.pollInterval = .milliseconds(100)
         options.checkpointInterval = .zero

@@ -27,7 +27,8 @@ func runPartitionedMode(_ arguments: [String]) async throws {
         options.pollInterval = .milliseconds(200)
         options.partitions = partitions
         let projection = try PostgresProjection(AppliedLog(), store: store, options: options)
-        let service = try PipelineService(store: store, projections: [projection], leadership: leadership, logger: logger)
+        let service = try PipelineService(
+            store: store, projections: [projection], leadership: leadership, logger: logger)
         emit("started")
         try await service.run()
     }

@@ -31,7 +31,6 @@ struct DispatchReporter: Middleware {
     }
 }
 
-
 func runHoldsMode(_ arguments: [String]) async throws {
     guard arguments.count >= 5 else { fail("usage: holds <url> <schema> full|scheduler [n]") }
     var configuration = PostgresEventStore.Configuration()

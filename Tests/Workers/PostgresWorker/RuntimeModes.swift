@@ -8,7 +8,9 @@ import Foundation
 /// from this process and prints `appended <stream version>`.
 func runAppendMode(_ arguments: [String]) async throws {
     guard arguments.count == 7 else { fail("usage: append <url> <schema> <stream> <type> <json>") }
-    try await PostgresEventStore.withStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3], connections: 1)) { store in
+    try await PostgresEventStore.withStore(
+        url: arguments[2], configuration: storeConfiguration(schema: arguments[3], connections: 1)
+    ) { store in
         let result = try await store.append(
             [EventData(type: arguments[5], data: Data(arguments[6].utf8))], to: arguments[4], expected: .any,
             commandID: nil)
@@ -22,7 +24,8 @@ func runRaceMode(_ arguments: [String]) async throws {
     guard arguments.count == 8, let shows = Int(arguments[4]), let capacity = Int(arguments[5]),
         let attempts = Int(arguments[6]), let start = Double(arguments[7])
     else { fail("usage: race <url> <schema> <shows> <capacity> <attempts> <start at, ms since 1970>") }
-    try await PostgresEventStore.withStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3])) { store in
+    try await PostgresEventStore.withStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3])) {
+        store in
         var router = Router()
         try router.route(RaceSellTicket.self, id: { $0.show }) { show, command in try show.sell(command) }
         let app = BackstageApp(store: store, router: router)

@@ -64,7 +64,8 @@ case "subscribe":
     guard arguments.count == 5, let pollMillis = Int(arguments[4]) else {
         fail("usage: subscribe <url> <schema> <poll ms>")
     }
-    try await PostgresEventStore.withStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3])) { store in
+    try await PostgresEventStore.withStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3])) {
+        store in
         let follower = store.events(pageSize: 1_000, mode: .follow(pollInterval: .milliseconds(pollMillis)))
         _ = try await store.headPosition()
         emit("ready")
@@ -72,7 +73,8 @@ case "subscribe":
         var count = 0
         for try await event in follower {
             let now = Date().timeIntervalSince1970
-            buffer += "E \(event.transaction) \(event.position) \(event.stream) \(event.streamVersion) \(event.id) \(Int64(now * 1e9))\n"
+            buffer +=
+                "E \(event.transaction) \(event.position) \(event.stream) \(event.streamVersion) \(event.id) \(Int64(now * 1e9))\n"
             count += 1
             if event.type == "end" { break }
             if buffer.utf8.count > 64 * 1024 {
@@ -86,7 +88,8 @@ case "subscribe":
 
 case "project":
     guard arguments.count == 4 else { fail("usage: project <url> <schema>") }
-    try await PostgresEventStore.withStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3])) { store in
+    try await PostgresEventStore.withStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3])) {
+        store in
         let service = try countsService(store)
         emit("started")
         try await service.run()
@@ -96,7 +99,8 @@ case "sell":
     guard arguments.count == 7, let shows = Int(arguments[4]), let capacity = Int(arguments[5]),
         let attempts = Int(arguments[6])
     else { fail("usage: sell <url> <schema> <shows> <capacity> <attempts>") }
-    try await PostgresEventStore.withStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3])) { store in
+    try await PostgresEventStore.withStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3])) {
+        store in
         var router = Router()
         try router.route(RaceSellTicket.self, id: { $0.show }) { show, command in try show.sell(command) }
         let app = BackstageApp(store: store, router: router)
@@ -114,7 +118,9 @@ case "race":
 
 case "bench":
     guard arguments.count >= 4 else { fail("usage: bench <url> <schema> [append|lag]") }
-    try await PostgresEventStore.withStore(url: arguments[2], configuration: storeConfiguration(schema: arguments[3], connections: 12)) { store in
+    try await PostgresEventStore.withStore(
+        url: arguments[2], configuration: storeConfiguration(schema: arguments[3], connections: 12)
+    ) { store in
         try await bench(store, only: arguments.count > 4 ? arguments[4] : nil)
     }
 
@@ -145,16 +151,20 @@ func bench(_ store: PostgresEventStore, only: String?) async throws {
                 group.addTask {
                     for i in 0..<appendsPerWriter {
                         let events = (0..<batch).map { _ in EventData(type: "Bench", data: payload) }
-                        _ = try await store.append(events, to: "bench\(writers)x\(batch)-\(w)-\(i % 50)", expected: .any, commandID: nil)
+                        _ = try await store.append(
+                            events, to: "bench\(writers)x\(batch)-\(w)-\(i % 50)", expected: .any, commandID: nil)
                     }
                 }
             }
             try await group.waitForAll()
         }
-        let seconds = Double((ContinuousClock.now - started).components.attoseconds) / 1e18
+        let seconds =
+            Double((ContinuousClock.now - started).components.attoseconds) / 1e18
             + Double((ContinuousClock.now - started).components.seconds)
         let events = writers * appendsPerWriter * batch
-        emit("append writers=\(writers) eventsPerAppend=\(batch) events=\(events) seconds=\(String(format: "%.2f", seconds)) eventsPerSecond=\(Int(Double(events) / seconds))")
+        emit(
+            "append writers=\(writers) eventsPerAppend=\(batch) events=\(events) seconds=\(String(format: "%.2f", seconds)) eventsPerSecond=\(Int(Double(events) / seconds))"
+        )
     }
     if only == "append" { return }
     // Lag: a follower (notifications + 1 s polling) in this process, 4 writers at a steady pace.
@@ -190,12 +200,15 @@ func bench(_ store: PostgresEventStore, only: String?) async throws {
         return
     }
     func percentile(_ p: Double) -> Double { lags[min(lags.count - 1, Int(Double(lags.count) * p))] }
-    emit("lag events=\(lags.count) medianMs=\(String(format: "%.2f", percentile(0.5))) p99Ms=\(String(format: "%.2f", percentile(0.99))) maxMs=\(String(format: "%.2f", lags.last ?? 0))")
+    emit(
+        "lag events=\(lags.count) medianMs=\(String(format: "%.2f", percentile(0.5))) p99Ms=\(String(format: "%.2f", percentile(0.99))) maxMs=\(String(format: "%.2f", lags.last ?? 0))"
+    )
 }
 
 /// Commit and delivery times per event id.
 final class LagBook: Sendable {
-    private let times = Mutex<(committed: [UUID: ContinuousClock.Instant], delivered: [UUID: ContinuousClock.Instant])>(([:], [:]))
+    private let times = Mutex<(committed: [UUID: ContinuousClock.Instant], delivered: [UUID: ContinuousClock.Instant])>(
+        ([:], [:]))
     func committed(_ id: UUID) { times.withLock { $0.committed[id] = .now } }
     func delivered(_ id: UUID) { times.withLock { $0.delivered[id] = .now } }
     var counts: String { times.withLock { "committed \($0.committed.count), delivered \($0.delivered.count)" } }
@@ -244,7 +257,8 @@ struct StreamCounts: PostgresReadModel {
             """, logger: logger)
     }
 
-    func apply(_ event: RecordedEvent, on connection: PostgresConnection, tables: PostgresProjectionTables) async throws {
+    func apply(_ event: RecordedEvent, on connection: PostgresConnection, tables: PostgresProjectionTables) async throws
+    {
         let table = try tables.table("counts")
         _ = try await connection.query(
             """

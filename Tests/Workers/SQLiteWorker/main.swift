@@ -20,7 +20,6 @@ func fail(_ message: String) -> Never { fail(message, worker: "backstage-sqlite-
 // Exit with the test process that started us (a killed test must not leave workers behind).
 exitWithParent()
 
-
 struct Receipts: EventHandler {
     let name = "receipts"
     let options: HandlerOptions
@@ -36,7 +35,8 @@ case "project":
     var options = ProjectionOptions(batchSize: 50)
     options.pollInterval = .milliseconds(100)
     service = try PipelineService(
-        store: store, projections: [try SQLiteProjection(SQLiteSumsModel(), database: store.database, options: options)])
+        store: store, projections: [try SQLiteProjection(SQLiteSumsModel(), database: store.database, options: options)]
+    )
     Task {
         while service.status(of: "sums") == nil { try await Task.sleep(for: .milliseconds(20)) }
         emit("leading")

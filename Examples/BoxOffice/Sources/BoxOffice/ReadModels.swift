@@ -251,7 +251,8 @@ public struct BoxOfficeReadModels: Sendable {
         database: BoxOfficeDatabase, options: ProjectionOptions = ProjectionOptions(), failEvery: Int = 10,
         receiptPartitions: Int = 1
     ) async throws {
-        try self.init(store: database.store, options: options, failEvery: failEvery, receiptPartitions: receiptPartitions)
+        try self.init(
+            store: database.store, options: options, failEvery: failEvery, receiptPartitions: receiptPartitions)
     }
 
     /// Releases what the read models hold (nothing: their tables live in the store's database,

@@ -39,7 +39,9 @@ struct CatchUpCommand: AsyncParsableCommand {
         var logger = Logger(label: "catch-up")
         logger.logLevel = .warning
         let pipelines = try PipelineService(store: store, projections: projections, logger: logger)
-        print("Catching up \(head.position) stored events with 3 projections (batch size \(batchSize)), RSS \(rss().now / 1024) MiB")
+        print(
+            "Catching up \(head.position) stored events with 3 projections (batch size \(batchSize)), RSS \(rss().now / 1024) MiB"
+        )
         let start = ContinuousClock.now
         let elapsed = try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await pipelines.run() }
@@ -50,7 +52,10 @@ struct CatchUpCommand: AsyncParsableCommand {
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
         let rows = try await readModels.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM tickets") ?? 0 }
         let memory = rss()
-        print(String(format: "caught up in %.2f s: %.0f events/s (every stored event read by each projection that wants it)", seconds, Double(head.position) / seconds))
+        print(
+            String(
+                format: "caught up in %.2f s: %.0f events/s (every stored event read by each projection that wants it)",
+                seconds, Double(head.position) / seconds))
         print("tickets rows: \(rows); peak RSS \(memory.peak / 1024) MiB, RSS now \(memory.now / 1024) MiB")
         try await store.close()
         try readModels.close()

@@ -1,6 +1,6 @@
 import BackstagePostgres
-import BoxOffice
 import BackstageTesting
+import BoxOffice
 import Foundation
 import GRDB
 import Testing
@@ -50,7 +50,8 @@ struct ServeProcessTests {
 
         // A command, strongly consistent: the read models have it when the answer comes.
         #expect(try await server.post("/shows", #"{"id": "gala", "title": "Gala", "capacity": 5}"#) == 201)
-        let (seats, seatsResponse) = try await URLSession.shared.data(from: URL(string: server.base + "/shows/gala/seats")!)
+        let (seats, seatsResponse) = try await URLSession.shared.data(
+            from: URL(string: server.base + "/shows/gala/seats")!)
         #expect((seatsResponse as? HTTPURLResponse)?.statusCode == 200)
         #expect(String(decoding: seats, as: UTF8.self).contains(#""available":5"#))
 

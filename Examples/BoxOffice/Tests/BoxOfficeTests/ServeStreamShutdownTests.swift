@@ -62,7 +62,8 @@ struct ServeStreamShutdownTests {
         var streams: [Connection] = []
         for path in ["/events?after=0", "/console/tail"] {
             let connection = try Connection(
-                port: server.port, request: "GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
+                port: server.port,
+                request: "GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
             var received = ""
             while !received.contains(": backstage log after") {
                 guard ContinuousClock.now < deadline else { throw Failure(description: "no stream from \(path)") }
