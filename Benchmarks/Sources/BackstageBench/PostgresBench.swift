@@ -200,7 +200,11 @@ extension BackstageBench {
 
         var configuration = PostgresEventStore.Configuration()
         configuration.schema = "bench_store_\(tag)"
-        let store = try await PostgresEventStore(url: url, configuration: configuration)
+        let store = try PostgresEventStore(url: url, configuration: configuration)
+        // The store is a Service: it runs (pool, migrations, listener) beside the workloads.
+        let storeTask = Task { try await store.run() }
+        defer { storeTask.cancel() }
+        try await store.waitUntilReady()
         var w = Workloads(
             store: store, storeName: "postgres", sizes: sizes, report: report, singleRowCeiling: "raw 1-row tx",
             batchCeiling: "raw 1000-row tx", readCeiling: "raw read", absoluteTargets: false)
@@ -258,6 +262,7 @@ extension BackstageBench {
             try await w5Processes(url: url, schema: configuration.schema, sizes: sizes, report: report)
         }
         await store.close()
+        _ = try? await storeTask.value
         try await measureCeilings("after")
         try await ceiling.drop()
         try await client.query("DROP SCHEMA \(unescaped: configuration.schema) CASCADE", logger: ceiling.logger)
@@ -428,7 +433,10 @@ extension BackstageBench {
         var configuration = PostgresEventStore.Configuration()
         configuration.schema = schema
         configuration.migrate = false
-        let store = try await PostgresEventStore(url: url, configuration: configuration)
+        let store = try PostgresEventStore(url: url, configuration: configuration)
+        let storeTask = Task { try await store.run() }
+        defer { storeTask.cancel() }
+        try await store.waitUntilReady()
         let app = BackstageApp(store: store, router: try accountRouter())
         // Warm the pool: the timing starts with connections open, as in a running service.
         _ = try await store.headPosition()
@@ -437,5 +445,6 @@ extension BackstageBench {
         let end = Date().timeIntervalSince1970
         print("w5 \(start) \(end)")
         await store.close()
+        _ = try? await storeTask.value
     }
 }

@@ -24,7 +24,7 @@ struct TypeCountReadModel: SQLiteReadModel {
     }
 
     /// The counts readers see (through the view named after the table).
-    func counts(_ database: DatabasePool) async throws -> [String: Int] {
+    func counts(_ database: any DatabaseReader) async throws -> [String: Int] {
         let table = self.table
         return try await database.read { db in
             var counts: [String: Int] = [:]

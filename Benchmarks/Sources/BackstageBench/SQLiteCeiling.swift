@@ -106,7 +106,7 @@ struct SQLiteCeiling {
     /// Reads every row of the events table of `pool` in pages of `pageSize`, in log order,
     /// materialising every column as a Swift value, and counts rows per type. Returns rows per
     /// second and the rows read.
-    static func readAll(_ pool: DatabasePool, pageSize: Int) throws -> (rate: Double, rows: Int) {
+    static func readAll(_ pool: any DatabaseReader, pageSize: Int) throws -> (rate: Double, rows: Int) {
         let start = ContinuousClock.now
         var after: Int64 = 0
         var rows = 0
