@@ -300,7 +300,7 @@ public final class PostgresEventStore: EventStore {
     private func appendInGroup(_ item: PendingAppend) async throws -> AppendResult {
         try Task.checkCancellation()
         let outcome = await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Result<AppendResult, any Error>, Never>) in
+            await withCheckedContinuation { (continuation: AppendContinuation) in
                 let queued = groups.withLock { q -> Result<CheckedContinuation<Void, Never>?, any Error> in
                     // Checked under the lock: a cancellation handler that ran before this found
                     // nothing to remove.
@@ -317,7 +317,7 @@ public final class PostgresEventStore: EventStore {
             }
         } onCancel: {
             // Still queued: leave the queue without writing.
-            let waiting = groups.withLock { q -> CheckedContinuation<Result<AppendResult, any Error>, Never>? in
+            let waiting = groups.withLock { q -> AppendContinuation? in
                 guard let index = q.pending.firstIndex(where: { $0 === item }) else { return nil }
                 q.pending.remove(at: index)
                 return item.continuation
@@ -1077,6 +1077,9 @@ struct EncodedEvent: Sendable {
     }
 }
 
+/// How a queued append learns its outcome.
+typealias AppendContinuation = CheckedContinuation<Result<AppendResult, any Error>, Never>
+
 /// An append waiting in ``PostgresEventStore``'s group-commit queue.
 final class PendingAppend: @unchecked Sendable {
     let rows: [EncodedEvent]
@@ -1086,7 +1089,7 @@ final class PendingAppend: @unchecked Sendable {
     let fingerprint: String
     let bytes: Int
     /// Set, under the queue's lock, when the append waits in the queue; resumed once with its outcome.
-    var continuation: CheckedContinuation<Result<AppendResult, any Error>, Never>?
+    var continuation: AppendContinuation?
 
     init(rows: [EncodedEvent], stream: String, expected: ExpectedVersion, commandID: UUID?, fingerprint: String) {
         self.rows = rows

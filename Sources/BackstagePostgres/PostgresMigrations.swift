@@ -220,8 +220,9 @@ enum PostgresMigrations {
         // Lock/object), held from before the commit until after its WAL flush, so they cannot
         // share a flush (pgbench, 1-row insert transactions: 2,757/s on 4 connections, 1,366/s with
         // pg_notify in the transaction, 2,791/s with pg_notify after the commit).
-        PostgresMigration(version: 6, name: "append function without notification: the store notifies after the commit") {
-            schema in
+        PostgresMigration(
+            version: 6, name: "append function without notification: the store notifies after the commit"
+        ) { schema in
             [appendFunction(schema.rawValue, name: "append_group", notifies: false)]
         },
     ]
