@@ -44,10 +44,11 @@ import _ConnectionPoolModule
 ///   message gives the number; the epoch is only the high half of 64-bit transaction ids and
 ///   nothing else in the database depends on it), and start it again. Ids are never rewritten.
 /// - **Group commit, one round trip**: appends that wait at the same moment in one process share
-///   one transaction and one commit. A caller with no group in flight writes at once (a group of
-///   one never waits for company); the others queue and the next group takes them all (one append
-///   per stream and per command id in a group; up to 2 groups in flight on their own connections).
-///   A group is one autocommit call of the schema's `append_events` function (migration 3): it
+///   one transaction and one commit. The store's group writers (2, children of ``run()``, each
+///   writing on a connection of its own) take the queued appends: an idle writer takes an append
+///   at once (a group of one never waits for company); while both are busy, appends queue and the
+///   next free writer takes them all (one append per stream and per command id in a group).
+///   A group is one autocommit call of the schema's `append_group` function (migration 6): it
 ///   takes the appender lock, then the streams' locks in hash order (the same order in every
 ///   process, so two groups cannot deadlock), checks every append in one statement (stream
 ///   versions and stored command ids looked up together), and writes every accepted append with
@@ -55,8 +56,11 @@ import _ConnectionPoolModule
 ///   id rejects only its own append; no savepoints. When the statement fails as a whole (a
 ///   command id stored at the same moment by another process, an event id already stored), each
 ///   append of the group is written alone, so the error reaches only its cause.
-/// - **Notifications**: a transaction that appended sends one `NOTIFY`, one that did not (all its
-///   appends rejected or duplicates) sends none; ``appendNotifications()``
+/// - **Notifications**: a transaction that appended is followed by one `NOTIFY`, sent after its
+///   commit in a statement of its own; one that did not (all its appends rejected or duplicates)
+///   by none. (A `NOTIFY` inside the append transaction would hold PostgreSQL's cluster-wide
+///   notification lock through the commit's WAL flush and serialise every appending transaction
+///   of the cluster.) ``appendNotifications()``
 ///   listens on a dedicated connection that reconnects and listens again when it is lost.
 ///   Notifications are hints: readers still poll.
 /// - **Event data is `jsonb`**, queryable with PostgreSQL's JSON operators. jsonb stores the JSON
@@ -285,141 +289,237 @@ public final class PostgresEventStore: EventStore {
 
     // MARK: Group commit
 
-    /// Appends that wait at the same moment share one transaction: the first caller with no
-    /// group in flight (up to ``maxGroupsInFlight``) writes at once, with whatever is queued; the
-    /// others queue, and when a group ends, the first queued caller writes the next group. A
-    /// caller alone never waits for company.
+    /// Appends that wait at the same moment share one transaction. The store's group writers
+    /// (``maxGroupsInFlight`` of them, children of ``run()``) take the queued appends: an idle
+    /// writer is woken by the first append queued, so a caller alone never waits for company;
+    /// while the writers are busy, appends queue, and the next free writer takes them all as one
+    /// group.
     ///
-    /// Cancellation: an append cancelled before its group is sent throws `CancellationError` and
-    /// writes nothing. Once sent, the group's statement runs to its end (postgres-nio cannot
-    /// interrupt it, and it commits on its own), so a cancelled caller then gets its real outcome,
-    /// never a `CancellationError` for events that were stored.
+    /// Cancellation: an append cancelled while it is queued leaves the queue, writes nothing and
+    /// throws `CancellationError`. Once a writer has taken it, the caller's cancellation no longer
+    /// reaches the group (it runs in the writer, not in the caller's task): the caller gets its
+    /// real outcome, never a `CancellationError` for events that were stored.
     private func appendInGroup(_ item: PendingAppend) async throws -> AppendResult {
         try Task.checkCancellation()
-        let turn = await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<GroupTurn, Never>) in
-                let lead = groups.withLock { q -> Bool in
-                    if q.leaders < Self.maxGroupsInFlight {
-                        q.leaders += 1
-                        return true
-                    }
+        let outcome = await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: AppendContinuation) in
+                let queued = groups.withLock { q -> Result<CheckedContinuation<Void, Never>?, any Error> in
+                    // Checked under the lock: a cancellation handler that ran before this found
+                    // nothing to remove.
+                    if Task.isCancelled { return .failure(CancellationError()) }
+                    if q.stopped { return .failure(PostgresStoreError.closed) }
                     item.continuation = continuation
                     q.pending.append(item)
-                    return false
+                    return .success(q.idleWriters.popLast())
                 }
-                if lead { continuation.resume(returning: .lead) }
+                switch queued {
+                case .success(let writer): writer?.resume()
+                case .failure(let error): continuation.resume(returning: .failure(error))
+                }
             }
         } onCancel: {
             // Still queued: leave the queue without writing.
-            let waiting = groups.withLock { q -> CheckedContinuation<GroupTurn, Never>? in
+            let waiting = groups.withLock { q -> AppendContinuation? in
                 guard let index = q.pending.firstIndex(where: { $0 === item }) else { return nil }
                 q.pending.remove(at: index)
                 return item.continuation
             }
-            waiting?.resume(returning: .done(.failure(CancellationError())))
+            waiting?.resume(returning: .failure(CancellationError()))
         }
-        if case .done(let result) = turn { return try result.get() }
+        return try outcome.get()
+    }
 
-        // This caller writes a group: itself first, then the queued appends that fit.
-        let group = groups.withLock { q -> [PendingAppend] in
-            var group = [item]
-            var streams: Set<String> = [item.stream]
-            var commands: Set<UUID> = []
-            if let id = item.commandID { commands.insert(id) }
-            var events = item.rows.count
-            var bytes = item.bytes
-            var kept: [PendingAppend] = []
-            for next in q.pending {
-                // One append per stream and per command id in a group (the next group takes the
-                // others, in their order), and bounded statements.
-                let fits =
-                    group.count < Self.maxAppendsPerGroup && events + next.rows.count <= Self.maxEventsPerGroup
-                    && bytes + next.bytes <= Self.maxBytesPerGroup
-                if fits, !streams.contains(next.stream), next.commandID.map({ !commands.contains($0) }) ?? true {
-                    group.append(next)
-                    streams.insert(next.stream)
-                    if let id = next.commandID { commands.insert(id) }
-                    events += next.rows.count
-                    bytes += next.bytes
-                } else {
-                    kept.append(next)
+    /// One group writer, a child task of ``run()``: writes groups until the store stops. It
+    /// leases a connection when appends are queued and only then takes them (an append waiting
+    /// for a connection is still queued, so its caller may cancel it), then keeps the connection
+    /// while appends keep coming. On a graceful stop (``close()``, graceful shutdown) it first
+    /// writes what is queued; when ``run()`` is cancelled, the appends still queued fail with
+    /// ``PostgresStoreError/closed``.
+    func runGroupWriter() async {
+        while await waitForAppends() {
+            do {
+                try await client.withConnection { conn in
+                    while let group = self.takeQueuedGroup() {
+                        await self.writeGroup(group, on: conn)
+                    }
+                }
+            } catch {
+                // No connection (the pool stopped, the server is unreachable): the appends
+                // waiting now fail with the reason, nothing of them was sent.
+                var reported = Self.storeError(error)
+                if reported is CancellationError { reported = PostgresStoreError.closed }
+                if let group = takeQueuedGroup() {
+                    _ = deliver(group.map { _ in .failure(reported) }, to: group)
                 }
             }
-            q.pending = kept
-            return group
         }
-        // The group's statement must not be abandoned half way by this caller's cancellation (the
-        // rows of a committed group would be reported as cancelled to every member): it runs in a
-        // task of its own, awaited here. A group of others is written whatever happens to this
-        // caller; a caller alone may still be cancelled while it waits for a pooled connection.
-        let outcomes: [Result<AppendResult, any Error>]
-        if group.count == 1 {
-            outcomes = await write(group)
-        } else {
-            outcomes = await Task { await self.write(group) }.value
+    }
+
+    /// Stops the group writers: an idle one ends at once, a busy one after its group and the
+    /// queue (see ``runGroupWriter()``). Appends queued from now on fail with ``PostgresStoreError/closed``.
+    func stopGroupWriters() {
+        let idle = groups.withLock { q -> [CheckedContinuation<Void, Never>] in
+            q.stopping = true
+            defer { q.idleWriters.removeAll() }
+            return q.idleWriters
         }
+        for writer in idle { writer.resume() }
+    }
+
+    /// Waits until appends are queued (true), or the store stops (false: the appends still
+    /// queued then fail with ``PostgresStoreError/closed``).
+    private func waitForAppends() async -> Bool {
+        while true {
+            enum Next {
+                case work
+                case stop([PendingAppend])
+                case wait
+            }
+            let next = groups.withLock { q -> Next in
+                if q.stopping && (q.pending.isEmpty || Task.isCancelled) {
+                    q.stopped = true
+                    defer { q.pending.removeAll() }
+                    return .stop(q.pending)
+                }
+                return q.pending.isEmpty ? .wait : .work
+            }
+            switch next {
+            case .work:
+                return true
+            case .stop(let abandoned):
+                for item in abandoned { item.continuation?.resume(returning: .failure(PostgresStoreError.closed)) }
+                return false
+            case .wait:
+                // Woken by the next append queued, or by stopGroupWriters().
+                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                    let resumeNow = groups.withLock { q -> Bool in
+                        if !q.pending.isEmpty || q.stopping { return true }
+                        q.idleWriters.append(continuation)
+                        return false
+                    }
+                    if resumeNow { continuation.resume() }
+                }
+            }
+        }
+    }
+
+    /// The queued appends that fit in one group, taken out of the queue; nil when none is queued.
+    private func takeQueuedGroup() -> [PendingAppend]? {
+        groups.withLock { q in q.pending.isEmpty ? nil : Self.takeGroup(from: &q) }
+    }
+
+    /// Takes the queued appends that fit in one group, oldest first: one append per stream and
+    /// per command id (the next group takes the others, in their order), and bounded statements.
+    private static func takeGroup(from q: inout GroupQueue) -> [PendingAppend] {
+        var group: [PendingAppend] = []
+        var streams: Set<String> = []
+        var commands: Set<UUID> = []
+        var events = 0
+        var bytes = 0
+        var kept: [PendingAppend] = []
+        for next in q.pending {
+            let fits =
+                group.isEmpty
+                || (group.count < maxAppendsPerGroup && events + next.rows.count <= maxEventsPerGroup
+                    && bytes + next.bytes <= maxBytesPerGroup)
+            if fits, !streams.contains(next.stream), next.commandID.map({ !commands.contains($0) }) ?? true {
+                group.append(next)
+                streams.insert(next.stream)
+                if let id = next.commandID { commands.insert(id) }
+                events += next.rows.count
+                bytes += next.bytes
+            } else {
+                kept.append(next)
+            }
+        }
+        q.pending = kept
+        return group
+    }
+
+    /// Writes a group in one transaction on `conn` (one round trip: the append function of
+    /// migration 6 in autocommit), hands every member its outcome, then sends the transaction's
+    /// notification when it stored events. When the statement fails as a whole (a unique
+    /// violation from a concurrent process, a payload the server refuses), each append is written
+    /// alone, so an error only rejects the append that caused it.
+    private func writeGroup(_ group: [PendingAppend], on conn: PostgresConnection) async {
+        do {
+            let outcomes = try await callAppendFunction(group, on: conn, forceBytes: false)
+            if deliver(outcomes, to: group) {
+                await sendNotification(on: conn)
+            }
+        } catch let error as PSQLError where error.sqlState != nil && group.count > 1 {
+            var outcomes: [Result<AppendResult, any Error>] = []
+            for item in group {
+                // Each append commits and notifies on its own.
+                do {
+                    outcomes.append(.success(try await writeAlone(item, hook: nil, on: conn)))
+                } catch {
+                    outcomes.append(.failure(error))
+                }
+            }
+            _ = deliver(outcomes, to: group)
+        } catch {
+            let translated = Self.appendError(error)
+            _ = deliver(group.map { _ in .failure(translated) }, to: group)
+        }
+    }
+
+    /// Hands each member of `group` its outcome, counts the group; true when it stored events.
+    private func deliver(_ outcomes: [Result<AppendResult, any Error>], to group: [PendingAppend]) -> Bool {
         metrics.committed(appends: group.count)
         groups.withLock { q in
             q.statistics.transactions += 1
             q.statistics.appends += group.count
             q.statistics.largestGroup = max(q.statistics.largestGroup, group.count)
         }
-        if outcomes.contains(where: { (try? $0.get())?.isDuplicate == false }) { notifier.notify() }
-        for (member, outcome) in zip(group, outcomes).dropFirst() {
-            member.continuation?.resume(returning: .done(outcome))
+        let stored = outcomes.contains { (try? $0.get())?.isDuplicate == false }
+        if stored { notifier.notify() }
+        for (member, outcome) in zip(group, outcomes) {
+            member.continuation?.resume(returning: outcome)
         }
-        // Hand the writer's role to the first queued append, or give it up.
-        let next = groups.withLock { q -> PendingAppend? in
-            if q.pending.isEmpty {
-                q.leaders -= 1
-                return nil
-            }
-            return q.pending.removeFirst()
-        }
-        next?.continuation?.resume(returning: .lead)
-        return try outcomes[0].get()
+        return stored
     }
 
-    /// Writes a group in one transaction (one round trip: the append function of migration 3 in
-    /// autocommit). When the statement fails as a whole (a unique violation from a concurrent
-    /// process, a payload the server refuses), each append is written alone, so an error only
-    /// rejects the append that caused it.
-    private func write(_ group: [PendingAppend]) async -> [Result<AppendResult, any Error>] {
+    /// The notification of a transaction that stored events, sent after its commit in a statement
+    /// of its own: `NOTIFY` inside the append transaction would take PostgreSQL's global
+    /// notification lock at commit and hold it through the commit's WAL flush, so concurrent
+    /// appending transactions (other groups, other processes) could not share a flush. Sent in a
+    /// transaction without an id, the lock is held only for the statement. Best effort: a
+    /// notification is a hint, readers still poll.
+    private func sendNotification(on conn: PostgresConnection) async {
         do {
-            return try await client.withConnection { conn in
-                // Sent, the statement runs to its end: its rows are read by a task that the
-                // caller's cancellation does not reach.
-                try await Task { try await self.callAppendFunction(group, on: conn, forceBytes: false) }.value
-            }
-        } catch let error as PSQLError where error.sqlState != nil && group.count > 1 {
-            var outcomes: [Result<AppendResult, any Error>] = []
-            for item in group {
-                do {
-                    outcomes.append(.success(try await writeAlone(item, hook: nil)))
-                } catch {
-                    outcomes.append(.failure(error))
-                }
-            }
-            return outcomes
+            try await conn.query("SELECT pg_notify(\(notificationChannel), '')", logger: queryLogger)
         } catch {
-            let translated = Self.appendError(error)
-            return group.map { _ in .failure(translated) }
+            logger.debug("could not send the append notification", metadata: ["error": "\(error)"])
         }
     }
 
     /// Writes one append in a transaction of its own, retrying a command id that another process
     /// stored at the same moment; a payload the server refuses as jsonb is stored as bytes.
+    /// Sends the notification after the commit when it stored events.
     private func writeAlone(
         _ item: PendingAppend, hook: (@Sendable (AppendStage) async throws -> Void)?
+    ) async throws -> AppendResult {
+        do {
+            return try await client.withConnection { conn in try await self.writeAlone(item, hook: hook, on: conn) }
+        } catch {
+            throw Self.storeError(error)
+        }
+    }
+
+    /// ``writeAlone(_:hook:)`` on `conn`.
+    private func writeAlone(
+        _ item: PendingAppend, hook: (@Sendable (AppendStage) async throws -> Void)?, on conn: PostgresConnection
     ) async throws -> AppendResult {
         var attempt = 0
         var forceBytes = false
         while true {
             attempt += 1
             do {
-                let outcomes = try await client.withConnection { conn in
+                let outcomes = try await { () async throws -> [Result<AppendResult, any Error>] in
+                    let outcomes: [Result<AppendResult, any Error>]
                     if let hook {
-                        return try await PostgresTransaction.run(on: conn, logger: self.queryLogger) { conn in
+                        outcomes = try await PostgresTransaction.run(on: conn, logger: self.queryLogger) { conn in
                             let outcomes = try await self.callAppendFunction([item], on: conn, forceBytes: forceBytes)
                             let result = try outcomes[0].get()
                             if !result.isDuplicate {
@@ -428,9 +528,14 @@ public final class PostgresEventStore: EventStore {
                             }
                             return (outcomes, true)
                         }
+                    } else {
+                        outcomes = try await self.callAppendFunction([item], on: conn, forceBytes: forceBytes)
                     }
-                    return try await self.callAppendFunction([item], on: conn, forceBytes: forceBytes)
-                }
+                    if (try? outcomes[0].get())?.isDuplicate == false {
+                        await self.sendNotification(on: conn)
+                    }
+                    return outcomes
+                }()
                 return try outcomes[0].get()
             } catch let error as PSQLError where error.sqlState != nil {
                 if error.sqlState == "23505", error.constraintName == "commands_pkey", attempt < 3 {
@@ -515,12 +620,11 @@ public final class PostgresEventStore: EventStore {
         }
         binds.append(appenderLockClass)
         binds.append(streamLockClass)
-        binds.append(notificationChannel)
         let query = PostgresQuery(
             unsafeSQL: """
                 SELECT append_index, status, actual_version, first_version, last_version, first_position,
                        last_position, transaction_text, recorded_at, stored_stream
-                FROM \(s).append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+                FROM \(s).append_group($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
                 """, binds: binds)
         let rows = try await conn.query(query, logger: queryLogger)
         var outcomes = [Result<AppendResult, any Error>?](repeating: nil, count: group.count)
@@ -967,6 +1071,9 @@ struct EncodedEvent: Sendable {
     }
 }
 
+/// How a queued append learns its outcome.
+typealias AppendContinuation = CheckedContinuation<Result<AppendResult, any Error>, Never>
+
 /// An append waiting in ``PostgresEventStore``'s group-commit queue.
 final class PendingAppend: @unchecked Sendable {
     let rows: [EncodedEvent]
@@ -975,8 +1082,8 @@ final class PendingAppend: @unchecked Sendable {
     let commandID: UUID?
     let fingerprint: String
     let bytes: Int
-    /// Set, under the queue's lock, when the append waits in the queue.
-    var continuation: CheckedContinuation<GroupTurn, Never>?
+    /// Set, under the queue's lock, when the append waits in the queue; resumed once with its outcome.
+    var continuation: AppendContinuation?
 
     init(rows: [EncodedEvent], stream: String, expected: ExpectedVersion, commandID: UUID?, fingerprint: String) {
         self.rows = rows
@@ -988,16 +1095,15 @@ final class PendingAppend: @unchecked Sendable {
     }
 }
 
-/// What a queued append is told: its outcome, or that it writes the next group.
-enum GroupTurn: Sendable {
-    case done(Result<AppendResult, any Error>)
-    case lead
-}
-
 /// The group-commit queue: the appends waiting, and how many groups are being written.
 struct GroupQueue {
     var pending: [PendingAppend] = []
-    var leaders = 0
+    /// Group writers waiting for an append.
+    var idleWriters: [CheckedContinuation<Void, Never>] = []
+    /// The store is stopping: writers end once the queue is empty.
+    var stopping = false
+    /// The writers ended: nothing is queued any more.
+    var stopped = false
     var statistics = PostgresEventStore.Statistics()
 }
 

@@ -4,7 +4,12 @@ import ServiceLifecycle
 
 extension PostgresEventStore: Service {
     /// Runs the store: the connection pool it created (if it did), the schema migrations, then
-    /// the notification listener, until graceful shutdown, cancellation or ``close()``.
+    /// the group writers that write appends (see "Group commit" in the type's documentation) and
+    /// the notification listener, until graceful shutdown, cancellation or ``close()``. On
+    /// graceful shutdown and ``close()`` the queued appends are written before it returns; when
+    /// it is cancelled, a group being written may fail with ``PostgresStoreError`` (its outcome
+    /// is then unknown, as when the connection is lost) and queued appends fail with
+    /// ``PostgresStoreError/closed``.
     /// Operations issued meanwhile wait until the schema is ready; after `run()` ends they fail
     /// with ``PostgresStoreError/closed``. While the server is unreachable the pool keeps trying
     /// to connect (postgres-nio's backoff) and operations keep waiting.
@@ -62,14 +67,21 @@ extension PostgresEventStore: Service {
                 group.cancelAll()
                 throw reported
             }
-            // The listener stops first and gives its connection back to a running pool; only
-            // then is the pool stopped. Cancelling both at once raced: when the pool shut down
-            // (closing the listener's connection) while the listener was leasing, starting
-            // LISTEN or consuming notifications, postgres-nio sometimes never resumed the
-            // listener, so run() and withStore waited forever after close().
+            // The group writers stop first (after the groups they are writing and, on a graceful
+            // stop, the queue), then the listener, which gives its connection back to a running
+            // pool; only then is the pool stopped. Cancelling the listener and the pool at once
+            // raced: when the pool shut down (closing the listener's connection) while the
+            // listener was leasing, starting LISTEN or consuming notifications, postgres-nio
+            // sometimes never resumed the listener, so run() and withStore waited forever after close().
             await withTaskGroup(of: Void.self) { listening in
                 listening.addTask { await self.listener.run() }
-                await readiness.stopRequested.wait()
+                await withTaskGroup(of: Void.self) { writing in
+                    for _ in 0..<Self.maxGroupsInFlight {
+                        writing.addTask { await self.runGroupWriter() }
+                    }
+                    await readiness.stopRequested.wait()
+                    stopGroupWriters()
+                }
                 listening.cancelAll()
             }
             group.cancelAll()

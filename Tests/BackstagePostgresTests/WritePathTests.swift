@@ -64,8 +64,9 @@ extension PostgresTests {
                         transactions.insert(result.transaction)
                     }
                 }
-                // One group: every accepted append in one transaction.
+                // One group: every accepted append in one transaction, the rejected one with them.
                 #expect(transactions.count == 1)
+                #expect(store.statistics.largestGroup == count)
                 #expect(try await store.streamVersion("g-bad") == 1)
                 for i in [0, 16, 18, 63] {
                     let events = try await store.readStream("g-\(i)", from: 1, direction: .forward, limit: 10)

@@ -28,7 +28,7 @@ enum ScaleOut {
         configuration.schema = arguments[3]
         configuration.maximumConnections = 4
         configuration.logger = Logger(label: "scale-out") { _ in SwiftLogNoOpLogHandler() }
-        let store = try await PostgresEventStore(url: arguments[2], configuration: configuration)
+        let store = try PostgresEventStore(url: arguments[2], configuration: configuration)
         var lease = PostgresLeadership.Configuration()
         lease.heartbeatInterval = .milliseconds(250)
         lease.retryInterval = .milliseconds(200)
@@ -47,7 +47,7 @@ enum ScaleOut {
         let schema = "bench_scaleout_\(UInt32.random(in: 0...UInt32.max))"
         var configuration = PostgresEventStore.Configuration()
         configuration.schema = schema
-        let store = try await PostgresEventStore(url: url, configuration: configuration)
+        let store = try PostgresEventStore(url: url, configuration: configuration)
         var single: Double?
         for processes in [1, 2, 4] {
             let name = "slow-\(processes)"
