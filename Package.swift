@@ -187,7 +187,8 @@ let package = Package(
         .executableTarget(
             name: "backstage-postgres-worker",
             dependencies: [
-                "Backstage", "BackstagePostgres", "BackstageTestSupport", .product(name: "Logging", package: "swift-log"),
+                "Backstage", "BackstagePostgres", "BackstageTestSupport",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
