@@ -283,9 +283,18 @@ private struct JSONScanner {
             let minimum: UInt32
             var scalar: UInt32
             switch c {
-            case 0xC2...0xDF: need = 1; minimum = 0x80; scalar = UInt32(c & 0x1F)
-            case 0xE0...0xEF: need = 2; minimum = 0x800; scalar = UInt32(c & 0x0F)
-            case 0xF0...0xF4: need = 3; minimum = 0x10000; scalar = UInt32(c & 0x07)
+            case 0xC2...0xDF:
+                need = 1
+                minimum = 0x80
+                scalar = UInt32(c & 0x1F)
+            case 0xE0...0xEF:
+                need = 2
+                minimum = 0x800
+                scalar = UInt32(c & 0x0F)
+            case 0xF0...0xF4:
+                need = 3
+                minimum = 0x10000
+                scalar = UInt32(c & 0x07)
             default: return nil
             }
             guard count - i > need else { return nil }

@@ -53,7 +53,10 @@ extension PostgresTests {
                 for (i, task) in appends.enumerated() {
                     let outcome = await task.result
                     if i == 17 {
-                        #expect(throws: EventStoreError.wrongExpectedVersion(stream: "g-bad", expected: .exact(5), actual: 1)) {
+                        #expect(
+                            throws: EventStoreError.wrongExpectedVersion(
+                                stream: "g-bad", expected: .exact(5), actual: 1)
+                        ) {
                             try outcome.get()
                         }
                     } else {
@@ -148,7 +151,8 @@ extension PostgresTests {
             }
         }
 
-        @Test("migration 3 turns bytea event data into jsonb: JSON reads back as the same value, the rest byte for byte")
+        @Test(
+            "migration 3 turns bytea event data into jsonb: JSON reads back as the same value, the rest byte for byte")
         func migratesOldStore() async throws {
             try await withFreshStore(configure: { $0.migrate = false }) { store in
                 try await loadEvolutionFixture(into: store)

@@ -73,7 +73,10 @@ struct BackstageBench: AsyncParsableCommand {
     @Option(help: "SQLite durability of the store and its ceilings: full (default), normal, off.")
     var durability = "full"
 
-    @Flag(help: "Also run the Python eventsourcing peer (Benchmarks/peer/run.sh, makes its venv once) and compare W1 and W2 with it.")
+    @Flag(
+        help:
+            "Also run the Python eventsourcing peer (Benchmarks/peer/run.sh, makes its venv once) and compare W1 and W2 with it."
+    )
     var peer = false
     @Option(help: .hidden) var w5Worker: Int?
     @Option(help: .hidden) var w5Schema: String?
@@ -103,7 +106,9 @@ struct BackstageBench: AsyncParsableCommand {
         #if DEBUG
             report.note("this is a DEBUG build: figures are meaningless; use -c release")
         #endif
-        print("Backstage benchmarks: \(report.results.machine.cores) cores, scale \(scale), stores \(selected.joined(separator: ","))")
+        print(
+            "Backstage benchmarks: \(report.results.machine.cores) cores, scale \(scale), stores \(selected.joined(separator: ","))"
+        )
         print(Report.header)
 
         // Distinct ~200-byte payloads, made before any timing.
@@ -188,13 +193,15 @@ struct BackstageBench: AsyncParsableCommand {
                 transactions: sizes.ceilingBatchTransactions, rows: sizes.ceilingBatchRows)
             report.ceiling(
                 "raw 1000-row tx", store: "sqlite", value: batch, unit: "rows/s", label: "raw 1000-row tx, \(when)",
-                note: "\(sizes.ceilingBatchTransactions) transactions of \(sizes.ceilingBatchRows) INSERTs through GRDB")
+                note: "\(sizes.ceilingBatchTransactions) transactions of \(sizes.ceilingBatchRows) INSERTs through GRDB"
+            )
         }
         try measureCeilings("before")
 
         var configuration = SQLiteEventStore.Configuration()
         configuration.durability = level
-        let store = try SQLiteEventStore(path: base.appendingPathComponent("events.sqlite").path, configuration: configuration)
+        let store = try SQLiteEventStore(
+            path: base.appendingPathComponent("events.sqlite").path, configuration: configuration)
         let storePragmas = try SQLiteCeiling.pragmas(store.database)
         report.setting("sqlite.store", storePragmas)
         if storePragmas != ceilingPragmas {
@@ -217,7 +224,8 @@ struct BackstageBench: AsyncParsableCommand {
             if which == "single" {
                 let value = try ceiling.singleRowTransactions(count: sizes.probeSingleRows)
                 report.ceiling(
-                    "raw 1-row tx", store: "sqlite", value: value, unit: "rows/s", label: "raw 1-row tx, before \(before)",
+                    "raw 1-row tx", store: "sqlite", value: value, unit: "rows/s",
+                    label: "raw 1-row tx, before \(before)",
                     note: "\(sizes.probeSingleRows) transactions of 1 INSERT, measured again for the next figure")
             } else {
                 let value = try ceiling.batchTransactions(
@@ -225,7 +233,9 @@ struct BackstageBench: AsyncParsableCommand {
                 report.ceiling(
                     "raw 1000-row tx", store: "sqlite", value: value, unit: "rows/s",
                     label: "raw 1000-row tx, before \(before)",
-                    note: "\(sizes.probeBatchTransactions) transactions of \(sizes.ceilingBatchRows) INSERTs, measured again for the next figure")
+                    note:
+                        "\(sizes.probeBatchTransactions) transactions of \(sizes.ceilingBatchRows) INSERTs, measured again for the next figure"
+                )
             }
         }
         // The read ceiling runs on the store's own file, over the rows W4 reads, before and after W4.
@@ -235,7 +245,9 @@ struct BackstageBench: AsyncParsableCommand {
             report.ceiling(
                 "raw read, all columns", store: "sqlite", value: read.rate, unit: "rows/s",
                 label: "raw read, all columns, \(when)",
-                note: "\(read.rows) rows of the store's file in pages of \(sizes.w4PageSize) through GRDB, every column read")
+                note:
+                    "\(read.rows) rows of the store's file in pages of \(sizes.w4PageSize) through GRDB, every column read"
+            )
         }
         try await runWorkloads(
             w, parts: parts, payloads: payloads, beforeW4: { try measureReadCeiling("before") },

@@ -111,7 +111,8 @@ struct PostgresCeiling {
                     try await client.withConnection { conn in
                         for i in stride(from: c, to: count, by: connections) {
                             try await conn.query(
-                                try rowsQuery(stream: "raw-par-\(tag)-\(i)", from: 1, count: 1, index: i), logger: logger)
+                                try rowsQuery(stream: "raw-par-\(tag)-\(i)", from: 1, count: 1, index: i),
+                                logger: logger)
                         }
                     }
                 }
@@ -222,7 +223,9 @@ extension BackstageBench {
                 report.ceiling(
                     "raw 1000-row tx", store: "postgres", value: value, unit: "rows/s",
                     label: "raw 1000-row tx, before \(before)",
-                    note: "\(sizes.probeBatchTransactions) transactions of one \(sizes.ceilingBatchRows)-row INSERT, measured again")
+                    note:
+                        "\(sizes.probeBatchTransactions) transactions of one \(sizes.ceilingBatchRows)-row INSERT, measured again"
+                )
             }
         }
         func measureReadCeiling(_ when: String) async throws {
@@ -240,7 +243,8 @@ extension BackstageBench {
                     var options = ProjectionOptions()
                     options.batchSize = batchSize
                     options.maxInFlight = max(options.maxInFlight, 2 * batchSize)
-                    let model = PostgresTypeCountReadModel(name: "w4-pg-\(batchSize)", table: "w4_type_counts_\(batchSize)")
+                    let model = PostgresTypeCountReadModel(
+                        name: "w4-pg-\(batchSize)", table: "w4_type_counts_\(batchSize)")
                     let projection = try PostgresProjection(model, store: store, options: options)
                     try await w.w4Projection(
                         projection, label: "PostgresProjection/\(batchSize)",
@@ -254,7 +258,9 @@ extension BackstageBench {
                 let parallel = try await ceiling.singleRowTransactions(count: sizes.ceilingSingleRows, connections: 4)
                 report.ceiling(
                     "raw 1-row tx, 4 connections", store: "postgres", value: parallel, unit: "rows/s",
-                    note: "\(sizes.ceilingSingleRows) autocommit INSERTs of 1 row over 4 postgres-nio connections at once")
+                    note:
+                        "\(sizes.ceilingSingleRows) autocommit INSERTs of 1 row over 4 postgres-nio connections at once"
+                )
             }
             try await w1WithLag(store: store, sizes: sizes, report: report)
         }
@@ -401,7 +407,8 @@ extension BackstageBench {
                 overshoot.add([(ContinuousClock.now - asked - .milliseconds(1)).seconds])
             }
         }
-        let loadBefore = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").first ?? "?"
+        let loadBefore =
+            (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").first ?? "?"
         let before = store.statistics
         let cpuBefore = processCPUTime()
         let d = try await timed {
@@ -412,7 +419,8 @@ extension BackstageBench {
         }
         let cpu = processCPUTime() - cpuBefore
         prober.cancel()
-        let loadAfter = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").first ?? "?"
+        let loadAfter =
+            (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").first ?? "?"
         let after = store.statistics
         let tx = after.transactions - before.transactions
         try await Task.sleep(for: .milliseconds(200))
@@ -421,7 +429,8 @@ extension BackstageBench {
         report.figure(
             "W1 \(callers) callers, with a reader", store: "postgres", value: Double(n) / d.seconds, unit: "commands/s",
             ceiling: "raw 1-row tx, 4 connections", target: .ratio(atLeast: 3),
-            note: "\(n) new aggregates, one command each, \(callers) concurrent callers, a reader following the log; \(d.text)"
+            note:
+                "\(n) new aggregates, one command each, \(callers) concurrent callers, a reader following the log; \(d.text)"
                 + String(
                     format: "; group commit: %d transactions, %.1f appends each on average, largest %d", tx,
                     Double(after.appends - before.appends) / Double(max(tx, 1)), after.largestGroup))
@@ -445,7 +454,8 @@ extension BackstageBench {
         // known: commit -> reader exactly, and recorded_at -> commit (the transaction itself).
         let committed = TimeTable(count: n)
         let recorded = TimeTable(count: n)
-        let tracking = try await store.client.query("SELECT current_setting('track_commit_timestamp')", logger: ceilingLogger)
+        let tracking = try await store.client.query(
+            "SELECT current_setting('track_commit_timestamp')", logger: ceilingLogger)
         var tracked = false
         for try await value in tracking.decode(String.self) { tracked = value == "on" }
         if tracked {
@@ -463,26 +473,31 @@ extension BackstageBench {
             let exact = LagSamples()
             exact.add(zip(committed.values, seen.values).compactMap { c, s in c.flatMap { c in s.map { $0 - c } } })
             let transactions = LagSamples()
-            transactions.add(zip(recorded.values, committed.values).compactMap { r, c in r.flatMap { r in c.map { $0 - r } } })
+            transactions.add(
+                zip(recorded.values, committed.values).compactMap { r, c in r.flatMap { r in c.map { $0 - r } } })
             report.figure(
                 "lag p99, commit -> reader, W1 \(callers)", store: "postgres",
                 value: (exact.percentile(0.99) ?? 0) * 1_000, unit: "ms",
                 target: Target(text: "< 20 ms") { value, _ in value < 20 },
                 note: "pg_xact_commit_timestamp (track_commit_timestamp = on) to the reader having the event: p50 "
                     + "\(ms(exact, 0.5)) ms, p90 \(ms(exact, 0.9)) ms over \(exact.count) events; the transactions "
-                    + "themselves (recorded_at -> commit): p50 \(ms(transactions, 0.5)) ms, p99 \(ms(transactions, 0.99)) ms")
+                    + "themselves (recorded_at -> commit): p50 \(ms(transactions, 0.5)) ms, p99 \(ms(transactions, 0.99)) ms"
+            )
         }
         report.figure(
             "lag p99, commit ack -> reader, W1 \(callers)", store: "postgres",
             value: (commitToReader.percentile(0.99) ?? 0) * 1_000, unit: "ms",
-            note: "the dispatch's return (after its commit) to the reader having the event: p50 \(ms(commitToReader, 0.5)) ms, "
+            note:
+                "the dispatch's return (after its commit) to the reader having the event: p50 \(ms(commitToReader, 0.5)) ms, "
                 + "p90 \(ms(commitToReader, 0.9)) ms; readAll p50 \(ms(reads, 0.5)) ms, p99 \(ms(reads, 0.99)) ms over "
                 + "\(reads.count) reads; \(wakes.load(ordering: .relaxed)) wake-ups, \(emptyReads.load(ordering: .relaxed)) "
-                + "found nothing; bench CPU \(String(format: "%.2f", cpu / d.seconds)) cores of \(ProcessInfo.processInfo.activeProcessorCount)")
+                + "found nothing; bench CPU \(String(format: "%.2f", cpu / d.seconds)) cores of \(ProcessInfo.processInfo.activeProcessorCount)"
+        )
         report.figure(
             "scheduling delay p99 (1 ms sleep overshoot), W1 \(callers)", store: "postgres",
             value: (overshoot.percentile(0.99) ?? 0) * 1_000, unit: "ms",
-            note: "p50 \(ms(overshoot, 0.5)) ms, p90 \(ms(overshoot, 0.9)) ms over \(overshoot.count) wake-ups of a task "
+            note:
+                "p50 \(ms(overshoot, 0.5)) ms, p90 \(ms(overshoot, 0.9)) ms over \(overshoot.count) wake-ups of a task "
                 + "sleeping 1 ms during the run: what the machine adds to every hop; load average \(loadBefore) before, "
                 + "\(loadAfter) after")
     }
@@ -521,7 +536,8 @@ extension BackstageBench {
             return
         }
         report.figure(
-            "W5 \(writers) processes, distinct aggregates", store: "postgres", value: Double(writers * per) / (last - first),
+            "W5 \(writers) processes, distinct aggregates", store: "postgres",
+            value: Double(writers * per) / (last - first),
             unit: "commands/s", ceiling: "raw 1-row tx, 4 connections",
             note: "\(writers) processes x \(per) commands, each on aggregates of its own (new aggregate per command), "
                 + "timed from the first worker's start to the last one's end")

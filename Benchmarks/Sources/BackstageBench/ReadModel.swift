@@ -11,7 +11,8 @@ struct TypeCountReadModel: SQLiteReadModel {
 
     func createTables(in db: Database, tables: ProjectionTables) throws {
         try db.execute(
-            sql: "CREATE TABLE IF NOT EXISTS \(try tables.table(table)) (type TEXT PRIMARY KEY, count INTEGER NOT NULL)")
+            sql: "CREATE TABLE IF NOT EXISTS \(try tables.table(table)) (type TEXT PRIMARY KEY, count INTEGER NOT NULL)"
+        )
     }
 
     func apply(_ event: RecordedEvent, in db: Database, tables: ProjectionTables) throws {

@@ -77,7 +77,8 @@ struct SQLiteCeiling {
         for i in 0..<count {
             try pool.writeWithoutTransaction { db in
                 try db.inTransaction(.immediate) {
-                    try insert(db.cachedStatement(sql: Self.insertSQL), stream: "raw-single-\(tag)-\(i)", version: 1, index: i)
+                    try insert(
+                        db.cachedStatement(sql: Self.insertSQL), stream: "raw-single-\(tag)-\(i)", version: 1, index: i)
                     return .commit
                 }
             }

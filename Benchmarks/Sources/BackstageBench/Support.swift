@@ -187,7 +187,8 @@ final class Report: @unchecked Sendable {
 
     /// Records a ceiling figure; figures measured after it refer to it by `name` within `store`,
     /// so a ceiling measured again right before a workload is the one its ratio uses.
-    func ceiling(_ name: String, store: String, value: Double, unit: String, label: String? = nil, note: String? = nil) {
+    func ceiling(_ name: String, store: String, value: Double, unit: String, label: String? = nil, note: String? = nil)
+    {
         ceilings["\(store)/\(name)"] = value
         add(Figure(workload: "ceiling: \(label ?? name)", store: store, value: value, unit: unit, note: note))
     }
@@ -202,7 +203,8 @@ final class Report: @unchecked Sendable {
         let ratio = ceilingValue.map { value / $0 }
         add(
             Figure(
-                workload: workload, store: store, value: value, unit: unit, ceiling: ceilingValue == nil ? nil : ceiling,
+                workload: workload, store: store, value: value, unit: unit,
+                ceiling: ceilingValue == nil ? nil : ceiling,
                 ceilingValue: ceilingValue, ratio: ratio, target: target?.text,
                 targetMet: target.map { $0.check(value, ratio) }, note: note),
             target: target)

@@ -200,9 +200,11 @@ struct Workloads {
             "W4 peak memory, readAll loop", store: storeName, value: Double(peak ?? 0) / 1_048_576,
             unit: "MiB",
             note: "RSS at start \(Memory.mib(rssStart)), at half \(Memory.mib(rssHalf)), at end \(Memory.mib(rssEnd)); "
-                + "growth half->end \(Memory.mib(growth))" + (resetOK ? "" : "; VmHWM could not be reset: whole-process peak"))
+                + "growth half->end \(Memory.mib(growth))"
+                + (resetOK ? "" : "; VmHWM could not be reset: whole-process peak"))
         report.figure(
-            "W4 RSS growth 1/2->all, readAll loop", store: storeName, value: Double(growth ?? 0) / 1_048_576, unit: "MiB",
+            "W4 RSS growth 1/2->all, readAll loop", store: storeName, value: Double(growth ?? 0) / 1_048_576,
+            unit: "MiB",
             note: "flat memory means this stays near 0 as the event count doubles")
     }
 
@@ -251,7 +253,8 @@ struct Workloads {
         report.figure(
             "W4 peak memory, \(label)", store: storeName, value: Double(peak ?? 0) / 1_048_576, unit: "MiB",
             note: "VmHWM during the catch-up" + (resetOK ? "" : " (could not be reset: whole-process peak)")
-                + "; RSS at start \(Memory.mib(rssStart)), at half \(Memory.mib(rssHalf)), at end \(Memory.mib(rssEnd))")
+                + "; RSS at start \(Memory.mib(rssStart)), at half \(Memory.mib(rssHalf)), at end \(Memory.mib(rssEnd))"
+        )
         report.figure(
             "W4 RSS growth 1/2->all, \(label)", store: storeName, value: Double(growth ?? 0) / 1_048_576,
             unit: "MiB", note: "flat memory: stays near 0 while the number of events processed doubles")
@@ -372,7 +375,8 @@ struct Workloads {
                 target: callers == 1 ? nil : .value(atLeast: 300_000, "commands/s"),
                 note: "\(done) commands over \(aggregates) cached aggregates, \(callers) caller(s); "
                     + String(
-                        format: "CPU %.1f us/command; the process used %.2f of %d cores (less = other processes took them)",
+                        format:
+                            "CPU %.1f us/command; the process used %.2f of %d cores (less = other processes took them)",
                         cpu / Double(done) * 1e6, cpu / d.seconds, cores))
         }
     }
