@@ -28,7 +28,9 @@ extension PostgresTests {
             }
         }
 
-        @Test("in a ServiceGroup, graceful shutdown ends run() after the services listed after the store")
+        @Test(
+            "in a ServiceGroup, graceful shutdown ends run() after the services listed after the store",
+            .timeLimit(.minutes(2)))
         func serviceGroup() async throws {
             let store = try unstartedStore()
             let pipelines = try PipelineService(store: store, handlers: [])
