@@ -516,27 +516,23 @@ public final class PostgresEventStore: EventStore {
         while true {
             attempt += 1
             do {
-                let outcomes = try await { () async throws -> [Result<AppendResult, any Error>] in
-                    let outcomes: [Result<AppendResult, any Error>]
-                    if let hook {
-                        outcomes = try await PostgresTransaction.run(on: conn, logger: self.queryLogger) { conn in
-                            let outcomes = try await self.callAppendFunction([item], on: conn, forceBytes: forceBytes)
-                            let result = try outcomes[0].get()
-                            if !result.isDuplicate {
-                                try await hook(.inserted(transaction: result.transaction))
-                                try Task.checkCancellation()
-                            }
-                            return (outcomes, true)
+                let outcomes: [Result<AppendResult, any Error>]
+                if let hook {
+                    outcomes = try await PostgresTransaction.run(on: conn, logger: self.queryLogger) { conn in
+                        let outcomes = try await self.callAppendFunction([item], on: conn, forceBytes: forceBytes)
+                        let result = try outcomes[0].get()
+                        if !result.isDuplicate {
+                            try await hook(.inserted(transaction: result.transaction))
+                            try Task.checkCancellation()
                         }
-                    } else {
-                        outcomes = try await self.callAppendFunction([item], on: conn, forceBytes: forceBytes)
+                        return (outcomes, true)
                     }
-                    if (try? outcomes[0].get())?.isDuplicate == false {
-                        await self.sendNotification(on: conn)
-                    }
-                    return outcomes
-                }()
-                return try outcomes[0].get()
+                } else {
+                    outcomes = try await self.callAppendFunction([item], on: conn, forceBytes: forceBytes)
+                }
+                let result = try outcomes[0].get()
+                if !result.isDuplicate { await self.sendNotification(on: conn) }
+                return result
             } catch let error as PSQLError where error.sqlState != nil {
                 if error.sqlState == "23505", error.constraintName == "commands_pkey", attempt < 3 {
                     // The same command id committed concurrently (on another stream): the retry
