@@ -219,26 +219,36 @@ struct Workloads {
         let service = try PipelineService(store: store, projections: [projection])
         let resetOK = Memory.resetPeak()
         let rssStart = Memory.rss
-        let runner = Task { try await service.run() }
-        let monitor = Task { () -> Int? in
-            while !Task.isCancelled {
-                if let status = service.status(of: name), (status.checkpoint?.position ?? 0) >= head.position / 2 {
-                    return Memory.rss
+        // The service and the memory monitor are child tasks, stopped and awaited on every path.
+        let (d, rssEnd, peak, rssHalf, peakInFlight) = try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await service.run() }
+            let rssAtHalf = Mutex<Int?>(nil)
+            group.addTask {
+                while !Task.isCancelled {
+                    if let status = service.status(of: name), (status.checkpoint?.position ?? 0) >= head.position / 2 {
+                        rssAtHalf.withLock { $0 = Memory.rss }
+                        return
+                    }
+                    try? await Task.sleep(for: .milliseconds(2))
                 }
-                try? await Task.sleep(for: .milliseconds(2))
             }
-            return nil
+            do {
+                let d = try await timed {
+                    try await service.waitUntilProcessed(head, subscriptions: [name], timeout: .seconds(3_600))
+                }
+                let rssEnd = Memory.rss
+                let peak = Memory.peak
+                let peakInFlight = service.status(of: name)?.peakInFlight ?? 0
+                service.stop()
+                try await group.waitForAll()
+                return (d, rssEnd, peak, rssAtHalf.withLock { $0 }, peakInFlight)
+            } catch {
+                service.stop()
+                group.cancelAll()
+                try? await group.waitForAll()
+                throw error
+            }
         }
-        let d = try await timed {
-            try await service.waitUntilProcessed(head, subscriptions: [name], timeout: .seconds(3_600))
-        }
-        let rssEnd = Memory.rss
-        let peak = Memory.peak
-        monitor.cancel()
-        let rssHalf = await monitor.value
-        let peakInFlight = service.status(of: name)?.peakInFlight ?? 0
-        service.stop()
-        try await runner.value
         let counted = try await counts()
         let processed = counted.values.reduce(0, +)
         let countsText = counted.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ", ")

@@ -382,43 +382,40 @@ public struct ReadModelReport: Sendable {
         var logger = Logger(label: "box-office.pipelines")
         logger.logLevel = .error
         let pipelines = try readModels.pipelines(app: app, logger: logger)
-        let running = Task { try await pipelines.run() }
-        let maxLag = LagBox()
-        let sampler = Task {
-            while !Task.isCancelled {
-                let lag = pipelines.status().filter { $0.subscription.contains("@") }.map(\.lagEvents).max() ?? 0
-                maxLag.value.withLock { $0 = max($0, lag) }
-                try? await Task.sleep(for: .milliseconds(20))
+        let maxLag = LagSampler()
+        // The pipelines and the lag sampler are child tasks: however the demo ends, they are
+        // stopped and awaited before this returns.
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await pipelines.run() }
+            group.addTask { await maxLag.sample(pipelines) }
+            do {
+                let result = try await body()
+                let end = ContinuousClock.now
+                var atEnd: [String: Int64] = [:]
+                for status in pipelines.status() where status.subscription.contains("@") {
+                    atEnd[status.name] = max(
+                        0, (try await app.store.headPosition()).position - (status.checkpoint?.position ?? 0))
+                }
+                try await pipelines.waitUntilProcessed(timeout: .seconds(120))
+                let catchUp = ContinuousClock.now - end
+                maxLag.finish()
+                let parked = try await pipelines.parkedEvents().count
+                pipelines.stop()
+                try await group.waitForAll()
+                let totals = try await readModels.totals()
+                let report = ReadModelReport(
+                    maxLagEvents: max(maxLag.largest, atEnd.values.max() ?? 0), lagAtEnd: atEnd, catchUp: catchUp,
+                    show: try await readModels.show(sampleShow), tickets: totals.tickets, shows: totals.shows,
+                    netSales: totals.netSales, receiptsSent: readModels.receipts.sent,
+                    receiptRetries: readModels.receipts.transientFailures, parked: parked)
+                return (result, report)
+            } catch {
+                maxLag.finish()
+                pipelines.stop()
+                try? await group.waitForAll()
+                throw error
             }
         }
-        let result: T
-        do {
-            result = try await body()
-        } catch {
-            sampler.cancel()
-            pipelines.stop()
-            _ = try? await running.value
-            throw error
-        }
-        let end = ContinuousClock.now
-        var atEnd: [String: Int64] = [:]
-        for status in pipelines.status() where status.subscription.contains("@") {
-            atEnd[status.name] = max(
-                0, (try await app.store.headPosition()).position - (status.checkpoint?.position ?? 0))
-        }
-        try await pipelines.waitUntilProcessed(timeout: .seconds(120))
-        let catchUp = ContinuousClock.now - end
-        sampler.cancel()
-        let parked = try await pipelines.parkedEvents().count
-        pipelines.stop()
-        try await running.value
-        let totals = try await readModels.totals()
-        let report = ReadModelReport(
-            maxLagEvents: max(maxLag.value.withLock { $0 }, atEnd.values.max() ?? 0), lagAtEnd: atEnd, catchUp: catchUp,
-            show: try await readModels.show(sampleShow), tickets: totals.tickets, shows: totals.shows,
-            netSales: totals.netSales, receiptsSent: readModels.receipts.sent,
-            receiptRetries: readModels.receipts.transientFailures, parked: parked)
-        return (result, report)
     }
 
     /// The report, as printed by `box-office demo`.
@@ -445,8 +442,21 @@ public struct ReadModelReport: Sendable {
     }
 }
 
-private final class LagBox: Sendable {
-    let value = Mutex<Int64>(0)
+/// The largest lag (events) of the projections, sampled every 20 ms until ``finish()``.
+private final class LagSampler: Sendable {
+    private let state = Mutex<(largest: Int64, finished: Bool)>((0, false))
+
+    var largest: Int64 { state.withLock { $0.largest } }
+
+    func finish() { state.withLock { $0.finished = true } }
+
+    func sample(_ pipelines: PipelineService) async {
+        while !state.withLock({ $0.finished }) {
+            let lag = pipelines.status().filter { $0.subscription.contains("@") }.map(\.lagEvents).max() ?? 0
+            state.withLock { $0.largest = max($0.largest, lag) }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+    }
 }
 
 /// A row of the `show_seats` read model, as `GET /shows/{id}/seats` answers it.
