@@ -26,7 +26,7 @@ import Synchronization
 /// ``run()`` connects again after a backoff; waiting candidates keep waiting, and former leaders
 /// become candidates again by calling ``acquire(_:)``.
 ///
-/// ``PostgresCheckpointStore`` rejects a commit whose token is older than the lease row's, so a
+/// The checkpoint store rejects a commit whose token is older than the lease row's, so a
 /// process that lost the lease cannot move a checkpoint, even before it notices.
 ///
 /// ``acquire(_:)`` waits until ``run()`` runs and the lock is free; it ends with
@@ -185,7 +185,7 @@ public final class PostgresLeadership: LeaderElection {
     /// likewise, deleted when ``run()`` is cancelled); each takes its fair share of the partitions
     /// (members ranked by name, the first `count % members` take one more), gives back what
     /// exceeds it, and takes free or expired partitions up to it. A takeover increments the
-    /// lease row's token, and ``PostgresCheckpointStore`` refuses a commit whose token is older
+    /// lease row's token, and the checkpoint store refuses a commit whose token is older
     /// than the row's, so a process that lost a partition cannot write for it.
     ///
     /// - Throws: `CancellationError` when the task is cancelled or ``run()`` ends.
