@@ -168,6 +168,15 @@ extension PostgresTests {
                         of: Self.subscription, partitions: n, in: checkpoints
                     ).map { $0 >= last } ?? false
                 }
+                if caughtUp,
+                    workers.contains(where: { w in
+                        w.currentLines.contains { $0.contains("took over a partition left without an owner") }
+                    })
+                {
+                    // Recovered, but a member did not wait for partitions of its share: say which.
+                    let report = (try? await stallReport(store, workers: workers, last: last)) ?? "(no report)"
+                    print("a partition was left without an owner and taken over beyond a share:\n\(report)")
+                }
                 if !caughtUp {
                     let report: String
                     do {
