@@ -99,6 +99,10 @@ public final class PostgresLeadership: LeaderElection {
         var count: Int
         /// By this process's clock: the lease is not used past it unless renewed.
         var validUntil: ContinuousClock.Instant
+        /// A partition taken beyond this process's share because it was left without an owner:
+        /// not given back to rebalance before this instant (giving it back at once would leave it
+        /// without an owner again).
+        var keepUntil: ContinuousClock.Instant? = nil
     }
 
     /// The store whose pool lends the lease connection and whose schema holds the lease rows.
@@ -176,6 +180,21 @@ public final class PostgresLeadership: LeaderElection {
         }
     }
 
+    /// This election's view of its partitions, for diagnostics: the partitions it holds (token,
+    /// milliseconds of validity left by its own clock) and those it waits for.
+    package func partitionView() -> String {
+        state.withLock { s in
+            let now = ContinuousClock.now
+            let held = s.partitionHeld.sorted { $0.key < $1.key }.map { id, lease in
+                let left = now.duration(to: lease.validUntil)
+                return "\(id):t\(lease.token):\(Self.nanoseconds(left) / 1_000_000)ms"
+            }
+            let waiting = s.partitionWaiters.keys.sorted()
+            return "member=\(member) connected=\(s.connected) held=[\(held.joined(separator: ","))] "
+                + "waiting=[\(waiting.joined(separator: ","))]"
+        }
+    }
+
     /// Waits until this process owns partition `partition` of `count` of `base` and returns its
     /// fencing token.
     ///
@@ -186,7 +205,9 @@ public final class PostgresLeadership: LeaderElection {
     /// (members ranked by name, the first `count % members` take one more), gives back what
     /// exceeds it, and takes free or expired partitions up to it. A takeover increments the
     /// lease row's token, and the checkpoint store refuses a commit whose token is older
-    /// than the row's, so a process that lost a partition cannot write for it.
+    /// than the row's, so a process that lost a partition cannot write for it. A partition left
+    /// without an owner for a whole lease (its member at its share does not wait for it) is taken
+    /// by a member that waits for it, beyond its share.
     ///
     /// - Throws: `CancellationError` when the task is cancelled or ``run()`` ends.
     public func acquire(partition: Int, of count: Int, subscription base: String) async throws -> Int64 {
@@ -434,12 +455,13 @@ public final class PostgresLeadership: LeaderElection {
 
     // MARK: Partitions
 
-    /// Marks partition leases given back in the database: free for the next owner at once.
+    /// Marks partition leases given back in the database: free for the next owner at once (their
+    /// expiry is now, so how long a partition has been without an owner can be told).
     private func giveBack(_ leases: [(String, Int64)], on conn: PostgresConnection) async throws {
         guard !leases.isEmpty else { return }
         _ = try await conn.query(
             """
-            UPDATE \(unescaped: store.s).leases l SET expires_at = '-infinity'
+            UPDATE \(unescaped: store.s).leases l SET expires_at = now()
             FROM unnest(\(leases.map(\.0))::text[], \(leases.map(\.1))::bigint[]) AS r(subscription, token)
             WHERE l.subscription = r.subscription AND l.token = r.token
             """, logger: store.queryLogger)
@@ -448,7 +470,8 @@ public final class PostgresLeadership: LeaderElection {
     /// One heartbeat of the partitioned subscriptions: gives back released leases, renews held
     /// ones (those that cannot be renewed are lost), renews this process's membership, then per
     /// subscription gives back what exceeds its fair share and takes free or expired partitions
-    /// up to it, handing their tokens to the waiting ``acquire(partition:of:subscription:)``.
+    /// up to it, handing their tokens to the waiting ``acquire(partition:of:subscription:)``; at its
+    /// share, it still takes a partition it waits for that had no owner for a whole lease.
     private func balancePartitions(on conn: PostgresConnection) async throws {
         let log = store.queryLogger
         let s = store.s
@@ -531,24 +554,30 @@ public final class PostgresLeadership: LeaderElection {
 
     /// Brings this process's partitions of `group` to `target`: gives back the highest ones
     /// above it, takes free or expired ones below it.
+    ///
+    /// At its share, it still takes one partition it waits for that has had no owner for a whole
+    /// lease (``Configuration/partitionLease``) and keeps it for a few leases: the member whose
+    /// share includes it should have taken it long before, but may not be waiting for it (its
+    /// subscription stuck, for example after the process was paused), and the fair shares alone
+    /// would then leave that partition without an owner for good.
     private func share(group: String, target: Int, on conn: PostgresConnection) async throws {
         let s = store.s
         let log = store.queryLogger
+        let now = ContinuousClock.now
         let (extra, wanted, held) = state.withLock { st -> ([(String, Int64)], [String], Int) in
             let mine = st.partitionHeld.filter { $0.value.group == group }
                 .sorted { $0.value.partition > $1.value.partition }
             var extra: [(String, Int64)] = []
             if mine.count > target {
-                for (id, lease) in mine.prefix(mine.count - target) {
+                let givable = mine.filter { $0.value.keepUntil.map { now >= $0 } ?? true }
+                for (id, lease) in givable.prefix(mine.count - target) {
                     st.partitionHeld[id] = nil
                     extra.append((id, lease.token))
                 }
             }
-            let wanted =
-                mine.count < target
-                ? st.partitionWaiters.values.filter { $0.group == group }.sorted { $0.partition < $1.partition }
-                    .map { partitionSubscription(group, partition: $0.partition, of: $0.count) } : []
-            return (extra, wanted, min(mine.count, target))
+            let wanted = st.partitionWaiters.values.filter { $0.group == group }.sorted { $0.partition < $1.partition }
+                .map { partitionSubscription(group, partition: $0.partition, of: $0.count) }
+            return (extra, wanted, mine.count)
         }
         if !extra.isEmpty {
             try await timed(conn) { try await giveBack(extra, on: conn) }
@@ -557,16 +586,21 @@ public final class PostgresLeadership: LeaderElection {
                 metadata: ["subscriptions": "\(extra.map(\.0))", "member": "\(member)", "share": "\(target)"])
             return
         }
-        let room = target - held
-        guard room > 0, !wanted.isEmpty else { return }
+        guard !wanted.isEmpty else { return }
+        // Below its share: free or expired partitions. At it (or above, keeping rescued ones):
+        // one partition left without an owner for a whole lease.
+        let rescue = held >= target
+        let room = rescue ? 1 : target - held
         let leaseSeconds = Double(Self.nanoseconds(configuration.partitionLease)) / 1e9
+        let orphanedFor = rescue ? leaseSeconds : 0
         let started = ContinuousClock.now
         let taken = try await timed(conn) {
             let free = try await conn.query(
                 """
                 SELECT w.x FROM unnest(\(wanted)::text[]) WITH ORDINALITY AS w(x, n)
                 LEFT JOIN \(unescaped: s).leases l ON l.subscription = w.x
-                WHERE l.subscription IS NULL OR l.expires_at IS NULL OR l.expires_at < now()
+                WHERE CASE WHEN \(rescue) THEN l.expires_at < now() - make_interval(secs => \(orphanedFor))
+                      ELSE l.subscription IS NULL OR l.expires_at IS NULL OR l.expires_at < now() END
                 ORDER BY w.n LIMIT \(room)
                 """, logger: log)
             var candidates: [String] = []
@@ -596,7 +630,7 @@ public final class PostgresLeadership: LeaderElection {
                 if let waiter = st.partitionWaiters.removeValue(forKey: id) {
                     st.partitionHeld[id] = PartitionLease(
                         token: token, group: group, partition: waiter.partition, count: waiter.count,
-                        validUntil: validUntil)
+                        validUntil: validUntil, keepUntil: rescue ? started + configuration.partitionLease * 4 : nil)
                     handed.append((id, waiter.continuation, token))
                 } else {
                     orphans.append((id, token))  // the candidate left meanwhile
@@ -604,12 +638,22 @@ public final class PostgresLeadership: LeaderElection {
             }
             return (handed, orphans)
         }
-        if !orphans.isEmpty { try await timed(conn) { try await giveBack(orphans, on: conn) } }
+        // The waiters first: a failure to give the orphans back (they then expire) must not
+        // leave a waiter that was handed its partition waiting for ever.
         for (id, continuation, token) in handed {
-            logger.info(
-                "owns partition", metadata: ["subscription": "\(id)", "token": "\(token)", "member": "\(member)"])
+            if rescue {
+                logger.warning(
+                    "took over a partition left without an owner for a whole lease, beyond this member's share",
+                    metadata: [
+                        "subscription": "\(id)", "token": "\(token)", "member": "\(member)", "share": "\(target)",
+                    ])
+            } else {
+                logger.info(
+                    "owns partition", metadata: ["subscription": "\(id)", "token": "\(token)", "member": "\(member)"])
+            }
             continuation.resume(returning: token)
         }
+        if !orphans.isEmpty { try await timed(conn) { try await giveBack(orphans, on: conn) } }
     }
 
     /// Runs `body` on `conn`; when it takes longer than three heartbeat intervals the connection

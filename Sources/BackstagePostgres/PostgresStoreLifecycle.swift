@@ -1,6 +1,7 @@
 import Backstage
 import PostgresNIO
-import ServiceLifecycle
+// `TaskLocals.gracefulShutdownManager`: the pool must not see the ServiceGroup's graceful shutdown.
+@_spi(TestKit) import ServiceLifecycle
 
 extension PostgresEventStore: Service {
     /// Runs the store: the connection pool it created (if it did), the schema migrations, then
@@ -33,7 +34,16 @@ extension PostgresEventStore: Service {
     private func runOwnedWork() async throws {
         try await withThrowingTaskGroup(of: Void.self) { group in
             if let ownedClient {
-                group.addTask { await ownedClient.run() }
+                group.addTask {
+                    // PostgresClient.run() cancels itself as soon as graceful shutdown is triggered
+                    // (postgres-nio wraps it in cancelWhenGracefulShutdown), which in a
+                    // ServiceGroup would shut the pool down at the moment the store's own graceful
+                    // stop begins: under the group writers still writing (their appends failed
+                    // with a closed connection) and the notification listener (the race described
+                    // below, which left run() waiting forever). Run it outside the graceful
+                    // shutdown: it stops when this group cancels it, last.
+                    await TaskLocals.$gracefulShutdownManager.withValue(nil) { await ownedClient.run() }
+                }
             }
             // The pool keeps trying to connect while the server is unreachable; close(),
             // cancellation or graceful shutdown end the wait.

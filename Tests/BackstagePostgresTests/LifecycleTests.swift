@@ -53,6 +53,64 @@ extension PostgresTests {
         }
 
         @Test(
+            "in a ServiceGroup, graceful shutdown writes the append in flight before the pool stops (the pool does not stop with the group's signal)",
+            .timeLimit(.minutes(2)))
+        func serviceGroupWritesInFlightAppend() async throws {
+            let store = try unstartedStore()
+            let pipelines = try PipelineService(store: store, handlers: [])
+            let group = ServiceGroup(
+                configuration: ServiceGroupConfiguration(
+                    services: [.init(service: store), .init(service: pipelines)], logger: Logger(label: "test")))
+            try await withThrowingTaskGroup(of: AppendResult?.self) { tasks in
+                tasks.addTask {
+                    try await group.run()
+                    return nil
+                }
+                try await store.waitUntilReady()
+                try await withPeer(of: store) { peer in
+                    // Every append transaction takes the appender lock, shared: held exclusively
+                    // here, it holds the next append in its group writer, on a pooled connection.
+                    let appenders = store.appenderLockClass
+                    try await peer.client.withConnection { conn in
+                        _ = try await conn.query(
+                            "SELECT pg_advisory_lock(hashtext(\(appenders)), 0)", logger: Logger(label: "test"))
+                        tasks.addTask {
+                            try await store.append([event()], to: "in-flight-1", expected: .noStream, commandID: nil)
+                        }
+                        #expect(
+                            try await eventually {
+                                let rows = try await conn.query(
+                                    """
+                                    SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+                                    AND classid::bigint = (hashtext(\(appenders))::bigint + 4294967296) % 4294967296
+                                    """, logger: Logger(label: "test"))
+                                for try await n in rows.decode(Int64.self) { return n > 0 }
+                                return false
+                            }, "the append did not reach the appender lock")
+                        await group.triggerGracefulShutdown()
+                        // The store's graceful stop has begun once operations fail with closed;
+                        // then give a pool that would stop with it time to close the connections.
+                        #expect(
+                            try await eventually {
+                                do {
+                                    _ = try await store.headPosition()
+                                    return false
+                                } catch PostgresStoreError.closed { return true }
+                            })
+                        try await Task.sleep(for: .milliseconds(500))
+                        _ = try await conn.query(
+                            "SELECT pg_advisory_unlock(hashtext(\(appenders)), 0)", logger: Logger(label: "test"))
+                    }
+                    var appended: AppendResult?
+                    for try await result in tasks { if let result { appended = result } }
+                    #expect(appended?.lastVersion == 1)
+                    #expect(try await peer.streamVersion("in-flight-1") == 1)
+                    try await peer.dropSchema()
+                }
+            }
+        }
+
+        @Test(
             "close() ends run(), also while the server is unreachable; operations then fail with closed",
             .timeLimit(.minutes(1)))
         func closeAndFailure() async throws {

@@ -8,7 +8,8 @@ import PostgresNIO
 /// `partitioned <url> <schema> <partitions> <lease ms>`: the `plog` projection split into
 /// <partitions> partitions, run by a PipelineService with partition leases of <lease ms>; prints
 /// `started`, then `log <level> <message> <metadata>` for every notice and above of the pipelines
-/// and the election (lease lost, fenced commits, partitions taken or given back), until killed.
+/// and the election (lease lost, fenced commits, partitions taken or given back), and every second
+/// `view ...` (the election's partitions, the live runners), until killed.
 func runPartitionedMode(_ arguments: [String]) async throws {
     guard arguments.count == 6, let partitions = Int(arguments[4]), let leaseMillis = Int(arguments[5]) else {
         fail("usage: partitioned <url> <schema> <partitions> <lease ms>")
@@ -30,7 +31,22 @@ func runPartitionedMode(_ arguments: [String]) async throws {
         let service = try PipelineService(
             store: store, projections: [projection], leadership: leadership, logger: logger)
         emit("started")
-        try await service.run()
+        // Every second, this process's view (for the test's report when partitions stall): the
+        // election's partitions and the live runners.
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await service.run() }
+            group.addTask {
+                while true {
+                    try await Task.sleep(for: .seconds(1))
+                    let runners = service.status().map { status in
+                        "\(status.subscription):\(status.state):\(status.checkpoint.map { "\($0.position)" } ?? "-")"
+                    }
+                    emit("view \(leadership.partitionView()) runners=[\(runners.joined(separator: ","))]")
+                }
+            }
+            try await group.next()
+            group.cancelAll()
+        }
     }
 }
 
