@@ -48,7 +48,8 @@ import _ConnectionPoolModule
 ///   writing on a connection of its own) take the queued appends: an idle writer takes an append
 ///   at once (a group of one never waits for company); while both are busy, appends queue and the
 ///   next free writer takes them all (one append per stream and per command id in a group).
-///   A group is one autocommit call of the schema's `append_group` function (migration 6): it
+///   A group is one autocommit call of the schema's `append_batch` function (migration 7, with a
+///   generic plan; a schema not yet migrated that far: `append_group` of migration 6): it
 ///   takes the appender lock, then the streams' locks in hash order (the same order in every
 ///   process, so two groups cannot deadlock), checks every append in one statement (stream
 ///   versions and stored command ids looked up together), and writes every accepted append with
@@ -56,9 +57,13 @@ import _ConnectionPoolModule
 ///   id rejects only its own append; no savepoints. When the statement fails as a whole (a
 ///   command id stored at the same moment by another process, an event id already stored), each
 ///   append of the group is written alone, so the error reaches only its cause.
-/// - **Notifications**: a transaction that appended is followed by one `NOTIFY`, sent after its
-///   commit in a statement of its own; one that did not (all its appends rejected or duplicates)
-///   by none. (A `NOTIFY` inside the append transaction would hold PostgreSQL's cluster-wide
+/// - **Notifications**: a transaction that appended is followed by a `NOTIFY` sent after its
+///   commit; one that did not (all its appends rejected or duplicates) by none. The store's
+///   notification sender (a child of ``run()``, on a connection of its own) sends them, so a
+///   group writer is free as soon as its transaction commits; transactions that commit while a
+///   notification is being sent share the next one (every commit that stored events is followed
+///   by a notification sent after it). Readers in the same process are woken at once, in
+///   memory. (A `NOTIFY` inside the append transaction would hold PostgreSQL's cluster-wide
 ///   notification lock through the commit's WAL flush and serialise every appending transaction
 ///   of the cluster.) ``appendNotifications()``
 ///   listens on a dedicated connection that reconnects and listens again when it is lost.
@@ -130,6 +135,10 @@ public final class PostgresEventStore: EventStore {
     let queryLogger: Logger
     private let notifier = AppendNotifier()
     private let groups = Mutex(GroupQueue())
+    private let notifications = Mutex(NotificationQueue())
+    /// The append function ``prepare()`` found in the schema (migration 7's, or migration 6's on a
+    /// schema not migrated that far).
+    private let appendFunctionName = Mutex(PostgresMigrations.legacyAppendFunctionName)
     private let metrics = PostgresStoreMetrics()
     /// The pool this store created and runs in ``run()``; nil when the caller runs the client.
     let ownedClient: PostgresClient?
@@ -192,6 +201,24 @@ public final class PostgresEventStore: EventStore {
                 _ = try await PostgresMigrations.migrate(self.schema, on: conn, logger: self.queryLogger)
             }
             try await self.checkTransactionCounter(on: conn)
+            try await self.findAppendFunction(on: conn)
+        }
+    }
+
+    /// The append function appends call.
+    var appendFunction: String { appendFunctionName.withLock { $0 } }
+
+    /// Makes appends call `name` (tests: a process of an older version calls `append_group`).
+    func useAppendFunction(_ name: String) {
+        appendFunctionName.withLock { $0 = name }
+    }
+
+    /// Chooses the append function: migration 7's when the schema has it, else migration 6's.
+    func findAppendFunction(on conn: PostgresConnection) async throws {
+        let name = "\(s).\(PostgresMigrations.appendFunctionName)"
+        let rows = try await conn.query("SELECT to_regproc(\(name)) IS NOT NULL", logger: queryLogger)
+        for try await found in rows.decode(Bool.self) where found {
+            appendFunctionName.withLock { $0 = PostgresMigrations.appendFunctionName }
         }
     }
 
@@ -205,6 +232,7 @@ public final class PostgresEventStore: EventStore {
         try await withPooledConnection { conn in
             let ran = try await PostgresMigrations.migrate(self.schema, on: conn, logger: self.queryLogger)
             try await self.checkTransactionCounter(on: conn)
+            try await self.findAppendFunction(on: conn)
             return ran
         }
     }
@@ -436,8 +464,8 @@ public final class PostgresEventStore: EventStore {
         return group
     }
 
-    /// Writes a group in one transaction on `conn` (one round trip: the append function of
-    /// migration 6 in autocommit), hands every member its outcome, then sends the transaction's
+    /// Writes a group in one transaction on `conn` (one round trip: the append function in
+    /// autocommit), hands every member its outcome, then asks the notification sender for a
     /// notification when it stored events. When the statement fails as a whole (a unique
     /// violation from a concurrent process, a payload the server refuses), each append is written
     /// alone, so an error only rejects the append that caused it.
@@ -445,7 +473,7 @@ public final class PostgresEventStore: EventStore {
         do {
             let outcomes = try await callAppendFunction(group, on: conn, forceBytes: false)
             if deliver(outcomes, to: group) {
-                await sendNotification(on: conn)
+                requestNotification()
             }
         } catch let error as PSQLError where error.sqlState != nil && group.count > 1 {
             var outcomes: [Result<AppendResult, any Error>] = []
@@ -480,12 +508,89 @@ public final class PostgresEventStore: EventStore {
         return stored
     }
 
-    /// The notification of a transaction that stored events, sent after its commit in a statement
-    /// of its own: `NOTIFY` inside the append transaction would take PostgreSQL's global
-    /// notification lock at commit and hold it through the commit's WAL flush, so concurrent
-    /// appending transactions (other groups, other processes) could not share a flush. Sent in a
-    /// transaction without an id, the lock is held only for the statement. Best effort: a
-    /// notification is a hint, readers still poll.
+    // MARK: Notifications
+
+    /// Asks the notification sender for a notification; called after a commit that stored events.
+    /// Requests made while a notification is being sent share the next one.
+    private func requestNotification() {
+        let waiting = notifications.withLock { q -> CheckedContinuation<Void, Never>? in
+            q.requested = true
+            defer { q.waiter = nil }
+            return q.waiter
+        }
+        waiting?.resume()
+    }
+
+    /// The notification sender, a child task of ``run()``: sends one notification for the requests
+    /// made since its last one, on a connection of its own (leased while requests keep coming),
+    /// until the store stops; a request made before the stop is still sent.
+    ///
+    /// Every commit that stored events is followed by a notification sent after it: the writer
+    /// requests after the commit returned, and the sender clears the request before it sends.
+    /// Best effort: a notification that cannot be sent (no connection) is dropped; readers poll.
+    func runNotificationSender() async {
+        while await waitForNotificationRequest() {
+            do {
+                try await client.withConnection { conn in
+                    while self.takeNotificationRequest() {
+                        await self.sendNotification(on: conn)
+                    }
+                }
+            } catch {
+                _ = takeNotificationRequest()
+                logger.debug("could not send the append notification", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    /// Stops the notification sender once it has sent what was requested so far.
+    func stopNotificationSender() {
+        let waiting = notifications.withLock { q -> CheckedContinuation<Void, Never>? in
+            q.stopping = true
+            defer { q.waiter = nil }
+            return q.waiter
+        }
+        waiting?.resume()
+    }
+
+    /// Waits until a notification is requested (true) or the sender stops (false).
+    private func waitForNotificationRequest() async -> Bool {
+        while true {
+            let state = notifications.withLock { q -> Bool? in
+                if q.requested && !Task.isCancelled { return true }
+                if q.stopping || Task.isCancelled { return false }
+                return nil
+            }
+            if let state { return state }
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let resumeNow = notifications.withLock { q -> Bool in
+                    if q.requested || q.stopping { return true }
+                    q.waiter = continuation
+                    return false
+                }
+                if resumeNow { continuation.resume() }
+            }
+        }
+    }
+
+    /// Takes the pending request (true) or finds none (false).
+    private func takeNotificationRequest() -> Bool {
+        notifications.withLock { q in
+            defer { q.requested = false }
+            if q.requested { q.sent += 1 }
+            return q.requested
+        }
+    }
+
+    /// Notifications the sender has sent (or tried to) since the store was opened.
+    package var notificationsSent: Int { notifications.withLock { $0.sent } }
+
+    /// Sends one notification on `conn`, in a statement of its own after the commits it follows:
+    /// `NOTIFY` inside the append transaction would take PostgreSQL's global notification lock at
+    /// commit and hold it through the commit's WAL flush, so concurrent appending transactions
+    /// (other groups, other processes) could not share a flush. Sent in a transaction that wrote
+    /// nothing else, its commit does not wait for a WAL flush, and the lock is held only for the
+    /// statement. Best effort: a notification is a hint, readers still poll.
     private func sendNotification(on conn: PostgresConnection) async {
         do {
             try await conn.query("SELECT pg_notify(\(notificationChannel), '')", logger: queryLogger)
@@ -496,7 +601,7 @@ public final class PostgresEventStore: EventStore {
 
     /// Writes one append in a transaction of its own, retrying a command id that another process
     /// stored at the same moment; a payload the server refuses as jsonb is stored as bytes.
-    /// Sends the notification after the commit when it stored events.
+    /// Asks for a notification after the commit when it stored events.
     private func writeAlone(
         _ item: PendingAppend, hook: (@Sendable (AppendStage) async throws -> Void)?
     ) async throws -> AppendResult {
@@ -531,7 +636,7 @@ public final class PostgresEventStore: EventStore {
                     outcomes = try await self.callAppendFunction([item], on: conn, forceBytes: forceBytes)
                 }
                 let result = try outcomes[0].get()
-                if !result.isDuplicate { await self.sendNotification(on: conn) }
+                if !result.isDuplicate { self.requestNotification() }
                 return result
             } catch let error as PSQLError where error.sqlState != nil {
                 if error.sqlState == "23505", error.constraintName == "commands_pkey", attempt < 3 {
@@ -616,11 +721,12 @@ public final class PostgresEventStore: EventStore {
         }
         binds.append(appenderLockClass)
         binds.append(streamLockClass)
+        let function = appendFunction
         let query = PostgresQuery(
             unsafeSQL: """
                 SELECT append_index, status, actual_version, first_version, last_version, first_position,
                        last_position, transaction_text, recorded_at, stored_stream
-                FROM \(s).append_group($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+                FROM \(s).\(function)($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
                 """, binds: binds)
         let rows = try await conn.query(query, logger: queryLogger)
         var outcomes = [Result<AppendResult, any Error>?](repeating: nil, count: group.count)
@@ -1101,6 +1207,18 @@ struct GroupQueue {
     /// The writers ended: nothing is queued any more.
     var stopped = false
     var statistics = PostgresEventStore.Statistics()
+}
+
+/// Requests for the store's notification sender.
+struct NotificationQueue {
+    /// A commit stored events since the sender last took a request.
+    var requested = false
+    /// The store is stopping: the sender ends once nothing is requested.
+    var stopping = false
+    /// The sender, waiting for a request.
+    var waiter: CheckedContinuation<Void, Never>?
+    /// Notifications sent.
+    var sent = 0
 }
 
 /// How far readers of a ``PostgresEventStore`` can see, and what holds them back.

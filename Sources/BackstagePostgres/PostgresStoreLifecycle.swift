@@ -5,8 +5,8 @@ import PostgresNIO
 
 extension PostgresEventStore: Service {
     /// Runs the store: the connection pool it created (if it did), the schema migrations, then
-    /// the group writers that write appends (see "Group commit" in the type's documentation) and
-    /// the notification listener, until graceful shutdown, cancellation or ``close()``. On
+    /// the group writers that write appends (see "Group commit" in the type's documentation), the
+    /// notification sender and the notification listener, until graceful shutdown, cancellation or ``close()``. On
     /// graceful shutdown and ``close()`` the queued appends are written before it returns; when
     /// it is cancelled, a group being written may fail with ``PostgresStoreError`` (its outcome
     /// is then unknown, as when the connection is lost) and queued appends fail with
@@ -83,14 +83,19 @@ extension PostgresEventStore: Service {
             // raced: when the pool shut down (closing the listener's connection) while the
             // listener was leasing, starting LISTEN or consuming notifications, postgres-nio
             // sometimes never resumed the listener, so run() and withStore waited forever after close().
+            // The notification sender stops after the writers, once it has notified their last commits.
             await withTaskGroup(of: Void.self) { listening in
                 listening.addTask { await self.listener.run() }
-                await withTaskGroup(of: Void.self) { writing in
-                    for _ in 0..<Self.maxGroupsInFlight {
-                        writing.addTask { await self.runGroupWriter() }
+                await withTaskGroup(of: Void.self) { notifying in
+                    notifying.addTask { await self.runNotificationSender() }
+                    await withTaskGroup(of: Void.self) { writing in
+                        for _ in 0..<Self.maxGroupsInFlight {
+                            writing.addTask { await self.runGroupWriter() }
+                        }
+                        await readiness.stopRequested.wait()
+                        stopGroupWriters()
                     }
-                    await readiness.stopRequested.wait()
-                    stopGroupWriters()
+                    stopNotificationSender()
                 }
                 listening.cancelAll()
             }

@@ -1,0 +1,172 @@
+import Backstage
+import Foundation
+import PostgresNIO
+import Synchronization
+import Testing
+
+@testable import BackstagePostgres
+
+extension PostgresTests {
+    @Suite("Append functions and the notification sender")
+    struct AppendFunctions {
+        @Test("a migrated store calls migration 7's append function; a schema of migration 6 keeps append_group")
+        func choosesTheFunction() async throws {
+            try await withFreshStore { store in
+                #expect(store.appendFunction == PostgresMigrations.appendFunctionName)
+            }
+            try await withFreshStore(configure: { $0.migrate = false }) { store in
+                try await store.client.withConnection { conn in
+                    _ = try await PostgresMigrations.migrate(store.schema, on: conn, logger: store.logger, through: 6)
+                    try await store.findAppendFunction(on: conn)
+                }
+                #expect(store.appendFunction == PostgresMigrations.legacyAppendFunctionName)
+                let first = try await store.append([event()], to: "old-1", expected: .noStream, commandID: nil)
+                #expect(first.firstVersion == 1)
+                #expect(try await store.migrate() == [7])
+                #expect(store.appendFunction == PostgresMigrations.appendFunctionName)
+                let second = try await store.append([event()], to: "old-1", expected: .exact(1), commandID: nil)
+                #expect(second.firstVersion == 2)
+            }
+        }
+
+        // A process of the previous version calls `append_group` (migration 6) on the same
+        // schema as a process calling `append_batch` (migration 7): both take the same locks in
+        // the same order and write the same rows, so expected versions and command ids hold
+        // across them.
+        @Test("the old and the new append function side by side on one schema: versions, idempotency, order")
+        func oldAndNewSideBySide() async throws {
+            try await withFreshStore { store in
+                try await withPeer(of: store) { old in
+                    old.useAppendFunction(PostgresMigrations.legacyAppendFunctionName)
+                    #expect(store.appendFunction == PostgresMigrations.appendFunctionName)
+                    let streams = (0..<6).map { "mixed-\($0)" }
+                    let perCaller = 30
+                    // 4 callers per store, each appending to the streams in turn with exact
+                    // expected versions, retrying on a conflict.
+                    let stored = try await withThrowingTaskGroup(of: Int.self) { group in
+                        for (s, writer) in [store, old, store, old, store, old, store, old].enumerated() {
+                            group.addTask {
+                                var done = 0
+                                for i in 0..<perCaller {
+                                    let stream = streams[(s + i) % streams.count]
+                                    while true {
+                                        let last =
+                                            try await writer.readStream(
+                                                stream, from: Int64.max, direction: .backward, limit: 1
+                                            ).first?.streamVersion ?? 0
+                                        do {
+                                            _ = try await writer.append(
+                                                [event("E", #"{"w":\#(s)}"#), event("F")], to: stream,
+                                                expected: last == 0 ? .noStream : .exact(last), commandID: UUID())
+                                            done += 1
+                                            break
+                                        } catch EventStoreError.wrongExpectedVersion {
+                                            continue
+                                        }
+                                    }
+                                }
+                                return done
+                            }
+                        }
+                        return try await group.reduce(0, +)
+                    }
+                    #expect(stored == 8 * perCaller)
+                    // Every stream's versions are 1...n without gaps, and the log holds every event once.
+                    var total = 0
+                    for stream in streams {
+                        let events = try await store.readStream(stream, from: 1, direction: .forward, limit: 10_000)
+                        #expect(events.map(\.streamVersion) == (0..<events.count).map { Int64($0 + 1) })
+                        // Both events of one append are adjacent and in order.
+                        for pair in stride(from: 0, to: events.count, by: 2) {
+                            #expect(events[pair].type == "E" && events[pair + 1].type == "F")
+                            #expect(events[pair].transaction == events[pair + 1].transaction)
+                        }
+                        total += events.count
+                    }
+                    #expect(total == 2 * 8 * perCaller)
+                    var seen = Set<UUID>()
+                    var position = LogPosition.start
+                    while true {
+                        let page = try await old.readAll(after: position, limit: 100, filter: .all)
+                        guard let last = page.last else { break }
+                        for e in page { #expect(seen.insert(e.id).inserted) }
+                        position = last.logPosition
+                    }
+                    #expect(seen.count == total)
+
+                    // Idempotency across the two functions, both ways.
+                    for (first, second) in [(store, old), (old, store)] {
+                        let command = UUID()
+                        let events = [event("Paid", #"{"n":\#(Int.random(in: 0..<1_000_000))}"#)]
+                        let original = try await first.append(
+                            events, to: "pay-\(command)", expected: .noStream, commandID: command)
+                        let again = try await second.append(
+                            events, to: "pay-\(command)", expected: .noStream, commandID: command)
+                        #expect(again.isDuplicate)
+                        #expect(again.firstPosition == original.firstPosition)
+                        #expect(again.transaction == original.transaction)
+                        await #expect(
+                            throws: EventStoreError.idempotencyConflict(commandID: command, stream: "pay-\(command)")
+                        ) {
+                            _ = try await second.append(
+                                [event("Other")], to: "pay-\(command)", expected: .any, commandID: command)
+                        }
+                    }
+                }
+            }
+        }
+
+        // The sender coalesces: commits made while a notification is on its way share the next
+        // one. A reader in another process that reads only when notified still gets every event
+        // of every burst: the last commit of a burst is followed by a notification sent after it.
+        @Test("notifications are coalesced, and the last commit of a burst still wakes a listener in another process")
+        func coalescedNotifications() async throws {
+            try await withFreshStore { store in
+                try await withPeer(of: store) { reader in
+                    let hints = reader.appendNotifications()
+                    #expect(try await eventually { reader.notificationStatus.isListening })
+                    let bursts = 5
+                    let perBurst = 48
+                    let seen = Atomic<Int>(0)
+                    // Reads on hints only (no polling): it ends when it has every event.
+                    let follower = Task {
+                        var position = LogPosition.start
+                        var count = 0
+                        for await _ in hints {
+                            while true {
+                                let page = try await reader.readAll(after: position, limit: 1_000, filter: .all)
+                                guard let last = page.last else { break }
+                                count += page.count
+                                position = last.logPosition
+                            }
+                            seen.store(count, ordering: .relaxed)
+                            if count == bursts * perBurst { return }
+                        }
+                    }
+                    defer { follower.cancel() }
+                    let sentBefore = store.notificationsSent
+                    for burst in 0..<bursts {
+                        try await withThrowingTaskGroup(of: Void.self) { group in
+                            for i in 0..<perBurst {
+                                group.addTask {
+                                    _ = try await store.append(
+                                        [event()], to: "burst-\(burst)-\(i)", expected: .noStream, commandID: nil)
+                                }
+                            }
+                            try await group.waitForAll()
+                        }
+                        // Woken by a notification of this burst's last commits.
+                        let target = (burst + 1) * perBurst
+                        #expect(
+                            try await eventually(timeout: .seconds(30)) { seen.load(ordering: .relaxed) == target },
+                            "burst \(burst): the reader has \(seen.load(ordering: .relaxed)) of \(target) events")
+                    }
+                    try await follower.value
+                    let sent = store.notificationsSent - sentBefore
+                    // One per commit that stored events at most, at least one per burst.
+                    #expect(sent >= bursts && sent <= store.statistics.transactions)
+                }
+            }
+        }
+    }
+}
