@@ -11,12 +11,13 @@ class CacheEntry: @unchecked Sendable {
     var waiters: Deque<CheckedContinuation<Void, Never>> = []
     var lastUsed: ContinuousClock.Instant = .now
     var key = ExactString("")
-    unowned(unsafe) var older: CacheEntry?
-    unowned(unsafe) var newer: CacheEntry?
+    // Unmanaged: following a link neither retains nor releases the entry it leads to.
+    var older: Unmanaged<CacheEntry>?
+    var newer: Unmanaged<CacheEntry>?
 }
 
 /// A hydrated aggregate. Its fields are only touched while the entry is held (between
-/// ``AggregateCache/acquire(_:as:)`` and ``AggregateCache/release(_:)``).
+/// ``AggregateCache/enter(_:as:held:)`` (and ``AggregateCache/wait(for:)``) and ``AggregateCache/release(_:)``).
 final class AggregateEntry<A: Aggregate>: CacheEntry, @unchecked Sendable {
     var state = A()
     var version: Int64 = 0
@@ -34,21 +35,22 @@ final class AggregateEntry<A: Aggregate>: CacheEntry, @unchecked Sendable {
 final class AggregateCache: Sendable {
     private struct State {
         var entries: [ExactString: CacheEntry] = [:]
-        unowned(unsafe) var oldest: CacheEntry?
-        unowned(unsafe) var newest: CacheEntry?
+        var oldest: Unmanaged<CacheEntry>?
+        var newest: Unmanaged<CacheEntry>?
 
         mutating func unlink(_ e: CacheEntry) {
-            if let older = e.older { older.newer = e.newer } else { oldest = e.newer }
-            if let newer = e.newer { newer.older = e.older } else { newest = e.older }
+            let (older, newer) = (e.older, e.newer)
+            if let older { older._withUnsafeGuaranteedRef { $0.newer = newer } } else { oldest = newer }
+            if let newer { newer._withUnsafeGuaranteedRef { $0.older = older } } else { newest = older }
             e.older = nil
             e.newer = nil
         }
 
         mutating func pushNewest(_ e: CacheEntry) {
+            let link = Unmanaged.passUnretained(e)
             e.older = newest
-            newest?.newer = e
-            newest = e
-            if oldest == nil { oldest = e }
+            if let newest { newest._withUnsafeGuaranteedRef { $0.newer = link } } else { oldest = link }
+            newest = link
         }
 
         mutating func remove(_ e: CacheEntry) {
@@ -67,12 +69,15 @@ final class AggregateCache: Sendable {
 
     var count: Int { state.withLock { $0.entries.count } }
 
-    /// The entry of `stream`, held by the caller (after the commands that wait for it before);
-    /// pair with ``release(_:)``.
-    func acquire<A: Aggregate>(_ stream: String, as type: A.Type) async -> AggregateEntry<A> {
+    /// The entry of `stream`, counted as used; `held` is set when the caller holds it now,
+    /// otherwise the caller must ``wait(for:)`` it (it is handed over after the commands that
+    /// wait for it before). Pair with ``release(_:)`` either way.
+    func enter<A: Aggregate>(_ stream: String, as type: A.Type, held: inout Bool) -> AggregateEntry<A> {
         let now = ContinuousClock.now
         let key = ExactString(stream)
-        let (entry, held) = state.withLock { s -> (AggregateEntry<A>, Bool) in
+        // Not a tuple result: a generic tuple's metadata is looked up at run time on every call.
+        var acquired = false
+        let entry = state.withLock { s -> AggregateEntry<A> in
             let entry: AggregateEntry<A>
             if let existing = s.entries[key], let typed = existing as? AggregateEntry<A> {
                 entry = typed
@@ -87,24 +92,29 @@ final class AggregateCache: Sendable {
             entry.lastUsed = now
             s.pushNewest(entry)
             evict(&s, now: now)
-            if entry.locked { return (entry, false) }
-            entry.locked = true
-            return (entry, true)
-        }
-        if !held {
-            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                let acquired = state.withLock { _ -> Bool in
-                    if !entry.locked {
-                        entry.locked = true
-                        return true
-                    }
-                    entry.waiters.append(c)
-                    return false
-                }
-                if acquired { c.resume() }
+            if !entry.locked {
+                entry.locked = true
+                acquired = true
             }
+            return entry
         }
+        held = acquired
         return entry
+    }
+
+    /// Waits until `entry` (entered, not held) is handed to the caller by ``release(_:)``.
+    func wait(for entry: CacheEntry) async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let acquired = state.withLock { _ -> Bool in
+                if !entry.locked {
+                    entry.locked = true
+                    return true
+                }
+                entry.waiters.append(c)
+                return false
+            }
+            if acquired { c.resume() }
+        }
     }
 
     /// Hands the entry to the next command waiting for it, or frees it; an entry nobody uses is
@@ -126,7 +136,8 @@ final class AggregateCache: Sendable {
     /// Entries in use are skipped (there are at most as many as commands in flight).
     private func evict(_ s: inout State, now: ContinuousClock.Instant) {
         var candidate = s.oldest
-        while let e = candidate {
+        while let link = candidate {
+            let e = link.takeUnretainedValue()
             let over = s.entries.count > capacity
             let expired = now - e.lastUsed >= idleTimeout
             if !over && !expired { return }

@@ -207,7 +207,9 @@ public final class BackstageApp: Sendable {
         let traced = isTracing()
         do {
             try store.limits.validate(stream: stream)
-            if validatesCommands, let command = command as? any ValidatableCommand { try command.validate() }
+            if validatesCommands, route.mayValidate, let command = command as? any ValidatableCommand {
+                try command.validate()
+            }
             for m in middleware { try await m.beforeDispatch(&context) }
             let result: Dispatched<C.Target>
             if traced {
@@ -281,7 +283,11 @@ public final class BackstageApp: Sendable {
         typealias A = C.Target
         let stream = context.stream
         let codec = route.aggregate.codec
-        let entry = await cache.acquire(stream, as: A.self)
+        // Held at once unless another command for this aggregate holds it: then wait for it
+        // (without an asynchronous call in the common case).
+        var held = false
+        let entry = cache.enter(stream, as: A.self, held: &held)
+        if !held { await cache.wait(for: entry) }
         defer { cache.release(entry) }
         // The outcome of a command always rests on the state committed before it started, without
         // a read in the common case: the command is first decided on the cached state (or, for an
@@ -756,8 +762,10 @@ final class CommandMetrics: Sendable {
 /// Whether an instrument other than the no-op default is bootstrapped or bound to this task
 /// (`withTracer`): spans and trace context are skipped otherwise, at the cost of this check.
 func isTracing() -> Bool {
-    let instrument = InstrumentationSystem.instrument
-    return !(instrument is NoOpInstrument || instrument is NoOpTracer)
+    // Both no-op instruments are structs: comparing the dynamic type is exact and spares two
+    // dynamic casts per dispatch.
+    let type = Swift.type(of: InstrumentationSystem.instrument)
+    return !(type == NoOpInstrument.self || type == NoOpTracer.self)
 }
 
 /// Writes trace context into event metadata fields.

@@ -14,7 +14,7 @@ public final class InMemoryEventStore: EventStore {
         var streams: [ExactString: [Int]] = [:]
         var commands: [UUID: StoredCommand] = [:]
         var snapshots: [ExactString: Snapshot] = [:]
-        var eventIDs: Set<UUID> = []
+        var eventIDs = EventIDIndex()
     }
     private let state = Mutex(State())
     private let notifier = AppendNotifier()
@@ -59,7 +59,7 @@ public final class InMemoryEventStore: EventStore {
             }
             if events.count == 1 {
                 // Checked and recorded in one lookup; nothing else is written before this point.
-                guard s.eventIDs.insert(events[0].id).inserted else {
+                guard s.eventIDs.insert(events[0].id) else {
                     throw .invalidInput("event id \(events[0].id) is already stored")
                 }
             } else {
@@ -172,6 +172,63 @@ public final class InMemoryEventStore: EventStore {
     }
 
     public func appendNotifications() -> AsyncStream<Void> { notifier.stream() }
+}
+
+/// The ids of the stored events, to reject a second event with an id already stored.
+///
+/// Ids made by ``UUIDv7`` in this process mostly arrive in ascending order: those are appended to
+/// a sorted array, without hashing, and without rehashing the whole index as it grows (a `Set`
+/// of every id was the costliest part of an append). An id below the largest one is looked up
+/// there by binary search and, when new, kept in a set.
+struct EventIDIndex {
+    /// A UUID ordered by its bytes.
+    struct Key: Hashable, Comparable {
+        let high: UInt64
+        let low: UInt64
+
+        init(_ id: UUID) {
+            (high, low) = withUnsafeBytes(of: id.uuid) { raw in
+                (
+                    UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: 0, as: UInt64.self)),
+                    UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+                )
+            }
+        }
+
+        static func < (a: Key, b: Key) -> Bool { a.high != b.high ? a.high < b.high : a.low < b.low }
+    }
+
+    /// Ascending; its last element is the largest id stored.
+    private var ascending: [Key] = []
+    /// The ids stored when they were below the largest one.
+    private var others: Set<Key> = []
+
+    func contains(_ id: UUID) -> Bool { contains(Key(id)) }
+
+    private func contains(_ key: Key) -> Bool {
+        guard let last = ascending.last, !(last < key) else { return false }
+        if others.contains(key) { return true }
+        var low = 0
+        var high = ascending.count
+        while low < high {
+            let middle = (low + high) / 2
+            if ascending[middle] < key { low = middle + 1 } else { high = middle }
+        }
+        return low < ascending.count && ascending[low] == key
+    }
+
+    /// Records `id`; false when it is stored already.
+    @discardableResult
+    mutating func insert(_ id: UUID) -> Bool {
+        let key = Key(id)
+        if let last = ascending.last, !(last < key) {
+            if contains(key) { return false }
+            others.insert(key)
+        } else {
+            ascending.append(key)
+        }
+        return true
+    }
 }
 
 /// Fans a "new events" hint out to every listener. Each listener's stream keeps at most one

@@ -110,10 +110,9 @@ public struct Router: Sendable {
     }
 
     package func route<C: Command>(for command: C.Type) throws(RoutingError) -> Route<C> {
-        guard let route = routes[ObjectIdentifier(C.self)] as? Route<C> else {
-            throw .noRoute(command: C.commandName)
-        }
-        return route
+        guard let route = routes[ObjectIdentifier(C.self)] else { throw .noRoute(command: C.commandName) }
+        // The route under `C`'s identifier is a `Route<C>`: `route(_:id:decide:)` stores no other.
+        return unsafeDowncast(route, to: Route<C>.self)
     }
 
     package func aggregate<A: Aggregate>(_ type: A.Type) throws(RoutingError) -> AggregateType<A> {
@@ -163,6 +162,9 @@ package final class Route<C: Command>: AnyRoute, @unchecked Sendable {
     package let id: @Sendable (C) -> String
     package let decide: @Sendable (C.Target, C) throws -> [C.Target.Event]
     package let aggregate: AggregateType<C.Target>
+    /// False when a command of this type cannot be a ``ValidatableCommand`` (a value type that
+    /// does not conform): dispatch skips the dynamic cast then.
+    package let mayValidate: Bool = C.self is any ValidatableCommand.Type || C.self is AnyObject.Type
     init(
         id: @escaping @Sendable (C) -> String,
         decide: @escaping @Sendable (C.Target, C) throws -> [C.Target.Event],

@@ -1,5 +1,13 @@
 import Foundation
 
+#if canImport(Darwin)
+import Darwin
+#elseif canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
 /// Writes a value's JSON exactly as Foundation's `JSONEncoder` with `.sortedKeys` and its default
 /// strategies writes it, byte for byte, several times faster: no dictionary per object, no class
 /// per nested value, keys sorted once when the object is written.
@@ -20,16 +28,31 @@ import Foundation
 package enum SortedKeysJSON {
     /// The JSON of `value`, or nil when `JSONEncoder` must write it (see ``SortedKeysJSON``).
     package static func encode<T: Encodable>(_ value: T) -> Data? {
-        let builder = SortedJSONBuilder()
+        var builder = SortedJSONBuilder.take()
+        defer { SortedJSONBuilder.giveBack(&builder) }
         guard let root = try? builder.encodeValue(value, path: [], key: nil), !builder.unsupported else {
             return nil
         }
-        var out: [UInt8] = []
-        out.reserveCapacity(builder.scratch.count + 64)
-        guard builder.write(root, into: &out, depth: 0) else { return nil }
-        return Data(out)
+        builder.out.reserveCapacity(builder.scratch.count + 64)
+        guard builder.write(root, depth: 0) else { return nil }
+        return Data(builder.out)
     }
 }
+
+/// One spare builder per thread, so an encoding reuses the buffers of the previous one on its
+/// thread instead of allocating half a dozen arrays (an encoding is synchronous: it never
+/// changes threads).
+private let spareBuilderKey: pthread_key_t = {
+    var key = pthread_key_t()
+    #if canImport(Darwin)
+    pthread_key_create(&key) { Unmanaged<SortedJSONBuilder>.fromOpaque($0).release() }
+    #else
+    pthread_key_create(&key) { raw in
+        if let raw { Unmanaged<SortedJSONBuilder>.fromOpaque(raw).release() }
+    }
+    #endif
+    return key
+}()
 
 /// The values an encoding produces: scalars are written to `scratch` at once (their JSON bytes),
 /// containers are lists of values, serialised (objects with sorted keys) when the encoding is done.
@@ -54,14 +77,54 @@ final class SortedJSONBuilder {
     // A builder lives for one `encode` on one thread and no access to these overlaps another:
     // the runtime's exclusivity checks (a thread-local access set per access) are left out.
     @exclusivity(unchecked) var scratch: [UInt8] = []
+    /// The containers in use are the first `containerCount`; the others are kept for reuse.
     @exclusivity(unchecked) var containers: [Container] = []
+    @exclusivity(unchecked) var containerCount = 0
     /// The value each `encode(to:)` in progress produced so far (a stack: one per nesting level).
     @exclusivity(unchecked) var slots: [Value?] = []
     /// Set when the value used something this writer does not reproduce exactly.
     @exclusivity(unchecked) var unsupported = false
+    /// The JSON written by ``write(_:depth:)``.
+    @exclusivity(unchecked) var out: [UInt8] = []
+    /// How the last objects' keys were written, kept across encodings on this thread: a value of
+    /// one type has the same keys in the same order every time, so it is sorted once.
+    @exclusivity(unchecked) var layouts: [ObjectLayout] = []
+    @exclusivity(unchecked) var nextLayout = 0
+    static let maximumLayouts = 16
+
+    /// The keys of an object as its `encode(to:)` wrote them, and how they are written: in sorted
+    /// order, each as its escaped, quoted bytes and a colon.
+    struct ObjectLayout {
+        var keys: [String]
+        var order: [Int]
+        var keyBytes: [[UInt8]]
+    }
 
     init() {
         scratch.reserveCapacity(256)
+    }
+
+    /// A builder for one encoding: this thread's spare one, or a new one.
+    static func take() -> SortedJSONBuilder {
+        guard let raw = pthread_getspecific(spareBuilderKey) else { return SortedJSONBuilder() }
+        // Out of the slot while in use: an encoding nested in this one gets a builder of its own.
+        pthread_setspecific(spareBuilderKey, nil)
+        return Unmanaged<SortedJSONBuilder>.fromOpaque(raw).takeRetainedValue()
+    }
+
+    /// Keeps `builder` as this thread's spare, emptied, unless a spare is there already, an
+    /// encoder or container of it outlived the encoding, or it grew large.
+    static func giveBack(_ builder: inout SortedJSONBuilder) {
+        guard isKnownUniquelyReferenced(&builder), builder.scratch.capacity <= 1 << 16,
+            builder.out.capacity <= 1 << 16, builder.containers.count <= 64,
+            pthread_getspecific(spareBuilderKey) == nil
+        else { return }
+        builder.scratch.removeAll(keepingCapacity: true)
+        builder.out.removeAll(keepingCapacity: true)
+        builder.slots.removeAll(keepingCapacity: true)
+        builder.containerCount = 0
+        builder.unsupported = false
+        pthread_setspecific(spareBuilderKey, Unmanaged.passRetained(builder).toOpaque())
     }
 
     // MARK: Values
@@ -140,8 +203,15 @@ final class SortedJSONBuilder {
     // MARK: Containers
 
     func newContainer() -> Int {
-        containers.append(Container())
-        return containers.count - 1
+        let c = containerCount
+        containerCount += 1
+        if c < containers.count {
+            containers[c].keys.removeAll(keepingCapacity: true)
+            containers[c].values.removeAll(keepingCapacity: true)
+        } else {
+            containers.append(Container())
+        }
+        return c
     }
 
     /// The object the encoder at `slot` writes into (created by the first request).
@@ -195,12 +265,12 @@ final class SortedJSONBuilder {
 
     // MARK: Writing
 
-    /// Writes `value`; false when an object has a key twice (`JSONEncoder` keeps the last value
-    /// or merges nested containers: left to it).
-    func write(_ value: Value, into out: inout [UInt8], depth: Int) -> Bool {
+    /// Writes `value` to ``out``; false when an object has a key twice (`JSONEncoder` keeps the
+    /// last value or merges nested containers: left to it).
+    func write(_ value: Value, depth: Int) -> Bool {
         switch value {
         case .scalar(let start, let end):
-            out.append(contentsOf: scratch[start..<end])
+            scratch.withUnsafeBufferPointer { out.append(contentsOf: UnsafeBufferPointer(rebasing: $0[start..<end])) }
         case .emptyObject:
             out.append(UInt8(ascii: "{"))
             out.append(UInt8(ascii: "}"))
@@ -210,37 +280,62 @@ final class SortedJSONBuilder {
             let values = containers[c].values
             for (i, element) in values.enumerated() {
                 if i > 0 { out.append(UInt8(ascii: ",")) }
-                guard write(element, into: &out, depth: depth + 1) else { return false }
+                guard write(element, depth: depth + 1) else { return false }
             }
             out.append(UInt8(ascii: "]"))
         case .object(let c):
             guard depth < Self.maximumDepth else { return false }
             let keys = containers[c].keys
             let values = containers[c].values
-            var order = Array(keys.indices)
-            var sorted = true
-            for i in keys.indices.dropFirst() where !Self.precedes(keys[i - 1], keys[i]) {
-                sorted = false
-                break
-            }
-            if !sorted {
-                order.sort { Self.precedes(keys[$0], keys[$1]) }
-                for i in order.indices.dropFirst() where !Self.precedes(keys[order[i - 1]], keys[order[i]]) {
-                    return false  // a key written twice
-                }
-            }
+            guard let layout = layout(of: keys) else { return false }  // a key written twice
             out.append(UInt8(ascii: "{"))
-            for (n, i) in order.enumerated() {
+            for n in layout.order.indices {
                 if n > 0 { out.append(UInt8(ascii: ",")) }
-                out.append(UInt8(ascii: "\""))
-                Self.appendEscaped(keys[i], to: &out)
-                out.append(UInt8(ascii: "\""))
-                out.append(UInt8(ascii: ":"))
-                guard write(values[i], into: &out, depth: depth + 1) else { return false }
+                out.append(contentsOf: layout.keyBytes[n])
+                guard write(values[layout.order[n]], depth: depth + 1) else { return false }
             }
             out.append(UInt8(ascii: "}"))
         }
         return true
+    }
+
+    /// How an object with `keys` (in the order they were encoded) is written; nil when a key
+    /// appears twice. The same keys as a recent object reuse its layout.
+    func layout(of keys: [String]) -> ObjectLayout? {
+        // Byte for byte: `==` on `String` equates canonically equivalent keys, whose bytes differ.
+        for layout in layouts where layout.keys.count == keys.count {
+            if zip(layout.keys, keys).allSatisfy({ ExactString($0) == ExactString($1) }) { return layout }
+        }
+        // The key order, sorted by insertion (objects have few keys).
+        var order: [Int] = []
+        order.reserveCapacity(keys.count)
+        for i in keys.indices {
+            order.append(i)
+            var j = i
+            while j > 0, Self.precedes(keys[i], keys[order[j - 1]]) {
+                order[j] = order[j - 1]
+                j -= 1
+            }
+            order[j] = i
+        }
+        for n in order.indices.dropFirst() where !Self.precedes(keys[order[n - 1]], keys[order[n]]) {
+            return nil
+        }
+        let keyBytes = order.map { i in
+            var bytes: [UInt8] = [UInt8(ascii: "\"")]
+            Self.appendEscaped(keys[i], to: &bytes)
+            bytes.append(UInt8(ascii: "\""))
+            bytes.append(UInt8(ascii: ":"))
+            return bytes
+        }
+        let layout = ObjectLayout(keys: keys, order: order, keyBytes: keyBytes)
+        if layouts.count < Self.maximumLayouts {
+            layouts.append(layout)
+        } else {
+            layouts[nextLayout] = layout
+            nextLayout = (nextLayout + 1) % Self.maximumLayouts
+        }
+        return layout
     }
 
     /// `JSONEncoder`'s key order: by UTF-8 bytes.

@@ -21,6 +21,37 @@ struct InMemoryConformanceTests {
         }
     }
 
+    @Test("an event id already stored is rejected, whatever order the ids arrived in")
+    func eventIDsInAnyOrder() async throws {
+        let store = InMemoryEventStore()
+        let ids = (0..<40).map { _ in UUIDv7.next() }
+        // Ascending, descending, then interleaved: the index keeps ascending ids apart from the others.
+        let order = Array(ids[0..<10]) + ids[10..<20].reversed() + (20..<40).map { ids[$0 % 2 == 0 ? $0 : 59 - $0] }
+        for (n, id) in order.enumerated() {
+            _ = try await store.append(
+                [EventData(id: id, type: "T", data: Data("{}".utf8))], to: "s-\(n)", expected: .noStream, commandID: nil)
+        }
+        for (n, id) in ids.enumerated() {
+            await #expect(throws: EventStoreError.invalidInput("event id \(id) is already stored")) {
+                try await store.append(
+                    [EventData(type: "T", data: Data("{}".utf8)), EventData(id: id, type: "T", data: Data("{}".utf8))],
+                    to: "again-\(n)", expected: .any, commandID: nil)
+            }
+            await #expect(throws: EventStoreError.invalidInput("event id \(id) is already stored")) {
+                try await store.append(
+                    [EventData(id: id, type: "T", data: Data("{}".utf8))], to: "again-\(n)", expected: .any,
+                    commandID: nil)
+            }
+        }
+        // Rejected appends wrote nothing; an id below every stored one, and one above, are still new.
+        #expect(try await store.headPosition().position == 40)
+        let below = UUID(uuid: (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1))
+        _ = try await store.append(
+            [EventData(id: below, type: "T", data: Data("{}".utf8)), EventData(type: "T", data: Data("{}".utf8))],
+            to: "later", expected: .noStream, commandID: nil)
+        #expect(try await store.headPosition().position == 42)
+    }
+
     @Test("check names are unique")
     func uniqueNames() {
         let names = StoreConformance.checks.map(\.name)

@@ -228,6 +228,21 @@ struct SortedJSONTests {
         try expectSameBytes(.keys(JSONKeys(values: Dictionary(uniqueKeysWithValues: keys.map { ($0, $0) }))))
     }
 
+    @Test("objects with the same keys, canonically equivalent keys and many key sets in a row")
+    func keyLayouts() throws {
+        // The writer keeps the key order of recent objects: keys equal as `String` but not byte
+        // for byte, and key sets seen long ago, must still come out as `JSONEncoder` writes them.
+        for keys in [["é", "b"], ["e\u{301}", "b"], ["é", "b"], ["Å", "B"], ["A\u{30A}", "B"], ["Å", "B"]] {
+            try expectSameBytes(.keys(JSONKeys(values: Dictionary(uniqueKeysWithValues: keys.map { ($0, $0) }))))
+        }
+        for round in 0..<3 {
+            for n in 0..<40 {
+                let keys = (0...(n % 5)).map { "k\($0 * 7 % 5)-\(n)" } + ["shared", "é\(round)"]
+                try expectSameBytes(.keys(JSONKeys(values: Dictionary(uniqueKeysWithValues: keys.map { ($0, $0) }))))
+            }
+        }
+    }
+
     @Test("shapes left to JSONEncoder come out the same")
     func fallbacks() throws {
         for variant in 0..<3 { try expectSameBytes(.odd(JSONOdd(variant: variant)), fast: false) }
