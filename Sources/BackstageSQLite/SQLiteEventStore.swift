@@ -417,10 +417,33 @@ public final class SQLiteEventStore: EventStore {
         return try finish(item, since: start)
     }
 
+    /// Writes `appends` as one group-commit transaction, as the write queue does for appends
+    /// that wait at the same moment, and returns each append's outcome, in order, and whether
+    /// the group's multi-row inserts failed and it ran again one append at a time. For tests,
+    /// which cannot make concurrent appends meet in one group deterministically.
+    package func appendAsOneGroup(
+        _ appends: [(events: [EventData], stream: String, expected: ExpectedVersion, commandID: UUID?)]
+    ) async throws -> (outcomes: [Result<AppendResult, any Error>], redone: Bool) {
+        guard readiness.isReady else { throw SQLiteStoreError.closed }
+        for append in appends { try limits.validate(append: append.events, to: append.stream) }
+        let batch = appends.map {
+            PendingAppend(events: $0.events, stream: $0.stream, expected: $0.expected, commandID: $0.commandID)
+        }
+        let redone = try await translatingErrors {
+            try await database.writeWithoutTransaction { db in try Self.transaction(batch, in: db) }
+        }
+        let outcomes = batch.map {
+            ($0.outcome ?? .failure(SQLiteStoreError.unexpectedResult("an append was not written")))
+                .mapError { SQLiteStoreError.translate($0) }
+        }
+        if outcomes.contains(where: { (try? $0.get())?.isDuplicate == false }) { notifier.notify() }
+        return (outcomes, redone)
+    }
+
     /// GRDB's synchronous writer access (this function is not `async`, so the synchronous
     /// overload is the one called).
     private func writeOnThisThread(_ batch: [PendingAppend]) throws {
-        try database.writeWithoutTransaction { db in try Self.transaction(batch, in: db) }
+        _ = try database.writeWithoutTransaction { db in try Self.transaction(batch, in: db) }
     }
 
     private func finish(_ item: PendingAppend, since start: ContinuousClock.Instant) throws -> AppendResult {
@@ -436,12 +459,31 @@ public final class SQLiteEventStore: EventStore {
     /// Writes a group in one transaction, each append checked on its own, so one conflict
     /// rejects only its own append.
     ///
-    /// A rejected append usually wrote nothing (a version or idempotency conflict is found
+    /// A group is first written with few statements (``writeGroup(_:in:)``: each append's
+    /// checks, then multi-row inserts); when one of those inserts fails (a new stream that has
+    /// events, an event id already stored), the transaction rolls back and the group runs again
+    /// one append at a time, which finds the append at fault.
+    ///
+    /// One at a time, a rejected append usually wrote nothing (a version or idempotency conflict is found
     /// before its first insert), so a group runs without savepoints; in the rare case an append
     /// fails after inserting some of its events (a duplicate event id), the transaction rolls
     /// back and the group runs again with a savepoint per append.
-    private static func transaction(_ batch: [PendingAppend], in db: Database) throws {
+    ///
+    /// - Returns: whether the group's multi-row inserts failed and it ran one append at a time.
+    @discardableResult
+    private static func transaction(_ batch: [PendingAppend], in db: Database) throws -> Bool {
         if batch.count > 1 {
+            do {
+                try immediateTransaction(db) {
+                    let outcomes = try writeGroup(batch, in: db)
+                    for (item, outcome) in zip(batch, outcomes) { item.outcome = outcome }
+                    return .commit
+                }
+                return false
+            } catch is RedoSerially {
+                // Rolled back: an insert failed; the appends run one by one below, each told
+                // its own outcome.
+            }
             do {
                 try immediateTransaction(db) {
                     for item in batch {
@@ -451,7 +493,7 @@ public final class SQLiteEventStore: EventStore {
                     }
                     return .commit
                 }
-                return
+                return true
             } catch is RedoWithSavepoints {
                 // Rolled back: nothing of the group is stored; written again below.
             }
@@ -467,6 +509,7 @@ public final class SQLiteEventStore: EventStore {
             }
             return .commit
         }
+        return batch.count > 1
     }
 
     /// Runs `body` in a `BEGIN IMMEDIATE` transaction, like GRDB's `inTransaction(.immediate)`,
@@ -513,6 +556,9 @@ public final class SQLiteEventStore: EventStore {
     }
 
     private struct RedoWithSavepoints: Error {}
+
+    /// A multi-row insert of a group failed: the group runs again one append at a time.
+    private struct RedoSerially: Error {}
 
     /// Hands each waiting caller of `batch` its outcome, and the writer's turn to the first
     /// caller still queued, if any.
@@ -583,6 +629,27 @@ public final class SQLiteEventStore: EventStore {
     }
 
     private static func insert(_ item: PendingAppend, in db: Database) throws -> AppendResult {
+        switch try check(item, in: db) {
+        case .duplicate(let result):
+            return result
+        case .accepted(let actual):
+            return try insertEvents(
+                item, from: actual, category: streamCategory(item.stream), now: Date().timeIntervalSince1970, in: db)
+        }
+    }
+
+    /// What an append's checks decided before anything of it is written.
+    private enum Checked {
+        /// Its command id is stored with the same events: the earlier append's result.
+        case duplicate(AppendResult)
+        /// To be written after version `actual` (for a new stream, 0 unread: its first insert is the check).
+        case accepted(actual: Int64)
+    }
+
+    /// The checks of one append in the write transaction: its command id (an idempotency
+    /// conflict throws), then its expected version (a conflict throws); a new stream's version
+    /// is not read (see ``Checked/accepted(actual:)``).
+    private static func check(_ item: PendingAppend, in db: Database) throws -> Checked {
         if let commandID = item.commandID {
             let lookup = SQLiteBinder(
                 try db.cachedStatement(
@@ -596,26 +663,208 @@ public final class SQLiteEventStore: EventStore {
                 guard row[5] as String == item.fingerprint else {
                     throw EventStoreError.idempotencyConflict(commandID: commandID, stream: stream)
                 }
-                return AppendResult(
-                    stream: stream, firstVersion: row[1], lastVersion: row[2], firstPosition: row[3],
-                    lastPosition: row[4], isDuplicate: true)
+                return .duplicate(
+                    AppendResult(
+                        stream: stream, firstVersion: row[1], lastVersion: row[2], firstPosition: row[3],
+                        lastPosition: row[4], isDuplicate: true))
             }
         }
-        let category = streamCategory(item.stream)
-        let now = Date().timeIntervalSince1970
-        let actual: Int64
         switch item.expected {
         case .noStream, .exact(0):
             // A new stream: no read first. Its first event takes version 1, which the
             // (stream, version) key refuses when the stream has events; then it is a conflict.
-            actual = 0
+            return .accepted(actual: 0)
         default:
-            actual = try streamVersion(item.stream, in: db)
+            let actual = try streamVersion(item.stream, in: db)
             guard item.expected.accepts(actual) else {
                 throw EventStoreError.wrongExpectedVersion(stream: item.stream, expected: item.expected, actual: actual)
             }
+            return .accepted(actual: actual)
         }
-        return try insertEvents(item, from: actual, category: category, now: now, in: db)
+    }
+
+    /// An append of a group that passed its checks, its rows not inserted yet.
+    private struct AcceptedAppend {
+        /// Its place in the group.
+        let index: Int
+        let item: PendingAppend
+        /// The stream's version its events follow.
+        let actual: Int64
+    }
+
+    /// Most rows one multi-row INSERT of a group carries (12 parameters per event row: 768,
+    /// under SQLite's historical limit of 999 parameters per statement).
+    static let rowsPerInsert = 64
+
+    /// `INSERT OR ROLLBACK INTO backstage_events ... VALUES (...), (...)` with `n` rows, for n
+    /// in 1...64. `OR ROLLBACK`: a failed row ends the transaction, which the group then writes
+    /// again one append at a time anyway; so SQLite need not keep a statement journal to undo
+    /// the statement alone (with the default `ABORT`, that journal costs more than the
+    /// multi-row statement saves).
+    private static let eventInsertSQL: [String] = (0...rowsPerInsert).map { n in
+        """
+        INSERT OR ROLLBACK INTO backstage_events (stream, category, version, id, type, schema_version, data,
+            command_id, causation_id, correlation_id, fields, recorded_at) VALUES
+        """
+            + Array(repeating: "(?,?,?,?,?,?,?,?,?,?,?,?)", count: n).joined(separator: ",")
+    }
+
+    /// `INSERT OR ROLLBACK INTO backstage_commands ... VALUES (...), (...)` with `n` rows, for n
+    /// in 1...64 (`OR ROLLBACK` as for events).
+    private static let commandInsertSQL: [String] = (0...rowsPerInsert).map { n in
+        """
+        INSERT OR ROLLBACK INTO backstage_commands (command_id, stream, first_version, last_version,
+            first_position, last_position, fingerprint) VALUES
+        """
+            + Array(repeating: "(?,?,?,?,?,?,?)", count: n).joined(separator: ",")
+    }
+
+    /// Writes a group (more than one append) in the open transaction with few statements:
+    /// each append's checks (command id, expected version; ``check(_:in:)``) as one at a
+    /// time, then the events of the accepted appends with multi-row INSERTs of up to
+    /// ``rowsPerInsert`` rows, and their command rows likewise.
+    ///
+    /// Appends are taken in runs of distinct streams and command ids, so that no check depends
+    /// on a row of its own run that is not inserted yet: an append whose stream or command id
+    /// is already in the run inserts the run first. A check that fails rejects its own append
+    /// only. An insert that fails (a new stream that has events, an event id already stored,
+    /// an I/O error) throws ``RedoSerially``: the caller rolls the transaction back and writes
+    /// the group one append at a time (a failed row has already rolled the transaction back:
+    /// the statements are `INSERT OR ROLLBACK`).
+    ///
+    /// - Returns: the outcome of every append of `batch`, in order.
+    private static func writeGroup(_ batch: [PendingAppend], in db: Database) throws -> [Result<
+        AppendResult, any Error
+    >] {
+        var outcomes = [Result<AppendResult, any Error>?](repeating: nil, count: batch.count)
+        var run: [AcceptedAppend] = []
+        run.reserveCapacity(batch.count)
+        var streams = Set<String>()
+        var commands = Set<UUID>()
+        let now = Date().timeIntervalSince1970
+        for (index, item) in batch.enumerated() {
+            if streams.contains(item.stream) || item.commandID.map({ commands.contains($0) }) == true {
+                try insertRun(run, now: now, into: &outcomes, in: db)
+                run.removeAll(keepingCapacity: true)
+                streams.removeAll(keepingCapacity: true)
+                commands.removeAll(keepingCapacity: true)
+            }
+            do {
+                switch try check(item, in: db) {
+                case .duplicate(let result):
+                    outcomes[index] = .success(result)
+                case .accepted(let actual):
+                    run.append(AcceptedAppend(index: index, item: item, actual: actual))
+                    streams.insert(item.stream)
+                    if let commandID = item.commandID { commands.insert(commandID) }
+                }
+            } catch {
+                outcomes[index] = .failure(error)
+            }
+        }
+        try insertRun(run, now: now, into: &outcomes, in: db)
+        return outcomes.map { $0 ?? .failure(SQLiteStoreError.unexpectedResult("an append was not written")) }
+    }
+
+    /// Inserts the events of `run` with multi-row INSERTs, then the command rows of those that
+    /// carry a command id, and sets their outcomes. Throws ``RedoSerially`` when a statement fails.
+    private static func insertRun(
+        _ run: [AcceptedAppend], now: TimeInterval, into outcomes: inout [Result<AppendResult, any Error>?],
+        in db: Database
+    ) throws {
+        guard !run.isEmpty else { return }
+        var remaining = run.reduce(0) { $0 + $1.item.events.count }
+        var firstPositions = [Int64](repeating: 0, count: run.count)
+        var lastPositions = [Int64](repeating: 0, count: run.count)
+        // The next row to insert: event `e` of append `a` of the run.
+        var a = 0
+        var e = 0
+        while remaining > 0 {
+            let rows = min(remaining, rowsPerInsert)
+            let (startA, startE) = (a, e)
+            do {
+                let binder = SQLiteBinder(try db.cachedStatement(sql: eventInsertSQL[rows]))
+                for row in 0..<rows {
+                    let accepted = run[a]
+                    let event = accepted.item.events[e]
+                    let base = Int32(row * 12)
+                    binder.bind(base + 1, accepted.item.stream)
+                    binder.bind(base + 2, streamCategory(accepted.item.stream))
+                    binder.bind(base + 3, accepted.actual + Int64(e) + 1)
+                    binder.bind(base + 4, event.id)
+                    binder.bind(base + 5, event.type)
+                    binder.bind(base + 6, Int64(event.schemaVersion))
+                    binder.bindStoredData(base + 7, event.data)
+                    binder.bind(base + 8, event.metadata.commandID)
+                    binder.bind(base + 9, event.metadata.causationID)
+                    binder.bind(base + 10, event.metadata.correlationID)
+                    binder.bind(base + 11, try encodedFields(event.metadata.fields))
+                    binder.bind(base + 12, now)
+                    e += 1
+                    if e == accepted.item.events.count { (a, e) = (a + 1, 0) }
+                }
+                try binder.statement.execute()
+            } catch {
+                throw RedoSerially()
+            }
+            // The rows of one INSERT take consecutive positions (one writer, AUTOINCREMENT),
+            // in the order of its VALUES.
+            var position = db.lastInsertedRowID - Int64(rows) + 1
+            var (pa, pe) = (startA, startE)
+            for _ in 0..<rows {
+                if pe == 0 { firstPositions[pa] = position }
+                pe += 1
+                if pe == run[pa].item.events.count {
+                    lastPositions[pa] = position
+                    (pa, pe) = (pa + 1, 0)
+                }
+                position += 1
+            }
+            remaining -= rows
+        }
+        let recordedAt = Date(timeIntervalSince1970: now)
+        var results: [AppendResult] = []
+        results.reserveCapacity(run.count)
+        for (i, accepted) in run.enumerated() {
+            results.append(
+                AppendResult(
+                    stream: accepted.item.stream, firstVersion: accepted.actual + 1,
+                    lastVersion: accepted.actual + Int64(accepted.item.events.count), firstPosition: firstPositions[i],
+                    lastPosition: lastPositions[i], recordedAt: recordedAt))
+        }
+        try insertCommandRows(run, results, in: db)
+        for (accepted, result) in zip(run, results) { outcomes[accepted.index] = .success(result) }
+    }
+
+    /// The command rows of the appends of `run` that carry a command id, with multi-row INSERTs.
+    /// Throws ``RedoSerially`` when a statement fails.
+    private static func insertCommandRows(_ run: [AcceptedAppend], _ results: [AppendResult], in db: Database) throws {
+        var pending = run.indices.filter { run[$0].item.commandID != nil }[...]
+        while !pending.isEmpty {
+            let chunk = pending.prefix(rowsPerInsert)
+            pending = pending.dropFirst(chunk.count)
+            do {
+                let binder = SQLiteBinder(try db.cachedStatement(sql: commandInsertSQL[chunk.count]))
+                for (row, i) in chunk.enumerated() {
+                    let base = Int32(row * 7)
+                    binder.bind(base + 1, run[i].item.commandID)
+                    binder.bind(base + 2, run[i].item.stream)
+                    binder.bind(base + 3, results[i].firstVersion)
+                    binder.bind(base + 4, results[i].lastVersion)
+                    binder.bind(base + 5, results[i].firstPosition)
+                    binder.bind(base + 6, results[i].lastPosition)
+                    binder.bind(base + 7, run[i].item.fingerprint)
+                }
+                try binder.statement.execute()
+            } catch {
+                throw RedoSerially()
+            }
+        }
+    }
+
+    /// The stored form of metadata fields: nil when there are none, else JSON with sorted keys.
+    private static func encodedFields(_ fields: [String: String]) throws -> String? {
+        fields.isEmpty ? nil : String(decoding: try fieldsEncoder.encode(fields), as: UTF8.self)
     }
 
     /// The version of `stream` in the write transaction.
