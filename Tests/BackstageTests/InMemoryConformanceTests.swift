@@ -26,7 +26,7 @@ struct InMemoryConformanceTests {
         let store = InMemoryEventStore()
         let ids = (0..<40).map { _ in UUIDv7.next() }
         // Ascending, descending, then interleaved: the index keeps ascending ids apart from the others.
-        let order = Array(ids[0..<10]) + ids[10..<20].reversed() + (20..<40).map { ids[$0 % 2 == 0 ? $0 : 59 - $0] }
+        let order = Array(ids[0..<10]) + ids[10..<20].reversed() + (0..<20).map { ids[20 + ($0 % 2 == 0 ? $0 / 2 : 19 - $0 / 2)] }
         for (n, id) in order.enumerated() {
             _ = try await store.append(
                 [EventData(id: id, type: "T", data: Data("{}".utf8))], to: "s-\(n)", expected: .noStream, commandID: nil)
