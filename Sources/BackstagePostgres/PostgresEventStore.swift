@@ -1080,7 +1080,14 @@ public final class PostgresEventStore: EventStore {
     /// Runs `body` on a pooled connection, ready or not, translating driver errors.
     func withPooledConnection<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
         do {
-            return try await client.withConnection { conn in try await body(conn) }
+            return try await client.withConnection { conn in
+                // A query on a closed connection never completes in postgres-nio 1.33 (see
+                // ClosedConnectionQueryTests): the pool may hand out one the server just ended.
+                guard !conn.isClosed else {
+                    throw PostgresStoreError.database(sqlState: "08006", message: "the pooled connection is closed")
+                }
+                return try await body(conn)
+            }
         } catch {
             throw Self.storeError(error)
         }

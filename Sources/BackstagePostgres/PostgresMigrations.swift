@@ -443,11 +443,26 @@ enum PostgresTransaction {
         isolation: isolated (any Actor)? = #isolation,
         _ body: (PostgresConnection) async throws -> sending T
     ) async throws -> T {
+        // postgres-nio's withTransaction, except that no ROLLBACK or COMMIT is sent on a connection
+        // already closed: a query written to a closed channel never completes in postgres-nio 1.33
+        // (its promise is dropped with the write; ClosedConnectionQueryTests), and the caller would
+        // wait for ever. Seen after a process was paused past idle_in_transaction_session_timeout:
+        // the server ended the session, the transaction's query failed, and the ROLLBACK hung
+        // (shareKillPauseJoin's resumed process).
+        _ = try await connection.query("BEGIN;", logger: logger)
+        let value: T
         do {
-            return try await connection.withTransaction(logger: logger, isolation: isolation, body)
-        } catch let error as PostgresTransactionError {
-            throw error.closureError ?? error.beginError ?? error.commitError ?? error
+            value = try await body(connection)
+        } catch {
+            if !connection.isClosed { _ = try? await connection.query("ROLLBACK;", logger: logger) }
+            throw error
         }
+        guard !connection.isClosed else {
+            // The server rolled it back when the session ended.
+            throw PostgresStoreError.database(sqlState: "08006", message: "the connection closed before COMMIT")
+        }
+        _ = try await connection.query("COMMIT;", logger: logger)
+        return value
     }
 
     /// Runs `body` in a transaction that commits when it returns `commit: true` and rolls back
