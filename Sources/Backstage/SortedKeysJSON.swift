@@ -1,11 +1,11 @@
 import Foundation
 
 #if canImport(Darwin)
-import Darwin
+    import Darwin
 #elseif canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #endif
 
 /// Writes a value's JSON exactly as Foundation's `JSONEncoder` with `.sortedKeys` and its default
@@ -45,11 +45,11 @@ package enum SortedKeysJSON {
 private let spareBuilderKey: pthread_key_t = {
     var key = pthread_key_t()
     #if canImport(Darwin)
-    pthread_key_create(&key) { Unmanaged<SortedJSONBuilder>.fromOpaque($0).release() }
+        pthread_key_create(&key) { Unmanaged<SortedJSONBuilder>.fromOpaque($0).release() }
     #else
-    pthread_key_create(&key) { raw in
-        if let raw { Unmanaged<SortedJSONBuilder>.fromOpaque(raw).release() }
-    }
+        pthread_key_create(&key) { raw in
+            if let raw { Unmanaged<SortedJSONBuilder>.fromOpaque(raw).release() }
+        }
     #endif
     return key
 }()

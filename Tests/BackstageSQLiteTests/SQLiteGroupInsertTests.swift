@@ -78,7 +78,8 @@ struct SQLiteGroupInsertTests {
         #expect(redone)
         for (i, outcome) in outcomes.enumerated() {
             if i == 7 {
-                #expect(throws: EventStoreError.wrongExpectedVersion(stream: "taken-1", expected: .noStream, actual: 2)) {
+                #expect(throws: EventStoreError.wrongExpectedVersion(stream: "taken-1", expected: .noStream, actual: 2))
+                {
                     try outcome.get()
                 }
             } else {

@@ -26,10 +26,13 @@ struct InMemoryConformanceTests {
         let store = InMemoryEventStore()
         let ids = (0..<40).map { _ in UUIDv7.next() }
         // Ascending, descending, then interleaved: the index keeps ascending ids apart from the others.
-        let order = Array(ids[0..<10]) + ids[10..<20].reversed() + (0..<20).map { ids[20 + ($0 % 2 == 0 ? $0 / 2 : 19 - $0 / 2)] }
+        let order =
+            Array(ids[0..<10]) + ids[10..<20].reversed()
+            + (0..<20).map { ids[20 + ($0 % 2 == 0 ? $0 / 2 : 19 - $0 / 2)] }
         for (n, id) in order.enumerated() {
             _ = try await store.append(
-                [EventData(id: id, type: "T", data: Data("{}".utf8))], to: "s-\(n)", expected: .noStream, commandID: nil)
+                [EventData(id: id, type: "T", data: Data("{}".utf8))], to: "s-\(n)", expected: .noStream, commandID: nil
+            )
         }
         for (n, id) in ids.enumerated() {
             await #expect(throws: EventStoreError.invalidInput("event id \(id) is already stored")) {
