@@ -239,11 +239,7 @@ extension PostgresTests {
         func orphanedPartitionTakenOver() async throws {
             try await withFreshStore { store in
                 try await withPeer(of: store) { peer in
-                    var fast = PostgresLeadership.Configuration()
-                    fast.heartbeatInterval = .milliseconds(100)
-                    fast.partitionLease = .milliseconds(600)
-                    let a = PostgresLeadership(store: store, configuration: fast)
-                    let b = PostgresLeadership(store: peer, configuration: fast)
+                    let (a, b) = fastElections(store, peer)
                     try await withThrowingTaskGroup(of: Void.self) { group in
                         group.addTask { try await b.run() }
                         // B alone: its share is both partitions.
@@ -282,11 +278,7 @@ extension PostgresTests {
         func fencedAfterTakeover() async throws {
             try await withFreshStore { store in
                 try await withPeer(of: store) { peer in
-                    var fast = PostgresLeadership.Configuration()
-                    fast.heartbeatInterval = .milliseconds(100)
-                    fast.partitionLease = .milliseconds(600)
-                    let a = PostgresLeadership(store: store, configuration: fast)
-                    let b = PostgresLeadership(store: peer, configuration: fast)
+                    let (a, b) = fastElections(store, peer)
                     let runA = Task { try await a.run() }
                     let tokenA = try await a.acquire(partition: 0, of: 2, subscription: "fenced")
                     let id = partitionSubscription("fenced", partition: 0, of: 2)
@@ -314,4 +306,15 @@ extension PostgresTests {
             }
         }
     }
+}
+
+/// Elections on `store` and `peer` (two processes' views) with short partition leases (600 ms,
+/// a heartbeat every 100 ms), for tests of takeovers.
+private func fastElections(_ store: PostgresEventStore, _ peer: PostgresEventStore) -> (
+    PostgresLeadership, PostgresLeadership
+) {
+    var fast = PostgresLeadership.Configuration()
+    fast.heartbeatInterval = .milliseconds(100)
+    fast.partitionLease = .milliseconds(600)
+    return (PostgresLeadership(store: store, configuration: fast), PostgresLeadership(store: peer, configuration: fast))
 }
