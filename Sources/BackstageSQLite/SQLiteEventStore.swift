@@ -690,6 +690,8 @@ public final class SQLiteEventStore: EventStore {
         let item: PendingAppend
         /// The stream's version its events follow.
         let actual: Int64
+        /// The stream's category (computed once per append).
+        let category: String
     }
 
     /// Most rows one multi-row INSERT of a group carries (12 parameters per event row: 768,
@@ -754,7 +756,9 @@ public final class SQLiteEventStore: EventStore {
                 case .duplicate(let result):
                     outcomes[index] = .success(result)
                 case .accepted(let actual):
-                    run.append(AcceptedAppend(index: index, item: item, actual: actual))
+                    run.append(
+                        AcceptedAppend(
+                            index: index, item: item, actual: actual, category: streamCategory(item.stream)))
                     streams.insert(item.stream)
                     if let commandID = item.commandID { commands.insert(commandID) }
                 }
@@ -787,19 +791,9 @@ public final class SQLiteEventStore: EventStore {
                 for row in 0..<rows {
                     let accepted = run[a]
                     let event = accepted.item.events[e]
-                    let base = Int32(row * 12)
-                    binder.bind(base + 1, accepted.item.stream)
-                    binder.bind(base + 2, streamCategory(accepted.item.stream))
-                    binder.bind(base + 3, accepted.actual + Int64(e) + 1)
-                    binder.bind(base + 4, event.id)
-                    binder.bind(base + 5, event.type)
-                    binder.bind(base + 6, Int64(event.schemaVersion))
-                    binder.bindStoredData(base + 7, event.data)
-                    binder.bind(base + 8, event.metadata.commandID)
-                    binder.bind(base + 9, event.metadata.causationID)
-                    binder.bind(base + 10, event.metadata.correlationID)
-                    binder.bind(base + 11, try encodedFields(event.metadata.fields))
-                    binder.bind(base + 12, now)
+                    try bindEventRow(
+                        binder, after: Int32(row * 12), stream: accepted.item.stream, category: accepted.category,
+                        version: accepted.actual + Int64(e) + 1, event, now: now)
                     e += 1
                     if e == accepted.item.events.count { (a, e) = (a + 1, 0) }
                 }
@@ -846,20 +840,49 @@ public final class SQLiteEventStore: EventStore {
             do {
                 let binder = SQLiteBinder(try db.cachedStatement(sql: commandInsertSQL[chunk.count]))
                 for (row, i) in chunk.enumerated() {
-                    let base = Int32(row * 7)
-                    binder.bind(base + 1, run[i].item.commandID)
-                    binder.bind(base + 2, run[i].item.stream)
-                    binder.bind(base + 3, results[i].firstVersion)
-                    binder.bind(base + 4, results[i].lastVersion)
-                    binder.bind(base + 5, results[i].firstPosition)
-                    binder.bind(base + 6, results[i].lastPosition)
-                    binder.bind(base + 7, run[i].item.fingerprint)
+                    bindCommandRow(binder, after: Int32(row * 7), run[i].item, results[i])
                 }
                 try binder.statement.execute()
             } catch {
                 throw RedoSerially()
             }
         }
+    }
+
+    /// Binds one `backstage_events` row, parameters `base + 1` to `base + 12`, in the column order
+    /// of the single-row and the multi-row inserts: stream, category, version, id, type,
+    /// schema_version, data, command_id, causation_id, correlation_id, fields, recorded_at.
+    private static func bindEventRow(
+        _ binder: SQLiteBinder, after base: Int32, stream: String, category: String, version: Int64,
+        _ event: EventData, now: TimeInterval
+    ) throws {
+        binder.bind(base + 1, stream)
+        binder.bind(base + 2, category)
+        binder.bind(base + 3, version)
+        binder.bind(base + 4, event.id)
+        binder.bind(base + 5, event.type)
+        binder.bind(base + 6, Int64(event.schemaVersion))
+        binder.bindStoredData(base + 7, event.data)
+        binder.bind(base + 8, event.metadata.commandID)
+        binder.bind(base + 9, event.metadata.causationID)
+        binder.bind(base + 10, event.metadata.correlationID)
+        binder.bind(base + 11, try encodedFields(event.metadata.fields))
+        binder.bind(base + 12, now)
+    }
+
+    /// Binds one `backstage_commands` row of `item` (stored as `result`), parameters `base + 1`
+    /// to `base + 7`: command_id, stream, first_version, last_version, first_position,
+    /// last_position, fingerprint.
+    private static func bindCommandRow(
+        _ binder: SQLiteBinder, after base: Int32, _ item: PendingAppend, _ result: AppendResult
+    ) {
+        binder.bind(base + 1, item.commandID)
+        binder.bind(base + 2, item.stream)
+        binder.bind(base + 3, result.firstVersion)
+        binder.bind(base + 4, result.lastVersion)
+        binder.bind(base + 5, result.firstPosition)
+        binder.bind(base + 6, result.lastPosition)
+        binder.bind(base + 7, item.fingerprint)
     }
 
     /// The stored form of metadata fields: nil when there are none, else JSON with sorted keys.
@@ -892,22 +915,9 @@ public final class SQLiteEventStore: EventStore {
         for event in item.events {
             version += 1
             do {
-                let fields: String? =
-                    event.metadata.fields.isEmpty
-                    ? nil : String(decoding: try fieldsEncoder.encode(event.metadata.fields), as: UTF8.self)
-                let binder = SQLiteBinder(insert)
-                binder.bind(1, item.stream)
-                binder.bind(2, category)
-                binder.bind(3, version)
-                binder.bind(4, event.id)
-                binder.bind(5, event.type)
-                binder.bind(6, Int64(event.schemaVersion))
-                binder.bindStoredData(7, event.data)
-                binder.bind(8, event.metadata.commandID)
-                binder.bind(9, event.metadata.causationID)
-                binder.bind(10, event.metadata.correlationID)
-                binder.bind(11, fields)
-                binder.bind(12, now)
+                try bindEventRow(
+                    SQLiteBinder(insert), after: 0, stream: item.stream, category: category, version: version, event,
+                    now: now)
                 try insert.execute()
             } catch let error as DatabaseError where error.resultCode == .SQLITE_CONSTRAINT {
                 if firstPosition == 0 {
@@ -933,7 +943,7 @@ public final class SQLiteEventStore: EventStore {
         let result = AppendResult(
             stream: item.stream, firstVersion: actual + 1, lastVersion: version, firstPosition: firstPosition,
             lastPosition: db.lastInsertedRowID, recordedAt: Date(timeIntervalSince1970: now))
-        if let commandID = item.commandID {
+        if item.commandID != nil {
             do {
                 let row = SQLiteBinder(
                     try db.cachedStatement(
@@ -941,13 +951,7 @@ public final class SQLiteEventStore: EventStore {
                             INSERT INTO backstage_commands (command_id, stream, first_version, last_version,
                                 first_position, last_position, fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?)
                             """))
-                row.bind(1, commandID)
-                row.bind(2, item.stream)
-                row.bind(3, result.firstVersion)
-                row.bind(4, result.lastVersion)
-                row.bind(5, result.firstPosition)
-                row.bind(6, result.lastPosition)
-                row.bind(7, item.fingerprint)
+                bindCommandRow(row, after: 0, item, result)
                 try row.statement.execute()
             } catch {
                 throw PartialAppend(error: error)
