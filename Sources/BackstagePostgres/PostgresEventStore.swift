@@ -135,13 +135,15 @@ public final class PostgresEventStore: EventStore {
     let queryLogger: Logger
     private let notifier = AppendNotifier()
     private let groups = Mutex(GroupQueue())
-    private let notifications = Mutex(NotificationQueue())
     /// The append function ``prepare()`` found in the schema (migration 7's, or migration 6's on a
     /// schema not migrated that far).
     private let appendFunctionName = Mutex(PostgresMigrations.legacyAppendFunctionName)
     private let metrics = PostgresStoreMetrics()
     /// The pool this store created and runs in ``run()``; nil when the caller runs the client.
     let ownedClient: PostgresClient?
+    /// Whether the group writers keep their connections between groups: on the store's own pool
+    /// when it has room for them, the listener and at least two readers.
+    let keepsConnections: Bool
     let listener: NotificationListener
     let readiness = ServiceReadiness(closedError: PostgresStoreError.closed)
     /// Reads of the global log known to have nothing more below a horizon (see ``readAll(after:limit:filter:)``).
@@ -181,6 +183,7 @@ public final class PostgresEventStore: EventStore {
         let schema = try PostgresSchemaName(configuration.schema)
         self.client = client
         self.ownedClient = owned ? client : nil
+        self.keepsConnections = owned && configuration.maximumConnections >= Self.maxGroupsInFlight + 3
         self.schema = schema
         self.limits = configuration.limits
         self.configuration = configuration
@@ -357,33 +360,45 @@ public final class PostgresEventStore: EventStore {
         return try outcome.get()
     }
 
-    /// One group writer, a child task of ``run()``: writes groups until the store stops. It
-    /// leases a connection when appends are queued and only then takes them (an append waiting
-    /// for a connection is still queued, so its caller may cancel it), then keeps the connection
-    /// while appends keep coming. On a graceful stop (``close()``, graceful shutdown) it first
-    /// writes what is queued; when ``run()`` is cancelled, the appends still queued fail with
+    /// One group writer, a child task of ``run()``: writes groups, and sends the notification
+    /// that follows commits, until the store stops. It leases a connection when there is work
+    /// and only then takes it (an append waiting for a connection is still queued, so its caller
+    /// may cancel it). On the store's own pool (``init(url:configuration:)``, with room for the
+    /// writers, the listener and readers) it keeps its connection between groups, so a lone
+    /// caller's append costs no pool lease; on a pool the caller passes in, whose size the store
+    /// cannot know, it gives the connection back when no work is left. On a graceful stop
+    /// (``close()``, graceful shutdown) it first writes what is queued and sends the notification
+    /// due; when ``run()`` is cancelled, the appends still queued fail with
     /// ``PostgresStoreError/closed``.
     func runGroupWriter() async {
-        while await waitForAppends() {
+        while await waitForWork() {
             do {
                 try await client.withConnection { conn in
-                    while let group = self.takeQueuedGroup() {
-                        await self.writeGroup(group, on: conn)
+                    // A connection that closed (also while kept idle) is given back and the pool
+                    // replaces it: a query on it could wait forever (postgres-nio 1.33).
+                    while true {
+                        while !conn.isClosed, let work = self.takeWork() {
+                            await self.perform(work, on: conn)
+                        }
+                        guard self.keepsConnections, !conn.isClosed, await self.waitForWork() else { break }
                     }
+                    if conn.isClosed { await Task.yield() }
                 }
             } catch {
                 // No connection (the pool stopped, the server is unreachable): the appends
                 // waiting now fail with the reason, nothing of them was sent.
                 var reported = Self.storeError(error)
                 if reported is CancellationError { reported = PostgresStoreError.closed }
-                if let group = takeQueuedGroup() {
-                    _ = deliver(group.map { _ in .failure(reported) }, to: group)
+                switch takeWork() {
+                case .group(let group)?: _ = deliver(group.map { _ in .failure(reported) }, to: group)
+                case .notification?: finishNotification()
+                case nil: break
                 }
             }
         }
     }
 
-    /// Stops the group writers: an idle one ends at once, a busy one after its group and the
+    /// Stops the group writers: an idle one ends at once, a busy one after its work and the
     /// queue (see ``runGroupWriter()``). Appends queued from now on fail with ``PostgresStoreError/closed``.
     func stopGroupWriters() {
         let idle = groups.withLock { q -> [CheckedContinuation<Void, Never>] in
@@ -394,9 +409,10 @@ public final class PostgresEventStore: EventStore {
         for writer in idle { writer.resume() }
     }
 
-    /// Waits until appends are queued (true), or the store stops (false: the appends still
-    /// queued then fail with ``PostgresStoreError/closed``).
-    private func waitForAppends() async -> Bool {
+    /// Waits until there is work (true): appends queued, or a notification to send that no other
+    /// writer is sending; or until the store stops (false: the appends still queued then fail
+    /// with ``PostgresStoreError/closed``).
+    private func waitForWork() async -> Bool {
         while true {
             enum Next {
                 case work
@@ -404,12 +420,12 @@ public final class PostgresEventStore: EventStore {
                 case wait
             }
             let next = groups.withLock { q -> Next in
-                if q.stopping && (q.pending.isEmpty || Task.isCancelled) {
+                if q.stopping && (!q.hasWork || Task.isCancelled) {
                     q.stopped = true
                     defer { q.pending.removeAll() }
                     return .stop(q.pending)
                 }
-                return q.pending.isEmpty ? .wait : .work
+                return q.hasWork ? .work : .wait
             }
             switch next {
             case .work:
@@ -421,7 +437,7 @@ public final class PostgresEventStore: EventStore {
                 // Woken by the next append queued, or by stopGroupWriters().
                 await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                     let resumeNow = groups.withLock { q -> Bool in
-                        if !q.pending.isEmpty || q.stopping { return true }
+                        if q.hasWork || q.stopping { return true }
                         q.idleWriters.append(continuation)
                         return false
                     }
@@ -431,9 +447,30 @@ public final class PostgresEventStore: EventStore {
         }
     }
 
-    /// The queued appends that fit in one group, taken out of the queue; nil when none is queued.
-    private func takeQueuedGroup() -> [PendingAppend]? {
-        groups.withLock { q in q.pending.isEmpty ? nil : Self.takeGroup(from: &q) }
+    /// A writer's next piece of work, taken out of the queue; nil when there is none. A
+    /// notification due goes first: it costs one short statement, and the appends queued
+    /// meanwhile are taken by another writer or join the next group.
+    private func takeWork() -> WriterWork? {
+        groups.withLock { q in
+            if q.notificationRequested && !q.notifying {
+                // Cleared before it is sent: a commit that requests from now on gets another one.
+                q.notificationRequested = false
+                q.notifying = true
+                q.notificationsSent += 1
+                return .notification
+            }
+            return q.pending.isEmpty ? nil : .group(Self.takeGroup(from: &q))
+        }
+    }
+
+    private func perform(_ work: WriterWork, on conn: PostgresConnection) async {
+        switch work {
+        case .group(let group):
+            await writeGroup(group, on: conn)
+        case .notification:
+            await sendNotification(on: conn)
+            finishNotification()
+        }
     }
 
     /// Takes the queued appends that fit in one group, oldest first: one append per stream and
@@ -465,10 +502,10 @@ public final class PostgresEventStore: EventStore {
     }
 
     /// Writes a group in one transaction on `conn` (one round trip: the append function in
-    /// autocommit), hands every member its outcome, then asks the notification sender for a
-    /// notification when it stored events. When the statement fails as a whole (a unique
-    /// violation from a concurrent process, a payload the server refuses), each append is written
-    /// alone, so an error only rejects the append that caused it.
+    /// autocommit), hands every member its outcome, then requests a notification when it stored
+    /// events. When the statement fails as a whole (a unique violation from a concurrent process,
+    /// a payload the server refuses), each append is written alone, so an error only rejects the
+    /// append that caused it.
     private func writeGroup(_ group: [PendingAppend], on conn: PostgresConnection) async {
         do {
             let outcomes = try await callAppendFunction(group, on: conn, forceBytes: false)
@@ -478,7 +515,7 @@ public final class PostgresEventStore: EventStore {
         } catch let error as PSQLError where error.sqlState != nil && group.count > 1 {
             var outcomes: [Result<AppendResult, any Error>] = []
             for item in group {
-                // Each append commits and notifies on its own.
+                // Each append commits and requests a notification on its own.
                 do {
                     outcomes.append(.success(try await writeAlone(item, hook: nil, on: conn)))
                 } catch {
@@ -510,80 +547,23 @@ public final class PostgresEventStore: EventStore {
 
     // MARK: Notifications
 
-    /// Asks the notification sender for a notification; called after a commit that stored events.
-    /// Requests made while a notification is being sent share the next one.
+    /// Requests a notification; called by a group writer after a commit that stored events. A
+    /// writer sends it (``takeWork()``), one at a time: requests made while one is being sent
+    /// share the next. Every commit that stored events is thus followed by a notification sent
+    /// after it: the request is made after the commit returned, and cleared before the
+    /// notification is sent; the writer that requests finds it in its loop. Best effort: a
+    /// notification that cannot be sent (no connection) is dropped; readers poll.
     private func requestNotification() {
-        let waiting = notifications.withLock { q -> CheckedContinuation<Void, Never>? in
-            q.requested = true
-            defer { q.waiter = nil }
-            return q.waiter
-        }
-        waiting?.resume()
+        groups.withLock { $0.notificationRequested = true }
     }
 
-    /// The notification sender, a child task of ``run()``: sends one notification for the requests
-    /// made since its last one, on a connection of its own (leased while requests keep coming),
-    /// until the store stops; a request made before the stop is still sent.
-    ///
-    /// Every commit that stored events is followed by a notification sent after it: the writer
-    /// requests after the commit returned, and the sender clears the request before it sends.
-    /// Best effort: a notification that cannot be sent (no connection) is dropped; readers poll.
-    func runNotificationSender() async {
-        while await waitForNotificationRequest() {
-            do {
-                try await client.withConnection { conn in
-                    while self.takeNotificationRequest() {
-                        await self.sendNotification(on: conn)
-                    }
-                }
-            } catch {
-                _ = takeNotificationRequest()
-                logger.debug("could not send the append notification", metadata: ["error": "\(error)"])
-            }
-        }
+    /// The notification a writer took is sent (or could not be).
+    private func finishNotification() {
+        groups.withLock { $0.notifying = false }
     }
 
-    /// Stops the notification sender once it has sent what was requested so far.
-    func stopNotificationSender() {
-        let waiting = notifications.withLock { q -> CheckedContinuation<Void, Never>? in
-            q.stopping = true
-            defer { q.waiter = nil }
-            return q.waiter
-        }
-        waiting?.resume()
-    }
-
-    /// Waits until a notification is requested (true) or the sender stops (false).
-    private func waitForNotificationRequest() async -> Bool {
-        while true {
-            let state = notifications.withLock { q -> Bool? in
-                if q.requested && !Task.isCancelled { return true }
-                if q.stopping || Task.isCancelled { return false }
-                return nil
-            }
-            if let state { return state }
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let resumeNow = notifications.withLock { q -> Bool in
-                    if q.requested || q.stopping { return true }
-                    q.waiter = continuation
-                    return false
-                }
-                if resumeNow { continuation.resume() }
-            }
-        }
-    }
-
-    /// Takes the pending request (true) or finds none (false).
-    private func takeNotificationRequest() -> Bool {
-        notifications.withLock { q in
-            defer { q.requested = false }
-            if q.requested { q.sent += 1 }
-            return q.requested
-        }
-    }
-
-    /// Notifications the sender has sent (or tried to) since the store was opened.
-    package var notificationsSent: Int { notifications.withLock { $0.sent } }
+    /// Notifications the writers have sent (or tried to) since the store was opened.
+    package var notificationsSent: Int { groups.withLock { $0.notificationsSent } }
 
     /// Sends one notification on `conn`, in a statement of its own after the commits it follows:
     /// `NOTIFY` inside the append transaction would take PostgreSQL's global notification lock at
@@ -636,7 +616,15 @@ public final class PostgresEventStore: EventStore {
                     outcomes = try await self.callAppendFunction([item], on: conn, forceBytes: forceBytes)
                 }
                 let result = try outcomes[0].get()
-                if !result.isDuplicate { self.requestNotification() }
+                if !result.isDuplicate {
+                    // A group writer sends it in its loop; an append with a hook, outside the writers, at once.
+                    if hook == nil {
+                        self.requestNotification()
+                    } else {
+                        self.groups.withLock { $0.notificationsSent += 1 }
+                        await self.sendNotification(on: conn)
+                    }
+                }
                 return result
             } catch let error as PSQLError where error.sqlState != nil {
                 if error.sqlState == "23505", error.constraintName == "commands_pkey", attempt < 3 {
@@ -1204,28 +1192,33 @@ final class PendingAppend: @unchecked Sendable {
     }
 }
 
-/// The group-commit queue: the appends waiting, and how many groups are being written.
+/// The group-commit queue: the appends waiting, the notification due, and the writers idle.
 struct GroupQueue {
     var pending: [PendingAppend] = []
-    /// Group writers waiting for an append.
+    /// Group writers waiting for work.
     var idleWriters: [CheckedContinuation<Void, Never>] = []
-    /// The store is stopping: writers end once the queue is empty.
+    /// A commit stored events since a writer last took the notification to send.
+    var notificationRequested = false
+    /// A writer is sending the notification.
+    var notifying = false
+    /// Notifications sent (or tried).
+    var notificationsSent = 0
+    /// The store is stopping: writers end once no work is left.
     var stopping = false
     /// The writers ended: nothing is queued any more.
     var stopped = false
     var statistics = PostgresEventStore.Statistics()
+
+    /// Appends are queued, or a notification is due that no writer is sending.
+    var hasWork: Bool { !pending.isEmpty || (notificationRequested && !notifying) }
 }
 
-/// Requests for the store's notification sender.
-struct NotificationQueue {
-    /// A commit stored events since the sender last took a request.
-    var requested = false
-    /// The store is stopping: the sender ends once nothing is requested.
-    var stopping = false
-    /// The sender, waiting for a request.
-    var waiter: CheckedContinuation<Void, Never>?
-    /// Notifications sent.
-    var sent = 0
+/// What a group writer does next.
+enum WriterWork {
+    /// Write these appends as one group.
+    case group([PendingAppend])
+    /// Send the notification due.
+    case notification
 }
 
 /// How far readers of a ``PostgresEventStore`` can see, and what holds them back.

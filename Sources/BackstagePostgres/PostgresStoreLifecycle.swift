@@ -78,24 +78,19 @@ extension PostgresEventStore: Service {
                 throw reported
             }
             // The group writers stop first (after the groups they are writing and, on a graceful
-            // stop, the queue), then the listener, which gives its connection back to a running
+            // stop, the queue and the notification that follows its commits), then the listener, which gives its connection back to a running
             // pool; only then is the pool stopped. Cancelling the listener and the pool at once
             // raced: when the pool shut down (closing the listener's connection) while the
             // listener was leasing, starting LISTEN or consuming notifications, postgres-nio
             // sometimes never resumed the listener, so run() and withStore waited forever after close().
-            // The notification sender stops after the writers, once it has notified their last commits.
             await withTaskGroup(of: Void.self) { listening in
                 listening.addTask { await self.listener.run() }
-                await withTaskGroup(of: Void.self) { notifying in
-                    notifying.addTask { await self.runNotificationSender() }
-                    await withTaskGroup(of: Void.self) { writing in
-                        for _ in 0..<Self.maxGroupsInFlight {
-                            writing.addTask { await self.runGroupWriter() }
-                        }
-                        await readiness.stopRequested.wait()
-                        stopGroupWriters()
+                await withTaskGroup(of: Void.self) { writing in
+                    for _ in 0..<Self.maxGroupsInFlight {
+                        writing.addTask { await self.runGroupWriter() }
                     }
-                    stopNotificationSender()
+                    await readiness.stopRequested.wait()
+                    stopGroupWriters()
                 }
                 listening.cancelAll()
             }
