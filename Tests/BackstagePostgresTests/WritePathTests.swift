@@ -151,6 +151,30 @@ extension PostgresTests {
             }
         }
 
+        // On its own pool the store's group writers keep their connections between groups. One
+        // the server closes while it is kept (a restart, an operator's pg_terminate_backend) is
+        // given back and replaced: postgres-nio never completes a query sent on a closed connection.
+        @Test(
+            "a group writer's kept connection that the server closed is replaced: the next appends succeed",
+            .timeLimit(.minutes(1)))
+        func keptConnectionReplaced() async throws {
+            try await withFreshStore { store in
+                for i in 0..<4 {
+                    _ = try await store.append([event()], to: "kept-\(i)", expected: .noStream, commandID: nil)
+                }
+                let kept = try await writerSessions(store)
+                #expect(!kept.isEmpty, "the writers gave their connections back")
+                for pid in kept { _ = try await store.client.query("SELECT pg_terminate_backend(\(pid))") }
+                #expect(try await eventually { try await writerSessions(store).allSatisfy { !kept.contains($0) } })
+                for i in 4..<12 {
+                    let result = try await store.append(
+                        [event()], to: "kept-\(i)", expected: .noStream, commandID: nil)
+                    #expect(result.firstVersion == 1)
+                }
+                #expect(try await store.readAll(after: .start, limit: 100, filter: .all).count == 12)
+            }
+        }
+
         @Test(
             "migration 3 turns bytea event data into jsonb: JSON reads back as the same value, the rest byte for byte")
         func migratesOldStore() async throws {
@@ -207,4 +231,19 @@ private func blockedOnLocks(_ store: PostgresEventStore) async throws -> Int {
         "SELECT count(*)::int FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
     for try await n in rows.decode(Int.self) { return n }
     return 0
+}
+
+/// The server sessions of `store`'s group writers: idle, their last statement the append
+/// function or the notification, on the store's schema.
+private func writerSessions(_ store: PostgresEventStore) async throws -> [Int32] {
+    let schema = store.schema.rawValue
+    let rows = try await store.client.query(
+        """
+        SELECT pid FROM pg_stat_activity
+        WHERE pid <> pg_backend_pid() AND state = 'idle'
+          AND (query LIKE '%' || \(schema) || '.append_batch%' OR query LIKE '%pg_notify%')
+        """)
+    var pids: [Int32] = []
+    for try await pid in rows.decode(Int32.self) { pids.append(pid) }
+    return pids
 }
