@@ -710,17 +710,17 @@ public final class PostgresEventStore: EventStore {
         binds.append(appenderLockClass)
         binds.append(streamLockClass)
         let function = appendFunction
-        let query = PostgresQuery(
-            unsafeSQL: """
-                SELECT append_index, status, actual_version, first_version, last_version, first_position,
-                       last_position, transaction_text, recorded_at, stored_stream
-                FROM \(s).\(function)($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
-                """, binds: binds)
-        let rows = try await conn.query(query, logger: queryLogger)
+        // Prepared once per connection: each call then only binds and executes.
+        let rows = try await conn.executePrepared(
+            """
+            SELECT append_index, status, actual_version, first_version, last_version, first_position,
+                   last_position, transaction_text, recorded_at, stored_stream
+            FROM \(s).\(function)($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+            """, binds: binds, logger: queryLogger)
         var outcomes = [Result<AppendResult, any Error>?](repeating: nil, count: group.count)
-        for try await (index, status, actual, first, last, firstPosition, lastPosition, transaction, recordedAt, stored)
-            in rows.decode((Int32, Int32, Int64, Int64?, Int64?, Int64?, Int64?, String?, Date?, String?).self)
-        {
+        for try await row in rows {
+            let (index, status, actual, first, last, firstPosition, lastPosition, transaction, recordedAt, stored) =
+                try row.decode((Int32, Int32, Int64, Int64?, Int64?, Int64?, Int64?, String?, Date?, String?).self)
             let i = Int(index) - 1
             guard group.indices.contains(i) else {
                 throw PostgresStoreError.unexpectedResult("the append function returned append \(index)")

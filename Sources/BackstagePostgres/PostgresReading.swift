@@ -89,10 +89,18 @@ extension PostgresConnection {
             return try await PreparedStoreStatement.$current.withValue((PreparedStoreStatement.name(for: sql), sql)) {
                 try await self.execute(PreparedStoreStatement(bindings: binds), logger: logger)
             }
-        } catch let error as PSQLError where error.sqlState != nil || error.code == .server {
+        } catch let error as PSQLError where error.code == .server && Self.mayHaveFailedPreparation(error) {
             PreparedStoreStatement.generation.add(1, ordering: .relaxed)
             throw error
         }
+    }
+
+    /// Whether `error` may come from preparing a statement (an object it names is missing, it is
+    /// not allowed): postgres-nio then keeps the failure for the connection's lifetime. Errors of
+    /// executing a prepared statement (a unique violation, a conflict) leave it prepared.
+    static func mayHaveFailedPreparation(_ error: PSQLError) -> Bool {
+        guard let state = error.sqlState else { return true }
+        return state.hasPrefix("42") || state.hasPrefix("3F") || state.hasPrefix("0A") || state.hasPrefix("26")
     }
 }
 
