@@ -7,7 +7,7 @@ import Testing
 @testable import BackstagePostgres
 
 extension PostgresTests {
-    @Suite("Append functions and the notification sender")
+    @Suite("Append functions and notifications")
     struct AppendFunctions {
         @Test("a migrated store calls migration 7's append function; a schema of migration 6 keeps append_group")
         func choosesTheFunction() async throws {
@@ -22,10 +22,61 @@ extension PostgresTests {
                 #expect(store.appendFunction == PostgresMigrations.legacyAppendFunctionName)
                 let first = try await store.append([event()], to: "old-1", expected: .noStream, commandID: nil)
                 #expect(first.firstVersion == 1)
-                #expect(try await store.migrate() == [7])
+                #expect(try await store.migrate() == [7, 8])
                 #expect(store.appendFunction == PostgresMigrations.appendFunctionName)
                 let second = try await store.append([event()], to: "old-1", expected: .exact(1), commandID: nil)
                 #expect(second.firstVersion == 2)
+            }
+        }
+
+        // The append functions' plans are made once per session, from the statistics of that
+        // moment: on new tables, PostgreSQL chose to read `streams` and `commands` whole at
+        // every call until autovacuum analysed them (migration 8 forbids sequential scans).
+        @Test(
+            "each append function finds streams and commands by index on a new store",
+            arguments: ["append_batch", "append_group"])
+        func appendsUseIndexes(function: String) async throws {
+            try await withFreshStore { store in
+                let s = store.schema.rawValue
+                let scans = try await store.client.withConnection { conn in
+                    // The session's counters not reported yet (this transaction's and earlier ones'), per table.
+                    func counters() async throws -> [String: [Int]] {
+                        let rows = try await conn.query(
+                            """
+                            SELECT relname, seq_scan::int, coalesce(idx_scan, 0)::int FROM pg_stat_xact_user_tables
+                            WHERE schemaname = \(s) AND relname IN ('streams', 'commands')
+                            """, logger: store.logger)
+                        var counters: [String: [Int]] = [:]
+                        for try await (table, sequential, index) in rows.decode((String, Int, Int).self) {
+                            counters[table] = [sequential, index]
+                        }
+                        return counters
+                    }
+                    try await conn.query("BEGIN", logger: store.logger)
+                    let before = try await counters()
+                    for i in 0..<20 {
+                        try await conn.query(
+                            PostgresQuery(
+                                unsafeSQL: """
+                                    SELECT * FROM \(s).\(function)(ARRAY['scan-\(i)'], ARRAY['scan'], ARRAY[0::bigint],
+                                        ARRAY[gen_random_uuid()], ARRAY['fp'], ARRAY[1], ARRAY[1], ARRAY[1],
+                                        ARRAY[gen_random_uuid()], ARRAY['E'], ARRAY[1], ARRAY['{}'::jsonb],
+                                        ARRAY[NULL::bytea], ARRAY[NULL::uuid], ARRAY[NULL::uuid], ARRAY[NULL::uuid],
+                                        ARRAY[NULL::jsonb], 'scan.appenders', 'scan.streams')
+                                    """), logger: store.logger)
+                    }
+                    let after = try await counters()
+                    try await conn.query("ROLLBACK", logger: store.logger)
+                    var delta: [String: [Int]] = [:]
+                    for (table, counts) in after {
+                        delta[table] = zip(counts, before[table] ?? [0, 0]).map { $0 - $1 }
+                    }
+                    return delta
+                }
+                #expect(scans["streams"]?[0] == 0, "sequential scans of streams: \(scans)")
+                #expect(scans["commands"]?[0] == 0, "sequential scans of commands: \(scans)")
+                // Each call looked its stream and its command up.
+                #expect((scans["streams"]?[1] ?? 0) >= 20 && (scans["commands"]?[1] ?? 0) >= 20, "\(scans)")
             }
         }
 
