@@ -267,6 +267,7 @@ extension BackstageBench {
         if parts.contains("w5") {
             try await w5Processes(url: url, schema: configuration.schema, sizes: sizes, report: report)
         }
+        if peer { comparePeer(report: report, store: "postgres") }
         await store.close()
         _ = try? await storeRun.value
         try await measureCeilings("after")

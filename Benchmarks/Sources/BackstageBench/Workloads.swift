@@ -56,6 +56,9 @@ struct Workloads {
     let readCeiling: String?
     /// True for the store where the issue sets absolute targets (SQLite).
     let absoluteTargets: Bool
+    /// The issue's target for W1 with one caller, as a share of the single-row ceiling: 0.8 on
+    /// SQLite, 0.6 on PostgreSQL (a round trip per command).
+    var loneCommandTarget: Double { absoluteTargets ? 0.8 : 0.6 }
     /// Measures a ceiling ("single" or "batch") again right before a workload, so each ratio
     /// compares two measurements minutes apart at most: the disk's sync time drifts with what
     /// other processes write.
@@ -77,7 +80,7 @@ struct Workloads {
         }
         report.figure(
             "W1 many aggregates, 1 caller", store: storeName, value: Double(n) / d1.seconds, unit: "commands/s",
-            ceiling: singleRowCeiling, target: singleRowCeiling == nil ? nil : .ratio(atLeast: 0.8),
+            ceiling: singleRowCeiling, target: singleRowCeiling == nil ? nil : .ratio(atLeast: loneCommandTarget),
             note: "\(n) aggregates, one command each, in sequence; \(d1.text)")
 
         let concurrent = try app()
@@ -125,7 +128,8 @@ struct Workloads {
             report.figure(
                 snapshots ? "W2 long stream, cache + snapshots/\(every)" : "W2 long stream, cache, no snapshots",
                 store: storeName, value: Double(n) / d.seconds, unit: "commands/s", ceiling: singleRowCeiling,
-                target: singleRowCeiling == nil ? nil : .ratio(atLeast: 0.8),
+                // The issue sets W2's 0.8 of the ceiling on SQLite only.
+                target: absoluteTargets ? .ratio(atLeast: 0.8) : nil,
                 note: "\(n) commands to one aggregate in sequence, stream version after: \(version); \(d.text)")
         }
     }
