@@ -209,9 +209,18 @@ extension BackstageBench {
         var w = Workloads(
             store: store, storeName: "postgres", sizes: sizes, report: report, singleRowCeiling: "raw 1-row tx",
             batchCeiling: "raw 1000-row tx", readCeiling: "raw read", absoluteTargets: false)
+        w.parallelCeiling = "raw 1-row tx, 4 connections"
         w.probe = { which, before in
             guard parts.contains("ceilings") else { return }
-            if which == "single" {
+            if which == "parallel" {
+                let value = try await ceiling.singleRowTransactions(count: sizes.probeSingleRows, connections: 4)
+                report.ceiling(
+                    "raw 1-row tx, 4 connections", store: "postgres", value: value, unit: "rows/s",
+                    label: "raw 1-row tx, 4 connections, before \(before)",
+                    note:
+                        "\(sizes.probeSingleRows) autocommit INSERTs over 4 connections, measured again for the next figure"
+                )
+            } else if which == "single" {
                 let value = try await ceiling.singleRowTransactions(count: sizes.probeSingleRows)
                 report.ceiling(
                     "raw 1-row tx", store: "postgres", value: value, unit: "rows/s",

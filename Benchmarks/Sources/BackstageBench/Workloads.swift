@@ -59,6 +59,9 @@ struct Workloads {
     /// The target for W1 with one caller, as a share of the single-row ceiling: 0.8 on
     /// SQLite, 0.6 on PostgreSQL (a round trip per command).
     var loneCommandTarget: Double { absoluteTargets ? 0.8 : 0.6 }
+    /// The ceiling W1 with concurrent callers is also compared with (PostgreSQL: single-row
+    /// transactions over 4 connections, the 3x), measured right before it.
+    var parallelCeiling: String? = nil
     /// Measures a ceiling ("single" or "batch") again right before a workload, so each ratio
     /// compares two measurements minutes apart at most: the disk's sync time drifts with what
     /// other processes write.
@@ -85,6 +88,7 @@ struct Workloads {
 
         let concurrent = try app()
         let callers = sizes.w1Callers
+        if parallelCeiling != nil { try await probe("parallel", "W1 \(callers) callers") }
         try await probe("single", "W1 \(callers) callers")
         let before = (store as? any StoreStatistics)?.writerStatistics
         let d2 = try await timed {
@@ -105,6 +109,12 @@ struct Workloads {
         report.figure(
             "W1 many aggregates, \(callers) callers", store: storeName, value: Double(n) / d2.seconds,
             unit: "commands/s", ceiling: singleRowCeiling, target: target, note: note)
+        if let parallelCeiling {
+            report.figure(
+                "W1 \(callers) callers vs 4 connections", store: storeName, value: Double(n) / d2.seconds,
+                unit: "commands/s", ceiling: parallelCeiling, target: .ratio(atLeast: 3),
+                note: "the W1 \(callers)-caller figure above against single-row transactions over 4 connections")
+        }
     }
 
     /// W2: one aggregate receives `w2Commands` commands in sequence, without and with snapshots.
