@@ -45,11 +45,14 @@ import _ConnectionPoolModule
 ///   nothing else in the database depends on it), and start it again. Ids are never rewritten.
 /// - **Group commit, one round trip**: appends that wait at the same moment in one process share
 ///   one transaction and one commit. The store's group writers (2, children of ``run()``, each
-///   writing on a connection of its own) take the queued appends: an idle writer takes an append
+///   writing on a connection of its own, which it keeps between groups on the store's own pool
+///   when that pool has room for them) take the queued appends: an idle writer takes an append
 ///   at once (a group of one never waits for company); while both are busy, appends queue and the
 ///   next free writer takes them all (one append per stream and per command id in a group).
 ///   A group is one autocommit call of the schema's `append_batch` function (migration 7, with a
-///   generic plan; a schema not yet migrated that far: `append_group` of migration 6): it
+///   generic plan and, since migration 8, index lookups whatever the statistics when it was
+///   planned; a schema not yet migrated that far: `append_group` of migration 6), a statement
+///   prepared on each connection: it
 ///   takes the appender lock, then the streams' locks in hash order (the same order in every
 ///   process, so two groups cannot deadlock), checks every append in one statement (stream
 ///   versions and stored command ids looked up together), and writes every accepted append with
@@ -58,11 +61,9 @@ import _ConnectionPoolModule
 ///   command id stored at the same moment by another process, an event id already stored), each
 ///   append of the group is written alone, so the error reaches only its cause.
 /// - **Notifications**: a transaction that appended is followed by a `NOTIFY` sent after its
-///   commit; one that did not (all its appends rejected or duplicates) by none. The store's
-///   notification sender (a child of ``run()``, on a connection of its own) sends them, so a
-///   group writer is free as soon as its transaction commits; transactions that commit while a
-///   notification is being sent share the next one (every commit that stored events is followed
-///   by a notification sent after it). Readers in the same process are woken at once, in
+///   commit, on the same connection; one that did not (all its appends rejected or duplicates)
+///   by none. The writer does not wait for it: it takes its next group at once, and its next
+///   statement runs after the notification. Readers in the same process are woken at once, in
 ///   memory. (A `NOTIFY` inside the append transaction would hold PostgreSQL's cluster-wide
 ///   notification lock through the commit's WAL flush and serialise every appending transaction
 ///   of the cluster.) ``appendNotifications()``
@@ -360,27 +361,26 @@ public final class PostgresEventStore: EventStore {
         return try outcome.get()
     }
 
-    /// One group writer, a child task of ``run()``: writes groups, and sends the notification
-    /// that follows commits, until the store stops. It leases a connection when there is work
-    /// and only then takes it (an append waiting for a connection is still queued, so its caller
-    /// may cancel it). On the store's own pool (``init(url:configuration:)``, with room for the
-    /// writers, the listener and readers) it keeps its connection between groups, so a lone
-    /// caller's append costs no pool lease; on a pool the caller passes in, whose size the store
-    /// cannot know, it gives the connection back when no work is left. On a graceful stop
-    /// (``close()``, graceful shutdown) it first writes what is queued and sends the notification
-    /// due; when ``run()`` is cancelled, the appends still queued fail with
-    /// ``PostgresStoreError/closed``.
+    /// One group writer, a child task of ``run()``: writes groups until the store stops. It
+    /// leases a connection when appends are queued and only then takes them (an append waiting
+    /// for a connection is still queued, so its caller may cancel it). On the store's own pool
+    /// (``init(url:configuration:)``, with room for the writers, the listener and readers) it
+    /// keeps its connection between groups, so a lone caller's append costs no pool lease; on a
+    /// pool the caller passes in, whose size the store cannot know, it gives the connection back
+    /// when the queue is empty. On a graceful stop
+    /// (``close()``, graceful shutdown) it first writes what is queued; when ``run()`` is
+    /// cancelled, the appends still queued fail with ``PostgresStoreError/closed``.
     func runGroupWriter() async {
-        while await waitForWork() {
+        while await waitForAppends() {
             do {
                 try await client.withConnection { conn in
                     // A connection that closed (also while kept idle) is given back and the pool
                     // replaces it: a query on it could wait forever (postgres-nio 1.33).
                     while true {
-                        while !conn.isClosed, let work = self.takeWork() {
-                            await self.perform(work, on: conn)
+                        while !conn.isClosed, let group = self.takeQueuedGroup() {
+                            await self.writeGroup(group, on: conn)
                         }
-                        guard self.keepsConnections, !conn.isClosed, await self.waitForWork() else { break }
+                        guard self.keepsConnections, !conn.isClosed, await self.waitForAppends() else { break }
                     }
                     if conn.isClosed { await Task.yield() }
                 }
@@ -389,16 +389,14 @@ public final class PostgresEventStore: EventStore {
                 // waiting now fail with the reason, nothing of them was sent.
                 var reported = Self.storeError(error)
                 if reported is CancellationError { reported = PostgresStoreError.closed }
-                switch takeWork() {
-                case .group(let group)?: _ = deliver(group.map { _ in .failure(reported) }, to: group)
-                case .notification?: finishNotification()
-                case nil: break
+                if let group = takeQueuedGroup() {
+                    _ = deliver(group.map { _ in .failure(reported) }, to: group)
                 }
             }
         }
     }
 
-    /// Stops the group writers: an idle one ends at once, a busy one after its work and the
+    /// Stops the group writers: an idle one ends at once, a busy one after its group and the
     /// queue (see ``runGroupWriter()``). Appends queued from now on fail with ``PostgresStoreError/closed``.
     func stopGroupWriters() {
         let idle = groups.withLock { q -> [CheckedContinuation<Void, Never>] in
@@ -409,10 +407,9 @@ public final class PostgresEventStore: EventStore {
         for writer in idle { writer.resume() }
     }
 
-    /// Waits until there is work (true): appends queued, or a notification to send that no other
-    /// writer is sending; or until the store stops (false: the appends still queued then fail
-    /// with ``PostgresStoreError/closed``).
-    private func waitForWork() async -> Bool {
+    /// Waits until appends are queued (true), or the store stops (false: the appends still
+    /// queued then fail with ``PostgresStoreError/closed``).
+    private func waitForAppends() async -> Bool {
         while true {
             enum Next {
                 case work
@@ -420,12 +417,12 @@ public final class PostgresEventStore: EventStore {
                 case wait
             }
             let next = groups.withLock { q -> Next in
-                if q.stopping && (!q.hasWork || Task.isCancelled) {
+                if q.stopping && (q.pending.isEmpty || Task.isCancelled) {
                     q.stopped = true
                     defer { q.pending.removeAll() }
                     return .stop(q.pending)
                 }
-                return q.hasWork ? .work : .wait
+                return q.pending.isEmpty ? .wait : .work
             }
             switch next {
             case .work:
@@ -437,7 +434,7 @@ public final class PostgresEventStore: EventStore {
                 // Woken by the next append queued, or by stopGroupWriters().
                 await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                     let resumeNow = groups.withLock { q -> Bool in
-                        if q.hasWork || q.stopping { return true }
+                        if !q.pending.isEmpty || q.stopping { return true }
                         q.idleWriters.append(continuation)
                         return false
                     }
@@ -447,30 +444,9 @@ public final class PostgresEventStore: EventStore {
         }
     }
 
-    /// A writer's next piece of work, taken out of the queue; nil when there is none. A
-    /// notification due goes first: it costs one short statement, and the appends queued
-    /// meanwhile are taken by another writer or join the next group.
-    private func takeWork() -> WriterWork? {
-        groups.withLock { q in
-            if q.notificationRequested && !q.notifying {
-                // Cleared before it is sent: a commit that requests from now on gets another one.
-                q.notificationRequested = false
-                q.notifying = true
-                q.notificationsSent += 1
-                return .notification
-            }
-            return q.pending.isEmpty ? nil : .group(Self.takeGroup(from: &q))
-        }
-    }
-
-    private func perform(_ work: WriterWork, on conn: PostgresConnection) async {
-        switch work {
-        case .group(let group):
-            await writeGroup(group, on: conn)
-        case .notification:
-            await sendNotification(on: conn)
-            finishNotification()
-        }
+    /// The queued appends that fit in one group, taken out of the queue; nil when none is queued.
+    private func takeQueuedGroup() -> [PendingAppend]? {
+        groups.withLock { q in q.pending.isEmpty ? nil : Self.takeGroup(from: &q) }
     }
 
     /// Takes the queued appends that fit in one group, oldest first: one append per stream and
@@ -502,20 +478,20 @@ public final class PostgresEventStore: EventStore {
     }
 
     /// Writes a group in one transaction on `conn` (one round trip: the append function in
-    /// autocommit), hands every member its outcome, then requests a notification when it stored
-    /// events. When the statement fails as a whole (a unique violation from a concurrent process,
-    /// a payload the server refuses), each append is written alone, so an error only rejects the
-    /// append that caused it.
+    /// autocommit), hands every member its outcome, then notifies when it stored events. When
+    /// the statement fails as a whole (a unique violation from a concurrent process, a payload
+    /// the server refuses), each append is written alone, so an error only rejects the append
+    /// that caused it.
     private func writeGroup(_ group: [PendingAppend], on conn: PostgresConnection) async {
         do {
             let outcomes = try await callAppendFunction(group, on: conn, forceBytes: false)
             if deliver(outcomes, to: group) {
-                requestNotification()
+                notify(on: conn)
             }
         } catch let error as PSQLError where error.sqlState != nil && group.count > 1 {
             var outcomes: [Result<AppendResult, any Error>] = []
             for item in group {
-                // Each append commits and requests a notification on its own.
+                // Each append commits and notifies on its own.
                 do {
                     outcomes.append(.success(try await writeAlone(item, hook: nil, on: conn)))
                 } catch {
@@ -547,41 +523,30 @@ public final class PostgresEventStore: EventStore {
 
     // MARK: Notifications
 
-    /// Requests a notification; called by a group writer after a commit that stored events. A
-    /// writer sends it (``takeWork()``), one at a time: requests made while one is being sent
-    /// share the next. Every commit that stored events is thus followed by a notification sent
-    /// after it: the request is made after the commit returned, and cleared before the
-    /// notification is sent; the writer that requests finds it in its loop. Best effort: a
-    /// notification that cannot be sent (no connection) is dropped; readers poll.
-    private func requestNotification() {
-        groups.withLock { $0.notificationRequested = true }
-    }
-
-    /// The notification a writer took is sent (or could not be).
-    private func finishNotification() {
-        groups.withLock { $0.notifying = false }
-    }
-
-    /// Notifications the writers have sent (or tried to) since the store was opened.
-    package var notificationsSent: Int { groups.withLock { $0.notificationsSent } }
-
-    /// Sends one notification on `conn`, in a statement of its own after the commits it follows:
-    /// `NOTIFY` inside the append transaction would take PostgreSQL's global notification lock at
-    /// commit and hold it through the commit's WAL flush, so concurrent appending transactions
-    /// (other groups, other processes) could not share a flush. Sent in a transaction that wrote
-    /// nothing else, its commit does not wait for a WAL flush, and the lock is held only for the
-    /// statement. Best effort: a notification is a hint, readers still poll.
-    private func sendNotification(on conn: PostgresConnection) async {
-        do {
-            try await conn.query("SELECT pg_notify(\(notificationChannel), '')", logger: queryLogger)
-        } catch {
+    /// Sends the notification that follows a commit that stored events, on the connection of
+    /// the commit, after it: one per transaction, none for a transaction that stored nothing.
+    /// Not awaited: the writer takes its next group at once, and a query it sends on the
+    /// connection runs after the notification. `NOTIFY` inside the append transaction would
+    /// take PostgreSQL's global notification lock at commit and hold it through the commit's WAL
+    /// flush, so concurrent appending transactions (other groups, other processes) could not
+    /// share a flush; sent in a transaction that wrote nothing else, its commit does not wait
+    /// for a WAL flush, and the lock is held only for the statement. Best effort: a notification
+    /// that cannot be sent is dropped (logged at debug level); readers still poll.
+    private func notify(on conn: PostgresConnection) {
+        groups.withLock { $0.notificationsSent += 1 }
+        let sent: EventLoopFuture<PostgresQueryResult> = conn.query(
+            "SELECT pg_notify(\(notificationChannel), '')", logger: queryLogger)
+        sent.whenFailure { [logger] error in
             logger.debug("could not send the append notification", metadata: ["error": "\(error)"])
         }
     }
 
+    /// Notifications sent (or tried) since the store was opened.
+    package var notificationsSent: Int { groups.withLock { $0.notificationsSent } }
+
     /// Writes one append in a transaction of its own, retrying a command id that another process
     /// stored at the same moment; a payload the server refuses as jsonb is stored as bytes.
-    /// Asks for a notification after the commit when it stored events.
+    /// Notifies after the commit when it stored events.
     private func writeAlone(
         _ item: PendingAppend, hook: (@Sendable (AppendStage) async throws -> Void)?
     ) async throws -> AppendResult {
@@ -616,15 +581,7 @@ public final class PostgresEventStore: EventStore {
                     outcomes = try await self.callAppendFunction([item], on: conn, forceBytes: forceBytes)
                 }
                 let result = try outcomes[0].get()
-                if !result.isDuplicate {
-                    // A group writer sends it in its loop; an append with a hook, outside the writers, at once.
-                    if hook == nil {
-                        self.requestNotification()
-                    } else {
-                        self.groups.withLock { $0.notificationsSent += 1 }
-                        await self.sendNotification(on: conn)
-                    }
-                }
+                if !result.isDuplicate { self.notify(on: conn) }
                 return result
             } catch let error as PSQLError where error.sqlState != nil {
                 if error.sqlState == "23505", error.constraintName == "commands_pkey", attempt < 3 {
@@ -1192,33 +1149,18 @@ final class PendingAppend: @unchecked Sendable {
     }
 }
 
-/// The group-commit queue: the appends waiting, the notification due, and the writers idle.
+/// The group-commit queue: the appends waiting, and the writers idle.
 struct GroupQueue {
     var pending: [PendingAppend] = []
-    /// Group writers waiting for work.
+    /// Group writers waiting for an append.
     var idleWriters: [CheckedContinuation<Void, Never>] = []
-    /// A commit stored events since a writer last took the notification to send.
-    var notificationRequested = false
-    /// A writer is sending the notification.
-    var notifying = false
     /// Notifications sent (or tried).
     var notificationsSent = 0
-    /// The store is stopping: writers end once no work is left.
+    /// The store is stopping: writers end once the queue is empty.
     var stopping = false
     /// The writers ended: nothing is queued any more.
     var stopped = false
     var statistics = PostgresEventStore.Statistics()
-
-    /// Appends are queued, or a notification is due that no writer is sending.
-    var hasWork: Bool { !pending.isEmpty || (notificationRequested && !notifying) }
-}
-
-/// What a group writer does next.
-enum WriterWork {
-    /// Write these appends as one group.
-    case group([PendingAppend])
-    /// Send the notification due.
-    case notification
 }
 
 /// How far readers of a ``PostgresEventStore`` can see, and what holds them back.

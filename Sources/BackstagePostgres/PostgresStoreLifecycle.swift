@@ -5,8 +5,8 @@ import PostgresNIO
 
 extension PostgresEventStore: Service {
     /// Runs the store: the connection pool it created (if it did), the schema migrations, then
-    /// the group writers that write appends (see "Group commit" in the type's documentation), the
-    /// notification sender and the notification listener, until graceful shutdown, cancellation or ``close()``. On
+    /// the group writers that write appends (see "Group commit" in the type's documentation) and
+    /// the notification listener, until graceful shutdown, cancellation or ``close()``. On
     /// graceful shutdown and ``close()`` the queued appends are written before it returns; when
     /// it is cancelled, a group being written may fail with ``PostgresStoreError`` (its outcome
     /// is then unknown, as when the connection is lost) and queued appends fail with
@@ -78,7 +78,7 @@ extension PostgresEventStore: Service {
                 throw reported
             }
             // The group writers stop first (after the groups they are writing and, on a graceful
-            // stop, the queue and the notification that follows its commits), then the listener, which gives its connection back to a running
+            // stop, the queue), then the listener, which gives its connection back to a running
             // pool; only then is the pool stopped. Cancelling the listener and the pool at once
             // raced: when the pool shut down (closing the listener's connection) while the
             // listener was leasing, starting LISTEN or consuming notifications, postgres-nio
