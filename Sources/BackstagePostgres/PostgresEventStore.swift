@@ -143,7 +143,8 @@ public final class PostgresEventStore: EventStore {
     /// The pool this store created and runs in ``run()``; nil when the caller runs the client.
     let ownedClient: PostgresClient?
     /// Whether the group writers keep their connections between groups: on the store's own pool
-    /// when it has room for them, the listener and at least two readers.
+    /// when it has room for them beside the listener, leadership, and readers (at least
+    /// ``minimumConnectionsToKeep`` connections).
     let keepsConnections: Bool
     let listener: NotificationListener
     let readiness = ServiceReadiness(closedError: PostgresStoreError.closed)
@@ -184,7 +185,7 @@ public final class PostgresEventStore: EventStore {
         let schema = try PostgresSchemaName(configuration.schema)
         self.client = client
         self.ownedClient = owned ? client : nil
-        self.keepsConnections = owned && configuration.maximumConnections >= Self.maxGroupsInFlight + 3
+        self.keepsConnections = owned && configuration.maximumConnections >= Self.minimumConnectionsToKeep
         self.schema = schema
         self.limits = configuration.limits
         self.configuration = configuration
@@ -335,7 +336,7 @@ public final class PostgresEventStore: EventStore {
         try Task.checkCancellation()
         let outcome = await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: AppendContinuation) in
-                let queued = groups.withLock { q -> Result<CheckedContinuation<Void, Never>?, any Error> in
+                let queued = groups.withLock { q -> Result<IdleWriter?, any Error> in
                     // Checked under the lock: a cancellation handler that ran before this found
                     // nothing to remove.
                     if Task.isCancelled { return .failure(CancellationError()) }
@@ -345,7 +346,7 @@ public final class PostgresEventStore: EventStore {
                     return .success(q.idleWriters.popLast())
                 }
                 switch queued {
-                case .success(let writer): writer?.resume()
+                case .success(let writer): writer?.continuation.resume(returning: true)
                 case .failure(let error): continuation.resume(returning: .failure(error))
                 }
             }
@@ -367,22 +368,33 @@ public final class PostgresEventStore: EventStore {
     /// (``init(url:configuration:)``, with room for the writers, the listener and readers) it
     /// keeps its connection between groups, so a lone caller's append costs no pool lease; on a
     /// pool the caller passes in, whose size the store cannot know, it gives the connection back
-    /// when the queue is empty. On a graceful stop
+    /// when the queue is empty. A kept connection idle for ``keptConnectionIdleLimit`` goes back
+    /// to the pool (``runConnectionReaper()``), whose keep-alive then checks it. On a graceful stop
     /// (``close()``, graceful shutdown) it first writes what is queued; when ``run()`` is
     /// cancelled, the appends still queued fail with ``PostgresStoreError/closed``.
     func runGroupWriter() async {
-        while await waitForAppends() {
+        while await waitForAppends(holding: false) == true {
             do {
                 try await client.withConnection { conn in
+                    var lastNotification: EventLoopFuture<Void>?
                     // A connection that closed (also while kept idle) is given back and the pool
                     // replaces it: a query on it could wait forever (postgres-nio 1.33).
                     while true {
                         while !conn.isClosed, let group = self.takeQueuedGroup() {
-                            await self.writeGroup(group, on: conn)
+                            lastNotification = await self.writeGroup(group, on: conn) ?? lastNotification
                         }
-                        guard self.keepsConnections, !conn.isClosed, await self.waitForAppends() else { break }
+                        guard self.keepsConnections, !conn.isClosed,
+                            await self.waitForAppends(holding: true) == true
+                        else { break }
                     }
-                    if conn.isClosed { await Task.yield() }
+                    // The last notification is sent before the connection goes back (and, on a
+                    // stop, before the pool closes it).
+                    _ = try? await lastNotification?.get()
+                    if conn.isClosed {
+                        // Given back once the pool has seen it close (its close callback runs first),
+                        // so the pool cannot lend it again.
+                        _ = try? await conn.closeFuture.get()
+                    }
                 }
             } catch {
                 // No connection (the pool stopped, the server is unreachable): the appends
@@ -399,17 +411,36 @@ public final class PostgresEventStore: EventStore {
     /// Stops the group writers: an idle one ends at once, a busy one after its group and the
     /// queue (see ``runGroupWriter()``). Appends queued from now on fail with ``PostgresStoreError/closed``.
     func stopGroupWriters() {
-        let idle = groups.withLock { q -> [CheckedContinuation<Void, Never>] in
+        let idle = groups.withLock { q -> [IdleWriter] in
             q.stopping = true
             defer { q.idleWriters.removeAll() }
             return q.idleWriters
         }
-        for writer in idle { writer.resume() }
+        for writer in idle { writer.continuation.resume(returning: true) }
+    }
+
+    /// Gives the connections that group writers have kept idle for ``keptConnectionIdleLimit``
+    /// or longer back to the pool, whose keep-alive checks idle connections (a kept one is
+    /// leased, so the pool does not: a network path dropped without a word would only show at
+    /// the next append). A child task of ``run()``, until it is cancelled; one timer for the store.
+    func runConnectionReaper() async {
+        guard keepsConnections else { return }
+        while !Task.isCancelled {
+            try? await Task.sleep(for: Self.keptConnectionIdleLimit)
+            let now = ContinuousClock.now
+            let expired = groups.withLock { q -> [IdleWriter] in
+                let expired = q.idleWriters.filter { $0.holding && now - $0.since >= Self.keptConnectionIdleLimit }
+                q.idleWriters.removeAll { $0.holding && now - $0.since >= Self.keptConnectionIdleLimit }
+                return expired
+            }
+            for writer in expired { writer.continuation.resume(returning: false) }
+        }
     }
 
     /// Waits until appends are queued (true), or the store stops (false: the appends still
-    /// queued then fail with ``PostgresStoreError/closed``).
-    private func waitForAppends() async -> Bool {
+    /// queued then fail with ``PostgresStoreError/closed``); a writer `holding` a connection also
+    /// until the connection has been idle too long (nil: give it back).
+    private func waitForAppends(holding: Bool) async -> Bool? {
         while true {
             enum Next {
                 case work
@@ -431,15 +462,19 @@ public final class PostgresEventStore: EventStore {
                 for item in abandoned { item.continuation?.resume(returning: .failure(PostgresStoreError.closed)) }
                 return false
             case .wait:
-                // Woken by the next append queued, or by stopGroupWriters().
-                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                // Woken by the next append queued, by stopGroupWriters(), or (holding a
+                // connection) by runConnectionReaper().
+                let woken = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
                     let resumeNow = groups.withLock { q -> Bool in
                         if !q.pending.isEmpty || q.stopping { return true }
-                        q.idleWriters.append(continuation)
+                        let writer = IdleWriter(continuation: continuation, holding: holding, since: .now)
+                        // An append wakes the last one: a writer that holds a connection first.
+                        if holding { q.idleWriters.append(writer) } else { q.idleWriters.insert(writer, at: 0) }
                         return false
                     }
-                    if resumeNow { continuation.resume() }
+                    if resumeNow { continuation.resume(returning: true) }
                 }
+                if !woken { return nil }
             }
         }
     }
@@ -482,16 +517,22 @@ public final class PostgresEventStore: EventStore {
     /// the statement fails as a whole (a unique violation from a concurrent process, a payload
     /// the server refuses), each append is written alone, so an error only rejects the append
     /// that caused it.
-    private func writeGroup(_ group: [PendingAppend], on conn: PostgresConnection) async {
+    /// Returns the notification it sent, if any.
+    private func writeGroup(_ group: [PendingAppend], on conn: PostgresConnection) async -> EventLoopFuture<Void>? {
         do {
             let outcomes = try await callAppendFunction(group, on: conn, forceBytes: false)
             if deliver(outcomes, to: group) {
-                notify(on: conn)
+                return notify(on: conn)
             }
-        } catch let error as PSQLError where error.sqlState != nil && group.count > 1 {
+        } catch let error as PSQLError where error.sqlState != nil && group.count > 1 && !conn.isClosed {
             var outcomes: [Result<AppendResult, any Error>] = []
             for item in group {
-                // Each append commits and notifies on its own.
+                // Each append commits and notifies on its own; none is sent on a connection that
+                // closed (a server shutting down ends it with an error that has a state).
+                if conn.isClosed {
+                    outcomes.append(.failure(Self.appendError(error)))
+                    continue
+                }
                 do {
                     outcomes.append(.success(try await writeAlone(item, hook: nil, on: conn)))
                 } catch {
@@ -503,6 +544,7 @@ public final class PostgresEventStore: EventStore {
             let translated = Self.appendError(error)
             _ = deliver(group.map { _ in .failure(translated) }, to: group)
         }
+        return nil
     }
 
     /// Hands each member of `group` its outcome, counts the group; true when it stored events.
@@ -532,13 +574,26 @@ public final class PostgresEventStore: EventStore {
     /// share a flush; sent in a transaction that wrote nothing else, its commit does not wait
     /// for a WAL flush, and the lock is held only for the statement. Best effort: a notification
     /// that cannot be sent is dropped (logged at debug level); readers still poll.
-    private func notify(on conn: PostgresConnection) {
+    /// The returned future completes when the notification was sent or could not be.
+    @discardableResult
+    private func notify(on conn: PostgresConnection) -> EventLoopFuture<Void> {
         groups.withLock { $0.notificationsSent += 1 }
-        let sent: EventLoopFuture<PostgresQueryResult> = conn.query(
-            "SELECT pg_notify(\(notificationChannel), '')", logger: queryLogger)
-        sent.whenFailure { [logger] error in
-            logger.debug("could not send the append notification", metadata: ["error": "\(error)"])
+        let done = conn.eventLoop.makePromise(of: Void.self)
+        // The schema in a comment: operators (and tests) see which store's writer sent it.
+        let query: PostgresQuery = "SELECT pg_notify(\(notificationChannel), '') -- \(unescaped: schema.rawValue)"
+        let (logger, queryLogger) = (logger, queryLogger)
+        conn.eventLoop.execute {
+            // On the event loop, a connection that is not closed still has its handlers: a query
+            // written to a closed one would never complete.
+            guard !conn.isClosed else { return done.succeed() }
+            conn.query(query, logger: queryLogger).whenComplete { result in
+                if case .failure(let error) = result {
+                    logger.debug("could not send the append notification", metadata: ["error": "\(error)"])
+                }
+                done.succeed()
+            }
         }
+        return done.futureResult
     }
 
     /// Notifications sent (or tried) since the store was opened.
@@ -738,6 +793,11 @@ public final class PostgresEventStore: EventStore {
 
     /// Most groups written at the same time by one store (each on its own connection).
     static let maxGroupsInFlight = 2
+    /// The least `maximumConnections` of the store's own pool with which the group writers keep
+    /// their connections between groups (2 writers beside the listener, leadership, readers).
+    static let minimumConnectionsToKeep = 10
+    /// How long a group writer keeps an idle connection before it goes back to the pool.
+    static let keptConnectionIdleLimit: Duration = .seconds(10)
     /// Bounds of one group's statement.
     static let maxAppendsPerGroup = 256
     static let maxEventsPerGroup = 10_000
@@ -1152,8 +1212,8 @@ final class PendingAppend: @unchecked Sendable {
 /// The group-commit queue: the appends waiting, and the writers idle.
 struct GroupQueue {
     var pending: [PendingAppend] = []
-    /// Group writers waiting for an append.
-    var idleWriters: [CheckedContinuation<Void, Never>] = []
+    /// Group writers waiting for an append, those holding a connection last.
+    var idleWriters: [IdleWriter] = []
     /// Notifications sent (or tried).
     var notificationsSent = 0
     /// The store is stopping: writers end once the queue is empty.
@@ -1161,6 +1221,14 @@ struct GroupQueue {
     /// The writers ended: nothing is queued any more.
     var stopped = false
     var statistics = PostgresEventStore.Statistics()
+}
+
+/// A group writer waiting for appends: resumed with true to look at the queue again, with false
+/// to give back the connection it has kept idle too long.
+struct IdleWriter {
+    let continuation: CheckedContinuation<Bool, Never>
+    let holding: Bool
+    let since: ContinuousClock.Instant
 }
 
 /// How far readers of a ``PostgresEventStore`` can see, and what holds them back.

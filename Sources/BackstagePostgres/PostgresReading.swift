@@ -95,12 +95,14 @@ extension PostgresConnection {
         }
     }
 
-    /// Whether `error` may come from preparing a statement (an object it names is missing, it is
-    /// not allowed): postgres-nio then keeps the failure for the connection's lifetime. Errors of
-    /// executing a prepared statement (a unique violation, a conflict) leave it prepared.
+    /// Whether `error` may come from preparing the statement, which postgres-nio then keeps
+    /// failing for the connection's lifetime. Only parsing and binding errors reach here (an
+    /// error of running the statement comes while its rows are read), and a preparation can fail
+    /// for many reasons (a missing table, a timeout, an aborted transaction); a data error
+    /// (class 22, such as a parameter that is not valid jsonb) comes from binding the values and
+    /// leaves the statement prepared.
     static func mayHaveFailedPreparation(_ error: PSQLError) -> Bool {
-        guard let state = error.sqlState else { return true }
-        return state.hasPrefix("42") || state.hasPrefix("3F") || state.hasPrefix("0A") || state.hasPrefix("26")
+        error.sqlState.map { !$0.hasPrefix("22") } ?? true
     }
 }
 

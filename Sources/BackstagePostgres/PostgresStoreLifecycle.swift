@@ -85,6 +85,7 @@ extension PostgresEventStore: Service {
             // sometimes never resumed the listener, so run() and withStore waited forever after close().
             await withTaskGroup(of: Void.self) { listening in
                 listening.addTask { await self.listener.run() }
+                listening.addTask { await self.runConnectionReaper() }
                 await withTaskGroup(of: Void.self) { writing in
                     for _ in 0..<Self.maxGroupsInFlight {
                         writing.addTask { await self.runGroupWriter() }
