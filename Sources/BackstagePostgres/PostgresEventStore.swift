@@ -117,6 +117,8 @@ public final class PostgresEventStore: EventStore {
         public var listenerReconnectDelay: Duration = .milliseconds(50)
         /// Where the store logs connection problems.
         public var logger = Logger(label: "backstage.postgres")
+        /// How long a group writer keeps an idle connection before it goes back to the pool.
+        package var keptConnectionIdleLimit: Duration = .seconds(10)
 
         /// The defaults.
         public init() {}
@@ -368,7 +370,7 @@ public final class PostgresEventStore: EventStore {
     /// (``init(url:configuration:)``, with room for the writers, the listener and readers) it
     /// keeps its connection between groups, so a lone caller's append costs no pool lease; on a
     /// pool the caller passes in, whose size the store cannot know, it gives the connection back
-    /// when the queue is empty. A kept connection idle for ``keptConnectionIdleLimit`` goes back
+    /// when the queue is empty. A kept connection idle for 10 seconds goes back
     /// to the pool (``runConnectionReaper()``), whose keep-alive then checks it. On a graceful stop
     /// (``close()``, graceful shutdown) it first writes what is queued; when ``run()`` is
     /// cancelled, the appends still queued fail with ``PostgresStoreError/closed``.
@@ -376,6 +378,8 @@ public final class PostgresEventStore: EventStore {
         while await waitForAppends(holding: false) == true {
             do {
                 try await client.withConnection { conn in
+                    self.groups.withLock { $0.writersOnConnections += 1 }
+                    defer { self.groups.withLock { $0.writersOnConnections -= 1 } }
                     var lastNotification: EventLoopFuture<Void>?
                     // A connection that closed (also while kept idle) is given back and the pool
                     // replaces it: a query on it could wait forever (postgres-nio 1.33).
@@ -419,18 +423,19 @@ public final class PostgresEventStore: EventStore {
         for writer in idle { writer.continuation.resume(returning: true) }
     }
 
-    /// Gives the connections that group writers have kept idle for ``keptConnectionIdleLimit``
-    /// or longer back to the pool, whose keep-alive checks idle connections (a kept one is
+    /// Gives the connections that group writers have kept idle for 10 seconds or longer back to
+    /// the pool, whose keep-alive checks idle connections (a kept one is
     /// leased, so the pool does not: a network path dropped without a word would only show at
     /// the next append). A child task of ``run()``, until it is cancelled; one timer for the store.
     func runConnectionReaper() async {
         guard keepsConnections else { return }
+        let limit = configuration.keptConnectionIdleLimit
         while !Task.isCancelled {
-            try? await Task.sleep(for: Self.keptConnectionIdleLimit)
+            try? await Task.sleep(for: limit)
             let now = ContinuousClock.now
             let expired = groups.withLock { q -> [IdleWriter] in
-                let expired = q.idleWriters.filter { $0.holding && now - $0.since >= Self.keptConnectionIdleLimit }
-                q.idleWriters.removeAll { $0.holding && now - $0.since >= Self.keptConnectionIdleLimit }
+                let expired = q.idleWriters.filter { $0.holding && now - $0.since >= limit }
+                q.idleWriters.removeAll { $0.holding && now - $0.since >= limit }
                 return expired
             }
             for writer in expired { writer.continuation.resume(returning: false) }
@@ -598,6 +603,9 @@ public final class PostgresEventStore: EventStore {
 
     /// Notifications sent (or tried) since the store was opened.
     package var notificationsSent: Int { groups.withLock { $0.notificationsSent } }
+
+    /// Group writers that have a connection now (writing, or keeping it idle).
+    package var writersOnConnections: Int { groups.withLock { $0.writersOnConnections } }
 
     /// Writes one append in a transaction of its own, retrying a command id that another process
     /// stored at the same moment; a payload the server refuses as jsonb is stored as bytes.
@@ -796,8 +804,6 @@ public final class PostgresEventStore: EventStore {
     /// The least `maximumConnections` of the store's own pool with which the group writers keep
     /// their connections between groups (2 writers beside the listener, leadership, readers).
     static let minimumConnectionsToKeep = 10
-    /// How long a group writer keeps an idle connection before it goes back to the pool.
-    static let keptConnectionIdleLimit: Duration = .seconds(10)
     /// Bounds of one group's statement.
     static let maxAppendsPerGroup = 256
     static let maxEventsPerGroup = 10_000
@@ -1216,6 +1222,8 @@ struct GroupQueue {
     var idleWriters: [IdleWriter] = []
     /// Notifications sent (or tried).
     var notificationsSent = 0
+    /// Group writers that have a connection now (writing, or keeping it idle).
+    var writersOnConnections = 0
     /// The store is stopping: writers end once the queue is empty.
     var stopping = false
     /// The writers ended: nothing is queued any more.

@@ -185,6 +185,25 @@ extension PostgresTests {
             }
         }
 
+        // A kept connection is leased, so the pool's keep-alive never checks it: one idle too
+        // long goes back to the pool, and the next append leases one again.
+        @Test("a group writer gives back a connection it kept idle too long, and leases one for the next append")
+        func idleKeptConnectionGoesBack() async throws {
+            try await withFreshStore(configure: { $0.keptConnectionIdleLimit = .milliseconds(200) }) { store in
+                _ = try await store.append([event()], to: "idle-0", expected: .noStream, commandID: nil)
+                #expect(store.writersOnConnections >= 1, "the writer did not keep its connection")
+                #expect(try await eventually(timeout: .seconds(10)) { store.writersOnConnections == 0 })
+                let again = try await store.append([event()], to: "idle-1", expected: .noStream, commandID: nil)
+                #expect(again.firstVersion == 1)
+                #expect(store.writersOnConnections >= 1)
+            }
+            // On a pool passed in, or one too small, a writer gives its connection back when the queue is empty.
+            try await withFreshStore(configure: { $0.maximumConnections = 4 }) { store in
+                _ = try await store.append([event()], to: "small-0", expected: .noStream, commandID: nil)
+                #expect(try await eventually { store.writersOnConnections == 0 })
+            }
+        }
+
         @Test(
             "migration 3 turns bytea event data into jsonb: JSON reads back as the same value, the rest byte for byte")
         func migratesOldStore() async throws {
