@@ -383,13 +383,18 @@ public final class PostgresEventStore: EventStore {
                     var lastNotification: EventLoopFuture<Void>?
                     // A connection that closed (also while kept idle) is given back and the pool
                     // replaces it: a query on it could wait forever (postgres-nio 1.33).
-                    while true {
-                        while !conn.isClosed, let group = self.takeQueuedGroup() {
-                            lastNotification = await self.writeGroup(group, on: conn) ?? lastNotification
+                    // The writer runs on the connection's event loop: its queries are written and
+                    // their results taken where the connection's I/O happens, without a thread
+                    // hop each way.
+                    await withTaskExecutorPreference(EventLoopTaskExecutor(conn.eventLoop)) {
+                        while true {
+                            while !conn.isClosed, let group = self.takeQueuedGroup() {
+                                lastNotification = await self.writeGroup(group, on: conn) ?? lastNotification
+                            }
+                            guard self.keepsConnections, !conn.isClosed,
+                                await self.waitForAppends(holding: true) == true
+                            else { break }
                         }
-                        guard self.keepsConnections, !conn.isClosed,
-                            await self.waitForAppends(holding: true) == true
-                        else { break }
                     }
                     // The last notification is sent before the connection goes back (and, on a
                     // stop, before the pool closes it).
@@ -1229,6 +1234,21 @@ struct GroupQueue {
     /// The writers ended: nothing is queued any more.
     var stopped = false
     var statistics = PostgresEventStore.Statistics()
+}
+
+/// Runs the jobs of the tasks that prefer it on an event loop (a group writer's, on its
+/// connection's event loop).
+final class EventLoopTaskExecutor: TaskExecutor {
+    let eventLoop: any EventLoop
+
+    init(_ eventLoop: any EventLoop) {
+        self.eventLoop = eventLoop
+    }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        eventLoop.execute { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
+    }
 }
 
 /// A group writer waiting for appends: resumed with true to look at the queue again, with false
