@@ -178,110 +178,119 @@ extension BackstageBench {
         }
         let settings = try PostgresConnectionSettings(url: url)
         let client = PostgresClient(configuration: settings.clientConfiguration(maximumConnections: 8))
-        let clientTask = Task { await client.run() }
-        defer { clientTask.cancel() }
-        let tag = UUID().uuidString.prefix(8).lowercased()
-        let ceiling = PostgresCeiling(client: client, schema: "bench_raw_\(tag)", payloads: payloads)
-        try await ceiling.create()
-        let serverSettings = try await ceiling.settings()
-        report.setting("postgres.server", serverSettings)
+        try await withBackground({ await client.run() }) {
+            let tag = UUID().uuidString.prefix(8).lowercased()
+            let ceiling = PostgresCeiling(client: client, schema: "bench_raw_\(tag)", payloads: payloads)
+            try await ceiling.create()
+            let serverSettings = try await ceiling.settings()
+            report.setting("postgres.server", serverSettings)
 
-        func measureCeilings(_ when: String) async throws {
-            guard parts.contains("ceilings") else { return }
-            let single = try await ceiling.singleRowTransactions(count: sizes.ceilingSingleRows)
-            report.ceiling(
-                "raw 1-row tx", store: "postgres", value: single, unit: "rows/s", label: "raw 1-row tx, \(when)",
-                note: "\(sizes.ceilingSingleRows) autocommit INSERTs of 1 row through postgres-nio, \(serverSettings)")
-            let batch = try await ceiling.batchTransactions(
-                transactions: sizes.ceilingBatchTransactions, rows: sizes.ceilingBatchRows)
-            report.ceiling(
-                "raw 1000-row tx", store: "postgres", value: batch, unit: "rows/s", label: "raw 1000-row tx, \(when)",
-                note: "\(sizes.ceilingBatchTransactions) transactions of one \(sizes.ceilingBatchRows)-row INSERT")
-        }
-        try await measureCeilings("before")
-
-        var configuration = PostgresEventStore.Configuration()
-        configuration.schema = "bench_store_\(tag)"
-        let store = try PostgresEventStore(url: url, configuration: configuration)
-        // The store is a Service: it runs (pool, migrations, notification listener) beside the workloads.
-        let storeRun = Task { try await store.run() }
-        try await store.waitUntilReady()
-        var w = Workloads(
-            store: store, storeName: "postgres", sizes: sizes, report: report, singleRowCeiling: "raw 1-row tx",
-            batchCeiling: "raw 1000-row tx", readCeiling: "raw read", absoluteTargets: false)
-        w.parallelCeiling = "raw 1-row tx, 4 connections"
-        w.probe = { which, before in
-            guard parts.contains("ceilings") else { return }
-            if which == "parallel" {
-                let value = try await ceiling.singleRowTransactions(count: sizes.probeSingleRows, connections: 4)
+            func measureCeilings(_ when: String) async throws {
+                guard parts.contains("ceilings") else { return }
+                let single = try await ceiling.singleRowTransactions(count: sizes.ceilingSingleRows)
                 report.ceiling(
-                    "raw 1-row tx, 4 connections", store: "postgres", value: value, unit: "rows/s",
-                    label: "raw 1-row tx, 4 connections, before \(before)",
+                    "raw 1-row tx", store: "postgres", value: single, unit: "rows/s", label: "raw 1-row tx, \(when)",
                     note:
-                        "\(sizes.probeSingleRows) autocommit INSERTs over 4 connections, measured again for the next figure"
+                        "\(sizes.ceilingSingleRows) autocommit INSERTs of 1 row through postgres-nio, \(serverSettings)"
                 )
-            } else if which == "single" {
-                let value = try await ceiling.singleRowTransactions(count: sizes.probeSingleRows)
+                let batch = try await ceiling.batchTransactions(
+                    transactions: sizes.ceilingBatchTransactions, rows: sizes.ceilingBatchRows)
                 report.ceiling(
-                    "raw 1-row tx", store: "postgres", value: value, unit: "rows/s",
-                    label: "raw 1-row tx, before \(before)",
-                    note: "\(sizes.probeSingleRows) autocommit INSERTs, measured again for the next figure")
-            } else {
-                let value = try await ceiling.batchTransactions(
-                    transactions: sizes.probeBatchTransactions, rows: sizes.ceilingBatchRows)
-                report.ceiling(
-                    "raw 1000-row tx", store: "postgres", value: value, unit: "rows/s",
-                    label: "raw 1000-row tx, before \(before)",
-                    note:
-                        "\(sizes.probeBatchTransactions) transactions of one \(sizes.ceilingBatchRows)-row INSERT, measured again"
-                )
+                    "raw 1000-row tx", store: "postgres", value: batch, unit: "rows/s",
+                    label: "raw 1000-row tx, \(when)",
+                    note: "\(sizes.ceilingBatchTransactions) transactions of one \(sizes.ceilingBatchRows)-row INSERT")
             }
-        }
-        func measureReadCeiling(_ when: String) async throws {
-            guard parts.contains("ceilings") else { return }
-            let read = try await ceiling.readAll(table: "\(configuration.schema).events", pageSize: sizes.w4PageSize)
-            report.ceiling(
-                "raw read", store: "postgres", value: read.rate, unit: "rows/s", label: "raw read, \(when)",
-                note: "\(read.rows) rows of the store's table in pages of \(sizes.w4PageSize), every column decoded")
-        }
-        try await runWorkloads(
-            w, parts: parts, payloads: payloads, beforeW4: { try await measureReadCeiling("before") },
-            afterW4: {
-                // W4 through PostgresProjection: a count-per-type table, one upsert per batch.
-                for batchSize in [ProjectionOptions().batchSize, 5_000] {
-                    var options = ProjectionOptions()
-                    options.batchSize = batchSize
-                    options.maxInFlight = max(options.maxInFlight, 2 * batchSize)
-                    let model = PostgresTypeCountReadModel(
-                        name: "w4-pg-\(batchSize)", table: "w4_type_counts_\(batchSize)")
-                    let projection = try PostgresProjection(model, store: store, options: options)
-                    try await w.w4Projection(
-                        projection, label: "PostgresProjection/\(batchSize)",
-                        description: "PostgresProjection upserting a count-per-type table, one statement per batch",
-                        counts: { try await model.counts(store) })
+            try await measureCeilings("before")
+
+            var configuration = PostgresEventStore.Configuration()
+            configuration.schema = "bench_store_\(tag)"
+            let store = try PostgresEventStore(url: url, configuration: configuration)
+            // The store is a Service: it runs (pool, migrations, notification listener) beside the workloads.
+            try await withBackground({ try await store.run() }) {
+                try await store.waitUntilReady()
+                var w = Workloads(
+                    store: store, storeName: "postgres", sizes: sizes, report: report, singleRowCeiling: "raw 1-row tx",
+                    batchCeiling: "raw 1000-row tx", readCeiling: "raw read", absoluteTargets: false)
+                w.parallelCeiling = "raw 1-row tx, 4 connections"
+                w.probe = { which, before in
+                    guard parts.contains("ceilings") else { return }
+                    if which == "parallel" {
+                        let value = try await ceiling.singleRowTransactions(
+                            count: sizes.probeSingleRows, connections: 4)
+                        report.ceiling(
+                            "raw 1-row tx, 4 connections", store: "postgres", value: value, unit: "rows/s",
+                            label: "raw 1-row tx, 4 connections, before \(before)",
+                            note:
+                                "\(sizes.probeSingleRows) autocommit INSERTs over 4 connections, measured again for the next figure"
+                        )
+                    } else if which == "single" {
+                        let value = try await ceiling.singleRowTransactions(count: sizes.probeSingleRows)
+                        report.ceiling(
+                            "raw 1-row tx", store: "postgres", value: value, unit: "rows/s",
+                            label: "raw 1-row tx, before \(before)",
+                            note: "\(sizes.probeSingleRows) autocommit INSERTs, measured again for the next figure")
+                    } else {
+                        let value = try await ceiling.batchTransactions(
+                            transactions: sizes.probeBatchTransactions, rows: sizes.ceilingBatchRows)
+                        report.ceiling(
+                            "raw 1000-row tx", store: "postgres", value: value, unit: "rows/s",
+                            label: "raw 1000-row tx, before \(before)",
+                            note:
+                                "\(sizes.probeBatchTransactions) transactions of one \(sizes.ceilingBatchRows)-row INSERT, measured again"
+                        )
+                    }
                 }
-                try await measureReadCeiling("after")
-            })
-        if parts.contains("w1") {
-            if parts.contains("ceilings") {
-                let parallel = try await ceiling.singleRowTransactions(count: sizes.ceilingSingleRows, connections: 4)
-                report.ceiling(
-                    "raw 1-row tx, 4 connections", store: "postgres", value: parallel, unit: "rows/s",
-                    note:
-                        "\(sizes.ceilingSingleRows) autocommit INSERTs of 1 row over 4 postgres-nio connections at once"
-                )
+                func measureReadCeiling(_ when: String) async throws {
+                    guard parts.contains("ceilings") else { return }
+                    let read = try await ceiling.readAll(
+                        table: "\(configuration.schema).events", pageSize: sizes.w4PageSize)
+                    report.ceiling(
+                        "raw read", store: "postgres", value: read.rate, unit: "rows/s", label: "raw read, \(when)",
+                        note:
+                            "\(read.rows) rows of the store's table in pages of \(sizes.w4PageSize), every column decoded"
+                    )
+                }
+                try await runWorkloads(
+                    w, parts: parts, payloads: payloads, beforeW4: { try await measureReadCeiling("before") },
+                    afterW4: {
+                        // W4 through PostgresProjection: a count-per-type table, one upsert per batch.
+                        for batchSize in [ProjectionOptions().batchSize, 5_000] {
+                            var options = ProjectionOptions()
+                            options.batchSize = batchSize
+                            options.maxInFlight = max(options.maxInFlight, 2 * batchSize)
+                            let model = PostgresTypeCountReadModel(
+                                name: "w4-pg-\(batchSize)", table: "w4_type_counts_\(batchSize)")
+                            let projection = try PostgresProjection(model, store: store, options: options)
+                            try await w.w4Projection(
+                                projection, label: "PostgresProjection/\(batchSize)",
+                                description:
+                                    "PostgresProjection upserting a count-per-type table, one statement per batch",
+                                counts: { try await model.counts(store) })
+                        }
+                        try await measureReadCeiling("after")
+                    })
+                if parts.contains("w1") {
+                    if parts.contains("ceilings") {
+                        let parallel = try await ceiling.singleRowTransactions(
+                            count: sizes.ceilingSingleRows, connections: 4)
+                        report.ceiling(
+                            "raw 1-row tx, 4 connections", store: "postgres", value: parallel, unit: "rows/s",
+                            note:
+                                "\(sizes.ceilingSingleRows) autocommit INSERTs of 1 row over 4 postgres-nio connections at once"
+                        )
+                    }
+                    try await w1WithLag(store: store, sizes: sizes, report: report)
+                }
+                if parts.contains("w5") {
+                    try await w5Processes(url: url, schema: configuration.schema, sizes: sizes, report: report)
+                }
+                if peer { comparePeer(report: report, store: "postgres") }
+                await store.close()
             }
-            try await w1WithLag(store: store, sizes: sizes, report: report)
+            try await measureCeilings("after")
+            try await ceiling.drop()
+            try await client.query("DROP SCHEMA \(unescaped: configuration.schema) CASCADE", logger: ceiling.logger)
         }
-        if parts.contains("w5") {
-            try await w5Processes(url: url, schema: configuration.schema, sizes: sizes, report: report)
-        }
-        if peer { comparePeer(report: report, store: "postgres") }
-        await store.close()
-        _ = try? await storeRun.value
-        try await measureCeilings("after")
-        try await ceiling.drop()
-        try await client.query("DROP SCHEMA \(unescaped: configuration.schema) CASCADE", logger: ceiling.logger)
     }
 }
 
@@ -379,9 +388,9 @@ extension BackstageBench {
         let wakes = Atomic<Int>(0)
         let emptyReads = Atomic<Int>(0)
         let notifications = store.appendNotifications()
-        let reader = Task {
+        // Follows the log until cancelled, woken by each notification (a hint).
+        let follow: @Sendable () async throws -> Void = {
             var after = start
-            // Woken by each notification (a hint: the store's notifications are coalesced).
             for await _ in notifications {
                 wakes.add(1, ordering: .relaxed)
                 var first = true
@@ -410,7 +419,7 @@ extension BackstageBench {
         // its overshoot is the scheduling delay every step of the delivery pays (on 2 cores
         // shared with the server, the 64 callers and whatever else the machine runs).
         let overshoot = LagSamples()
-        let prober = Task {
+        let probe: @Sendable () async throws -> Void = {
             while !Task.isCancelled {
                 let asked = ContinuousClock.now
                 try await Task.sleep(for: .milliseconds(1))
@@ -421,21 +430,24 @@ extension BackstageBench {
             (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").first ?? "?"
         let before = store.statistics
         let cpuBefore = processCPUTime()
-        let d = try await timed {
-            try await concurrently(callers: callers, count: n) { i in
-                try await app.dispatch(Deposit(account: "w1lag\(i)", amount: 10))
-                acked.set(i, Date())
+        // The reader runs until 200 ms after the last command, the prober while the commands run.
+        let (d, cpu, loadAfter, after) = try await withBackground(follow) {
+            let d = try await withBackground(probe) {
+                try await timed {
+                    try await concurrently(callers: callers, count: n) { i in
+                        try await app.dispatch(Deposit(account: "w1lag\(i)", amount: 10))
+                        acked.set(i, Date())
+                    }
+                }
             }
+            let cpu = processCPUTime() - cpuBefore
+            let loadAfter =
+                (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").first ?? "?"
+            let after = store.statistics
+            try await Task.sleep(for: .milliseconds(200))
+            return (d, cpu, String(loadAfter), after)
         }
-        let cpu = processCPUTime() - cpuBefore
-        prober.cancel()
-        let loadAfter =
-            (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").first ?? "?"
-        let after = store.statistics
         let tx = after.transactions - before.transactions
-        try await Task.sleep(for: .milliseconds(200))
-        reader.cancel()
-        _ = try? await reader.value
         report.figure(
             "W1 \(callers) callers, with a reader", store: "postgres", value: Double(n) / d.seconds, unit: "commands/s",
             ceiling: "raw 1-row tx, 4 connections", target: .ratio(atLeast: 3),

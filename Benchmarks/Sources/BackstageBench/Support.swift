@@ -39,6 +39,18 @@ final class WorkCounter: Sendable {
     func take() -> Int { next.add(1, ordering: .relaxed).oldValue }
 }
 
+/// Runs `background` (a client's or a store's `run()`, a reader) as a child task beside `body`,
+/// and cancels it when `body` returns or throws; returns once both have ended.
+func withBackground<T: Sendable>(
+    _ background: @escaping @Sendable () async throws -> Void, _ body: () async throws -> T
+) async throws -> T {
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { try await background() }
+        defer { group.cancelAll() }
+        return try await body()
+    }
+}
+
 /// Runs `count` calls of `body` (with indices 0..<count) from `callers` concurrent tasks; each
 /// task takes the next index when it finishes one.
 func concurrently(
