@@ -370,12 +370,12 @@ public final class PostgresEventStore: EventStore {
     /// (``init(url:configuration:)``, with room for the writers, the listener and readers) it
     /// keeps its connection between groups, so a lone caller's append costs no pool lease; on a
     /// pool the caller passes in, whose size the store cannot know, it gives the connection back
-    /// when the queue is empty. A kept connection idle for 10 seconds goes back
-    /// to the pool (``runConnectionReaper()``), whose keep-alive then checks it. On a graceful stop
+    /// when the queue is empty. A kept connection idle for 10 seconds goes back to the pool
+    /// (``runConnectionReaper()``), whose keep-alive then checks it. On a graceful stop
     /// (``close()``, graceful shutdown) it first writes what is queued; when ``run()`` is
     /// cancelled, the appends still queued fail with ``PostgresStoreError/closed``.
     func runGroupWriter() async {
-        while await waitForAppends(holding: false) == true {
+        while await waitForAppends(holding: false) == .appends {
             do {
                 try await client.withConnection { conn in
                     self.groups.withLock { $0.writersOnConnections += 1 }
@@ -392,7 +392,7 @@ public final class PostgresEventStore: EventStore {
                                 lastNotification = await self.writeGroup(group, on: conn) ?? lastNotification
                             }
                             guard self.keepsConnections, !conn.isClosed,
-                                await self.waitForAppends(holding: true) == true
+                                await self.waitForAppends(holding: true) == .appends
                             else { break }
                         }
                     }
@@ -429,9 +429,9 @@ public final class PostgresEventStore: EventStore {
     }
 
     /// Gives the connections that group writers have kept idle for 10 seconds or longer back to
-    /// the pool, whose keep-alive checks idle connections (a kept one is
-    /// leased, so the pool does not: a network path dropped without a word would only show at
-    /// the next append). A child task of ``run()``, until it is cancelled; one timer for the store.
+    /// the pool, whose keep-alive checks idle connections (a kept one is leased, so the pool does
+    /// not: a network path dropped without a word would only show at the next append). A child
+    /// task of ``run()``, until it is cancelled; one timer for the store.
     func runConnectionReaper() async {
         guard keepsConnections else { return }
         let limit = configuration.keptConnectionIdleLimit
@@ -439,18 +439,27 @@ public final class PostgresEventStore: EventStore {
             try? await Task.sleep(for: limit)
             let now = ContinuousClock.now
             let expired = groups.withLock { q -> [IdleWriter] in
-                let expired = q.idleWriters.filter { $0.holding && now - $0.since >= limit }
-                q.idleWriters.removeAll { $0.holding && now - $0.since >= limit }
-                return expired
+                let isExpired = { (writer: IdleWriter) in writer.holding && now - writer.since >= limit }
+                defer { q.idleWriters.removeAll(where: isExpired) }
+                return q.idleWriters.filter(isExpired)
             }
             for writer in expired { writer.continuation.resume(returning: false) }
         }
     }
 
-    /// Waits until appends are queued (true), or the store stops (false: the appends still
-    /// queued then fail with ``PostgresStoreError/closed``); a writer `holding` a connection also
-    /// until the connection has been idle too long (nil: give it back).
-    private func waitForAppends(holding: Bool) async -> Bool? {
+    /// Why a group writer stopped waiting.
+    private enum Wake {
+        /// Appends are queued.
+        case appends
+        /// The store stops: the appends still queued failed with ``PostgresStoreError/closed``.
+        case stop
+        /// The connection the writer holds has been idle too long: give it back.
+        case giveBack
+    }
+
+    /// Waits until appends are queued, or the store stops; a writer `holding` a connection also
+    /// until the connection has been idle too long.
+    private func waitForAppends(holding: Bool) async -> Wake {
         while true {
             enum Next {
                 case work
@@ -467,10 +476,10 @@ public final class PostgresEventStore: EventStore {
             }
             switch next {
             case .work:
-                return true
+                return .appends
             case .stop(let abandoned):
                 for item in abandoned { item.continuation?.resume(returning: .failure(PostgresStoreError.closed)) }
-                return false
+                return .stop
             case .wait:
                 // Woken by the next append queued, by stopGroupWriters(), or (holding a
                 // connection) by runConnectionReaper().
@@ -484,7 +493,7 @@ public final class PostgresEventStore: EventStore {
                     }
                     if resumeNow { continuation.resume(returning: true) }
                 }
-                if !woken { return nil }
+                if !woken { return .giveBack }
             }
         }
     }

@@ -241,9 +241,7 @@ enum PostgresMigrations {
             [
                 appendFunction(schema.rawValue, name: "append_batch", notifies: false, lean: true),
                 """
-                ALTER FUNCTION \(schema.rawValue).append_batch(text[], text[], bigint[], uuid[], text[], integer[],
-                    integer[], integer[], uuid[], text[], integer[], jsonb[], bytea[], uuid[], uuid[], uuid[],
-                    jsonb[], text, text)
+                ALTER FUNCTION \(schema.rawValue).append_batch(\(appendArgumentTypes))
                 SET plan_cache_mode = force_generic_plan
                 """,
             ]
@@ -259,17 +257,22 @@ enum PostgresMigrations {
         // size: one index lookup per append in each table.
         PostgresMigration(version: 8, name: "append functions look streams and commands up by index") { schema in
             let s = schema.rawValue
-            let arguments = """
-                text[], text[], bigint[], uuid[], text[], integer[], integer[], integer[], uuid[], text[], integer[],
-                jsonb[], bytea[], uuid[], uuid[], uuid[], jsonb[], text, text
-                """
             return [
-                "ALTER FUNCTION \(s).append_batch(\(arguments)) SET enable_seqscan = off",
-                "ALTER FUNCTION \(s).append_group(\(arguments)) SET enable_seqscan = off",
-                "ALTER FUNCTION \(s).append_events(\(arguments), text) SET enable_seqscan = off",
+                "ALTER FUNCTION \(s).append_batch(\(appendArgumentTypes)) SET enable_seqscan = off",
+                "ALTER FUNCTION \(s).append_group(\(appendArgumentTypes)) SET enable_seqscan = off",
+                "ALTER FUNCTION \(s).append_events(\(appendArgumentTypes), text) SET enable_seqscan = off",
             ]
         },
     ]
+
+    /// The argument types of the append functions `append_group` and `append_batch` (and of
+    /// `append_events`, which takes a channel after them), as ALTER FUNCTION names them; the
+    /// line breaks are those migration 7 shipped with.
+    static let appendArgumentTypes = """
+        text[], text[], bigint[], uuid[], text[], integer[],
+            integer[], integer[], uuid[], text[], integer[], jsonb[], bytea[], uuid[], uuid[], uuid[],
+            jsonb[], text, text
+        """
 
     /// The append function the store calls (migration 7); schemas migrated only through
     /// migration 6 have ``legacyAppendFunctionName`` only.
