@@ -93,11 +93,15 @@ final class NotificationListener: Sendable {
     }
 
     private func listen(on conn: PostgresConnection) async throws {
-        let rows = try await conn.query(
+        // Both queries go through queryUnlessClosed: the pool closes this connection when run()
+        // is cancelled, at the moment the listener is cancelled too (a query written to the
+        // closed connection would never complete, and run() would wait for ever).
+        let result = try await conn.queryUnlessClosed(
             "SELECT pg_backend_pid(), set_config('application_name', \(applicationName), false)",
-            logger: queryLogger)
+            logger: queryLogger
+        ).get()
         var pid: Int32?
-        for try await (backendPID, _) in rows.decode((Int32, String).self) { pid = backendPID }
+        for row in result.rows { pid = try row.makeRandomAccess()[0].decode(Int32.self) }
         try await conn.listen(on: channel) { notifications in
             state.withLock {
                 $0.status.isListening = true
@@ -111,7 +115,8 @@ final class NotificationListener: Sendable {
                 notifier.notify()
             }
         }
-        // The sequence ended without an error: give the connection back in a clean state.
-        _ = try? await conn.query("RESET application_name", logger: queryLogger)
+        // The sequence ended without an error (cancelled, or the server ended it): give the
+        // connection back in a clean state, unless it is closing.
+        _ = try? await conn.queryUnlessClosed("RESET application_name", logger: queryLogger).get()
     }
 }

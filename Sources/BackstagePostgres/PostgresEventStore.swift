@@ -597,22 +597,12 @@ public final class PostgresEventStore: EventStore {
     @discardableResult
     private func notify(on conn: PostgresConnection) -> EventLoopFuture<Void> {
         groups.withLock { $0.notificationsSent += 1 }
-        let done = conn.eventLoop.makePromise(of: Void.self)
         // The schema in a comment: operators (and tests) see which store's writer sent it.
         let query: PostgresQuery = "SELECT pg_notify(\(notificationChannel), '') -- \(unescaped: schema.rawValue)"
-        let (logger, queryLogger) = (logger, queryLogger)
-        conn.eventLoop.execute {
-            // On the event loop, a connection that is not closed still has its handlers: a query
-            // written to a closed one would never complete.
-            guard !conn.isClosed else { return done.succeed() }
-            conn.query(query, logger: queryLogger).whenComplete { result in
-                if case .failure(let error) = result {
-                    logger.debug("could not send the append notification", metadata: ["error": "\(error)"])
-                }
-                done.succeed()
-            }
+        let logger = logger
+        return conn.queryUnlessClosed(query, logger: queryLogger).map { _ in () }.recover { error in
+            logger.debug("could not send the append notification", metadata: ["error": "\(error)"])
         }
-        return done.futureResult
     }
 
     /// Notifications sent (or tried) since the store was opened.
@@ -1291,4 +1281,26 @@ public struct PostgresReadHorizon: Sendable, Hashable {
     /// An age well above the time an append takes means a stalled writer: every subscription of
     /// the schema waits for it.
     public var oldestAppend: Append?
+}
+
+extension PostgresConnection {
+    /// Sends `query` unless the connection has closed. postgres-nio 1.33 never completes a query
+    /// written to a closed channel (see ClosedConnectionQueryTests), so a query sent while the
+    /// pool or the server closes the connection could wait for ever; this one is written on the
+    /// connection's event loop, where the channel closes, and only while it is open (a query the
+    /// open channel took fails when it closes).
+    ///
+    /// - Returns: the query's result; a failed future with ``PostgresStoreError/database(sqlState:message:)``
+    ///   (`08006`) when the connection had closed.
+    func queryUnlessClosed(_ query: PostgresQuery, logger: Logger) -> EventLoopFuture<PostgresQueryResult> {
+        let promise = eventLoop.makePromise(of: PostgresQueryResult.self)
+        let send: @Sendable () -> Void = {
+            guard !self.isClosed else {
+                return promise.fail(PostgresStoreError.database(sqlState: "08006", message: "the connection is closed"))
+            }
+            self.query(query, logger: logger).cascade(to: promise)
+        }
+        if eventLoop.inEventLoop { send() } else { eventLoop.execute(send) }
+        return promise.futureResult
+    }
 }

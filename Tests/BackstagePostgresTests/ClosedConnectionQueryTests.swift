@@ -1,5 +1,4 @@
 import Backstage
-import BackstagePostgres
 import BackstageTestSupport
 import Foundation
 import Logging
@@ -7,10 +6,30 @@ import PostgresNIO
 import Synchronization
 import Testing
 
+@testable import BackstagePostgres
+
 /// What postgres-nio (1.33) does with a query on a connection that is already closed: the
 /// diagnosis of shareKillPauseJoin's stuck runners (a query after the server ended the session).
 @Suite("postgres-nio on a closed connection")
 struct ClosedConnectionQueryTests {
+    @Test("queryUnlessClosed fails at once on a closed connection, and still runs a query on an open one")
+    func queryUnlessClosed() async throws {
+        try await withFreshStore { store in
+            let logger = Logger(label: "closed")
+            try await store.client.withConnection { conn in
+                let open = try await conn.queryUnlessClosed("SELECT 7", logger: logger).get()
+                #expect(try open.rows.first?.makeRandomAccess()[0].decode(Int.self) == 7)
+                try await conn.close()
+                // Without the check on the event loop this waits for ever (the test above).
+                await #expect(
+                    throws: PostgresStoreError.database(sqlState: "08006", message: "the connection is closed")
+                ) {
+                    _ = try await conn.queryUnlessClosed("SELECT 1", logger: logger).get()
+                }
+            }
+        }
+    }
+
     @Test("a query on a connection closed before it is sent never completes (postgres-nio 1.33.2, known issue)")
     func queryAfterClose() async throws {
         try await withFreshStore { store in
