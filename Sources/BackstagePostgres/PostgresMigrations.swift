@@ -468,8 +468,9 @@ enum PostgresTransaction {
         _ body: (PostgresConnection) async throws -> sending T
     ) async throws -> T {
         // postgres-nio's withTransaction, except that no ROLLBACK or COMMIT is sent on a connection
-        // already closed: a query written to a closed channel never completes in postgres-nio 1.33
-        // (its promise is dropped with the write; ClosedConnectionQueryTests), and the caller would
+        // that closed (queryUnlessClosed; the server rolled the transaction back when the session
+        // ended): a query written to a closed channel never completes in postgres-nio 1.33 (its
+        // promise is dropped with the write; ClosedConnectionQueryTests), and the caller would
         // wait for ever. Seen after a process was paused past idle_in_transaction_session_timeout:
         // the server ended the session, the transaction's query failed, and the ROLLBACK hung
         // (shareKillPauseJoin's resumed process).
@@ -478,14 +479,10 @@ enum PostgresTransaction {
         do {
             value = try await body(connection)
         } catch {
-            if !connection.isClosed { _ = try? await connection.query("ROLLBACK;", logger: logger) }
+            _ = try? await connection.queryUnlessClosed("ROLLBACK;", logger: logger).get()
             throw error
         }
-        guard !connection.isClosed else {
-            // The server rolled it back when the session ended.
-            throw PostgresStoreError.database(sqlState: "08006", message: "the connection closed before COMMIT")
-        }
-        _ = try await connection.query("COMMIT;", logger: logger)
+        _ = try await connection.queryUnlessClosed("COMMIT;", logger: logger).get()
         return value
     }
 
