@@ -119,6 +119,10 @@ public final class PostgresEventStore: EventStore {
         public var logger = Logger(label: "backstage.postgres")
         /// How long a group writer keeps an idle connection before it goes back to the pool.
         package var keptConnectionIdleLimit: Duration = .seconds(10)
+        /// The least time between two notifications of the store's appends (see
+        /// ``PostgresEventStore/notifyAfterCommit(on:)``); other processes' readers learn of a
+        /// commit at most twice this later than with a notification of its own.
+        package var notificationInterval: Duration = .milliseconds(2)
 
         /// The defaults.
         public init() {}
@@ -132,6 +136,11 @@ public final class PostgresEventStore: EventStore {
     public let limits: StoreLimits
     /// The channel the store's appends notify.
     package let notificationChannel: String
+    /// The statement that notifies it; the schema in a comment, so that operators (and tests)
+    /// see which store's writer sent it.
+    private let notificationSQL: String
+    /// Signalled when a commit left its notification to ``runDeferredNotifications()``.
+    private let notificationDue = Signal()
 
     let configuration: Configuration
     let logger: Logger
@@ -195,6 +204,7 @@ public final class PostgresEventStore: EventStore {
         // postgres-nio logs queries at debug/trace level: the store's logger, at its own level.
         self.queryLogger = configuration.logger
         self.notificationChannel = String("backstage_\(schema.rawValue)".prefix(63))
+        self.notificationSQL = "SELECT pg_notify($1, '') -- \(schema.rawValue)"
         self.listener = NotificationListener(
             client: client, channel: notificationChannel, notifier: notifier,
             applicationName: "backstage-listener:\(schema.rawValue)",
@@ -380,7 +390,6 @@ public final class PostgresEventStore: EventStore {
                 try await client.withConnection { conn in
                     self.groups.withLock { $0.writersOnConnections += 1 }
                     defer { self.groups.withLock { $0.writersOnConnections -= 1 } }
-                    var lastNotification: EventLoopFuture<Void>?
                     // A connection that closed (also while kept idle) is given back and the pool
                     // replaces it: a query on it could wait forever (postgres-nio 1.33).
                     // The writer runs on the connection's event loop: its queries are written and
@@ -389,16 +398,13 @@ public final class PostgresEventStore: EventStore {
                     await withTaskExecutorPreference(EventLoopTaskExecutor(conn.eventLoop)) {
                         while true {
                             while !conn.isClosed, let group = self.takeQueuedGroup() {
-                                lastNotification = await self.writeGroup(group, on: conn) ?? lastNotification
+                                await self.writeGroup(group, on: conn)
                             }
                             guard self.keepsConnections, !conn.isClosed,
                                 await self.waitForAppends(holding: true) == .appends
                             else { break }
                         }
                     }
-                    // The last notification is sent before the connection goes back (and, on a
-                    // stop, before the pool closes it).
-                    _ = try? await lastNotification?.get()
                     if conn.isClosed {
                         // Given back once the pool has seen it close (its close callback runs first),
                         // so the pool cannot lend it again.
@@ -532,16 +538,15 @@ public final class PostgresEventStore: EventStore {
     }
 
     /// Writes a group in one transaction on `conn` (one round trip: the append function in
-    /// autocommit), hands every member its outcome, then notifies when it stored events. When
-    /// the statement fails as a whole (a unique violation from a concurrent process, a payload
-    /// the server refuses), each append is written alone, so an error only rejects the append
-    /// that caused it.
-    /// Returns the notification it sent, if any.
-    private func writeGroup(_ group: [PendingAppend], on conn: PostgresConnection) async -> EventLoopFuture<Void>? {
+    /// autocommit), hands every member its outcome, then sees to the notification when it stored
+    /// events (``notifyAfterCommit(on:)``). When the statement fails as a whole (a unique
+    /// violation from a concurrent process, a payload the server refuses), each append is written
+    /// alone, so an error only rejects the append that caused it.
+    private func writeGroup(_ group: [PendingAppend], on conn: PostgresConnection) async {
         do {
             let outcomes = try await callAppendFunction(group, on: conn, forceBytes: false)
             if deliver(outcomes, to: group) {
-                return notify(on: conn)
+                await notifyAfterCommit(on: conn)
             }
         } catch let error as PSQLError where error.sqlState != nil && group.count > 1 && !conn.isClosed {
             var outcomes: [Result<AppendResult, any Error>] = []
@@ -563,7 +568,6 @@ public final class PostgresEventStore: EventStore {
             let translated = Self.appendError(error)
             _ = deliver(group.map { _ in .failure(translated) }, to: group)
         }
-        return nil
     }
 
     /// Hands each member of `group` its outcome, counts the group; true when it stored events.
@@ -584,29 +588,79 @@ public final class PostgresEventStore: EventStore {
 
     // MARK: Notifications
 
-    /// Sends the notification that follows a commit that stored events, on the connection of
-    /// the commit, after it: one per transaction, none for a transaction that stored nothing.
-    /// Not awaited: the writer takes its next group at once, and a query it sends on the
-    /// connection runs after the notification. `NOTIFY` inside the append transaction would
-    /// take PostgreSQL's global notification lock at commit and hold it through the commit's WAL
-    /// flush, so concurrent appending transactions (other groups, other processes) could not
-    /// share a flush; sent in a transaction that wrote nothing else, its commit does not wait
-    /// for a WAL flush, and the lock is held only for the statement. Best effort: a notification
-    /// that cannot be sent is dropped (logged at debug level); readers still poll.
-    /// The returned future completes when the notification was sent or could not be.
-    @discardableResult
-    private func notify(on conn: PostgresConnection) -> EventLoopFuture<Void> {
+    /// Sees that a notification follows the commit just made on `conn`, which stored events.
+    /// Other processes' readers wait for it; this process's are woken at once (``deliver(_:to:)``).
+    /// Notifications are spaced by the configuration's `notificationInterval` (2 ms) at least: a commit made sooner after
+    /// the last one leaves its notification to ``runDeferredNotifications()``, which sends one
+    /// for every commit made meanwhile. A lone caller's command then usually costs one round trip,
+    /// not two, and the cluster-wide notification queue takes at most 500 entries a second from
+    /// a store.
+    private func notifyAfterCommit(on conn: PostgresConnection) async {
+        let interval = configuration.notificationInterval
+        let sendNow = groups.withLock { $0.notifications.committed(at: .now, interval: interval) }
+        if sendNow {
+            await notify(on: conn)
+        } else {
+            notificationDue.signal()
+        }
+    }
+
+    /// Sends the deferred notifications (see ``notifyAfterCommit(on:)``) on a pooled connection,
+    /// each twice the notification interval after the last notification, unless the next commit
+    /// sent it first. A child task of
+    /// ``run()``, until it is cancelled (after the group writers stopped, and
+    /// ``sendDueNotification()`` sent the last one).
+    func runDeferredNotifications() async {
+        while !Task.isCancelled {
+            await notificationDue.wait()
+            let last = groups.withLock { $0.notifications.lastSent }
+            // The next commit after the interval usually sends it first, on its own connection.
+            if let last { try? await Task.sleep(until: last + configuration.notificationInterval * 2) }
+            await sendDueNotification()
+        }
+    }
+
+    /// Sends the deferred notification, if one is due, on a pooled connection.
+    func sendDueNotification() async {
+        // When run() is cancelled the pool stops too: notifications are best effort.
+        guard !Task.isCancelled, groups.withLock({ $0.notifications.takeDue(at: .now) }) else { return }
+        do {
+            try await client.withConnection { conn in await self.notify(on: conn) }
+        } catch {
+            logger.debug("could not send the append notification", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Sends one notification on `conn`, after the commits it tells of. `NOTIFY` inside the
+    /// append transaction would take PostgreSQL's global notification lock at commit and hold it
+    /// through the commit's WAL flush, so concurrent appending transactions (other groups, other
+    /// processes) could not share a flush; sent in a transaction that wrote nothing else, its
+    /// commit does not wait for a WAL flush, and the lock is held only for the statement. A
+    /// prepared statement: it costs a Bind and an Execute, like an append. Best effort: a
+    /// notification that cannot be sent is dropped (logged at debug level); readers still poll.
+    private func notify(on conn: PostgresConnection) async {
         groups.withLock { $0.notificationsSent += 1 }
-        // The schema in a comment: operators (and tests) see which store's writer sent it.
-        let query: PostgresQuery = "SELECT pg_notify(\(notificationChannel), '') -- \(unescaped: schema.rawValue)"
-        let logger = logger
-        return conn.queryUnlessClosed(query, logger: queryLogger).map { _ in () }.recover { error in
+        do {
+            try await conn.onEventLoop {
+                // Checked on the connection's event loop, which then writes the statement at once:
+                // a statement written to a connection that closed would never complete
+                // (postgres-nio 1.33).
+                guard !conn.isClosed else { throw PostgresConnection.closedError }
+                var binds = PostgresBindings(capacity: 1)
+                binds.append(self.notificationChannel)
+                let rows = try await conn.executePrepared(self.notificationSQL, binds: binds, logger: self.queryLogger)
+                for try await _ in rows {}
+            }
+        } catch {
             logger.debug("could not send the append notification", metadata: ["error": "\(error)"])
         }
     }
 
     /// Notifications sent (or tried) since the store was opened.
     package var notificationsSent: Int { groups.withLock { $0.notificationsSent } }
+
+    /// Whether a commit waits for a notification that ``runDeferredNotifications()`` owes.
+    package var notificationOwed: Bool { groups.withLock { $0.notifications.due } }
 
     /// Group writers that have a connection now (writing, or keeping it idle).
     package var writersOnConnections: Int { groups.withLock { $0.writersOnConnections } }
@@ -648,7 +702,7 @@ public final class PostgresEventStore: EventStore {
                     outcomes = try await self.callAppendFunction([item], on: conn, forceBytes: forceBytes)
                 }
                 let result = try outcomes[0].get()
-                if !result.isDuplicate { self.notify(on: conn) }
+                if !result.isDuplicate { await self.notifyAfterCommit(on: conn) }
                 return result
             } catch let error as PSQLError where error.sqlState != nil {
                 if error.sqlState == "23505", error.constraintName == "commands_pkey", attempt < 3 {
@@ -1098,9 +1152,7 @@ public final class PostgresEventStore: EventStore {
             return try await client.withConnection { conn in
                 // A query on a closed connection never completes in postgres-nio 1.33 (see
                 // ClosedConnectionQueryTests): the pool may hand out one the server just ended.
-                guard !conn.isClosed else {
-                    throw PostgresStoreError.database(sqlState: "08006", message: "the pooled connection is closed")
-                }
+                guard !conn.isClosed else { throw PostgresConnection.closedError }
                 return try await body(conn)
             }
         } catch {
@@ -1226,6 +1278,7 @@ struct GroupQueue {
     var idleWriters: [IdleWriter] = []
     /// Notifications sent (or tried).
     var notificationsSent = 0
+    var notifications = NotificationSchedule()
     /// Group writers that have a connection now (writing, or keeping it idle).
     var writersOnConnections = 0
     /// The store is stopping: writers end once the queue is empty.
@@ -1247,6 +1300,36 @@ final class EventLoopTaskExecutor: TaskExecutor {
     func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
         eventLoop.execute { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
+    }
+}
+
+/// When a store's notifications go out (see ``PostgresEventStore/notifyAfterCommit(on:)``).
+struct NotificationSchedule {
+    /// When the last one was sent (or handed to the deferred sender).
+    private(set) var lastSent: ContinuousClock.Instant?
+    /// A commit has no notification after it yet: the deferred sender owes one.
+    private(set) var due = false
+
+    /// A commit that stored events was made at `now`: true when its notification goes out now,
+    /// false when the one owed already covers it or one was sent less than `interval` ago (it
+    /// is owed then).
+    mutating func committed(at now: ContinuousClock.Instant, interval: Duration) -> Bool {
+        if let lastSent, now - lastSent < interval {
+            due = true
+            return false
+        }
+        // Also when one is owed: this commit's notification covers the earlier ones.
+        due = false
+        lastSent = now
+        return true
+    }
+
+    /// True when a notification is owed: the caller sends it now, after every commit it covers.
+    mutating func takeDue(at now: ContinuousClock.Instant) -> Bool {
+        guard due else { return false }
+        due = false
+        lastSent = now
+        return true
     }
 }
 
@@ -1295,12 +1378,22 @@ extension PostgresConnection {
     func queryUnlessClosed(_ query: PostgresQuery, logger: Logger) -> EventLoopFuture<PostgresQueryResult> {
         let promise = eventLoop.makePromise(of: PostgresQueryResult.self)
         let send: @Sendable () -> Void = {
-            guard !self.isClosed else {
-                return promise.fail(PostgresStoreError.database(sqlState: "08006", message: "the connection is closed"))
-            }
+            guard !self.isClosed else { return promise.fail(Self.closedError) }
             self.query(query, logger: logger).cascade(to: promise)
         }
         if eventLoop.inEventLoop { send() } else { eventLoop.execute(send) }
         return promise.futureResult
+    }
+
+    /// What an operation on a connection that closed fails with.
+    static let closedError = PostgresStoreError.database(sqlState: "08006", message: "the connection is closed")
+
+    /// Runs `body` on the connection's event loop, at once when the task runs there already (a
+    /// group writer does). Until its first suspension `body` runs there without a break, and the
+    /// channel closes there, so a check of `isClosed` holds for a query `body` sends next:
+    /// postgres-nio writes a query sent from the event loop at once.
+    func onEventLoop<T: Sendable>(_ body: () async throws -> T) async throws -> T {
+        if eventLoop.inEventLoop { return try await body() }
+        return try await withTaskExecutorPreference(EventLoopTaskExecutor(eventLoop)) { try await body() }
     }
 }

@@ -86,6 +86,7 @@ extension PostgresEventStore: Service {
             await withTaskGroup(of: Void.self) { listening in
                 listening.addTask { await self.listener.run() }
                 listening.addTask { await self.runConnectionReaper() }
+                listening.addTask { await self.runDeferredNotifications() }
                 await withTaskGroup(of: Void.self) { writing in
                     for _ in 0..<Self.maxGroupsInFlight {
                         writing.addTask { await self.runGroupWriter() }
@@ -93,6 +94,8 @@ extension PostgresEventStore: Service {
                     await readiness.stopRequested.wait()
                     stopGroupWriters()
                 }
+                // The notification owed for the last commits goes out before the pool stops.
+                await sendDueNotification()
                 listening.cancelAll()
             }
             group.cancelAll()

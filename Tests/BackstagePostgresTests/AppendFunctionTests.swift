@@ -219,5 +219,82 @@ extension PostgresTests {
                 }
             }
         }
+
+        // The notification interval is a minute here: the first commit is notified at once, the
+        // next ones within the minute owe theirs, and stopping the store sends it.
+        @Test("a commit made within the interval after a notification owes one, and closing the store sends it")
+        func owedNotificationSentOnClose() async throws {
+            try await withFreshStore { reader in
+                _ = reader.appendNotifications()
+                #expect(try await eventually { reader.notificationStatus.isListening })
+                let before = reader.notificationStatus.notificationsReceived
+                try await withPeer(of: reader, configure: { $0.notificationInterval = .seconds(60) }) { writer in
+                    _ = try await writer.append([event()], to: "owed-1", expected: .noStream, commandID: nil)
+                    #expect(try await eventually { reader.notificationStatus.notificationsReceived == before + 1 })
+                    #expect(!writer.notificationOwed)
+                    _ = try await writer.append([event()], to: "owed-2", expected: .noStream, commandID: nil)
+                    _ = try await writer.append([event()], to: "owed-3", expected: .noStream, commandID: nil)
+                    #expect(try await eventually { writer.notificationOwed })
+                    #expect(writer.notificationsSent == 1)
+                }
+                // Sent after both commits, when the writer stopped.
+                #expect(try await eventually { reader.notificationStatus.notificationsReceived == before + 2 })
+                let events = try await reader.readAll(after: .start, limit: 10, filter: .all)
+                #expect(events.map(\.stream) == ["owed-1", "owed-2", "owed-3"])
+            }
+        }
+
+        // The interval is a second: the second commit owes its notification, which goes out by
+        // itself within two intervals while the store keeps running.
+        @Test("an owed notification is sent by itself after twice the interval")
+        func owedNotificationSentLater() async throws {
+            try await withFreshStore { reader in
+                _ = reader.appendNotifications()
+                #expect(try await eventually { reader.notificationStatus.isListening })
+                let before = reader.notificationStatus.notificationsReceived
+                try await withPeer(of: reader, configure: { $0.notificationInterval = .seconds(1) }) { writer in
+                    _ = try await writer.append([event()], to: "later-1", expected: .noStream, commandID: nil)
+                    _ = try await writer.append([event()], to: "later-2", expected: .noStream, commandID: nil)
+                    let appended = ContinuousClock.now
+                    #expect(try await eventually { writer.notificationOwed })
+                    #expect(try await eventually { reader.notificationStatus.notificationsReceived == before + 2 })
+                    #expect(!writer.notificationOwed)
+                    #expect(writer.notificationsSent == 2)
+                    #expect(ContinuousClock.now - appended < .seconds(5))
+                }
+            }
+        }
+    }
+}
+
+@Suite("Notification spacing (no server needed)")
+struct NotificationScheduleTests {
+    @Test("a commit within the interval owes a notification; the next one after it, or the deferred sender, sends it")
+    func schedule() {
+        let t0 = ContinuousClock.now
+        var schedule = NotificationSchedule()
+        // Whether a commit `ms` milliseconds after t0 sends its notification at once.
+        func commit(_ ms: Double) -> Bool {
+            schedule.committed(at: t0 + .microseconds(Int(ms * 1_000)), interval: .milliseconds(2))
+        }
+        func takeDue(_ ms: Double) -> Bool { schedule.takeDue(at: t0 + .microseconds(Int(ms * 1_000))) }
+
+        #expect(commit(0))
+        #expect(!schedule.due)
+        // Within the interval: owed, once for both commits.
+        #expect(!commit(1))
+        #expect(!commit(1.5))
+        #expect(schedule.due)
+        // The next commit after the interval sends one that covers the owed commits.
+        #expect(commit(2))
+        #expect(!schedule.due)
+        #expect(!takeDue(3))
+        // Owed again; the deferred sender takes it, and the interval counts from then.
+        #expect(!commit(3))
+        #expect(takeDue(6))
+        #expect(!schedule.due)
+        #expect(!takeDue(6))
+        #expect(!commit(7))
+        #expect(commit(8))
     }
 }
