@@ -590,11 +590,12 @@ public final class PostgresEventStore: EventStore {
 
     /// Sees that a notification follows the commit just made on `conn`, which stored events.
     /// Other processes' readers wait for it; this process's are woken at once (``deliver(_:to:)``).
-    /// Notifications are spaced by the configuration's `notificationInterval` (2 ms) at least: a commit made sooner after
-    /// the last one leaves its notification to ``runDeferredNotifications()``, which sends one
-    /// for every commit made meanwhile. A lone caller's command then usually costs one round trip,
-    /// not two, and the cluster-wide notification queue takes at most 500 entries a second from
-    /// a store.
+    /// Notifications are at least the configuration's `notificationInterval` (2 ms) apart: a
+    /// commit made sooner after the last one owes its notification, and the next commit after the
+    /// interval sends one that covers it, or else ``runDeferredNotifications()`` does. A lone
+    /// caller committing about once a millisecond pays a notification's round trip once in two
+    /// or three commands instead of at each, and the cluster-wide notification queue takes at
+    /// most 500 entries a second from a store.
     private func notifyAfterCommit(on conn: PostgresConnection) async {
         let interval = configuration.notificationInterval
         let sendNow = groups.withLock { $0.notifications.committed(at: .now, interval: interval) }
@@ -605,11 +606,10 @@ public final class PostgresEventStore: EventStore {
         }
     }
 
-    /// Sends the deferred notifications (see ``notifyAfterCommit(on:)``) on a pooled connection,
+    /// Sends the owed notifications (see ``notifyAfterCommit(on:)``) on a pooled connection,
     /// each twice the notification interval after the last notification, unless the next commit
-    /// sent it first. A child task of
-    /// ``run()``, until it is cancelled (after the group writers stopped, and
-    /// ``sendDueNotification()`` sent the last one).
+    /// sent it first. A child task of ``run()``, until it is cancelled (after the group writers
+    /// stopped and ``sendDueNotification()`` sent the last one).
     func runDeferredNotifications() async {
         while !Task.isCancelled {
             await notificationDue.wait()
@@ -620,7 +620,7 @@ public final class PostgresEventStore: EventStore {
         }
     }
 
-    /// Sends the deferred notification, if one is due, on a pooled connection.
+    /// Sends the owed notification, if there is one, on a pooled connection.
     func sendDueNotification() async {
         // When run() is cancelled the pool stops too: notifications are best effort.
         guard !Task.isCancelled, groups.withLock({ $0.notifications.takeDue(at: .now) }) else { return }

@@ -224,10 +224,7 @@ extension PostgresTests {
         // next ones within the minute owe theirs, and stopping the store sends it.
         @Test("a commit made within the interval after a notification owes one, and closing the store sends it")
         func owedNotificationSentOnClose() async throws {
-            try await withFreshStore { reader in
-                _ = reader.appendNotifications()
-                #expect(try await eventually { reader.notificationStatus.isListening })
-                let before = reader.notificationStatus.notificationsReceived
+            try await withListeningReader { reader, before in
                 try await withPeer(of: reader, configure: { $0.notificationInterval = .seconds(60) }) { writer in
                     _ = try await writer.append([event()], to: "owed-1", expected: .noStream, commandID: nil)
                     #expect(try await eventually { reader.notificationStatus.notificationsReceived == before + 1 })
@@ -248,10 +245,7 @@ extension PostgresTests {
         // itself within two intervals while the store keeps running.
         @Test("an owed notification is sent by itself after twice the interval")
         func owedNotificationSentLater() async throws {
-            try await withFreshStore { reader in
-                _ = reader.appendNotifications()
-                #expect(try await eventually { reader.notificationStatus.isListening })
-                let before = reader.notificationStatus.notificationsReceived
+            try await withListeningReader { reader, before in
                 try await withPeer(of: reader, configure: { $0.notificationInterval = .seconds(1) }) { writer in
                     _ = try await writer.append([event()], to: "later-1", expected: .noStream, commandID: nil)
                     _ = try await writer.append([event()], to: "later-2", expected: .noStream, commandID: nil)
@@ -264,6 +258,16 @@ extension PostgresTests {
                 }
             }
         }
+    }
+}
+
+/// A store on a fresh schema that listens for notifications, and how many it had received when it
+/// started listening.
+private func withListeningReader(_ body: (PostgresEventStore, Int) async throws -> Void) async throws {
+    try await withFreshStore { reader in
+        _ = reader.appendNotifications()
+        #expect(try await eventually { reader.notificationStatus.isListening })
+        try await body(reader, reader.notificationStatus.notificationsReceived)
     }
 }
 
