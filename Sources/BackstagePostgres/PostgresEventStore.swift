@@ -1310,9 +1310,9 @@ struct NotificationSchedule {
     /// A commit has no notification after it yet: the deferred sender owes one.
     private(set) var due = false
 
-    /// A commit that stored events was made at `now`: true when its notification goes out now,
-    /// false when the one owed already covers it or one was sent less than `interval` ago (it
-    /// is owed then).
+    /// A commit that stored events was made at `now`: true when its notification goes out now
+    /// (covering the commits that owed one), false when one was sent less than `interval` ago:
+    /// it is owed then, and the owed notification covers every commit made before it is sent.
     mutating func committed(at now: ContinuousClock.Instant, interval: Duration) -> Bool {
         if let lastSent, now - lastSent < interval {
             due = true
