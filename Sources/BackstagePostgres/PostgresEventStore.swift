@@ -611,11 +611,18 @@ public final class PostgresEventStore: EventStore {
     /// sent it first. A child task of ``run()``, until it is cancelled (after the group writers
     /// stopped and ``sendDueNotification()`` sent the last one).
     func runDeferredNotifications() async {
+        let wait = configuration.notificationInterval * 2
         while !Task.isCancelled {
             await notificationDue.wait()
-            let last = groups.withLock { $0.notifications.lastSent }
-            // The next commit after the interval usually sends it first, on its own connection.
-            if let last { try? await Task.sleep(until: last + configuration.notificationInterval * 2) }
+            // Until two intervals have passed since the last notification, which a commit may
+            // have sent meanwhile: the next commit after the interval usually sends the owed one,
+            // on its own connection, and this one then finds nothing owed (or a newer one, not
+            // yet due).
+            while !Task.isCancelled, let last = groups.withLock({ $0.notifications.lastSent }),
+                ContinuousClock.now < last + wait
+            {
+                try? await Task.sleep(until: last + wait)
+            }
             await sendDueNotification()
         }
     }
