@@ -98,8 +98,7 @@ final class NotificationListener: Sendable {
         // closed connection would never complete, and run() would wait for ever).
         let result = try await conn.queryUnlessClosed(
             "SELECT pg_backend_pid(), set_config('application_name', \(applicationName), false)",
-            logger: queryLogger
-        ).get()
+            logger: queryLogger)
         var pid: Int32?
         for row in result.rows { pid = try row.makeRandomAccess()[0].decode(Int32.self) }
         try await conn.listen(on: channel) { notifications in
@@ -117,6 +116,6 @@ final class NotificationListener: Sendable {
         }
         // The sequence ended without an error (cancelled, or the server ended it): give the
         // connection back in a clean state, unless it is closing.
-        _ = try? await conn.queryUnlessClosed("RESET application_name", logger: queryLogger).get()
+        _ = try? await conn.queryUnlessClosed("RESET application_name", logger: queryLogger)
     }
 }

@@ -648,11 +648,7 @@ public final class PostgresEventStore: EventStore {
     private func notify(on conn: PostgresConnection) async {
         groups.withLock { $0.notificationsSent += 1 }
         do {
-            try await conn.onEventLoop {
-                // Checked on the connection's event loop, which then writes the statement at once:
-                // a statement written to a connection that closed would never complete
-                // (postgres-nio 1.33).
-                guard !conn.isClosed else { throw PostgresConnection.closedError }
+            try await conn.unlessClosed {
                 var binds = PostgresBindings(capacity: 1)
                 binds.append(self.notificationChannel)
                 let rows = try await conn.executePrepared(self.notificationSQL, binds: binds, logger: self.queryLogger)
@@ -1374,33 +1370,38 @@ public struct PostgresReadHorizon: Sendable, Hashable {
 }
 
 extension PostgresConnection {
-    /// Sends `query` unless the connection has closed. postgres-nio 1.33 never completes a query
-    /// written to a closed channel (see ClosedConnectionQueryTests), so a query sent while the
-    /// pool or the server closes the connection could wait for ever; this one is written on the
-    /// connection's event loop, where the channel closes, and only while it is open (a query the
-    /// open channel took fails when it closes).
+    /// Runs `body`, which sends a query, only while the connection is open. postgres-nio 1.33
+    /// never completes a query written to a closed channel (see ClosedConnectionQueryTests), so a
+    /// query sent while the pool or the server closes the connection could wait for ever. The
+    /// check and `body` run on the connection's event loop, where the channel closes (at once
+    /// when the task runs there already, as a group writer does): until its first suspension
+    /// `body` runs there without a break, and postgres-nio writes a query sent from the event
+    /// loop at once. A query the open channel took fails when it closes.
     ///
-    /// - Returns: the query's result; a failed future with ``PostgresStoreError/database(sqlState:message:)``
-    ///   (`08006`) when the connection had closed.
-    func queryUnlessClosed(_ query: PostgresQuery, logger: Logger) -> EventLoopFuture<PostgresQueryResult> {
-        let promise = eventLoop.makePromise(of: PostgresQueryResult.self)
-        let send: @Sendable () -> Void = {
-            guard !self.isClosed else { return promise.fail(Self.closedError) }
-            self.query(query, logger: logger).cascade(to: promise)
+    /// - Throws: ``closedError`` when the connection had closed, or what `body` threw.
+    func unlessClosed<T: Sendable>(_ body: () async throws -> T) async throws -> T {
+        if eventLoop.inEventLoop { return try await checkOpen(then: body) }
+        return try await withTaskExecutorPreference(EventLoopTaskExecutor(eventLoop)) {
+            try await checkOpen(then: body)
         }
-        if eventLoop.inEventLoop { send() } else { eventLoop.execute(send) }
-        return promise.futureResult
     }
 
-    /// What an operation on a connection that closed fails with.
+    private func checkOpen<T: Sendable>(then body: () async throws -> T) async throws -> T {
+        guard !isClosed else { throw Self.closedError }
+        return try await body()
+    }
+
+    /// Runs `query` only while the connection is open (``unlessClosed(_:)``).
+    ///
+    /// - Throws: ``closedError`` when the connection had closed, or the query's error.
+    func queryUnlessClosed(_ query: PostgresQuery, logger: Logger) async throws -> PostgresQueryResult {
+        try await unlessClosed {
+            // The future-returning query: written at once, on the event loop.
+            let result: EventLoopFuture<PostgresQueryResult> = self.query(query, logger: logger)
+            return try await result.get()
+        }
+    }
+
+    /// What an operation on a connection that closed fails with (`08006`).
     static let closedError = PostgresStoreError.database(sqlState: "08006", message: "the connection is closed")
-
-    /// Runs `body` on the connection's event loop, at once when the task runs there already (a
-    /// group writer does). Until its first suspension `body` runs there without a break, and the
-    /// channel closes there, so a check of `isClosed` holds for a query `body` sends next:
-    /// postgres-nio writes a query sent from the event loop at once.
-    func onEventLoop<T: Sendable>(_ body: () async throws -> T) async throws -> T {
-        if eventLoop.inEventLoop { return try await body() }
-        return try await withTaskExecutorPreference(EventLoopTaskExecutor(eventLoop)) { try await body() }
-    }
 }

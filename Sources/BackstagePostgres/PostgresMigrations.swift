@@ -479,10 +479,10 @@ enum PostgresTransaction {
         do {
             value = try await body(connection)
         } catch {
-            _ = try? await connection.queryUnlessClosed("ROLLBACK;", logger: logger).get()
+            _ = try? await connection.queryUnlessClosed("ROLLBACK;", logger: logger)
             throw error
         }
-        _ = try await connection.queryUnlessClosed("COMMIT;", logger: logger).get()
+        _ = try await connection.queryUnlessClosed("COMMIT;", logger: logger)
         return value
     }
 

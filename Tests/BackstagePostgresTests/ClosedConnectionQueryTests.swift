@@ -17,14 +17,14 @@ struct ClosedConnectionQueryTests {
         try await withFreshStore { store in
             let logger = Logger(label: "closed")
             try await store.client.withConnection { conn in
-                let open = try await conn.queryUnlessClosed("SELECT 7", logger: logger).get()
+                let open = try await conn.queryUnlessClosed("SELECT 7", logger: logger)
                 #expect(try open.rows.first?.makeRandomAccess()[0].decode(Int.self) == 7)
                 try await conn.close()
                 // Without the check on the event loop this waits for ever (the test above).
                 await #expect(
                     throws: PostgresStoreError.database(sqlState: "08006", message: "the connection is closed")
                 ) {
-                    _ = try await conn.queryUnlessClosed("SELECT 1", logger: logger).get()
+                    _ = try await conn.queryUnlessClosed("SELECT 1", logger: logger)
                 }
             }
         }
