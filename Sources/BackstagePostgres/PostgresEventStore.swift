@@ -59,7 +59,10 @@ import _ConnectionPoolModule
 ///   one multi-row insert from arrays (`unnest`). A wrong expected version or a reused command
 ///   id rejects only its own append; no savepoints. When the statement fails as a whole (a
 ///   command id stored at the same moment by another process, an event id already stored), each
-///   append of the group is written alone, so the error reaches only its cause.
+///   append of the group is written alone, so the error reaches only its cause. A group of one
+///   (a lone caller's append) calls `append_one` (migration 9) instead: the same locks, checks
+///   and rows in plain statements, without the joins, sorts and aggregate that a group's
+///   statement initialises at every call (about a quarter of the server's time per lone append).
 /// - **Notifications**: a transaction that appended is followed by a `NOTIFY` sent after its
 ///   commit, on the same connection; one that did not (all its appends rejected or duplicates)
 ///   by none. The writer does not wait for it: it takes its next group at once, and its next
@@ -147,9 +150,8 @@ public final class PostgresEventStore: EventStore {
     let queryLogger: Logger
     private let notifier = AppendNotifier()
     private let groups = Mutex(GroupQueue())
-    /// The append function ``prepare()`` found in the schema (migration 7's, or migration 6's on a
-    /// schema not migrated that far).
-    private let appendFunctionName = Mutex(PostgresMigrations.legacyAppendFunctionName)
+    /// The append functions ``prepare()`` found in the schema.
+    private let appendFunctions = Mutex(AppendFunctions())
     private let metrics = PostgresStoreMetrics()
     /// The pool this store created and runs in ``run()``; nil when the caller runs the client.
     let ownedClient: PostgresClient?
@@ -222,20 +224,37 @@ public final class PostgresEventStore: EventStore {
         }
     }
 
-    /// The append function appends call.
-    var appendFunction: String { appendFunctionName.withLock { $0 } }
-
-    /// Makes appends call `name` (tests: a process of an older version calls `append_group`).
-    func useAppendFunction(_ name: String) {
-        appendFunctionName.withLock { $0 = name }
+    /// The append functions appends call: for a group (migration 7's, or migration 6's on a
+    /// schema not migrated that far), and for a group of one (migration 9's, when the schema has it).
+    struct AppendFunctions: Sendable {
+        var group = PostgresMigrations.legacyAppendFunctionName
+        var lone: String?
     }
 
-    /// Chooses the append function: migration 7's when the schema has it, else migration 6's.
+    /// The append function groups call.
+    var appendFunction: String { appendFunctions.withLock { $0.group } }
+
+    /// The append function a group of one calls; nil when it calls ``appendFunction``.
+    var loneAppendFunction: String? { appendFunctions.withLock { $0.lone } }
+
+    /// Makes every append call `name` (tests: a process of an older version calls `append_group`).
+    func useAppendFunction(_ name: String) {
+        appendFunctions.withLock { $0 = AppendFunctions(group: name, lone: nil) }
+    }
+
+    /// Chooses the append functions the schema has: migration 7's for groups, else migration 6's,
+    /// and migration 9's for a group of one.
     func findAppendFunction(on conn: PostgresConnection) async throws {
-        let name = "\(s).\(PostgresMigrations.appendFunctionName)"
-        let rows = try await conn.query("SELECT to_regproc(\(name)) IS NOT NULL", logger: queryLogger)
-        for try await found in rows.decode(Bool.self) where found {
-            appendFunctionName.withLock { $0 = PostgresMigrations.appendFunctionName }
+        let group = "\(s).\(PostgresMigrations.appendFunctionName)"
+        let lone = "\(s).\(PostgresMigrations.loneAppendFunctionName)"
+        let rows = try await conn.query(
+            "SELECT to_regproc(\(group)) IS NOT NULL, to_regproc(\(lone)) IS NOT NULL", logger: queryLogger)
+        for try await (hasGroup, hasLone) in rows.decode((Bool, Bool).self) {
+            appendFunctions.withLock {
+                $0.group =
+                    hasGroup ? PostgresMigrations.appendFunctionName : PostgresMigrations.legacyAppendFunctionName
+                $0.lone = hasLone ? PostgresMigrations.loneAppendFunctionName : nil
+            }
         }
     }
 
@@ -732,71 +751,65 @@ public final class PostgresEventStore: EventStore {
     }
 
     /// Calls the append function for `group` (distinct streams, distinct command ids) and maps
-    /// its rows to one outcome per append.
+    /// its rows to one outcome per append: migration 9's function for a group of one, the group's
+    /// function otherwise (both return the same rows).
     private func callAppendFunction(
         _ group: [PendingAppend], on conn: PostgresConnection, forceBytes: Bool
     ) async throws -> [Result<AppendResult, any Error>] {
         let eventCount = group.reduce(0) { $0 + $1.rows.count }
-        var streams = PostgresArrayParameter(element: .text, array: .textArray)
-        var categories = PostgresArrayParameter(element: .text, array: .textArray)
-        var expected = PostgresArrayParameter(element: .int8, array: .int8Array)
-        var commands = PostgresArrayParameter(element: .uuid, array: .uuidArray)
-        var fingerprints = PostgresArrayParameter(element: .text, array: .textArray)
-        var counts = PostgresArrayParameter(element: .int4, array: .int4Array)
-        var apps = PostgresArrayParameter(element: .int4, array: .int4Array, capacity: eventCount * 8)
-        var offsets = PostgresArrayParameter(element: .int4, array: .int4Array, capacity: eventCount * 8)
-        var ids = PostgresArrayParameter(element: .uuid, array: .uuidArray, capacity: eventCount * 20)
-        var types = PostgresArrayParameter(element: .text, array: .textArray, capacity: eventCount * 24)
-        var versions = PostgresArrayParameter(element: .int4, array: .int4Array, capacity: eventCount * 8)
-        var data = PostgresArrayParameter(
-            element: .jsonb, array: .jsonbArray, capacity: group.reduce(0) { $0 + $1.bytes } + eventCount * 5)
-        var bytes = PostgresArrayParameter(element: .bytea, array: .byteaArray)
-        var eventCommands = PostgresArrayParameter(element: .uuid, array: .uuidArray)
-        var causations = PostgresArrayParameter(element: .uuid, array: .uuidArray)
-        var correlations = PostgresArrayParameter(element: .uuid, array: .uuidArray)
-        var fields = PostgresArrayParameter(element: .jsonb, array: .jsonbArray)
-        for (index, item) in group.enumerated() {
-            streams.append(item.stream)
-            categories.append(streamCategory(item.stream))
-            expected.append(Self.expectedCode(item.expected))
-            commands.append(item.commandID)
-            fingerprints.append(item.fingerprint)
-            counts.append(Int32(item.rows.count))
-            for (offset, row) in item.rows.enumerated() {
-                apps.append(Int32(index + 1))
-                offsets.append(Int32(offset + 1))
-                ids.append(row.id)
-                types.append(row.type)
-                versions.append(row.schemaVersion)
-                if row.isJSON && !forceBytes {
-                    data.append(jsonb: row.data)
-                    bytes.appendNull()
-                } else {
-                    data.appendNull()
-                    bytes.append(bytes: row.data)
-                }
-                eventCommands.append(row.commandID)
-                causations.append(row.causationID)
-                correlations.append(row.correlationID)
-                if let f = row.fields { fields.append(jsonb: f) } else { fields.appendNull() }
-            }
-        }
+        var events = EventArrays(events: eventCount, bytes: group.reduce(0) { $0 + $1.bytes })
         var binds = PostgresBindings(capacity: 20)
-        for array in [
-            streams, categories, expected, commands, fingerprints, counts, apps, offsets, ids, types, versions, data,
-            bytes, eventCommands, causations, correlations, fields,
-        ] {
-            binds.append(array)
+        let functions = appendFunctions.withLock { $0 }
+        let sql: String
+        if group.count == 1, let lone = functions.lone {
+            let item = group[0]
+            for row in item.rows { events.append(row, forceBytes: forceBytes) }
+            binds.append(item.stream)
+            binds.append(streamCategory(item.stream))
+            binds.append(Self.expectedCode(item.expected))
+            binds.append(item.commandID)
+            binds.append(item.fingerprint)
+            events.bind(into: &binds)
+            binds.append(appenderLockClass)
+            binds.append(streamLockClass)
+            sql = "\(s).\(lone)($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+        } else {
+            var streams = PostgresArrayParameter(element: .text, array: .textArray)
+            var categories = PostgresArrayParameter(element: .text, array: .textArray)
+            var expected = PostgresArrayParameter(element: .int8, array: .int8Array)
+            var commands = PostgresArrayParameter(element: .uuid, array: .uuidArray)
+            var fingerprints = PostgresArrayParameter(element: .text, array: .textArray)
+            var counts = PostgresArrayParameter(element: .int4, array: .int4Array)
+            var apps = PostgresArrayParameter(element: .int4, array: .int4Array, capacity: eventCount * 8)
+            var offsets = PostgresArrayParameter(element: .int4, array: .int4Array, capacity: eventCount * 8)
+            for (index, item) in group.enumerated() {
+                streams.append(item.stream)
+                categories.append(streamCategory(item.stream))
+                expected.append(Self.expectedCode(item.expected))
+                commands.append(item.commandID)
+                fingerprints.append(item.fingerprint)
+                counts.append(Int32(item.rows.count))
+                for (offset, row) in item.rows.enumerated() {
+                    apps.append(Int32(index + 1))
+                    offsets.append(Int32(offset + 1))
+                    events.append(row, forceBytes: forceBytes)
+                }
+            }
+            for array in [streams, categories, expected, commands, fingerprints, counts, apps, offsets] {
+                binds.append(array)
+            }
+            events.bind(into: &binds)
+            binds.append(appenderLockClass)
+            binds.append(streamLockClass)
+            sql =
+                "\(s).\(functions.group)($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
         }
-        binds.append(appenderLockClass)
-        binds.append(streamLockClass)
-        let function = appendFunction
         // Prepared once per connection: each call then only binds and executes.
         let rows = try await conn.executePrepared(
             """
             SELECT append_index, status, actual_version, first_version, last_version, first_position,
                    last_position, transaction_text, recorded_at, stored_stream
-            FROM \(s).\(function)($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+            FROM \(sql)
             """, binds: binds, logger: queryLogger)
         var outcomes = [Result<AppendResult, any Error>?](repeating: nil, count: group.count)
         for try await row in rows {
@@ -1275,6 +1288,51 @@ final class PendingAppend: @unchecked Sendable {
 }
 
 /// The group-commit queue: the appends waiting, and the writers idle.
+/// The per-event arrays of an append function's call, in its argument order.
+private struct EventArrays {
+    var ids: PostgresArrayParameter
+    var types: PostgresArrayParameter
+    var versions: PostgresArrayParameter
+    var data: PostgresArrayParameter
+    var bytes = PostgresArrayParameter(element: .bytea, array: .byteaArray)
+    var commands = PostgresArrayParameter(element: .uuid, array: .uuidArray)
+    var causations = PostgresArrayParameter(element: .uuid, array: .uuidArray)
+    var correlations = PostgresArrayParameter(element: .uuid, array: .uuidArray)
+    var fields = PostgresArrayParameter(element: .jsonb, array: .jsonbArray)
+
+    /// Arrays with room for `events` events of `bytes` payload bytes in all.
+    init(events: Int, bytes: Int) {
+        ids = PostgresArrayParameter(element: .uuid, array: .uuidArray, capacity: events * 20)
+        types = PostgresArrayParameter(element: .text, array: .textArray, capacity: events * 24)
+        versions = PostgresArrayParameter(element: .int4, array: .int4Array, capacity: events * 8)
+        data = PostgresArrayParameter(element: .jsonb, array: .jsonbArray, capacity: bytes + events * 5)
+    }
+
+    /// Adds `row`: its payload as jsonb, or as bytes when it is not JSON or `forceBytes` says so.
+    mutating func append(_ row: EncodedEvent, forceBytes: Bool) {
+        ids.append(row.id)
+        types.append(row.type)
+        versions.append(row.schemaVersion)
+        if row.isJSON && !forceBytes {
+            data.append(jsonb: row.data)
+            bytes.appendNull()
+        } else {
+            data.appendNull()
+            bytes.append(bytes: row.data)
+        }
+        commands.append(row.commandID)
+        causations.append(row.causationID)
+        correlations.append(row.correlationID)
+        if let f = row.fields { fields.append(jsonb: f) } else { fields.appendNull() }
+    }
+
+    func bind(into binds: inout PostgresBindings) {
+        for array in [ids, types, versions, data, bytes, commands, causations, correlations, fields] {
+            binds.append(array)
+        }
+    }
+}
+
 struct GroupQueue {
     var pending: [PendingAppend] = []
     /// Group writers waiting for an append, those holding a connection last.

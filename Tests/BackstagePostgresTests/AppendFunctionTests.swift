@@ -9,10 +9,13 @@ import Testing
 extension PostgresTests {
     @Suite("Append functions and notifications")
     struct AppendFunctions {
-        @Test("a migrated store calls migration 7's append function; a schema of migration 6 keeps append_group")
+        @Test(
+            "a migrated store calls migration 7's append function for groups and migration 9's for one append; a schema of migration 6 keeps append_group"
+        )
         func choosesTheFunction() async throws {
             try await withFreshStore { store in
                 #expect(store.appendFunction == PostgresMigrations.appendFunctionName)
+                #expect(store.loneAppendFunction == PostgresMigrations.loneAppendFunctionName)
             }
             try await withFreshStore(configure: { $0.migrate = false }) { store in
                 try await store.client.withConnection { conn in
@@ -20,10 +23,12 @@ extension PostgresTests {
                     try await store.findAppendFunction(on: conn)
                 }
                 #expect(store.appendFunction == PostgresMigrations.legacyAppendFunctionName)
+                #expect(store.loneAppendFunction == nil)
                 let first = try await store.append([event()], to: "old-1", expected: .noStream, commandID: nil)
                 #expect(first.firstVersion == 1)
-                #expect(try await store.migrate() == [7, 8])
+                #expect(try await store.migrate() == [7, 8, 9])
                 #expect(store.appendFunction == PostgresMigrations.appendFunctionName)
+                #expect(store.loneAppendFunction == PostgresMigrations.loneAppendFunctionName)
                 let second = try await store.append([event()], to: "old-1", expected: .exact(1), commandID: nil)
                 #expect(second.firstVersion == 2)
             }
@@ -34,7 +39,7 @@ extension PostgresTests {
         // every call until autovacuum analysed them (migration 8 forbids sequential scans).
         @Test(
             "each append function finds streams and commands by index on a new store",
-            arguments: ["append_batch", "append_group"])
+            arguments: ["append_batch", "append_group", "append_one"])
         func appendsUseIndexes(function: String) async throws {
             try await withFreshStore { store in
                 let s = store.schema.rawValue
@@ -55,15 +60,20 @@ extension PostgresTests {
                     try await conn.query("BEGIN", logger: store.logger)
                     let before = try await counters()
                     for i in 0..<20 {
+                        let events = """
+                            ARRAY[gen_random_uuid()], ARRAY['E'], ARRAY[1], ARRAY['{}'::jsonb],
+                            ARRAY[NULL::bytea], ARRAY[NULL::uuid], ARRAY[NULL::uuid], ARRAY[NULL::uuid],
+                            ARRAY[NULL::jsonb], 'scan.appenders', 'scan.streams'
+                            """
+                        let call =
+                            function == PostgresMigrations.loneAppendFunctionName
+                            ? "\(function)('scan-\(i)', 'scan', 0, gen_random_uuid(), 'fp', \(events))"
+                            : """
+                            \(function)(ARRAY['scan-\(i)'], ARRAY['scan'], ARRAY[0::bigint],
+                                ARRAY[gen_random_uuid()], ARRAY['fp'], ARRAY[1], ARRAY[1], ARRAY[1], \(events))
+                            """
                         try await conn.query(
-                            PostgresQuery(
-                                unsafeSQL: """
-                                    SELECT * FROM \(s).\(function)(ARRAY['scan-\(i)'], ARRAY['scan'], ARRAY[0::bigint],
-                                        ARRAY[gen_random_uuid()], ARRAY['fp'], ARRAY[1], ARRAY[1], ARRAY[1],
-                                        ARRAY[gen_random_uuid()], ARRAY['E'], ARRAY[1], ARRAY['{}'::jsonb],
-                                        ARRAY[NULL::bytea], ARRAY[NULL::uuid], ARRAY[NULL::uuid], ARRAY[NULL::uuid],
-                                        ARRAY[NULL::jsonb], 'scan.appenders', 'scan.streams')
-                                    """), logger: store.logger)
+                            PostgresQuery(unsafeSQL: "SELECT * FROM \(s).\(call)"), logger: store.logger)
                     }
                     let after = try await counters()
                     try await conn.query("ROLLBACK", logger: store.logger)

@@ -272,7 +272,8 @@ private func writerSessions(_ store: PostgresEventStore) async throws -> [Int32]
         """
         SELECT pid FROM pg_stat_activity
         WHERE pid <> pg_backend_pid() AND datname = current_database() AND state = 'idle'
-          AND (query LIKE '%' || \(schema) || '.append_batch%' OR query LIKE '%pg_notify%-- ' || \(schema))
+          AND (query LIKE '%' || \(schema) || '.append_batch(%' OR query LIKE '%' || \(schema) || '.append_one(%'
+               OR query LIKE '%pg_notify%-- ' || \(schema))
         """)
     var pids: [Int32] = []
     for try await pid in rows.decode(Int32.self) { pids.append(pid) }
