@@ -560,14 +560,18 @@ public final class PostgresEventStore: EventStore {
     /// autocommit), hands every member its outcome, then sees to the notification when it stored
     /// events (``notifyAfterCommit(on:)``). When the statement fails as a whole (a unique
     /// violation from a concurrent process, a payload the server refuses), each append is written
-    /// alone, so an error only rejects the append that caused it.
+    /// alone, so an error only rejects the append that caused it; a group of one is written again
+    /// when ``writeAlone(_:hook:on:)`` retries its error.
     private func writeGroup(_ group: [PendingAppend], on conn: PostgresConnection) async {
         do {
             let outcomes = try await callAppendFunction(group, on: conn, forceBytes: false)
             if deliver(outcomes, to: group) {
                 await notifyAfterCommit(on: conn)
             }
-        } catch let error as PSQLError where error.sqlState != nil && group.count > 1 && !conn.isClosed {
+        } catch let error as PSQLError
+            where error.sqlState != nil && !conn.isClosed
+            && (group.count > 1 || Self.retriesAlone(after: error, item: group[0], forceBytes: false))
+        {
             var outcomes: [Result<AppendResult, any Error>] = []
             for item in group {
                 // Each append commits and notifies on its own; none is sent on a connection that
@@ -727,20 +731,23 @@ public final class PostgresEventStore: EventStore {
                 if !result.isDuplicate { await self.notifyAfterCommit(on: conn) }
                 return result
             } catch let error as PSQLError where error.sqlState != nil {
-                if error.sqlState == "23505", error.constraintName == "commands_pkey", attempt < 3 {
-                    // The same command id committed concurrently (on another stream): the retry
-                    // finds it and answers as a duplicate or a conflict.
-                    continue
+                guard attempt < 3, Self.retriesAlone(after: error, item: item, forceBytes: forceBytes) else {
+                    throw Self.appendError(error)
                 }
-                if error.sqlState?.hasPrefix("22") == true, !forceBytes, item.rows.contains(where: \.isJSON) {
-                    forceBytes = true
-                    continue
-                }
-                throw Self.appendError(error)
+                // A payload refused as jsonb: the next attempt stores the payloads as bytes.
+                if error.sqlState != "23505" { forceBytes = true }
             } catch {
                 throw Self.storeError(error)
             }
         }
+    }
+
+    /// Whether an append written alone is written again after `error`: the same command id
+    /// committed concurrently on another stream (the retry finds it and answers as a duplicate or
+    /// a conflict), or JSON payloads the server refused as jsonb (the retry stores them as bytes).
+    private static func retriesAlone(after error: PSQLError, item: PendingAppend, forceBytes: Bool) -> Bool {
+        if error.sqlState == "23505" { return error.constraintName == "commands_pkey" }
+        return error.sqlState?.hasPrefix("22") == true && !forceBytes && item.rows.contains(where: \.isJSON)
     }
 
     static func appendError(_ error: any Error) -> any Error {

@@ -107,6 +107,43 @@ extension PostgresTests {
             }
         }
 
+        // Two appends of one command id to two streams lock different streams, so neither sees
+        // the other's command row before it commits: the second insert of the id waits for the
+        // first transaction and then fails on the key. A lone append (a group of one, in another
+        // process here) retries and answers as the stored command says, as a member of a larger
+        // group does, never with the key's error.
+        @Test("one command id appended to two streams at the same moment: the later append is an idempotency conflict")
+        func commandIDRaceAcrossStreams() async throws {
+            try await withFreshStore { store in
+                try await withPeer(of: store) { other in
+                    let command = UUID()
+                    let inserted = Gate()
+                    let release = Gate()
+                    let first = Task {
+                        try await store.append(
+                            [event("First")], to: "race-a", expected: .noStream, commandID: command,
+                            hook: { _ in
+                                inserted.open()
+                                await release.wait()
+                            })
+                    }
+                    await inserted.wait()
+                    let second = Task {
+                        try await other.append([event("Second")], to: "race-b", expected: .noStream, commandID: command)
+                    }
+                    // The second append's insert waits for the first transaction.
+                    #expect(try await eventually { try await waitingForTransactions(store) >= 1 })
+                    release.open()
+                    let stored = try await first.value
+                    #expect(stored.stream == "race-a" && !stored.isDuplicate)
+                    await #expect(throws: EventStoreError.idempotencyConflict(commandID: command, stream: "race-a")) {
+                        try await second.value
+                    }
+                    #expect(try await store.streamVersion("race-b") == 0)
+                }
+            }
+        }
+
         @Test("event data is jsonb: queryable in SQL; payloads jsonb cannot hold read back byte for byte")
         func jsonbData() async throws {
             try await withFreshStore { store in
@@ -260,6 +297,15 @@ extension PostgresTests {
 private func blockedOnLocks(_ store: PostgresEventStore) async throws -> Int {
     let rows = try await store.client.query(
         "SELECT count(*)::int FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+    for try await n in rows.decode(Int.self) { return n }
+    return 0
+}
+
+/// How many sessions of `store`'s database wait for another transaction to end (a row lock or
+/// a unique key's check).
+private func waitingForTransactions(_ store: PostgresEventStore) async throws -> Int {
+    let rows = try await store.client.query(
+        "SELECT count(*)::int FROM pg_locks WHERE locktype = 'transactionid' AND NOT granted")
     for try await n in rows.decode(Int.self) { return n }
     return 0
 }
