@@ -45,6 +45,36 @@ extension Result where Failure == any Error {
     }
 }
 
+/// Starts an append of `events` to `stream` in a task and returns once they are inserted: the
+/// transaction stays open, holding the stream's lock and its rows' keys, until `release` opens.
+/// (It also returns when the append fails before inserting: the task's value then throws.)
+func appendHeldOpen(
+    _ store: PostgresEventStore, _ events: [EventData], to stream: String, expected: ExpectedVersion = .any,
+    commandID: UUID? = nil, until release: Gate
+) async -> Task<AppendResult, any Error> {
+    let inserted = Gate()
+    let task = Task {
+        defer { inserted.open() }
+        return try await store.append(
+            events, to: stream, expected: expected, commandID: commandID,
+            hook: { _ in
+                inserted.open()
+                await release.wait()
+            })
+    }
+    await inserted.wait()
+    return task
+}
+
+/// How many sessions of `store`'s database wait for a lock of `type` (`pg_locks.locktype`:
+/// `advisory` for a stream's lock, `transactionid` for another transaction's end).
+func waitingLocks(_ store: PostgresEventStore, _ type: String) async throws -> Int {
+    let rows = try await store.client.query(
+        "SELECT count(*)::int FROM pg_locks WHERE locktype = \(type) AND NOT granted")
+    for try await n in rows.decode(Int.self) { return n }
+    return 0
+}
+
 /// An async gate a test opens once.
 final class Gate: Sendable {
     private let state = Mutex<(open: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
@@ -202,16 +232,7 @@ extension PostgresTests {
         func cancelledWhileQueryRuns() async throws {
             try await withFreshStore { store in
                 let gate = Gate()
-                let inserted = Gate()
-                let first = Task {
-                    try await store.append(
-                        [event("First")], to: "busy-1", expected: .any, commandID: nil,
-                        hook: { _ in
-                            inserted.open()
-                            await gate.wait()
-                        })
-                }
-                await inserted.wait()
+                let first = await appendHeldOpen(store, [event("First")], to: "busy-1", until: gate)
                 // The second append's lock statement runs, waiting for the first transaction.
                 let second = Task {
                     try await store.append([event("Second")], to: "busy-1", expected: .any, commandID: nil)

@@ -19,21 +19,12 @@ extension PostgresTests {
                 #expect(try await eventually { store.notificationStatus.isListening })
 
                 let gate = Gate()
-                let inserted = Gate()
-                let blocker = Task {
-                    try await store.append(
-                        [event("Blocker")], to: "g-block", expected: .any, commandID: nil,
-                        hook: { _ in
-                            inserted.open()
-                            await gate.wait()
-                        })
-                }
-                await inserted.wait()
+                let blocker = await appendHeldOpen(store, [event("Blocker")], to: "g-block", until: gate)
                 // Every group slot waits for the blocker's stream lock.
                 let slots = (0..<PostgresEventStore.maxGroupsInFlight).map { i in
                     Task { try await store.append([event("Slot\(i)")], to: "g-block", expected: .any, commandID: nil) }
                 }
-                #expect(try await eventually { try await blockedOnLocks(store) >= slots.count })
+                #expect(try await eventually { try await waitingLocks(store, "advisory") >= slots.count })
                 // These queue: 63 new streams and one append with a wrong expected version.
                 let count = 64
                 let appends = (0..<count).map { i in
@@ -117,22 +108,14 @@ extension PostgresTests {
             try await withFreshStore { store in
                 try await withPeer(of: store) { other in
                     let command = UUID()
-                    let inserted = Gate()
                     let release = Gate()
-                    let first = Task {
-                        try await store.append(
-                            [event("First")], to: "race-a", expected: .noStream, commandID: command,
-                            hook: { _ in
-                                inserted.open()
-                                await release.wait()
-                            })
-                    }
-                    await inserted.wait()
+                    let first = await appendHeldOpen(
+                        store, [event("First")], to: "race-a", expected: .noStream, commandID: command, until: release)
                     let second = Task {
                         try await other.append([event("Second")], to: "race-b", expected: .noStream, commandID: command)
                     }
                     // The second append's insert waits for the first transaction.
-                    #expect(try await eventually { try await waitingForTransactions(store) >= 1 })
+                    #expect(try await eventually { try await waitingLocks(store, "transactionid") >= 1 })
                     release.open()
                     let stored = try await first.value
                     #expect(stored.stream == "race-a" && !stored.isDuplicate)
@@ -291,23 +274,6 @@ extension PostgresTests {
             }
         }
     }
-}
-
-/// How many sessions of `store`'s database wait for an advisory lock.
-private func blockedOnLocks(_ store: PostgresEventStore) async throws -> Int {
-    let rows = try await store.client.query(
-        "SELECT count(*)::int FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
-    for try await n in rows.decode(Int.self) { return n }
-    return 0
-}
-
-/// How many sessions of `store`'s database wait for another transaction to end (a row lock or
-/// a unique key's check).
-private func waitingForTransactions(_ store: PostgresEventStore) async throws -> Int {
-    let rows = try await store.client.query(
-        "SELECT count(*)::int FROM pg_locks WHERE locktype = 'transactionid' AND NOT granted")
-    for try await n in rows.decode(Int.self) { return n }
-    return 0
 }
 
 /// The server sessions of `store`'s group writers: idle, their last statement the store's
