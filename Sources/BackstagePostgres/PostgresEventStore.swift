@@ -1294,7 +1294,6 @@ final class PendingAppend: @unchecked Sendable {
     }
 }
 
-/// The group-commit queue: the appends waiting, and the writers idle.
 /// The per-event arrays of an append function's call, in its argument order.
 private struct EventArrays {
     var ids: PostgresArrayParameter
@@ -1340,6 +1339,7 @@ private struct EventArrays {
     }
 }
 
+/// The group-commit queue: the appends waiting, and the writers idle.
 struct GroupQueue {
     var pending: [PendingAppend] = []
     /// Group writers waiting for an append, those holding a connection last.

@@ -275,12 +275,13 @@ enum PostgresMigrations {
         },
     ]
 
+    /// The append function the store calls for a group of one (migration 9).
+    static let loneAppendFunctionName = "append_one"
+
     /// The function the store calls for a group of one append (migration 9): the same locks,
     /// checks, rows and result row as ``appendFunction(_:name:notifies:lean:)`` for one append, in
     /// plain statements (each with its own snapshot, taken after the locks), and the append's
     /// own values as scalars.
-    static let loneAppendFunctionName = "append_one"
-
     static func loneAppendFunction(_ s: String) -> String {
         """
         CREATE FUNCTION \(s).\(loneAppendFunctionName)(
