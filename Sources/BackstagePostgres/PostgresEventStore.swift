@@ -63,14 +63,18 @@ import _ConnectionPoolModule
 ///   (a lone caller's append) calls `append_one` (migration 9) instead: the same locks, checks
 ///   and rows in plain statements, without the joins, sorts and aggregate that a group's
 ///   statement initialises at every call (about a quarter of the server's time per lone append).
-/// - **Notifications**: a transaction that appended is followed by a `NOTIFY` sent after its
-///   commit, on the same connection; one that did not (all its appends rejected or duplicates)
-///   by none. The writer does not wait for it: it takes its next group at once, and its next
-///   statement runs after the notification. Readers in the same process are woken at once, in
-///   memory. (A `NOTIFY` inside the append transaction would hold PostgreSQL's cluster-wide
-///   notification lock through the commit's WAL flush and serialise every appending transaction
-///   of the cluster.) ``appendNotifications()``
-///   listens on a dedicated connection that reconnects and listens again when it is lost.
+/// - **Notifications**: a transaction that appended is followed by a notification (`pg_notify`)
+///   sent after its commit; one that did not (all its appends rejected or duplicates) by none.
+///   Notifications are at least 2 ms apart: the first commit after that interval sends one on
+///   its own connection once its callers have their results (the other group writer takes the
+///   appends queued meanwhile), and it covers the commits made since the last one; when no
+///   commit follows, a deferred sender sends the owed one within two intervals, and a graceful
+///   stop sends it before the pool closes. Readers in the same process are woken at once, in
+///   memory; other processes' readers learn of a commit at most 4 ms later than with a
+///   notification of its own. (A `NOTIFY` inside the append transaction would hold PostgreSQL's
+///   cluster-wide notification lock through the commit's WAL flush and serialise every appending
+///   transaction of the cluster.) ``appendNotifications()`` listens on a dedicated connection
+///   that reconnects and listens again when it is lost.
 ///   Notifications are hints: readers still poll.
 /// - **Event data is `jsonb`**, queryable with PostgreSQL's JSON operators. jsonb stores the JSON
 ///   value, not the text: payloads read back as the same JSON value in PostgreSQL's rendering
