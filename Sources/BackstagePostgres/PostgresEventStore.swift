@@ -772,6 +772,8 @@ public final class PostgresEventStore: EventStore {
         var binds = PostgresBindings(capacity: 20)
         let functions = appendFunctions.withLock { $0 }
         let sql: String
+        // The append values first (scalars for one append, arrays for a group), then the events'
+        // arrays and the lock classes.
         if group.count == 1, let lone = functions.lone {
             let item = group[0]
             for row in item.rows { events.append(row, forceBytes: forceBytes) }
@@ -780,9 +782,6 @@ public final class PostgresEventStore: EventStore {
             binds.append(Self.expectedCode(item.expected))
             binds.append(item.commandID)
             binds.append(item.fingerprint)
-            events.bind(into: &binds)
-            binds.append(appenderLockClass)
-            binds.append(streamLockClass)
             sql = "\(s).\(lone)($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
         } else {
             var streams = PostgresArrayParameter(element: .text, array: .textArray)
@@ -809,12 +808,12 @@ public final class PostgresEventStore: EventStore {
             for array in [streams, categories, expected, commands, fingerprints, counts, apps, offsets] {
                 binds.append(array)
             }
-            events.bind(into: &binds)
-            binds.append(appenderLockClass)
-            binds.append(streamLockClass)
             sql =
                 "\(s).\(functions.group)($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
         }
+        events.bind(into: &binds)
+        binds.append(appenderLockClass)
+        binds.append(streamLockClass)
         // Prepared once per connection: each call then only binds and executes.
         let rows = try await conn.executePrepared(
             """
