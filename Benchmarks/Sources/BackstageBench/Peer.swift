@@ -38,14 +38,26 @@ enum Peer {
     }
 
     /// Runs the peer on `store` for `only` and records its figures as the ceilings
-    /// "python peer W1" and "python peer W2" of `report`.
-    static func measure(store: String, only: String, scale: Double, directory: String?, report: Report) throws {
+    /// "python peer W1" and "python peer W2" of `report`. With `after`, the peer runs again
+    /// after the figure it is compared with (named by `after`): the ceiling recorded then is
+    /// both runs together (the commands of both over their time, so neither run weighs more),
+    /// and the comparison covers the stretch of time before and after the figure.
+    static func measure(
+        store: String, only: String, scale: Double, directory: String?, report: Report, after: String? = nil
+    ) throws {
         for figure in try run(stores: [store], scale: scale, directory: directory, only: only) {
             let name = figure.workload.hasPrefix("W1") ? "python peer W1" : "python peer W2"
-            report.ceiling(
-                name, store: figure.store, value: figure.value, unit: "commands/s",
-                label: "python eventsourcing 9.5, \(figure.workload)",
-                note: "Benchmarks/peer/run.sh right before the next figure, same sizes; synchronous=FULL on SQLite")
+            if let after, let before = report.ceilingValue(name, store: figure.store) {
+                report.ceiling(
+                    name, store: figure.store, value: 2 / (1 / before + 1 / figure.value), unit: "commands/s",
+                    label: "python eventsourcing 9.5, \(figure.workload), runs before and after \(after)",
+                    note: "this run \(format(figure.value)) commands/s, the run before \(format(before)); the two together")
+            } else {
+                report.ceiling(
+                    name, store: figure.store, value: figure.value, unit: "commands/s",
+                    label: "python eventsourcing 9.5, \(figure.workload)",
+                    note: "Benchmarks/peer/run.sh right before the next figure, same sizes; synchronous=FULL on SQLite")
+            }
         }
     }
 

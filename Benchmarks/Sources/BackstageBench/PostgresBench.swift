@@ -212,6 +212,10 @@ extension BackstageBench {
                     store: store, storeName: "postgres", sizes: sizes, report: report, singleRowCeiling: "raw 1-row tx",
                     batchCeiling: "raw 1000-row tx", readCeiling: "raw read", absoluteTargets: false)
                 w.parallelCeiling = "raw 1-row tx, 4 connections"
+                w.measureSingleRows = { transactions in
+                    guard parts.contains("ceilings") else { return nil }
+                    return try await ceiling.singleRowTransactions(count: transactions)
+                }
                 w.probe = { which, before in
                     guard parts.contains("ceilings") else { return }
                     if which == "parallel" {
