@@ -51,7 +51,9 @@ enum Peer {
                 report.ceiling(
                     name, store: figure.store, value: 2 / (1 / before + 1 / figure.value), unit: "commands/s",
                     label: "python eventsourcing 9.5, \(figure.workload), runs before and after \(after)",
-                    note: "this run \(format(figure.value)) commands/s, the run before \(format(before)); the two together")
+                    note:
+                        "this run \(format(figure.value)) commands/s, the run before \(format(before)); the two together"
+                )
             } else {
                 report.ceiling(
                     name, store: figure.store, value: figure.value, unit: "commands/s",

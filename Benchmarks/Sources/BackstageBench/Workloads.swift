@@ -67,11 +67,12 @@ struct Workloads {
     /// other processes write.
     var probe: (_ ceiling: String, _ before: String) async throws -> Void = { _, _ in }
     /// Measures the single-row ceiling with `transactions` transactions without recording it;
-    /// nil when ceilings are not measured. W1 with one caller takes it between its slices.
+    /// nil when ceilings are not measured. The one-caller workloads (W1 with 1 caller, W2) take it
+    /// between their slices (``slicedBetweenCeilings(_:count:_:)``).
     var measureSingleRows: (_ transactions: Int) async throws -> Double? = { _ in nil }
     /// Runs after W1 with one caller (the Python peer's second run on SQLite).
     var afterLoneCommands: () async throws -> Void = {}
-    /// How many slices W1 with one caller is cut into, each after a part of its ceiling.
+    /// How many slices a one-caller workload is cut into, each after a part of its ceiling.
     static let loneCommandSlices = 5
 
     func app(_ configure: (inout BackstageApp.Configuration) -> Void = { _ in }) throws -> BackstageApp {
@@ -85,37 +86,13 @@ struct Workloads {
         let n = sizes.w1Aggregates
         let sequential = try app()
         try await probe("single", "W1 1 caller")
-        // A lone command waits for one sync of the disk, whose pace drifts within seconds on a
-        // shared machine: the ceiling is measured in parts between slices of the workload, so
-        // both figures cover the same stretch of time.
-        let slices = Self.loneCommandSlices
-        let ceilingRows = max(1, sizes.probeSingleRows / slices)
-        var d1 = Timing(seconds: 0, cpu: 0)
-        var ceilingSeconds = 0.0
-        var ceilingMeasured = true
-        for slice in 0..<slices {
-            if let rate = try await measureSingleRows(ceilingRows) {
-                ceilingSeconds += Double(ceilingRows) / rate
-            } else {
-                ceilingMeasured = false
-            }
-            let range = (n * slice / slices)..<(n * (slice + 1) / slices)
-            let d = try await timed {
-                for i in range { try await sequential.dispatch(Deposit(account: "w1s\(i)", amount: 10)) }
-            }
-            d1.seconds += d.seconds
-            d1.cpu += d.cpu
-        }
-        if let name = singleRowCeiling, ceilingMeasured {
-            report.ceiling(
-                name, store: storeName, value: Double(ceilingRows * slices) / ceilingSeconds, unit: "rows/s",
-                label: "\(name), between W1 1 caller's slices",
-                note: "\(slices) x \(ceilingRows) transactions of 1 INSERT, one before each fifth of the next figure")
+        let d1 = try await slicedBetweenCeilings("W1 1 caller", count: n) { range in
+            for i in range { try await sequential.dispatch(Deposit(account: "w1s\(i)", amount: 10)) }
         }
         report.figure(
             "W1 many aggregates, 1 caller", store: storeName, value: Double(n) / d1.seconds, unit: "commands/s",
             ceiling: singleRowCeiling, target: singleRowCeiling == nil ? nil : .ratio(atLeast: loneCommandTarget),
-            note: "\(n) aggregates, one command each, in sequence, in \(slices) slices; \(d1.text)")
+            note: "\(n) aggregates, one command each, in sequence, in \(Self.loneCommandSlices) slices; \(d1.text)")
         try await afterLoneCommands()
 
         let concurrent = try app()
@@ -150,15 +127,47 @@ struct Workloads {
     }
 
     /// W2: one aggregate receives `w2Commands` commands in sequence, without and with snapshots.
+    /// Runs `body` over `0..<count` in ``loneCommandSlices`` slices with a part of the
+    /// single-row ceiling before each, and records that ceiling as "between slices of <label>"
+    /// (the rows over the time they took) for the figure that follows. A command from one caller
+    /// waits for one sync of the disk, whose pace drifts within seconds on a shared machine: the
+    /// figure and its ceiling then cover the same stretch of time.
+    func slicedBetweenCeilings(
+        _ label: String, count: Int, _ body: (Range<Int>) async throws -> Void
+    ) async throws -> Timing {
+        let slices = Self.loneCommandSlices
+        let ceilingRows = max(1, sizes.probeSingleRows / slices)
+        var total = Timing(seconds: 0, cpu: 0)
+        var ceilingSeconds: Double? = 0
+        for slice in 0..<slices {
+            if let rate = try await measureSingleRows(ceilingRows) {
+                ceilingSeconds? += Double(ceilingRows) / rate
+            } else {
+                ceilingSeconds = nil
+            }
+            let d = try await timed { try await body((count * slice / slices)..<(count * (slice + 1) / slices)) }
+            total.seconds += d.seconds
+            total.cpu += d.cpu
+        }
+        if let name = singleRowCeiling, let ceilingSeconds {
+            report.ceiling(
+                name, store: storeName, value: Double(ceilingRows * slices) / ceilingSeconds, unit: "rows/s",
+                label: "\(name), between slices of \(label)",
+                note: "\(slices) x \(ceilingRows) transactions of 1 INSERT, one before each slice of the next figure")
+        }
+        return total
+    }
+
     func w2() async throws {
         let n = sizes.w2Commands
         for snapshots in [false, true] {
             let every = sizes.w2SnapshotEvery
             let app = try app { if snapshots { $0.snapshotEvery = every } }
             let account = snapshots ? "w2-snapshots" : "w2-plain"
-            try await probe("single", snapshots ? "W2 snapshots" : "W2 plain")
-            let d = try await timed {
-                for i in 0..<n {
+            let label = snapshots ? "W2 snapshots" : "W2 plain"
+            try await probe("single", label)
+            let d = try await slicedBetweenCeilings(label, count: n) { range in
+                for i in range {
                     if i % 4 == 3 {
                         try await app.dispatch(Withdraw(account: account, amount: 5))
                     } else {
@@ -172,7 +181,9 @@ struct Workloads {
                 store: storeName, value: Double(n) / d.seconds, unit: "commands/s", ceiling: singleRowCeiling,
                 // The issue sets W2's 0.8 of the ceiling on SQLite only.
                 target: absoluteTargets ? .ratio(atLeast: 0.8) : nil,
-                note: "\(n) commands to one aggregate in sequence, stream version after: \(version); \(d.text)")
+                note:
+                    "\(n) commands to one aggregate in sequence (\(Self.loneCommandSlices) slices), stream version after: \(version); \(d.text)"
+            )
         }
     }
 
