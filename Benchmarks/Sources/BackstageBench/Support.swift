@@ -125,20 +125,23 @@ struct Target: Sendable {
     var text: String
     /// Whether a figure (and its ratio to the ceiling) meets it.
     var check: @Sendable (_ value: Double, _ ratio: Double?) -> Bool
+    /// Whether it needs the ratio to the ceiling.
+    var usesRatio = false
 
     static func ratio(atLeast r: Double) -> Target {
-        Target(text: ">= \(Int(r * 100))% of ceiling") { _, ratio in (ratio ?? 0) >= r }
+        Target(text: ">= \(Int(r * 100))% of ceiling", check: { _, ratio in (ratio ?? 0) >= r }, usesRatio: true)
     }
     static func aboveCeiling() -> Target {
-        Target(text: "> ceiling") { _, ratio in (ratio ?? 0) > 1 }
+        Target(text: "> ceiling", check: { _, ratio in (ratio ?? 0) > 1 }, usesRatio: true)
     }
     static func value(atLeast v: Double, _ unit: String) -> Target {
         Target(text: ">= \(Int(v)) \(unit)") { value, _ in value >= v }
     }
     static func all(_ targets: [Target]) -> Target {
-        Target(text: targets.map(\.text).joined(separator: " and ")) { value, ratio in
-            targets.allSatisfy { $0.check(value, ratio) }
-        }
+        Target(
+            text: targets.map(\.text).joined(separator: " and "),
+            check: { value, ratio in targets.allSatisfy { $0.check(value, ratio) } },
+            usesRatio: targets.contains { $0.usesRatio })
     }
 }
 
@@ -221,7 +224,9 @@ final class Report: @unchecked Sendable {
                 workload: workload, store: store, value: value, unit: unit,
                 ceiling: ceilingValue == nil ? nil : ceiling,
                 ceilingValue: ceilingValue, ratio: ratio, target: target?.text,
-                targetMet: target.map { $0.check(value, ratio) }, note: note),
+                // No verdict on a ratio whose ceiling was not measured (--only without ceilings).
+                targetMet: ratio == nil && target?.usesRatio == true ? nil : target.map { $0.check(value, ratio) },
+                note: note),
             target: target)
     }
 
