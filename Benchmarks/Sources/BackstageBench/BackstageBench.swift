@@ -240,10 +240,9 @@ struct BackstageBench: AsyncParsableCommand {
         }
         if peer {
             // The peer's W1 again after Backstage's: the disk's pace drifts between the two.
-            w.afterLoneCommands = {
+            w.afterW1 = {
                 try Peer.measure(
-                    store: "sqlite", only: "w1", scale: scale, directory: directory, report: report,
-                    after: "W1 1 caller")
+                    store: "sqlite", only: "w1", scale: scale, directory: directory, report: report, after: "W1")
             }
         }
         w.measureSingleRows = { transactions in
@@ -295,7 +294,7 @@ struct BackstageBench: AsyncParsableCommand {
                 "W1 1 caller vs python peer", store: store, value: w1.value, unit: w1.unit,
                 ceiling: "python peer W1", target: .ratio(atLeast: 1.5),
                 note:
-                    "the W1 1-caller figure above against the peer's W1 of this run (on SQLite its runs right before and after the figure, together)"
+                    "the W1 1-caller figure above against the peer's W1 of this run (on SQLite its runs right before and right after W1, together)"
             )
         }
         if store == "postgres",

@@ -70,8 +70,10 @@ struct Workloads {
     /// nil when ceilings are not measured. The one-caller workloads (W1 with 1 caller, W2) take it
     /// between their slices (``slicedBetweenCeilings(_:count:_:)``).
     var measureSingleRows: (_ transactions: Int) async throws -> Double? = { _ in nil }
-    /// Runs after W1 with one caller (the Python peer's second run on SQLite).
-    var afterLoneCommands: () async throws -> Void = {}
+    /// Runs after W1 (the Python peer's second run on SQLite). Not between W1's two parts: the
+    /// disk was slower for a moment after the peer's run (W1 with 64 callers right after it:
+    /// 45,000-52,000 commands/s, 55,000-69,000 without it, in alternating runs).
+    var afterW1: () async throws -> Void = {}
     /// How many slices a one-caller workload is cut into, each after a part of its ceiling.
     static let loneCommandSlices = 5
 
@@ -93,7 +95,6 @@ struct Workloads {
             "W1 many aggregates, 1 caller", store: storeName, value: Double(n) / d1.seconds, unit: "commands/s",
             ceiling: singleRowCeiling, target: singleRowCeiling == nil ? nil : .ratio(atLeast: loneCommandTarget),
             note: "\(n) aggregates, one command each, in sequence, in \(Self.loneCommandSlices) slices; \(d1.text)")
-        try await afterLoneCommands()
 
         let concurrent = try app()
         let callers = sizes.w1Callers
@@ -124,6 +125,7 @@ struct Workloads {
                 unit: "commands/s", ceiling: parallelCeiling, target: .ratio(atLeast: 3),
                 note: "the W1 \(callers)-caller figure above against single-row transactions over 4 connections")
         }
+        try await afterW1()
     }
 
     /// W2: one aggregate receives `w2Commands` commands in sequence, without and with snapshots.
