@@ -180,11 +180,11 @@ struct Results: Codable, Sendable {
 final class Report: @unchecked Sendable {
     private(set) var results: Results
     private var ceilings: [String: Double] = [:]
+    /// The target of each figure, by index, to check again when a ceiling changes.
+    private var targets: [Target?] = []
 
     /// The ceiling `name` of `store` recorded last, if any.
     func ceilingValue(_ name: String, store: String) -> Double? { ceilings["\(store)/\(name)"] }
-    /// The target of each figure, by index, to check again when a ceiling changes.
-    private var targets: [Target?] = []
 
     init(arguments: [String]) {
         let info = ProcessInfo.processInfo

@@ -128,7 +128,6 @@ struct Workloads {
         try await afterW1()
     }
 
-    /// W2: one aggregate receives `w2Commands` commands in sequence, without and with snapshots.
     /// Runs `body` over `0..<count` in ``loneCommandSlices`` slices with a part of the
     /// single-row ceiling before each, and records that ceiling as "between slices of <label>"
     /// (the rows over the time they took) for the figure that follows. A command from one caller
@@ -160,6 +159,7 @@ struct Workloads {
         return total
     }
 
+    /// W2: one aggregate receives `w2Commands` commands in sequence, without and with snapshots.
     func w2() async throws {
         let n = sizes.w2Commands
         for snapshots in [false, true] {
