@@ -217,13 +217,13 @@ final class Report: @unchecked Sendable {
         _ workload: String, store: String, value: Double, unit: String, ceiling: String? = nil,
         target: Target? = nil, note: String? = nil
     ) {
-        let ceilingValue = ceiling.flatMap { ceilings["\(store)/\($0)"] }
-        let ratio = ceilingValue.map { value / $0 }
+        let measured = ceiling.flatMap { ceilingValue($0, store: store) }
+        let ratio = measured.map { value / $0 }
         add(
             Figure(
                 workload: workload, store: store, value: value, unit: unit,
-                ceiling: ceilingValue == nil ? nil : ceiling,
-                ceilingValue: ceilingValue, ratio: ratio, target: target?.text,
+                ceiling: measured == nil ? nil : ceiling,
+                ceilingValue: measured, ratio: ratio, target: target?.text,
                 // No verdict on a ratio whose ceiling was not measured (--only without ceilings).
                 targetMet: ratio == nil && target?.usesRatio == true ? nil : target.map { $0.check(value, ratio) },
                 note: note),
