@@ -161,6 +161,87 @@ struct FixtureEvolutionSQLiteTests {
         try await reopened.close()
     }
 
+    @Test(
+        "an older file's events table is built again without AUTOINCREMENT: rows, positions, indexes, triggers and the application's own index and view kept"
+    )
+    func migratesPositionsWithoutAutoincrement() async throws {
+        let file = try TemporaryDatabase()
+        let dump = try String(contentsOf: sqliteFixture, encoding: .utf8)
+        let old = try DatabaseQueue(path: file.path)
+        let rowsSQL = "SELECT position, stream, category, version, id, type, schema_version FROM backstage_events"
+        let before = try await old.writeWithoutTransaction { db -> [String] in
+            try db.execute(sql: dump)
+            #expect(
+                try String.fetchOne(db, sql: "SELECT sql FROM sqlite_master WHERE name = 'backstage_events'")?
+                    .contains("AUTOINCREMENT") == true)
+            // The application's own index and view on the events table.
+            try db.execute(
+                sql: """
+                    CREATE INDEX app_events_recorded ON backstage_events (recorded_at);
+                    CREATE VIEW app_sold AS SELECT stream, count(*) AS sold FROM backstage_events
+                    WHERE type = 'TicketSold' GROUP BY stream;
+                    """)
+            return try Row.fetchAll(db, sql: "\(rowsSQL) ORDER BY position").map(\.description)
+        }
+        #expect(before.count == 4)
+        try old.close()
+
+        let store = try SQLiteEventStore(path: file.path)
+        try await store.database.read { db -> Void in
+            let table = try String.fetchOne(db, sql: "SELECT sql FROM sqlite_master WHERE name = 'backstage_events'")
+            #expect(table?.contains("AUTOINCREMENT") == false)
+            #expect(try Row.fetchAll(db, sql: "\(rowsSQL) ORDER BY position").map(\.description) == before)
+            #expect(
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM sqlite_sequence WHERE name = 'backstage_events'") == 0)
+            let attached = try String.fetchAll(
+                db, sql: "SELECT name FROM sqlite_master WHERE tbl_name = 'backstage_events' ORDER BY name")
+            #expect(
+                attached == [
+                    "app_events_recorded", "backstage_events", "backstage_events_category",
+                    "backstage_events_no_delete", "backstage_events_no_update", "backstage_events_type",
+                    "sqlite_autoindex_backstage_events_1", "sqlite_autoindex_backstage_events_2",
+                ])
+            #expect(try Int.fetchOne(db, sql: "SELECT sold FROM app_sold WHERE stream = 'show-s1'") == 2)
+            #expect(try String.fetchOne(db, sql: "PRAGMA integrity_check") == "ok")
+            #expect(
+                try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations").contains(
+                    "backstage-v3-positions"))
+        }
+        // Events stay immutable; the keys still refuse a repeated version or event id.
+        for sql in ["UPDATE backstage_events SET type = 'X'", "DELETE FROM backstage_events WHERE position = 4"] {
+            await #expect(throws: (any Error).self) {
+                try await store.database.write { db in try db.execute(sql: sql) }
+            }
+        }
+        let storedID = try #require(
+            try await store.readStream("show-s1", from: 1, direction: .forward, limit: 1).first?.id)
+        await #expect(throws: EventStoreError.invalidInput("event id \(storedID) is already stored")) {
+            _ = try await store.append(
+                [EventData(id: storedID, type: "TicketSold", data: Data("{}".utf8))], to: "show-s9",
+                expected: .noStream,
+                commandID: nil)
+        }
+        await #expect(throws: EventStoreError.self) {
+            _ = try await store.append(
+                [EventData(type: "TicketSold", data: Data("{}".utf8))], to: "show-s1", expected: .exact(3),
+                commandID: nil)
+        }
+        // New events follow the largest position, in one append and in a group.
+        let next = try await store.append(
+            [
+                EventData(type: "TicketSold", data: Data("{}".utf8)),
+                EventData(type: "TicketSold", data: Data("{}".utf8)),
+            ],
+            to: "show-s1", expected: .exact(4), commandID: UUIDv7.next())
+        #expect([next.firstPosition, next.lastPosition] == [5, 6])
+        let group = try await store.appendAsOneGroup([
+            ([EventData(type: "ShowScheduled", data: Data("{}".utf8))], "show-s3", .noStream, UUIDv7.next()),
+            ([EventData(type: "ShowScheduled", data: Data("{}".utf8))], "show-s4", .noStream, nil),
+        ])
+        #expect(try group.outcomes.map { try $0.get().firstPosition } == [7, 8])
+        try await store.close()
+    }
+
     @Test("the queries of the QueryingEventData article answer on a box-office log")
     func documentedQueries() async throws {
         let file = try TemporaryDatabase()

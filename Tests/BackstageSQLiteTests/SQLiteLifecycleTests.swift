@@ -18,7 +18,10 @@ struct SQLiteLifecycleTests {
         let migrations = try await queue.read { db in
             try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations ORDER BY identifier")
         }
-        #expect(migrations == ["backstage-pipelines-v1", "backstage-v1", "backstage-v2-json-text"])
+        #expect(
+            migrations == [
+                "backstage-pipelines-v1", "backstage-v1", "backstage-v2-json-text", "backstage-v3-positions",
+            ])
         let tables = try await queue.read { db in
             try String.fetchAll(
                 db, sql: "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'backstage_%'")

@@ -10,11 +10,11 @@ struct SQLiteCeiling {
     let pool: DatabasePool
     let payloads: [Data]
 
-    /// The events table of `SQLiteEventStore` (schema backstage-v1), without its triggers,
+    /// The events table of `SQLiteEventStore` (schema backstage-v3), without its triggers,
     /// which only fire on UPDATE and DELETE.
     static let schema = """
         CREATE TABLE backstage_events (
-            position INTEGER PRIMARY KEY AUTOINCREMENT,
+            position INTEGER PRIMARY KEY,
             stream TEXT NOT NULL,
             category TEXT NOT NULL,
             version INTEGER NOT NULL,
