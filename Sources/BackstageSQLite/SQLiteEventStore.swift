@@ -288,6 +288,9 @@ public final class SQLiteEventStore: EventStore {
         // place: the table is built again with every row, position and id kept, and its indexes
         // and triggers (the store's and any the application added) are created again.
         migrator.registerMigration("backstage-v3-positions") { db in
+            let table =
+                try String.fetchOne(
+                    db, sql: "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'backstage_events'") ?? ""
             let attached = try String.fetchAll(
                 db,
                 sql: """
@@ -295,30 +298,19 @@ public final class SQLiteEventStore: EventStore {
                     WHERE tbl_name = 'backstage_events' AND type IN ('index', 'trigger') AND sql IS NOT NULL
                     ORDER BY type, name
                     """)
-            let columns = """
-                position, stream, category, version, id, type, schema_version, data, command_id,
-                causation_id, correlation_id, fields, recorded_at
-                """
+            // The table as backstage-v1 created it, but for AUTOINCREMENT: the same columns in
+            // the same order, so the rows copy as they are.
+            let rebuilt =
+                table
+                .replacingOccurrences(of: "CREATE TABLE backstage_events (", with: "CREATE TABLE backstage_events_v3 (")
+                .replacingOccurrences(of: "INTEGER PRIMARY KEY AUTOINCREMENT", with: "INTEGER PRIMARY KEY")
+            guard rebuilt.contains("backstage_events_v3"), !rebuilt.contains("AUTOINCREMENT") else {
+                throw SQLiteStoreError.unexpectedResult("the events table's definition is not the store's: \(table)")
+            }
             try db.execute(
                 sql: """
-                    CREATE TABLE backstage_events_v3 (
-                        position INTEGER PRIMARY KEY,
-                        stream TEXT NOT NULL,
-                        category TEXT NOT NULL,
-                        version INTEGER NOT NULL,
-                        id BLOB NOT NULL UNIQUE,
-                        type TEXT NOT NULL,
-                        schema_version INTEGER NOT NULL,
-                        data BLOB NOT NULL,
-                        command_id BLOB,
-                        causation_id BLOB,
-                        correlation_id BLOB,
-                        fields TEXT,
-                        recorded_at REAL NOT NULL,
-                        UNIQUE (stream, version)
-                    );
-                    INSERT INTO backstage_events_v3 (\(columns))
-                    SELECT \(columns) FROM backstage_events ORDER BY position;
+                    \(rebuilt);
+                    INSERT INTO backstage_events_v3 SELECT * FROM backstage_events ORDER BY position;
                     DROP TABLE backstage_events;
                     """)
             // Legacy renaming leaves the application's views on the table alone (they name it,

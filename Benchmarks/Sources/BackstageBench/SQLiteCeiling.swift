@@ -1,37 +1,15 @@
 import Backstage
+import BackstageSQLite
 import Foundation
 import GRDB
 
 /// The fastest SQLite can do on this machine through GRDB, with the store's settings (WAL,
-/// `synchronous=FULL`) and the store's row shape (the same table, indexes and columns, about
-/// 200-byte JSON payloads), but none of the store's work (no version check, no savepoint, no
-/// command row, no group commit).
+/// `synchronous=FULL`) and the store's row shape (the store's own events table, created by its
+/// migrations, and about 200-byte JSON payloads), but none of the store's work (no version
+/// check, no savepoint, no command row, no group commit).
 struct SQLiteCeiling {
     let pool: DatabasePool
     let payloads: [Data]
-
-    /// The events table of `SQLiteEventStore` (schema backstage-v3), without its triggers,
-    /// which only fire on UPDATE and DELETE.
-    static let schema = """
-        CREATE TABLE backstage_events (
-            position INTEGER PRIMARY KEY,
-            stream TEXT NOT NULL,
-            category TEXT NOT NULL,
-            version INTEGER NOT NULL,
-            id BLOB NOT NULL UNIQUE,
-            type TEXT NOT NULL,
-            schema_version INTEGER NOT NULL,
-            data BLOB NOT NULL,
-            command_id BLOB,
-            causation_id BLOB,
-            correlation_id BLOB,
-            fields TEXT,
-            recorded_at REAL NOT NULL,
-            UNIQUE (stream, version)
-        );
-        CREATE INDEX backstage_events_type ON backstage_events (type, position);
-        CREATE INDEX backstage_events_category ON backstage_events (category, position);
-        """
 
     static let insertSQL = """
         INSERT INTO backstage_events (stream, category, version, id, type, schema_version, data,
@@ -48,7 +26,9 @@ struct SQLiteCeiling {
         // GRDB turns WAL on for the writer after `prepareDatabase` and sets synchronous=NORMAL
         // with it: set the wanted level again on the writer, the only connection that commits.
         try pool.writeWithoutTransaction { try $0.execute(sql: "PRAGMA synchronous = \(synchronous)") }
-        try pool.write { try $0.execute(sql: Self.schema) }
+        // The store's own schema, created by its migrations (its events table, indexes and
+        // triggers, which fire only on UPDATE and DELETE), so the ceiling writes the same pages.
+        _ = try SQLiteEventStore(database: pool)
         self.payloads = payloads
     }
 
