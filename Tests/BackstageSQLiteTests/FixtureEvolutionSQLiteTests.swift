@@ -221,7 +221,7 @@ struct FixtureEvolutionSQLiteTests {
                 expected: .noStream,
                 commandID: nil)
         }
-        await #expect(throws: EventStoreError.self) {
+        await #expect(throws: EventStoreError.wrongExpectedVersion(stream: "show-s1", expected: .exact(3), actual: 4)) {
             _ = try await store.append(
                 [EventData(type: "TicketSold", data: Data("{}".utf8))], to: "show-s1", expected: .exact(3),
                 commandID: nil)
@@ -240,6 +240,32 @@ struct FixtureEvolutionSQLiteTests {
         ])
         #expect(try group.outcomes.map { try $0.get().firstPosition } == [7, 8])
         try await store.close()
+    }
+
+    @Test("an events table the store did not create is refused with the definition in the error, and left as it was")
+    func refusesForeignEventsTable() async throws {
+        let file = try TemporaryDatabase()
+        let dump = try String(contentsOf: sqliteFixture, encoding: .utf8)
+            .replacingOccurrences(
+                of: "position INTEGER PRIMARY KEY AUTOINCREMENT",
+                with: "position INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT")
+        try await DatabaseQueue(path: file.path).writeWithoutTransaction { db in try db.execute(sql: dump) }
+        do {
+            _ = try SQLiteEventStore(path: file.path)
+            Issue.record("the store opened a file whose events table it did not create")
+        } catch let error as SQLiteStoreError {
+            #expect("\(error)".contains("the events table's definition is not the store's"))
+            #expect("\(error)".contains("position INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT"))
+        }
+        let after = try await DatabaseQueue(path: file.path).read { db in
+            (
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM backstage_events"),
+                try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations").contains(
+                    "backstage-v3-positions")
+            )
+        }
+        #expect(after.0 == 4)
+        #expect(after.1 == false)
     }
 
     @Test("the queries of the QueryingEventData article answer on a box-office log")

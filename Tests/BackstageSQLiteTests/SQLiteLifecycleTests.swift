@@ -22,6 +22,11 @@ struct SQLiteLifecycleTests {
             migrations == [
                 "backstage-pipelines-v1", "backstage-v1", "backstage-v2-json-text", "backstage-v3-positions",
             ])
+        let events = try await queue.read { db in
+            try String.fetchOne(db, sql: "SELECT sql FROM sqlite_master WHERE name = 'backstage_events'")
+        }
+        #expect(events?.contains("position INTEGER PRIMARY KEY,") == true)
+        #expect(events?.contains("AUTOINCREMENT") == false)
         let tables = try await queue.read { db in
             try String.fetchAll(
                 db, sql: "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'backstage_%'")
