@@ -202,9 +202,31 @@ public final class SQLiteEventStore: EventStore {
     }
 
     /// Applies the store's migrations that `database` has not seen yet.
+    ///
+    /// Several processes may open an older file at the same moment: a web process and a worker
+    /// started together. GRDB's migrator lists the migrations to run, then runs them one
+    /// transaction each, so a process that waited for another's migration runs it again on the
+    /// migrated file and fails (recording it again breaks the key of `grdb_migrations`), or its
+    /// wait outlasts the busy timeout (a large file's rebuild). So when a run fails after another
+    /// process recorded a migration, or while another process holds the write lock, the migrator
+    /// runs again with a fresh list (for up to ten minutes); once the file records every
+    /// migration it is ready, whoever migrated it.
     private static func migrate(_ database: any DatabaseWriter, logger: Logger) throws {
         let applied = try database.read { db in try migrator.appliedIdentifiers(db) }
-        try migrator.migrate(database)
+        let deadline = ContinuousClock.now + .seconds(600)
+        var listed = applied
+        while true {
+            do {
+                try migrator.migrate(database)
+                break
+            } catch {
+                if try database.read({ db in try migrator.hasCompletedMigrations(db) }) { break }
+                let now = try database.read { db in try migrator.appliedIdentifiers(db) }
+                let busy = (error as? DatabaseError)?.resultCode == .SQLITE_BUSY
+                guard now != listed || busy, ContinuousClock.now < deadline else { throw error }
+                listed = now
+            }
+        }
         let ran = try database.read { db in try migrator.appliedIdentifiers(db) }.subtracting(applied)
         if !ran.isEmpty {
             logger.info("migrated the SQLite event store", metadata: ["migrations": "\(ran.sorted())"])
@@ -291,6 +313,8 @@ public final class SQLiteEventStore: EventStore {
             let table =
                 try String.fetchOne(
                     db, sql: "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'backstage_events'") ?? ""
+            // Another process that opened the file at the same moment rebuilt it already.
+            guard table.contains("AUTOINCREMENT") else { return }
             let attached = try String.fetchAll(
                 db,
                 sql: """

@@ -48,6 +48,11 @@ final class SQLiteWorkerProcess: Sendable {
         try await pollUntil(timeout: timeout) { self.output.contains(line) }
     }
 
+    /// How the process ended, or "running".
+    var exitDescription: String {
+        process.isRunning ? "running" : "status \(process.terminationStatus)"
+    }
+
     func kill(_ signal: Int32 = SIGKILL) {
         if process.isRunning { Foundation.kill(process.processIdentifier, signal) }
     }

@@ -268,6 +268,94 @@ struct FixtureEvolutionSQLiteTests {
         #expect(after.1 == false)
     }
 
+    @Test(
+        "two processes that open an older file at the same moment both open it: one builds the events table again, the other waits for it"
+    )
+    func twoProcessesOpenAnOlderFile() async throws {
+        let file = try TemporaryDatabase()
+        let dump = try String(contentsOf: sqliteFixture, encoding: .utf8)
+        let old = try DatabaseQueue(path: file.path)
+        try await old.writeWithoutTransaction { db in
+            try db.execute(sql: dump)
+            // Enough events that the first process is still building the table again when the
+            // second one lists the migrations to run (the workers' projection reads none of them).
+            try db.inTransaction {
+                let insert = try db.makeStatement(
+                    sql: """
+                        INSERT INTO backstage_events (stream, category, version, id, type, schema_version, data, recorded_at)
+                        VALUES (?, 'filler', 1, ?, 'Filler', 1, '{}', 0)
+                        """)
+                for i in 0..<200_000 { try insert.execute(arguments: ["filler-\(i)", UUIDv7.next()]) }
+                return .commit
+            }
+            _ = try String.fetchOne(db, sql: "PRAGMA journal_mode = WAL")
+        }
+        try old.close()
+
+        let workers = try (0..<2).map { _ in try SQLiteWorkerProcess(["project", file.path]) }
+        defer { for worker in workers { worker.kill() } }
+        _ = try await pollUntil(timeout: .seconds(120)) {
+            workers.allSatisfy { $0.output.contains("started") } || workers.contains { !$0.process.isRunning }
+        }
+        for worker in workers {
+            #expect(worker.output.contains("started"), "a worker did not open the file: exit \(worker.exitDescription)")
+        }
+        for worker in workers { worker.kill() }
+
+        let check = try DatabaseQueue(path: file.path)
+        let (events, recorded, table) = try await check.read { db in
+            (
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM backstage_events"),
+                try Int.fetchOne(
+                    db, sql: "SELECT count(*) FROM grdb_migrations WHERE identifier = 'backstage-v3-positions'"),
+                try String.fetchOne(db, sql: "SELECT sql FROM sqlite_master WHERE name = 'backstage_events'")
+            )
+        }
+        #expect(events == 200_004)
+        #expect(recorded == 1)
+        #expect(table?.contains("AUTOINCREMENT") == false)
+        try check.close()
+    }
+
+    @Test(
+        "a store opening an older file while another connection holds the write lock past the busy timeout waits for it, then migrates"
+    )
+    func migrationWaitsPastBusyTimeout() async throws {
+        let file = try TemporaryDatabase()
+        let dump = try String(contentsOf: sqliteFixture, encoding: .utf8)
+        let other = try DatabaseQueue(path: file.path)
+        try await other.writeWithoutTransaction { db in
+            try db.execute(sql: dump)
+            _ = try String.fetchOne(db, sql: "PRAGMA journal_mode = WAL")
+            // A file in use: its WAL holds a transaction (GRDB writes one when it opens a pool on
+            // an empty WAL, which would wait for the lock before the migrations do).
+            try db.execute(sql: "CREATE TABLE app_scratch (id INTEGER); DROP TABLE app_scratch")
+        }
+        var shortWait = SQLiteEventStore.Configuration()
+        shortWait.busyTimeout = .milliseconds(100)
+        let configuration = shortWait
+        let path = file.path
+        let held = Duration.seconds(1)
+        let start = ContinuousClock.now
+        // Another connection (another process, say) holds the write lock ten busy timeouts long.
+        let opening = try await other.writeWithoutTransaction { db in
+            try db.execute(sql: "BEGIN IMMEDIATE")
+            let opening = Task.detached { try SQLiteEventStore(path: path, configuration: configuration) }
+            Thread.sleep(forTimeInterval: Double(held.components.seconds))
+            try db.execute(sql: "COMMIT")
+            return opening
+        }
+        let store = try await opening.value
+        #expect(ContinuousClock.now - start >= held)
+        #expect(try await store.readAll(after: .start, limit: 10, filter: .all).map(\.position) == [1, 2, 3, 4])
+        let table = try await store.database.read { db in
+            try String.fetchOne(db, sql: "SELECT sql FROM sqlite_master WHERE name = 'backstage_events'")
+        }
+        #expect(table?.contains("AUTOINCREMENT") == false)
+        try await store.close()
+        try other.close()
+    }
+
     @Test("the queries of the QueryingEventData article answer on a box-office log")
     func documentedQueries() async throws {
         let file = try TemporaryDatabase()
