@@ -35,6 +35,15 @@ struct FixSalesReadModel: TypedSQLiteReadModel {
 let sqliteFixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
     .appendingPathComponent("Fixtures/evolution-v1.sqlite.sql")
 
+/// Writes the committed fixture (an older store's file; `edit` applied to its dump first) to
+/// `path` and returns the connection that wrote it, still open for the test's own statements.
+func olderFile(at path: String, editing edit: (String) -> String = { $0 }) async throws -> DatabaseQueue {
+    let dump = edit(try String(contentsOf: sqliteFixture, encoding: .utf8))
+    let queue = try DatabaseQueue(path: path)
+    try await queue.writeWithoutTransaction { db in try db.execute(sql: dump) }
+    return queue
+}
+
 @Suite("SQLite fixture: events stored in older shapes", .serialized)
 struct FixtureEvolutionSQLiteTests {
     /// Writes the store file behind Tests/Fixtures/evolution-v1.sqlite.sql to the path in
@@ -64,8 +73,8 @@ struct FixtureEvolutionSQLiteTests {
         "a committed SQLite file with old shapes reads as the current ones: aggregate, history and a typed read model")
     func readsOldFixture() async throws {
         let file = try TemporaryDatabase()
-        let dump = try String(contentsOf: sqliteFixture, encoding: .utf8)
-        try await DatabaseQueue(path: file.path).writeWithoutTransaction { db in try db.execute(sql: dump) }
+        let old = try await olderFile(at: file.path)
+        try old.close()
         let store = try SQLiteEventStore(path: file.path)
         var router = Router()
         try router.route(FixSellTicket.self, id: \.showID) { _, c in
@@ -103,9 +112,7 @@ struct FixtureEvolutionSQLiteTests {
     @Test("an older file's event data migrates to JSON text: the same bytes read back, SQLite's JSON functions read it")
     func migratesDataToJSONText() async throws {
         let file = try TemporaryDatabase()
-        let dump = try String(contentsOf: sqliteFixture, encoding: .utf8)
-        let old = try DatabaseQueue(path: file.path)
-        try await old.writeWithoutTransaction { db in try db.execute(sql: dump) }
+        let old = try await olderFile(at: file.path)
         let before = try await old.read { db -> [Data] in
             #expect(try String.fetchAll(db, sql: "SELECT DISTINCT typeof(data) FROM backstage_events") == ["blob"])
             return try Data.fetchAll(db, sql: "SELECT data FROM backstage_events ORDER BY position")
@@ -166,11 +173,9 @@ struct FixtureEvolutionSQLiteTests {
     )
     func migratesPositionsWithoutAutoincrement() async throws {
         let file = try TemporaryDatabase()
-        let dump = try String(contentsOf: sqliteFixture, encoding: .utf8)
-        let old = try DatabaseQueue(path: file.path)
+        let old = try await olderFile(at: file.path)
         let rowsSQL = "SELECT position, stream, category, version, id, type, schema_version FROM backstage_events"
         let before = try await old.writeWithoutTransaction { db -> [String] in
-            try db.execute(sql: dump)
             #expect(
                 try String.fetchOne(db, sql: "SELECT sql FROM sqlite_master WHERE name = 'backstage_events'")?
                     .contains("AUTOINCREMENT") == true)
@@ -245,11 +250,12 @@ struct FixtureEvolutionSQLiteTests {
     @Test("an events table the store did not create is refused with the definition in the error, and left as it was")
     func refusesForeignEventsTable() async throws {
         let file = try TemporaryDatabase()
-        let dump = try String(contentsOf: sqliteFixture, encoding: .utf8)
-            .replacingOccurrences(
+        let old = try await olderFile(at: file.path) {
+            $0.replacingOccurrences(
                 of: "position INTEGER PRIMARY KEY AUTOINCREMENT",
                 with: "position INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT")
-        try await DatabaseQueue(path: file.path).writeWithoutTransaction { db in try db.execute(sql: dump) }
+        }
+        try old.close()
         do {
             _ = try SQLiteEventStore(path: file.path)
             Issue.record("the store opened a file whose events table it did not create")
@@ -273,10 +279,8 @@ struct FixtureEvolutionSQLiteTests {
     )
     func twoProcessesOpenAnOlderFile() async throws {
         let file = try TemporaryDatabase()
-        let dump = try String(contentsOf: sqliteFixture, encoding: .utf8)
-        let old = try DatabaseQueue(path: file.path)
+        let old = try await olderFile(at: file.path)
         try await old.writeWithoutTransaction { db in
-            try db.execute(sql: dump)
             // Enough events that the first process is still building the table again when the
             // second one lists the migrations to run (the workers' projection reads none of them).
             try db.inTransaction {
@@ -322,10 +326,8 @@ struct FixtureEvolutionSQLiteTests {
     )
     func migrationWaitsPastBusyTimeout() async throws {
         let file = try TemporaryDatabase()
-        let dump = try String(contentsOf: sqliteFixture, encoding: .utf8)
-        let other = try DatabaseQueue(path: file.path)
+        let other = try await olderFile(at: file.path)
         try await other.writeWithoutTransaction { db in
-            try db.execute(sql: dump)
             _ = try String.fetchOne(db, sql: "PRAGMA journal_mode = WAL")
             // A file in use: its WAL holds a transaction (GRDB writes one when it opens a pool on
             // an empty WAL, which would wait for the lock before the migrations do).
