@@ -225,6 +225,8 @@ public final class SQLiteEventStore: EventStore {
                 let busy = (error as? DatabaseError)?.resultCode == .SQLITE_BUSY
                 guard now != listed || busy, ContinuousClock.now < deadline else { throw error }
                 listed = now
+                // Each busy run waited the busy timeout already; with a timeout of zero, pause.
+                if busy { Thread.sleep(forTimeInterval: 0.05) }
             }
         }
         let ran = try database.read { db in try migrator.appliedIdentifiers(db) }.subtracting(applied)
