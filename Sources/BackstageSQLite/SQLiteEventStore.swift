@@ -220,8 +220,8 @@ public final class SQLiteEventStore: EventStore {
                 try migrator.migrate(database)
                 break
             } catch {
-                if try database.read({ db in try migrator.hasCompletedMigrations(db) }) { break }
                 let now = try database.read { db in try migrator.appliedIdentifiers(db) }
+                if Set(migrator.migrations).isSubset(of: now) { break }
                 let busy = (error as? DatabaseError)?.resultCode == .SQLITE_BUSY
                 guard now != listed || busy, ContinuousClock.now < deadline else { throw error }
                 listed = now
